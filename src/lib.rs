@@ -1,1 +1,36 @@
+//! shardcast: a thread-per-core WebSocket counter service.
+//!
+//! Map of the crate (the per-core runtime itself is the `shards` crate):
+//!
+//! - [`config`]: the one `Config` struct, from flags, env, TOML and defaults.
+//! - [`logging`]: JSON log lines with `shard` and `color`.
+//! - [`server`]: the process: start shards, drain, stop.
+//! - [`shard`]: one shard: accept loop, timers, sockets registry, drain.
+//! - [`conn`]: one TCP connection until it is answered or upgraded.
+//! - [`http`]: request heads and plain responses.
+//! - [`routes`]: health, readiness, metrics, status, session API, broadcast.
+//! - [`ws`]: the WebSocket endpoint: handshake, framing, the socket loop.
+//! - [`mailbox`]: a socket's bounded inbox from its shard.
+//! - [`protocol`]: the JSON payloads of the wire contract.
+//! - [`session`]: a session's id and count parts.
+//! - [`store`]: a shard's sessions and their way to Redis.
+//! - [`redis`]: Redis over a shard's own glommio sockets.
+//! - [`metrics`]: per-shard cells summed at scrape.
 
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod logging;
+pub mod mailbox;
+pub mod metrics;
+pub mod protocol;
+pub mod redis;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod shard;
+pub mod store;
+pub mod ws;
+
+pub use config::Config;
+pub use server::Server;

@@ -1,0 +1,454 @@
+//! The service's configuration: one struct, filled from CLI flags, then
+//! `SHARDCAST_*` environment variables, then an optional TOML file, then
+//! defaults, in that order of precedence; and checked once by `validate`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Exit code for bad configuration (EX_USAGE in sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// When a count reply may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Reply at once; Redis gets the count within `flush_interval`.
+    Async,
+    /// Reply only after Redis has the new count.
+    Sync,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for machines.
+    Json,
+    /// Coloured text, for people.
+    Pretty,
+}
+
+/// Everything the service can be told. Field docs double as the README's table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT).
+    pub listen: SocketAddr,
+    /// Number of shards; 0 = one per online CPU.
+    pub shards: usize,
+    /// Pin each shard to its own CPU.
+    pub pin: bool,
+    /// Accept backlog per shard (the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
+    /// Redis for sessions and pub/sub.
+    pub redis_url: String,
+    /// Deployment color, reported in logs, `/status` and `app_info`.
+    pub color: String,
+    /// Interval between heartbeat frames to every socket.
+    #[serde(with = "dur")]
+    pub heartbeat_interval: Duration,
+    /// A session lives this long after its last activity.
+    #[serde(with = "dur")]
+    pub session_ttl: Duration,
+    /// How often each shard writes dirty session counts to Redis.
+    #[serde(with = "dur")]
+    pub flush_interval: Duration,
+    /// `async`: reply at once; `sync`: reply after Redis has the count.
+    pub durability: Durability,
+    /// How long a drain may take before the process exits anyway.
+    #[serde(with = "dur")]
+    pub shutdown_grace: Duration,
+    /// Largest message (all fragments together) a client may send.
+    pub max_message_bytes: usize,
+    /// Open connections per shard; more get `503`.
+    pub max_connections: usize,
+    /// Largest HTTP request head; more gets `431`.
+    pub max_header_bytes: usize,
+    /// A request head or upgrade must be complete within this.
+    #[serde(with = "dur")]
+    pub handshake_timeout: Duration,
+    /// Per-socket read buffer kept while a socket is idle.
+    pub read_buffer_bytes: usize,
+    /// Messages per second per socket (token bucket); 0 turns the limit off.
+    pub rate_limit: u32,
+    /// Bucket size: messages a socket may send in one burst.
+    pub rate_burst: u32,
+    /// Rejected messages in a row before the socket is closed with 1008.
+    pub rate_strikes: u32,
+    /// Frames queued for one socket (heartbeats, broadcasts) before it is
+    /// treated as a slow reader and closed with 1008.
+    pub outbound_queue: usize,
+    /// Upper bound of the random `retry_after_ms` sent on drain.
+    #[serde(with = "dur")]
+    pub drain_retry_after: Duration,
+    /// Sessions with counts not yet in Redis, per shard, before new sessions
+    /// are refused (`503`) until Redis is back.
+    pub max_unflushed_sessions: usize,
+    /// Log format: `json` or `pretty`.
+    pub log_format: LogFormat,
+    /// Log filter, as `RUST_LOG` (e.g. `info`, `shardcast=debug`).
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            shards: 0,
+            pin: true,
+            backlog: 4096,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            color: "blue".into(),
+            heartbeat_interval: Duration::from_secs(30),
+            session_ttl: Duration::from_secs(3600),
+            flush_interval: Duration::from_millis(10),
+            durability: Durability::Async,
+            shutdown_grace: Duration::from_secs(10),
+            max_message_bytes: 64 << 10,
+            max_connections: 10_000,
+            max_header_bytes: 16 << 10,
+            handshake_timeout: Duration::from_secs(5),
+            read_buffer_bytes: 4 << 10,
+            rate_limit: 1000,
+            rate_burst: 2000,
+            rate_strikes: 20,
+            outbound_queue: 64,
+            drain_retry_after: Duration::from_secs(1),
+            max_unflushed_sessions: 100_000,
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Why the configuration was refused. Each prints as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Cli(String),
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {msg}")]
+    Toml { path: PathBuf, msg: String },
+    #[error("invalid {field}: {msg}")]
+    Invalid { field: &'static str, msg: String },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 10ms, 1h)"))
+}
+
+/// Command-line flags. Each also reads `SHARDCAST_<NAME>` from the environment.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "shardcast",
+    version,
+    about = "Sharded thread-per-core WebSocket counter service"
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (flags and env win over it)
+    #[arg(long, env = "SHARDCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "SHARDCAST_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Number of shards (0 = one per CPU)
+    #[arg(long, env = "SHARDCAST_SHARDS")]
+    pub shards: Option<usize>,
+    #[arg(long, env = "SHARDCAST_PIN")]
+    pub pin: Option<bool>,
+    #[arg(long, env = "SHARDCAST_BACKLOG")]
+    pub backlog: Option<u32>,
+    #[arg(long, env = "SHARDCAST_REDIS_URL")]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "SHARDCAST_COLOR")]
+    pub color: Option<String>,
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
+    pub heartbeat_interval: Option<Duration>,
+    #[arg(long, env = "SHARDCAST_SESSION_TTL", value_parser = parse_duration)]
+    pub session_ttl: Option<Duration>,
+    #[arg(long, env = "SHARDCAST_FLUSH_INTERVAL", value_parser = parse_duration)]
+    pub flush_interval: Option<Duration>,
+    #[arg(long, env = "SHARDCAST_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Open connections per shard
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES")]
+    pub read_buffer_bytes: Option<usize>,
+    /// Messages per second per socket (0 = off)
+    #[arg(long, env = "SHARDCAST_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    #[arg(long, env = "SHARDCAST_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    #[arg(long, env = "SHARDCAST_RATE_STRIKES")]
+    pub rate_strikes: Option<u32>,
+    #[arg(long, env = "SHARDCAST_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    #[arg(long, env = "SHARDCAST_DRAIN_RETRY_AFTER", value_parser = parse_duration)]
+    pub drain_retry_after: Option<Duration>,
+    #[arg(long, env = "SHARDCAST_MAX_UNFLUSHED_SESSIONS")]
+    pub max_unflushed_sessions: Option<usize>,
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[arg(long, env = "SHARDCAST_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from the process's arguments and environment.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args).map_err(|e| ConfigError::Cli(e.to_string()))?;
+        Self::from_cli(cli)
+    }
+
+    /// Layers flags and env (already merged by clap) over the file over defaults.
+    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        let mut c = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Self::from_toml(&text).map_err(|msg| ConfigError::Toml {
+                    path: path.clone(),
+                    msg,
+                })?
+            }
+            None => Config::default(),
+        };
+        macro_rules! overlay {
+            ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
+        }
+        overlay!(
+            listen,
+            shards,
+            pin,
+            backlog,
+            redis_url,
+            color,
+            heartbeat_interval,
+            session_ttl,
+            flush_interval,
+            durability,
+            shutdown_grace,
+            max_message_bytes,
+            max_connections,
+            max_header_bytes,
+            handshake_timeout,
+            read_buffer_bytes,
+            rate_limit,
+            rate_burst,
+            rate_strikes,
+            outbound_queue,
+            drain_retry_after,
+            max_unflushed_sessions,
+            log_format,
+            log_level
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Parses a TOML document; missing keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.message().to_string())
+    }
+
+    /// Refuses settings the service cannot run with.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(field: &'static str, msg: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                field,
+                msg: msg.into(),
+            })
+        }
+        if !self.redis_url.starts_with("redis://") {
+            return bad(
+                "redis_url",
+                format!("{:?} must start with redis://", self.redis_url),
+            );
+        }
+        crate::redis::RedisAddr::parse(&self.redis_url).map_err(|msg| ConfigError::Invalid {
+            field: "redis_url",
+            msg,
+        })?;
+        if self.color.is_empty()
+            || !self
+                .color
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            return bad(
+                "color",
+                format!("{:?} must be letters, digits, - or _", self.color),
+            );
+        }
+        let nonzero = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("session_ttl", self.session_ttl),
+            ("flush_interval", self.flush_interval),
+            ("shutdown_grace", self.shutdown_grace),
+            ("handshake_timeout", self.handshake_timeout),
+        ];
+        for (field, d) in nonzero {
+            if d.is_zero() {
+                return bad(field, "must be greater than 0");
+            }
+        }
+        if self.session_ttl < Duration::from_secs(1) {
+            return bad("session_ttl", "must be at least 1s");
+        }
+        if self.max_message_bytes < 125 || self.max_message_bytes > 64 << 20 {
+            return bad("max_message_bytes", "must be between 125 and 67108864");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
+            return bad("max_header_bytes", "must be between 1024 and 1048576");
+        }
+        if self.read_buffer_bytes < 256 || self.read_buffer_bytes > 1 << 20 {
+            return bad("read_buffer_bytes", "must be between 256 and 1048576");
+        }
+        if self.rate_limit > 0 && self.rate_burst == 0 {
+            return bad("rate_burst", "must be at least 1 when rate_limit is on");
+        }
+        if self.outbound_queue == 0 {
+            return bad("outbound_queue", "must be at least 1");
+        }
+        if self.drain_retry_after >= self.shutdown_grace * 10 {
+            return bad(
+                "drain_retry_after",
+                "is implausibly long next to shutdown_grace",
+            );
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            ConfigError::Invalid {
+                field: "log_level",
+                msg: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// Durations in TOML as strings like "30s" or "10ms".
+mod dur {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Vec<String> {
+        std::iter::once("shardcast")
+            .chain(extra.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.session_ttl, Duration::from_secs(3600));
+        assert_eq!(c.flush_interval, Duration::from_millis(10));
+        assert_eq!(c.max_message_bytes, 65536);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.backlog, 4096);
+    }
+
+    #[test]
+    fn flags_parse_durations_and_enums() {
+        let c = Config::from_args(args(&[
+            "--heartbeat-interval",
+            "250ms",
+            "--durability",
+            "sync",
+            "--shards",
+            "3",
+            "--log-format",
+            "pretty",
+            "--listen",
+            "127.0.0.1:0",
+        ]))
+        .unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
+        assert_eq!(c.durability, Durability::Sync);
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn toml_fills_what_flags_leave_out() {
+        let c = Config::from_toml("color = \"green\"\nsession_ttl = \"2h\"\n").unwrap();
+        assert_eq!(c.color, "green");
+        assert_eq!(c.session_ttl, Duration::from_secs(7200));
+        assert_eq!(c.flush_interval, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "color = \"green\"\nshards = 4\n").unwrap();
+        let c = Config::from_args(args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--color",
+            "blue",
+        ]))
+        .unwrap();
+        assert_eq!(c.color, "blue");
+        assert_eq!(c.shards, 4);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn bad_values_give_one_clear_line() {
+        for (a, needle) in [
+            (vec!["--heartbeat-interval", "soon"], "heartbeat-interval"),
+            (vec!["--redis-url", "http://x"], "redis_url"),
+            (vec!["--max-message-bytes", "3"], "max_message_bytes"),
+            (vec!["--flush-interval", "0s"], "flush_interval"),
+            (vec!["--color", "bl ue"], "color"),
+        ] {
+            let err = Config::from_args(args(&a)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{a:?}: {err}");
+        }
+        let err = Config::from_toml("bogus = 1").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

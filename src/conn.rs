@@ -1,0 +1,111 @@
+//! One accepted TCP connection until it is either answered over plain HTTP
+//! or upgraded: reads the request head within `handshake_timeout` and a size
+//! cap, then hands it to the route table or the WebSocket endpoint.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::http::{self, HeadError, Request};
+use crate::metrics::ErrorKind;
+use crate::shard::Shard;
+
+/// Largest request body (`POST /api/broadcast`).
+pub const MAX_BODY: usize = 64 << 10;
+
+/// Paths of the WebSocket endpoint.
+pub fn is_ws_path(path: &str) -> bool {
+    path == "/ws/chat/" || path == "/ws/chat"
+}
+
+/// Answers a connection over the shard's limit and closes it.
+pub async fn refuse_full(mut stream: TcpStream) {
+    let body = http::error(503, "connection limit reached");
+    let _ = glommio::timer::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(&body).await;
+        Ok(())
+    })
+    .await;
+}
+
+/// Reads the head (and a small body for POST) within the handshake deadline.
+async fn read_request(shard: &Shard, stream: &mut TcpStream) -> Result<Request, HeadError> {
+    let cfg = shard.cfg();
+    let mut req = http::read_head(stream, cfg.max_header_bytes).await?;
+    if req.method == "POST" {
+        let len: usize = match req.header("content-length").map(|v| v.trim().parse()) {
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return Err(HeadError::Malformed("bad Content-Length".into())),
+            None => 0,
+        };
+        if len > MAX_BODY {
+            return Err(HeadError::Malformed("body too large".into()));
+        }
+        let mut chunk = [0u8; 4096];
+        while req.rest.len() < len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(HeadError::Closed);
+            }
+            req.rest.extend_from_slice(&chunk[..n]);
+        }
+        req.rest.truncate(len);
+    }
+    Ok(req)
+}
+
+pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
+    let cfg = shard.cfg();
+    let m = shard.metrics();
+    // A socket that stops reading cannot hold a task forever.
+    stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
+    let read = glommio::timer::timeout(cfg.handshake_timeout, async {
+        Ok(read_request(&shard, &mut stream).await)
+    })
+    .await;
+    let req = match read {
+        Err(_) => {
+            m.error(ErrorKind::HandshakeTimeout);
+            tracing::debug!("request head timed out; dropping the socket");
+            return;
+        }
+        Ok(Err(HeadError::TooLarge)) => {
+            m.error(ErrorKind::HeaderTooLarge);
+            tracing::info!("request head over the limit: 431");
+            let _ = stream
+                .write_all(&http::error(431, "request header fields too large"))
+                .await;
+            return;
+        }
+        Ok(Err(HeadError::Malformed(why))) => {
+            m.error(ErrorKind::BadRequest);
+            tracing::info!(reason = %why, "malformed request: 400");
+            let _ = stream
+                .write_all(&http::error(400, "malformed request"))
+                .await;
+            return;
+        }
+        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::Io(_))) => {
+            m.error(ErrorKind::Io);
+            return;
+        }
+        Ok(Ok(req)) => req,
+    };
+
+    if is_ws_path(&req.path) {
+        crate::ws::socket::upgrade(&shard, stream, req).await;
+        return;
+    }
+    let answer = if req.header("upgrade").is_some() {
+        // An upgrade anywhere else is a wrong URL, not a wrong protocol.
+        m.error(ErrorKind::NotFound);
+        http::error(404, "no websocket endpoint here")
+    } else {
+        crate::routes::answer(&shard, &req).await
+    };
+    let _ = stream.write_all(&answer).await;
+    let _ = stream.close().await;
+}

@@ -1,0 +1,534 @@
+//! Redis from a glommio shard, with no extra threads: the `redis` crate packs
+//! commands and parses replies, and the bytes travel over a glommio
+//! `TcpStream` the shard owns.
+//!
+//! The crate's async connections need tokio or smol and `Send` streams, which a
+//! glommio stream is not. So each shard runs [`Redis::run`]: one command
+//! connection, pipelined (requests that queue while a batch is in flight go
+//! out together as the next batch; Redis answers in order, so replies are
+//! matched by position), reconnecting with backoff. [`subscribe`] holds the
+//! shard's pub/sub connection the same way.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+pub use redis::Value;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
+
+use crate::metrics::Metrics;
+
+/// Requests waiting for the connection, per shard. Past this, calls fail
+/// fast as if Redis were down: a stalled Redis must not grow memory.
+const QUEUE: usize = 4096;
+/// Requests written to Redis in one batch.
+const BATCH: usize = 512;
+/// A reply later than this means the connection is broken: reconnect.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedisError {
+    #[error("redis is unavailable")]
+    Unavailable,
+    #[error("redis connection failed: {0}")]
+    Io(String),
+    #[error("redis replied with an error: {0}")]
+    Server(String),
+    #[error("unexpected redis reply: {0}")]
+    Reply(String),
+}
+
+/// Where Redis is, parsed from `redis://[:password@]host:port[/db]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisAddr {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl RedisAddr {
+    pub fn parse(url: &str) -> Result<RedisAddr, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or("must start with redis://")?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, d)) => (
+                h,
+                d.parse()
+                    .map_err(|_| format!("database {d:?} is not a number"))?,
+            ),
+            None => (rest, 0),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("port {p:?} is not a number"))?,
+            ),
+            _ => (hostport, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("host is empty".into());
+        }
+        let password = auth
+            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
+            .filter(|p| !p.is_empty());
+        Ok(RedisAddr {
+            host: host.to_string(),
+            port,
+            password,
+            db,
+        })
+    }
+}
+
+/// Reads RESP values off a glommio stream with the crate's incremental parser.
+struct RespReader {
+    parser: redis::Parser,
+    buf: Box<[u8]>,
+    len: usize,
+    pos: usize,
+}
+
+/// Hands the parser what has arrived; says WouldBlock (not EOF) when it runs
+/// dry, so the parser keeps its partial state and can be called again.
+struct Feed<'a> {
+    data: &'a [u8],
+    pos: &'a mut usize,
+    dry: bool,
+}
+
+impl Read for Feed<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let left = &self.data[*self.pos..];
+        if left.is_empty() {
+            self.dry = true;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = left.len().min(out.len());
+        out[..n].copy_from_slice(&left[..n]);
+        *self.pos += n;
+        Ok(n)
+    }
+}
+
+impl RespReader {
+    fn new() -> Self {
+        Self {
+            parser: redis::Parser::new(),
+            buf: vec![0u8; 16 << 10].into_boxed_slice(),
+            len: 0,
+            pos: 0,
+        }
+    }
+
+    async fn read_value(&mut self, stream: &mut TcpStream) -> Result<Value, RedisError> {
+        loop {
+            let mut feed = Feed {
+                data: &self.buf[..self.len],
+                pos: &mut self.pos,
+                dry: false,
+            };
+            match self.parser.parse_value(&mut feed) {
+                Ok(v) => return Ok(v),
+                Err(_) if feed.dry => {}
+                Err(e) => return Err(RedisError::Reply(e.to_string())),
+            }
+            self.pos = 0;
+            self.len = 0;
+            let n = stream
+                .read(&mut self.buf)
+                .await
+                .map_err(|e| RedisError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(RedisError::Io("connection closed by redis".into()));
+            }
+            self.len = n;
+        }
+    }
+}
+
+async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
+    let target = format!("{}:{}", addr.host, addr.port);
+    let mut stream = glommio::timer::timeout(REPLY_TIMEOUT, async {
+        TcpStream::connect(target.as_str())
+            .await
+            .map_err(|e| glommio::GlommioError::IoError(io::Error::other(e.to_string())))
+    })
+    .await
+    .map_err(|e| RedisError::Io(e.to_string()))?;
+    stream.set_nodelay(true).ok();
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
+    let mut reader = RespReader::new();
+    let mut hello = Vec::new();
+    let mut expect = 0;
+    if let Some(pw) = &addr.password {
+        hello.extend(redis::cmd("AUTH").arg(pw).get_packed_command());
+        expect += 1;
+    }
+    if addr.db != 0 {
+        hello.extend(redis::cmd("SELECT").arg(addr.db).get_packed_command());
+        expect += 1;
+    }
+    if expect > 0 {
+        stream
+            .write_all(&hello)
+            .await
+            .map_err(|e| RedisError::Io(e.to_string()))?;
+        for _ in 0..expect {
+            if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
+                return Err(RedisError::Server(format!("{e:?}")));
+            }
+        }
+    }
+    Ok((stream, reader))
+}
+
+struct Request {
+    bytes: Vec<u8>,
+    replies: usize,
+    done: oneshot::Sender<Result<Vec<Value>, RedisError>>,
+}
+
+/// One shard's command connection to Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    addr: RedisAddr,
+    up: Cell<bool>,
+    epoch: Cell<u64>,
+    queue: RefCell<VecDeque<Request>>,
+    waker: Cell<Option<Waker>>,
+    running: Cell<bool>,
+    init: Vec<u8>,
+    init_replies: usize,
+    metrics: Arc<Metrics>,
+    shard: usize,
+}
+
+impl Redis {
+    /// A client that is down until [`Redis::run`] connects it. `init` is
+    /// packed commands run on every (re)connect (e.g. SCRIPT LOAD), with the
+    /// number of replies they produce.
+    pub fn new(
+        addr: RedisAddr,
+        init: Vec<u8>,
+        init_replies: usize,
+        metrics: Arc<Metrics>,
+        shard: usize,
+    ) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                addr,
+                up: Cell::new(false),
+                epoch: Cell::new(0),
+                queue: RefCell::new(VecDeque::new()),
+                waker: Cell::new(None),
+                running: Cell::new(false),
+                init,
+                init_replies,
+                metrics,
+                shard,
+            }),
+        }
+    }
+
+    /// Counts successful connects; a change means Redis may have restarted.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.get()
+    }
+
+    /// Whether the command connection is up now.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.get()
+    }
+
+    /// Sends packed commands and returns their `replies` replies in order.
+    /// Fails at once with `Unavailable` while the connection is down, so
+    /// callers can fall back to their cache instead of waiting.
+    pub async fn exec(&self, bytes: Vec<u8>, replies: usize) -> Result<Vec<Value>, RedisError> {
+        if !self.is_up() {
+            return Err(RedisError::Unavailable);
+        }
+        let (done, wait) = oneshot::channel();
+        let m = &self.inner.metrics.shards[self.inner.shard];
+        m.redis_commands_total.add(replies as u64);
+        {
+            let mut q = self.inner.queue.borrow_mut();
+            if q.len() >= QUEUE {
+                m.redis_errors_total.inc();
+                return Err(RedisError::Unavailable);
+            }
+            q.push_back(Request {
+                bytes,
+                replies,
+                done,
+            });
+        }
+        if let Some(w) = self.inner.waker.take() {
+            w.wake();
+        }
+        let out = wait.await.unwrap_or(Err(RedisError::Unavailable));
+        if out.is_err() {
+            m.redis_errors_total.inc();
+        }
+        out
+    }
+
+    /// One command, one reply; a Redis error reply becomes `Err(Server)`.
+    pub async fn query(&self, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        let mut v = self.exec(cmd.get_packed_command(), 1).await?;
+        match v.pop() {
+            Some(Value::ServerError(e)) => Err(RedisError::Server(format!("{e:?}"))),
+            Some(v) => Ok(v),
+            None => Err(RedisError::Reply("no reply".into())),
+        }
+    }
+
+    /// Keeps the connection up until `stop` resolves. Run it as a shard task.
+    pub async fn run(self) {
+        if self.inner.running.replace(true) {
+            return;
+        }
+        let m = &self.inner.metrics.shards[self.inner.shard];
+        let mut backoff = BACKOFF_MIN;
+        let mut was_up = true;
+        loop {
+            match self.open().await {
+                Ok((mut stream, mut reader)) => {
+                    backoff = BACKOFF_MIN;
+                    self.inner.epoch.set(self.inner.epoch.get() + 1);
+                    self.inner.up.set(true);
+                    m.redis_up.set(1);
+                    tracing::info!(redis = %self.target(), "redis connected");
+                    let err = self.serve(&mut stream, &mut reader).await;
+                    self.inner.up.set(false);
+                    m.redis_up.set(0);
+                    m.redis_errors_total.inc();
+                    tracing::warn!(redis = %self.target(), error = %err, "redis connection lost");
+                    // Whatever queued while the connection broke fails fast.
+                    for req in self.inner.queue.borrow_mut().drain(..) {
+                        let _ = req.done.send(Err(RedisError::Unavailable));
+                    }
+                    was_up = true;
+                }
+                Err(e) => {
+                    if was_up {
+                        tracing::warn!(redis = %self.target(), error = %e, "redis unreachable; retrying with backoff");
+                        was_up = false;
+                    }
+                    m.redis_errors_total.inc();
+                }
+            }
+            let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
+            glommio::timer::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("{}:{}", self.inner.addr.host, self.inner.addr.port)
+    }
+
+    async fn open(&self) -> Result<(TcpStream, RespReader), RedisError> {
+        let (mut stream, mut reader) = connect(&self.inner.addr).await?;
+        if self.inner.init_replies > 0 {
+            stream
+                .write_all(&self.inner.init)
+                .await
+                .map_err(|e| RedisError::Io(e.to_string()))?;
+            for _ in 0..self.inner.init_replies {
+                if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
+                    return Err(RedisError::Server(format!("{e:?}")));
+                }
+            }
+        }
+        Ok((stream, reader))
+    }
+}
+
+impl Redis {
+    /// Waits until at least one request is queued.
+    async fn wait_for_work(&self) {
+        poll_fn(|cx| {
+            if self.inner.queue.borrow().is_empty() {
+                self.inner.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    async fn serve(&self, stream: &mut TcpStream, reader: &mut RespReader) -> RedisError {
+        let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
+        let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+        loop {
+            self.wait_for_work().await;
+            {
+                let mut q = self.inner.queue.borrow_mut();
+                let n = q.len().min(BATCH);
+                batch.extend(q.drain(..n));
+            }
+            out.clear();
+            for r in &batch {
+                out.extend_from_slice(&r.bytes);
+            }
+            if let Err(e) = stream.write_all(&out).await {
+                let err = RedisError::Io(e.to_string());
+                for r in batch.drain(..) {
+                    let _ = r.done.send(Err(err.clone()));
+                }
+                return err;
+            }
+            let mut failed = None;
+            for r in batch.drain(..) {
+                if let Some(err) = &failed {
+                    let _ = r.done.send(Err(RedisError::clone(err)));
+                    continue;
+                }
+                let mut values = Vec::with_capacity(r.replies);
+                for _ in 0..r.replies {
+                    match reader.read_value(stream).await {
+                        Ok(v) => values.push(v),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match &failed {
+                    None => {
+                        let _ = r.done.send(Ok(values));
+                    }
+                    Some(e) => {
+                        let _ = r.done.send(Err(e.clone()));
+                    }
+                }
+            }
+            if out.capacity() > 1 << 20 {
+                out = Vec::with_capacity(16 << 10);
+            }
+            if let Some(e) = failed {
+                return e;
+            }
+        }
+    }
+}
+
+/// Holds a SUBSCRIBE connection to `channel` and calls `on_message` with each
+/// payload, reconnecting (and resubscribing) with backoff. Never returns.
+pub async fn subscribe(addr: RedisAddr, channel: String, on_message: impl Fn(&[u8])) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if let Ok((mut stream, mut reader)) = connect(&addr).await {
+            // A subscriber waits for pushes indefinitely: no read timeout.
+            stream.set_read_timeout(None).ok();
+            let sub = redis::cmd("SUBSCRIBE").arg(&channel).get_packed_command();
+            if stream.write_all(&sub).await.is_ok() {
+                backoff = BACKOFF_MIN;
+                loop {
+                    match reader.read_value(&mut stream).await {
+                        Ok(Value::Array(items)) | Ok(Value::Push { data: items, .. }) => {
+                            if let [Value::BulkString(kind), _, Value::BulkString(payload)] =
+                                items.as_slice()
+                            {
+                                if kind == b"message" {
+                                    on_message(payload);
+                                }
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "redis subscription lost; resubscribing");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Sum of an integer reply, or of an array of integer-like replies.
+pub fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let a = RedisAddr::parse("redis://127.0.0.1:6390").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.db, a.password),
+            ("127.0.0.1", 6390, 0, None)
+        );
+        let a = RedisAddr::parse("redis://:s3cret@cache.local/2").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.db, a.password.as_deref()),
+            ("cache.local", 6379, 2, Some("s3cret"))
+        );
+        let a = RedisAddr::parse("redis://[::1]:7000").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("::1", 7000));
+        assert!(RedisAddr::parse("redis://:1").is_err());
+        assert!(RedisAddr::parse("redis://h:notaport").is_err());
+    }
+
+    #[test]
+    fn feed_says_would_block_when_dry_and_parser_resumes() {
+        let mut parser = redis::Parser::new();
+        let mut pos = 0;
+        let first = b"*2\r\n:1\r\n$3\r\nab";
+        let mut feed = Feed {
+            data: first,
+            pos: &mut pos,
+            dry: false,
+        };
+        assert!(parser.parse_value(&mut feed).is_err());
+        assert!(feed.dry);
+        let mut pos = 0;
+        let mut feed = Feed {
+            data: b"c\r\n:7\r\n",
+            pos: &mut pos,
+            dry: false,
+        };
+        let v = parser.parse_value(&mut feed).unwrap();
+        assert_eq!(
+            v,
+            Value::Array(vec![Value::Int(1), Value::BulkString(b"abc".to_vec())])
+        );
+        let v = parser.parse_value(&mut feed).unwrap();
+        assert_eq!(v, Value::Int(7));
+    }
+}

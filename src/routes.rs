@@ -1,0 +1,164 @@
+//! The plain-HTTP route table: health, readiness, metrics, status, the
+//! session API and broadcast.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use crate::http::{self, Request};
+use crate::metrics::ErrorKind;
+use crate::protocol::BusEvent;
+use crate::redis::{as_u64, Value};
+use crate::shard::{Shard, EVENTS_CHANNEL};
+use crate::store::{read_fields, session_key, tombstone_key};
+
+/// Readiness as the whole process sees it.
+pub fn readiness(shard: &Shard) -> &'static str {
+    let s = &shard.shared;
+    if s.draining.load(Ordering::Relaxed) {
+        "draining"
+    } else if s.metrics.shards.iter().any(|m| m.started.get() == 0) {
+        "starting"
+    } else if s.metrics.shards.iter().any(|m| m.redis_up.get() == 0) {
+        "redis_unavailable"
+    } else {
+        "ready"
+    }
+}
+
+pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
+    let path = req.path.as_str();
+    let method = req.method.as_str();
+    match (method, path) {
+        ("GET" | "HEAD", "/healthz") => http::json(200, &json!({ "status": "ok" })),
+        ("GET" | "HEAD", "/readyz") => {
+            let state = readiness(shard);
+            let code = if state == "ready" { 200 } else { 503 };
+            http::json(code, &json!({ "status": state }))
+        }
+        ("GET" | "HEAD", "/metrics") => http::response(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &[],
+            shard.shared.metrics.render().as_bytes(),
+        ),
+        ("GET" | "HEAD", "/status") => http::json(200, &status(shard)),
+        ("POST", "/api/broadcast") => broadcast(shard, &req.rest).await,
+        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/api/broadcast") => http::response(
+            405,
+            "application/json",
+            &[],
+            br#"{"error":"method not allowed"}"#,
+        ),
+        _ => match path.strip_prefix("/api/sessions/") {
+            Some(id) => session_api(shard, method, id).await,
+            None => {
+                shard.metrics().error(ErrorKind::NotFound);
+                http::error(404, "not found")
+            }
+        },
+    }
+}
+
+fn status(shard: &Shard) -> serde_json::Value {
+    let s = &shard.shared;
+    let conns: Vec<u64> = s
+        .metrics
+        .shards
+        .iter()
+        .map(|m| m.connections_active.get())
+        .collect();
+    let redis = if s.metrics.shards.iter().all(|m| m.redis_up.get() == 1) {
+        "up"
+    } else {
+        "down"
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "color": s.cfg.color,
+        "shards": s.metrics.shards.len(),
+        "connections": conns.iter().sum::<u64>(),
+        "connections_per_shard": conns,
+        "uptime_s": s.started.elapsed().as_secs(),
+        "redis": redis,
+        "ready": readiness(shard),
+        "pid": std::process::id(),
+    })
+}
+
+async fn session_api(shard: &Shard, method: &str, raw_id: &str) -> Vec<u8> {
+    let Some(id) = crate::session::parse_id(raw_id) else {
+        return http::error(404, "unknown session");
+    };
+    let redis = shard.redis();
+    match method {
+        "GET" => {
+            let mut p = redis::pipe();
+            p.cmd("HGETALL")
+                .arg(session_key(&id))
+                .cmd("PTTL")
+                .arg(session_key(&id));
+            match redis.exec(p.get_packed_pipeline(), 2).await {
+                Ok(v) => match read_fields(&v[0], shard.store.writer()) {
+                    Some(found) => {
+                        let ttl_ms = match &v[1] {
+                            Value::Int(ms) if *ms > 0 => *ms as u64,
+                            _ => 0,
+                        };
+                        http::json(
+                            200,
+                            &json!({ "session_id": id.to_string(), "count": found.count, "ttl_s": ttl_ms.div_ceil(1000) }),
+                        )
+                    }
+                    None => http::error(404, "unknown session"),
+                },
+                Err(_) => http::error(503, "redis_unavailable"),
+            }
+        }
+        "DELETE" => {
+            let ttl_ms = shard.cfg().session_ttl.as_millis() as u64;
+            let event = serde_json::to_string(&BusEvent::Kick(id.to_string())).unwrap_or_default();
+            let mut p = redis::pipe();
+            p.cmd("SET")
+                .arg(tombstone_key(&id))
+                .arg(1)
+                .arg("PX")
+                .arg(ttl_ms)
+                .cmd("DEL")
+                .arg(session_key(&id))
+                .cmd("PUBLISH")
+                .arg(EVENTS_CHANNEL)
+                .arg(event);
+            match redis.exec(p.get_packed_pipeline(), 3).await {
+                Ok(_) => http::response(204, "application/json", &[], b""),
+                Err(_) => http::error(503, "redis_unavailable"),
+            }
+        }
+        _ => http::response(
+            405,
+            "application/json",
+            &[],
+            br#"{"error":"method not allowed"}"#,
+        ),
+    }
+}
+
+async fn broadcast(shard: &Shard, body: &[u8]) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        message: String,
+    }
+    let Ok(b) = serde_json::from_slice::<Body>(body) else {
+        shard.metrics().error(ErrorKind::BadRequest);
+        return http::error(400, "body must be {\"message\": \"...\"}");
+    };
+    let event = serde_json::to_string(&BusEvent::Broadcast(b.message)).unwrap_or_default();
+    let cmd = redis::cmd("PUBLISH").arg(EVENTS_CHANNEL).arg(event).clone();
+    match shard.redis().query(&cmd).await {
+        Ok(v) => http::json(
+            202,
+            &json!({ "status": "accepted", "subscribers": as_u64(&v).unwrap_or(0) }),
+        ),
+        Err(_) => http::error(503, "redis_unavailable"),
+    }
+}

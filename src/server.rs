@@ -1,0 +1,168 @@
+//! The process: starts the shards with the service's entry point, carries
+//! drain and stop orders to them, and records startup and shutdown times.
+//!
+//! [`Server::start`] takes a config and returns once every shard serves; the
+//! caller decides when to drain. `main` wires that to signals, tests call it
+//! directly.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shards::{Control, Runtime, RuntimeConfig};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What every shard may read: set at start, then only the drain flag changes.
+#[derive(Debug)]
+pub struct Shared {
+    pub cfg: Config,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    /// Random per process start; names this process's writer fields in Redis.
+    pub run_id: String,
+    pub started: Instant,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Runtime(#[from] shards::RuntimeError),
+}
+
+/// A running server.
+pub struct Server {
+    runtime: Runtime,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Starts every shard and returns when all of them accept connections.
+    pub fn start(cfg: Config) -> Result<Server, StartError> {
+        let started = Instant::now();
+        let rt_cfg = RuntimeConfig {
+            shards: cfg.shards,
+            listen: cfg.listen,
+            backlog: cfg.backlog,
+            pin: cfg.pin,
+            ..RuntimeConfig::default()
+        };
+        let n = shards::runtime::shard_count(&rt_cfg);
+        let metrics = Arc::new(Metrics::new(n, &cfg.color));
+        let shared = Arc::new(Shared {
+            cfg,
+            metrics,
+            draining: AtomicBool::new(false),
+            run_id: format!("{:016x}", rand::random::<u64>()),
+            started,
+        });
+        let entry_shared = shared.clone();
+        let runtime = shards::start(&rt_cfg, move |ctx| {
+            crate::shard::run(ctx, entry_shared.clone())
+        })?;
+        // Wait for the shards to run their accept loops, so that a test or
+        // an operator that sees "listening" can connect at once.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while shared.metrics.shards.iter().any(|m| m.started.get() == 0)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared
+            .metrics
+            .app
+            .startup_micros
+            .set(started.elapsed().as_micros() as u64);
+        tracing::info!(
+            listen = %runtime.local_addr(),
+            shards = runtime.shards(),
+            startup_ms = started.elapsed().as_millis() as u64,
+            version = env!("CARGO_PKG_VERSION"),
+            "listening"
+        );
+        Ok(Server { runtime, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.runtime.local_addr()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Starts a drain: readiness turns 503 at once, listeners close, every
+    /// socket gets its goodbye and Close 1001.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.runtime.broadcast(Control::Drain);
+    }
+
+    /// Stops every shard now.
+    pub fn stop(&self) {
+        self.runtime.broadcast(Control::Stop);
+    }
+
+    /// Waits for the shards to exit; past `limit` tells them to stop.
+    /// Returns true when they exited within `limit`.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let clean = self.runtime.wait_exited(limit);
+        if !clean {
+            self.stop();
+            self.runtime.wait_exited(Duration::from_secs(2));
+        }
+        clean
+    }
+
+    /// A receiver that yields a shard id as each shard exits.
+    pub fn exited(&self) -> &crossbeam_channel::Receiver<usize> {
+        self.runtime.exited()
+    }
+
+    /// Drains and waits, the whole shutdown; records `app_shutdown_seconds`.
+    pub fn shutdown(self) -> bool {
+        let t = Instant::now();
+        self.drain();
+        let clean = self.wait(self.shared.cfg.shutdown_grace);
+        self.shared
+            .metrics
+            .app
+            .shutdown_micros
+            .set(t.elapsed().as_micros() as u64);
+        self.finish(t);
+        clean
+    }
+
+    /// Joins the shard threads and logs the shutdown summary.
+    pub fn finish(self, drain_started: Instant) {
+        let elapsed = drain_started.elapsed();
+        self.shared
+            .metrics
+            .app
+            .shutdown_micros
+            .set(elapsed.as_micros() as u64);
+        let m = &self.shared.metrics;
+        let total: u64 = m.shards.iter().map(|s| s.connections_total.get()).sum();
+        let messages: u64 = m.shards.iter().map(|s| s.messages_total.get()).sum();
+        let unflushed: u64 = m
+            .shards
+            .iter()
+            .map(|s| s.redis_unflushed_increments.get())
+            .sum();
+        for (i, r) in self.runtime.join().into_iter().enumerate() {
+            if let Err(e) = r {
+                tracing::error!(shard = i, error = %e, "shard ended with an error");
+            }
+        }
+        tracing::info!(
+            shutdown_ms = elapsed.as_millis() as u64,
+            connections_served = total,
+            messages,
+            unflushed_increments = unflushed,
+            "stopped"
+        );
+    }
+}

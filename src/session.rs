@@ -1,0 +1,176 @@
+//! A session as one shard holds it: its id and the parts of its count.
+//!
+//! A session's count in Redis is the sum of per-writer fields, one per shard
+//! incarnation that ever counted for it (`w:<run>:<shard>`), each holding that
+//! writer's *absolute* contribution. Writing an absolute value is idempotent:
+//! a flush retried after a lost reply, or repeated after a reconnect, cannot
+//! count twice, and two shards counting for one session never overwrite each
+//! other. `base` is what the other writers had when this shard loaded the
+//! session; `mine` is this shard's running contribution.
+
+use std::cell::Cell;
+
+use uuid::Uuid;
+
+/// One session in a shard's cache.
+#[derive(Debug)]
+pub struct Session {
+    pub id: Uuid,
+    base: Cell<u64>,
+    mine: Cell<u64>,
+    flushed: Cell<u64>,
+    conns: Cell<u32>,
+    queued: Cell<bool>,
+    deleted: Cell<bool>,
+}
+
+impl Session {
+    pub fn new(id: Uuid, base: u64, mine: u64) -> Self {
+        Self {
+            id,
+            base: Cell::new(base),
+            mine: Cell::new(mine),
+            flushed: Cell::new(mine),
+            conns: Cell::new(0),
+            queued: Cell::new(false),
+            deleted: Cell::new(false),
+        }
+    }
+
+    /// The count as this shard sees it.
+    pub fn count(&self) -> u64 {
+        self.base.get() + self.mine.get()
+    }
+
+    /// This writer's absolute contribution, the value written to Redis.
+    pub fn mine(&self) -> u64 {
+        self.mine.get()
+    }
+
+    /// Counts one message and returns the new count.
+    pub fn increment(&self) -> u64 {
+        self.mine.set(self.mine.get() + 1);
+        self.count()
+    }
+
+    /// Takes back the last increment (a sync write that Redis refused), if no
+    /// other increment came after it. Returns whether it did.
+    pub fn undo(&self, count: u64) -> bool {
+        if self.count() == count && self.mine.get() > self.flushed.get() {
+            self.mine.set(self.mine.get() - 1);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Redis acknowledged `value` for this writer.
+    pub fn acked(&self, value: u64) {
+        if value > self.flushed.get() {
+            self.flushed.set(value);
+        }
+    }
+
+    /// Increments Redis does not have yet.
+    pub fn unflushed(&self) -> u64 {
+        self.mine.get().saturating_sub(self.flushed.get())
+    }
+
+    pub fn attach(&self) {
+        self.conns.set(self.conns.get() + 1);
+    }
+
+    pub fn detach(&self) {
+        self.conns.set(self.conns.get().saturating_sub(1));
+    }
+
+    pub fn conns(&self) -> u32 {
+        self.conns.get()
+    }
+
+    /// Whether the session sits in the shard's flush queue.
+    pub fn queued(&self) -> bool {
+        self.queued.get()
+    }
+
+    pub fn set_queued(&self, q: bool) {
+        self.queued.set(q);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.get()
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.set(true);
+    }
+
+    /// Redis lost everything (restarted empty): our field must be written again.
+    pub fn forget_flushed(&self) {
+        self.flushed.set(0);
+    }
+}
+
+/// Reads a client-supplied session id. Only the canonical forms of a v4 UUID
+/// count; anything else is treated as no id at all (the client gets a new one).
+pub fn parse_id(s: &str) -> Option<Uuid> {
+    let id = Uuid::try_parse(s).ok()?;
+    (id.get_version_num() == 4 && !id.is_nil()).then_some(id)
+}
+
+/// Finds the session id in a query string, under `session_id` or its aliases.
+pub fn id_from_query(query: &str) -> Option<&str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        matches!(k, "session_id" | "session_uuid" | "session").then_some(v)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_add_base_and_mine() {
+        let s = Session::new(Uuid::new_v4(), 5, 2);
+        assert_eq!(s.count(), 7);
+        assert_eq!(s.increment(), 8);
+        assert_eq!(s.mine(), 3);
+        assert_eq!(s.unflushed(), 1);
+        s.acked(3);
+        assert_eq!(s.unflushed(), 0);
+        s.acked(2); // an old ack never moves it back
+        assert_eq!(s.unflushed(), 0);
+    }
+
+    #[test]
+    fn undo_only_the_last_unflushed_increment() {
+        let s = Session::new(Uuid::new_v4(), 0, 0);
+        let c = s.increment();
+        s.increment();
+        assert!(!s.undo(c), "another increment came after");
+        let s = Session::new(Uuid::new_v4(), 0, 0);
+        let c = s.increment();
+        assert!(s.undo(c));
+        assert_eq!(s.count(), 0);
+    }
+
+    #[test]
+    fn only_v4_uuids_are_ids() {
+        let id = Uuid::new_v4();
+        assert_eq!(parse_id(&id.to_string()), Some(id));
+        assert_eq!(parse_id("00000000-0000-0000-0000-000000000000"), None);
+        assert_eq!(parse_id("6ba7b810-9dad-11d1-80b4-00c04fd430c8"), None); // v1
+        assert_eq!(parse_id("not-a-uuid"), None);
+        assert_eq!(parse_id("../../etc/passwd"), None);
+        assert_eq!(parse_id(""), None);
+    }
+
+    #[test]
+    fn query_aliases() {
+        assert_eq!(id_from_query("a=1&session_id=x"), Some("x"));
+        assert_eq!(id_from_query("session_uuid=y"), Some("y"));
+        assert_eq!(id_from_query("session=z&b"), Some("z"));
+        assert_eq!(id_from_query("sessionx=z"), None);
+    }
+}

@@ -1,0 +1,345 @@
+//! One shard of the service: its accept loop, its sockets, its session
+//! store, its Redis connections and timers, and its part of a drain.
+//!
+//! Nothing here is shared with another shard except the read-mostly
+//! [`Shared`] block and this shard's own metric cells.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_lite::future;
+use glommio::net::TcpStream;
+use glommio::sync::Gate;
+use shards::{Control, ShardContext};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::mailbox::{Mailbox, Note};
+use crate::metrics::{ErrorKind, ShardMetrics};
+use crate::protocol::{self, BusEvent};
+use crate::redis::{self as rds, Redis, RedisAddr};
+use crate::server::Shared;
+use crate::store::Store;
+use crate::ws::codec;
+
+/// The Redis pub/sub channel that carries [`BusEvent`]s.
+pub const EVENTS_CHANNEL: &str = "shardcast:events";
+
+struct Socket {
+    mailbox: Rc<Mailbox>,
+    session: Uuid,
+}
+
+/// A shard's state, shared by its tasks through `Rc`.
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub store: Store,
+    sockets: RefCell<HashMap<u64, Socket>>,
+    open: Cell<usize>,
+    next_conn: Cell<u64>,
+    draining: Cell<bool>,
+    drain_deadline: Cell<Option<Instant>>,
+}
+
+impl Shard {
+    pub fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.shared.metrics.shards[self.id]
+    }
+
+    pub fn redis(&self) -> &Redis {
+        self.store.redis()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// When a draining socket must be gone.
+    pub fn drain_deadline(&self) -> Instant {
+        self.drain_deadline
+            .get()
+            .unwrap_or_else(|| Instant::now() + self.cfg().shutdown_grace)
+    }
+
+    /// A process-unique connection id, for logs.
+    pub fn next_conn_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        (self.id as u64) << 48 | n
+    }
+
+    /// Registers an upgraded socket so timers and events reach it.
+    pub fn register(&self, conn: u64, mailbox: Rc<Mailbox>, session: Uuid) {
+        self.sockets
+            .borrow_mut()
+            .insert(conn, Socket { mailbox, session });
+        let m = self.metrics();
+        m.connections_active.inc();
+        m.connections_total.inc();
+    }
+
+    pub fn unregister(&self, conn: u64) {
+        if self.sockets.borrow_mut().remove(&conn).is_some() {
+            self.metrics().connections_active.dec();
+        }
+    }
+
+    /// A random `retry_after_ms`, so drained clients do not all come back at once.
+    pub fn retry_after_ms(&self) -> u64 {
+        let max = self.cfg().drain_retry_after.as_millis().max(1) as u64;
+        rand::random_range(max / 10..=max)
+    }
+
+    /// Sends an encoded frame to every socket; returns how many took it.
+    fn fan_out(&self, frame: Rc<[u8]>) -> u64 {
+        let sockets = self.sockets.borrow();
+        let mut n = 0;
+        for s in sockets.values() {
+            if s.mailbox.push(Note::Frame(frame.clone())) {
+                n += 1;
+            } else {
+                self.metrics().error(ErrorKind::SlowReader);
+            }
+        }
+        n
+    }
+
+    fn notify_all(&self, note: Note) {
+        for s in self.sockets.borrow().values() {
+            s.mailbox.push(note.clone());
+        }
+    }
+
+    fn on_bus_event(&self, payload: &[u8]) {
+        match serde_json::from_slice::<BusEvent>(payload) {
+            Ok(BusEvent::Broadcast(msg)) => {
+                let mut frame = Vec::new();
+                codec::encode_text(&mut frame, protocol::broadcast(&msg).as_bytes());
+                let n = self.fan_out(frame.into());
+                self.metrics().broadcasts_delivered_total.add(n);
+            }
+            Ok(BusEvent::Kick(id)) => {
+                let Some(id) = crate::session::parse_id(&id) else {
+                    return;
+                };
+                self.store.forget(&id);
+                for s in self.sockets.borrow().values().filter(|s| s.session == id) {
+                    s.mailbox.push(Note::Kick);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "ignoring malformed event from redis"),
+        }
+    }
+
+    fn heartbeat(&self) {
+        let ts = crate::logging::rfc3339_millis(SystemTime::now());
+        let mut frame = Vec::new();
+        codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
+        let n = self.fan_out(frame.into());
+        self.metrics().heartbeats_sent_total.add(n);
+    }
+
+    /// Counts a TCP connection against the per-shard limit; false when full.
+    fn try_open(&self) -> bool {
+        if self.open.get() >= self.cfg().max_connections {
+            return false;
+        }
+        self.open.set(self.open.get() + 1);
+        true
+    }
+
+    fn close_one(&self) {
+        self.open.set(self.open.get().saturating_sub(1));
+    }
+}
+
+/// Releases a connection slot when the connection's task ends, however it ends.
+struct Slot(Rc<Shard>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.close_one();
+    }
+}
+
+/// The shard's entry point, run by the `shards` runtime on its own core.
+pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
+    crate::logging::set_shard(ctx.id);
+    let cfg = &shared.cfg;
+    // Validated at start, so it parses.
+    let addr = RedisAddr::parse(&cfg.redis_url).expect("redis_url was validated");
+    let redis = Redis::new(
+        addr.clone(),
+        Store::init_commands(),
+        1,
+        shared.metrics.clone(),
+        ctx.id,
+    );
+    let store = Store::new(
+        redis.clone(),
+        &shared.run_id,
+        ctx.id,
+        cfg.session_ttl.as_millis() as u64,
+        cfg.max_unflushed_sessions,
+        shared.metrics.clone(),
+    );
+    let shard = Rc::new(Shard {
+        id: ctx.id,
+        shared: shared.clone(),
+        store,
+        sockets: RefCell::new(HashMap::new()),
+        open: Cell::new(0),
+        next_conn: Cell::new(0),
+        draining: Cell::new(false),
+        drain_deadline: Cell::new(None),
+    });
+
+    glommio::spawn_local(redis.clone().run()).detach();
+    {
+        let s = shard.clone();
+        glommio::spawn_local(rds::subscribe(addr, EVENTS_CHANNEL.to_string(), move |p| {
+            s.on_bus_event(p)
+        }))
+        .detach();
+    }
+    {
+        let s = shard.clone();
+        let every = cfg.heartbeat_interval;
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(every).await;
+                s.heartbeat();
+            }
+        })
+        .detach();
+    }
+    {
+        let s = shard.clone();
+        let every = cfg.flush_interval;
+        glommio::spawn_local(async move {
+            let mut epoch = 0;
+            loop {
+                glommio::timer::sleep(every).await;
+                // After a reconnect Redis may have come back empty (a restart
+                // without persistence, a failover): write every live session's
+                // field again. Idempotent, so harmless when nothing was lost.
+                if s.redis().epoch() != epoch && s.redis().is_up() {
+                    if epoch != 0 {
+                        s.store.rewrite_all();
+                    }
+                    epoch = s.redis().epoch();
+                }
+                s.store.flush().await;
+            }
+        })
+        .detach();
+    }
+
+    let gate = Gate::new();
+    let mut control = ctx.control;
+    let listener = ctx.listener;
+    shard.metrics().started.set(1);
+    tracing::info!(cpu = ?ctx.cpu, "shard serving");
+
+    let accept = async {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => accept_one(&shard, &gate, stream),
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    shard.metrics().error(ErrorKind::Io);
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    };
+    let stop_now = future::or(accept, async {
+        loop {
+            match control.recv().await {
+                Some(Control::Drain) => return false,
+                Some(Control::Stop) | None => return true,
+            }
+        }
+    })
+    .await;
+    // Closing the listener: new connections go to the other shards' (or the
+    // other color's) listeners.
+    drop(listener);
+    if !stop_now {
+        drain(&shard, &gate, &mut control).await;
+    }
+    let flush = glommio::timer::timeout(Duration::from_secs(2), async {
+        shard.store.flush().await;
+        Ok(())
+    });
+    let _ = flush.await;
+    shard.metrics().started.set(0);
+    tracing::info!("shard stopped");
+}
+
+fn accept_one(shard: &Rc<Shard>, gate: &Gate, stream: TcpStream) {
+    if !shard.try_open() {
+        shard.metrics().error(ErrorKind::OverCapacity);
+        glommio::spawn_local(crate::conn::refuse_full(stream)).detach();
+        return;
+    }
+    let slot = Slot(shard.clone());
+    let s = shard.clone();
+    let spawned = gate.spawn(async move {
+        let _slot = slot;
+        crate::conn::handle(s, stream).await;
+    });
+    if let Ok(task) = spawned {
+        task.detach();
+    }
+}
+
+async fn drain(shard: &Rc<Shard>, gate: &Gate, control: &mut shards::ControlReceiver) {
+    let started = Instant::now();
+    let deadline = started
+        + shard
+            .cfg()
+            .shutdown_grace
+            .saturating_sub(Duration::from_millis(500));
+    shard.drain_deadline.set(Some(deadline));
+    shard.draining.set(true);
+    let sockets = shard.sockets.borrow().len();
+    tracing::info!(sockets, "draining");
+    shard.notify_all(Note::Drain);
+    let wait = future::or(
+        async {
+            let _ = gate.close().await;
+            true
+        },
+        async {
+            let stop = async {
+                while let Some(c) = control.recv().await {
+                    if c == Control::Stop {
+                        break;
+                    }
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            future::or(stop, glommio::timer::sleep(left)).await;
+            false
+        },
+    )
+    .await;
+    let left = shard.sockets.borrow().len();
+    tracing::info!(
+        sockets,
+        left,
+        clean = wait,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "drain finished"
+    );
+}

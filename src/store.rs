@@ -1,0 +1,348 @@
+//! A shard's session store: its cache of live sessions, and their counts'
+//! way to Redis (a pipelined flush every `flush_interval`, a direct write on
+//! close and in sync mode, and a bounded backlog while Redis is away).
+//!
+//! Keys (hash-tagged so both keys of a session share a cluster slot):
+//! - `shardcast:{<id>}:s`: hash of per-writer absolute counts, TTL `session_ttl`;
+//! - `shardcast:{<id>}:del`: tombstone left by DELETE, so a late flush from
+//!   another shard cannot bring a deleted session back.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+use crate::redis::{as_u64, Redis, RedisError, Value};
+use crate::session::Session;
+
+/// Sets this writer's field to an absolute value, never lowering it, unless
+/// the session was deleted; refreshes the TTL. Returns -1 for a deleted session.
+pub const FLUSH_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local v = tonumber(ARGV[2])
+if v >= cur then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return v
+";
+
+/// Sessions written in one pipeline.
+const FLUSH_BATCH: usize = 1024;
+
+pub fn session_key(id: &Uuid) -> String {
+    format!("shardcast:{{{id}}}:s")
+}
+
+pub fn tombstone_key(id: &Uuid) -> String {
+    format!("shardcast:{{{id}}}:del")
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A resume needs Redis to check the id; refusing beats adopting it blind
+    /// or silently starting the client over at 0.
+    #[error("redis is unavailable, cannot resume")]
+    RedisUnavailable,
+    /// Too many sessions already wait for Redis.
+    #[error("too many sessions wait for redis")]
+    Backlog,
+}
+
+/// What a session lookup in Redis found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub count: u64,
+    pub mine: u64,
+}
+
+/// Reads an HGETALL reply: the sum of all writers, and `writer`'s own field.
+pub fn read_fields(v: &Value, writer: &str) -> Option<Stored> {
+    let mut count = 0u64;
+    let mut mine = 0u64;
+    let mut any = false;
+    let mut add = |k: &[u8], val: &Value| {
+        let n = as_u64(val).unwrap_or(0);
+        count += n;
+        if k == writer.as_bytes() {
+            mine = n;
+        }
+        any = true;
+    };
+    match v {
+        Value::Array(items) => {
+            for pair in items.chunks(2) {
+                if let [Value::BulkString(k), val] = pair {
+                    add(k, val);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for (k, val) in pairs {
+                if let Value::BulkString(k) = k {
+                    add(k, val);
+                }
+            }
+        }
+        _ => return None,
+    }
+    any.then_some(Stored { count, mine })
+}
+
+/// One shard's sessions.
+pub struct Store {
+    redis: Redis,
+    writer: String,
+    ttl_ms: u64,
+    max_unflushed: usize,
+    script: redis::Script,
+    cache: RefCell<HashMap<Uuid, Rc<Session>>>,
+    queue: RefCell<Vec<Rc<Session>>>,
+    metrics: Arc<Metrics>,
+    shard: usize,
+}
+
+impl Store {
+    pub fn new(
+        redis: Redis,
+        run_id: &str,
+        shard: usize,
+        ttl_ms: u64,
+        max_unflushed: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            redis,
+            writer: format!("w:{run_id}:{shard}"),
+            ttl_ms,
+            max_unflushed,
+            script: redis::Script::new(FLUSH_SCRIPT),
+            cache: RefCell::new(HashMap::new()),
+            queue: RefCell::new(Vec::new()),
+            metrics,
+            shard,
+        }
+    }
+
+    /// Packed `SCRIPT LOAD`, run on every Redis (re)connect.
+    pub fn init_commands() -> Vec<u8> {
+        redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(FLUSH_SCRIPT)
+            .get_packed_command()
+    }
+
+    pub fn redis(&self) -> &Redis {
+        &self.redis
+    }
+
+    /// Opens the session a client asked for, or a new one. Returns the session
+    /// (attached to the caller) and whether it was resumed.
+    pub async fn open(&self, requested: Option<Uuid>) -> Result<(Rc<Session>, bool), OpenError> {
+        if let Some(id) = requested {
+            if let Some(s) = self.cached(&id) {
+                s.attach();
+                return Ok((s, true));
+            }
+            if !self.redis.is_up() {
+                return Err(OpenError::RedisUnavailable);
+            }
+            let cmd = redis::cmd("HGETALL").arg(session_key(&id)).clone();
+            match self.redis.query(&cmd).await {
+                Ok(v) => {
+                    if let Some(found) = read_fields(&v, &self.writer) {
+                        // Another connection may have loaded it while we waited.
+                        let s = self.cached(&id).unwrap_or_else(|| {
+                            let s = Rc::new(Session::new(id, found.count - found.mine, found.mine));
+                            self.cache.borrow_mut().insert(id, s.clone());
+                            s
+                        });
+                        s.attach();
+                        // Touch it, so its TTL counts from now.
+                        self.enqueue(&s);
+                        self.update_gauges();
+                        return Ok((s, true));
+                    }
+                }
+                Err(_) => return Err(OpenError::RedisUnavailable),
+            }
+        }
+        if self.queue.borrow().len() >= self.max_unflushed {
+            return Err(OpenError::Backlog);
+        }
+        let s = Rc::new(Session::new(Uuid::new_v4(), 0, 0));
+        self.cache.borrow_mut().insert(s.id, s.clone());
+        s.attach();
+        // A new session exists in Redis within one flush interval.
+        self.enqueue(&s);
+        self.update_gauges();
+        Ok((s, false))
+    }
+
+    fn cached(&self, id: &Uuid) -> Option<Rc<Session>> {
+        self.cache
+            .borrow()
+            .get(id)
+            .filter(|s| !s.is_deleted())
+            .cloned()
+    }
+
+    /// Marks the session for the next flush.
+    pub fn enqueue(&self, s: &Rc<Session>) {
+        if !s.queued() {
+            s.set_queued(true);
+            self.queue.borrow_mut().push(s.clone());
+        }
+    }
+
+    /// A connection let go of the session. It leaves the cache once no
+    /// connection holds it and Redis has its count.
+    pub fn release(&self, s: &Rc<Session>) {
+        s.detach();
+        self.maybe_evict(s);
+    }
+
+    fn maybe_evict(&self, s: &Rc<Session>) {
+        if s.conns() == 0 && (s.unflushed() == 0 || s.is_deleted()) && !s.queued() {
+            let mut cache = self.cache.borrow_mut();
+            if cache.get(&s.id).is_some_and(|c| Rc::ptr_eq(c, s)) {
+                cache.remove(&s.id);
+            }
+        }
+    }
+
+    fn flush_cmd(&self, s: &Session, value: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash())
+            .arg(2)
+            .arg(session_key(&s.id))
+            .arg(tombstone_key(&s.id))
+            .arg(&self.writer)
+            .arg(value)
+            .arg(self.ttl_ms);
+        cmd
+    }
+
+    fn apply_reply(&self, s: &Session, value: u64, reply: &Value) -> Result<(), RedisError> {
+        match reply {
+            Value::Int(-1) => {
+                s.mark_deleted();
+                Ok(())
+            }
+            Value::Int(_) => {
+                s.acked(value);
+                Ok(())
+            }
+            Value::ServerError(e) => Err(RedisError::Server(format!("{e:?}"))),
+            other => Err(RedisError::Reply(format!("{other:?}"))),
+        }
+    }
+
+    /// Writes this session's count now and waits for Redis (close, sync mode).
+    pub async fn persist(&self, s: &Rc<Session>) -> Result<(), RedisError> {
+        if s.is_deleted() {
+            return Ok(());
+        }
+        let value = s.mine();
+        let cmd = self.flush_cmd(s, value);
+        let replies = self.redis.exec(cmd.get_packed_command(), 1).await;
+        let result = match replies {
+            Ok(v) => self.apply_reply(s, value, &v[0]),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.enqueue(s);
+        }
+        result
+    }
+
+    /// Writes every queued session in pipelines. Sessions whose write fails
+    /// stay queued; that queue is the bounded backlog while Redis is away.
+    pub async fn flush(&self) {
+        if self.queue.borrow().is_empty() || !self.redis.is_up() {
+            self.update_gauges();
+            return;
+        }
+        let pending: Vec<Rc<Session>> = std::mem::take(&mut *self.queue.borrow_mut());
+        for chunk in pending.chunks(FLUSH_BATCH) {
+            let mut bytes = Vec::with_capacity(chunk.len() * 160);
+            let mut values = Vec::with_capacity(chunk.len());
+            for s in chunk {
+                s.set_queued(false);
+                let value = s.mine();
+                values.push(value);
+                bytes.extend(self.flush_cmd(s, value).get_packed_command());
+            }
+            let result = self.redis.exec(bytes, chunk.len()).await;
+            for (i, s) in chunk.iter().enumerate() {
+                let ok = match &result {
+                    Ok(replies) => self.apply_reply(s, values[i], &replies[i]).is_ok(),
+                    Err(_) => false,
+                };
+                if !ok || s.unflushed() > 0 && !s.is_deleted() {
+                    self.enqueue(s);
+                }
+                self.maybe_evict(s);
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Redis came back empty: every live session's field must be written again.
+    pub fn rewrite_all(&self) {
+        let live: Vec<Rc<Session>> = self.cache.borrow().values().cloned().collect();
+        for s in live {
+            s.forget_flushed();
+            self.enqueue(&s);
+        }
+    }
+
+    /// A DELETE reached this shard: the session stops existing here.
+    pub fn forget(&self, id: &Uuid) -> Option<Rc<Session>> {
+        let s = self.cache.borrow_mut().remove(id)?;
+        s.mark_deleted();
+        self.update_gauges();
+        Some(s)
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics.shards[self.shard];
+        let q = self.queue.borrow();
+        m.redis_unflushed_sessions
+            .set(q.iter().filter(|s| s.unflushed() > 0).count() as u64);
+        m.redis_unflushed_increments
+            .set(q.iter().map(|s| s.unflushed()).sum());
+        m.sessions_cached.set(self.cache.borrow().len() as u64);
+    }
+
+    pub fn writer(&self) -> &str {
+        &self.writer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn fields_sum_and_find_our_own() {
+        let v = Value::Array(vec![bulk("w:a:0"), bulk("3"), bulk("w:b:1"), bulk("4")]);
+        assert_eq!(read_fields(&v, "w:b:1"), Some(Stored { count: 7, mine: 4 }));
+        assert_eq!(read_fields(&v, "w:c:0"), Some(Stored { count: 7, mine: 0 }));
+        assert_eq!(read_fields(&Value::Array(vec![]), "w:a:0"), None);
+    }
+
+    #[test]
+    fn keys_share_a_cluster_slot() {
+        let id = Uuid::new_v4();
+        let tag = |k: &str| k[k.find('{').unwrap()..=k.find('}').unwrap()].to_string();
+        assert_eq!(tag(&session_key(&id)), tag(&tombstone_key(&id)));
+    }
+}

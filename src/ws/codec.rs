@@ -1,0 +1,474 @@
+//! WebSocket framing for the server side of RFC 6455, streaming: a frame's
+//! payload is unmasked and checked as it arrives, so a socket never needs a
+//! buffer as large as a message. tungstenite parses and formats frame headers.
+//!
+//! The counter never needs a message's bytes, only that it is valid UTF-8 and
+//! within `max_message_bytes`; so text is validated incrementally (which also
+//! fails fast on a bad byte) and then forgotten.
+
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// A reason to close the connection, with the close code the contract names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsError {
+    /// 1002: a frame the protocol forbids.
+    Protocol(&'static str),
+    /// 1003: a binary message.
+    Binary,
+    /// 1007: text that is not UTF-8.
+    InvalidUtf8,
+    /// 1009: a message over `max_message_bytes`.
+    TooBig,
+}
+
+impl WsError {
+    pub fn code(self) -> u16 {
+        match self {
+            WsError::Protocol(_) => 1002,
+            WsError::Binary => 1003,
+            WsError::InvalidUtf8 => 1007,
+            WsError::TooBig => 1009,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            WsError::Protocol(r) => r,
+            WsError::Binary => "binary frames are not accepted",
+            WsError::InvalidUtf8 => "text is not valid UTF-8",
+            WsError::TooBig => "message too big",
+        }
+    }
+}
+
+/// What a call to [`Decoder::decode`] produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A complete text message (all fragments), valid UTF-8.
+    Text,
+    /// A ping; the payload is at this range of the buffer given to `decode`.
+    Ping(std::ops::Range<usize>),
+    /// A pong: nothing to do.
+    Pong,
+    /// The peer's Close: its code (None when the frame had no payload).
+    Close(Option<u16>),
+}
+
+/// Incremental UTF-8 check that carries an incomplete character between pieces.
+#[derive(Debug, Default)]
+struct Utf8Stream {
+    carry: [u8; 4],
+    len: usize,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, mut data: &[u8]) -> Result<(), WsError> {
+        if self.len > 0 {
+            // Finish the carried character with at most 3 new bytes.
+            let need = utf8_width(self.carry[0]).ok_or(WsError::InvalidUtf8)?;
+            let take = (need - self.len).min(data.len());
+            self.carry[self.len..self.len + take].copy_from_slice(&data[..take]);
+            self.len += take;
+            data = &data[take..];
+            if self.len < need {
+                return match std::str::from_utf8(&self.carry[..self.len]) {
+                    Err(e) if e.error_len().is_some() => Err(WsError::InvalidUtf8),
+                    _ => Ok(()),
+                };
+            }
+            std::str::from_utf8(&self.carry[..need]).map_err(|_| WsError::InvalidUtf8)?;
+            self.len = 0;
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let rest = &data[e.valid_up_to()..];
+                self.carry[..rest.len()].copy_from_slice(rest);
+                self.len = rest.len();
+                Ok(())
+            }
+            Err(_) => Err(WsError::InvalidUtf8),
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), WsError> {
+        let ok = self.len == 0;
+        self.len = 0;
+        if ok {
+            Ok(())
+        } else {
+            Err(WsError::InvalidUtf8)
+        }
+    }
+}
+
+fn utf8_width(first: u8) -> Option<usize> {
+    match first {
+        0xC2..=0xDF => Some(2),
+        0xE0..=0xEF => Some(3),
+        0xF0..=0xF4 => Some(4),
+        _ => None,
+    }
+}
+
+/// Unmasks `data` in place; `offset` is how far into the payload it starts.
+pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= mask[(offset + i) & 3];
+    }
+}
+
+#[derive(Debug)]
+struct DataFrame {
+    mask: [u8; 4],
+    fin: bool,
+    remaining: u64,
+    offset: usize,
+}
+
+/// The per-socket decoder state: a few dozen bytes.
+#[derive(Debug)]
+pub struct Decoder {
+    max_message: usize,
+    frame: Option<DataFrame>,
+    /// A text message is in progress (a first fragment arrived, no final yet).
+    in_message: bool,
+    message_len: usize,
+    utf8: Utf8Stream,
+}
+
+impl Decoder {
+    pub fn new(max_message: usize) -> Self {
+        Self {
+            max_message,
+            frame: None,
+            in_message: false,
+            message_len: 0,
+            utf8: Utf8Stream::default(),
+        }
+    }
+
+    /// Decodes from `buf` (bytes received and not yet consumed). Returns the
+    /// event, if one completed, and how many bytes were consumed. Payload bytes
+    /// are unmasked in place. `(None, 0)` means: read more.
+    pub fn decode(&mut self, buf: &mut [u8]) -> Result<(Option<Event>, usize), WsError> {
+        if let Some(f) = &mut self.frame {
+            let take = (f.remaining.min(buf.len() as u64)) as usize;
+            let chunk = &mut buf[..take];
+            unmask(chunk, f.mask, f.offset);
+            self.utf8.push(chunk)?;
+            f.offset += take;
+            f.remaining -= take as u64;
+            if f.remaining > 0 {
+                return Ok((None, take));
+            }
+            let fin = f.fin;
+            self.frame = None;
+            return Ok((self.finish_frame(fin)?, take));
+        }
+
+        let mut cur = Cursor::new(&buf[..]);
+        let (header, len) = match FrameHeader::parse(&mut cur) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok((None, 0)),
+            Err(_) => return Err(WsError::Protocol("reserved opcode")),
+        };
+        let head = cur.position() as usize;
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(WsError::Protocol("reserved bits set"));
+        }
+        let Some(mask) = header.mask else {
+            return Err(WsError::Protocol("client frames must be masked"));
+        };
+        match header.opcode {
+            OpCode::Control(ctl) => {
+                if !header.is_final {
+                    return Err(WsError::Protocol("fragmented control frame"));
+                }
+                if len > 125 {
+                    return Err(WsError::Protocol("control frame too long"));
+                }
+                let len = len as usize;
+                if buf.len() < head + len {
+                    return Ok((None, 0));
+                }
+                let payload = &mut buf[head..head + len];
+                unmask(payload, mask, 0);
+                let ev = match ctl {
+                    Control::Ping => Event::Ping(head..head + len),
+                    Control::Pong => Event::Pong,
+                    Control::Close => Event::Close(parse_close(payload)?),
+                    Control::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
+                };
+                Ok((Some(ev), head + len))
+            }
+            OpCode::Data(data) => {
+                match data {
+                    Data::Continue if !self.in_message => {
+                        return Err(WsError::Protocol("continuation without a message"))
+                    }
+                    Data::Text | Data::Binary if self.in_message => {
+                        return Err(WsError::Protocol("new message inside a fragmented one"))
+                    }
+                    Data::Binary => return Err(WsError::Binary),
+                    Data::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
+                    Data::Text => {
+                        self.in_message = true;
+                        self.message_len = 0;
+                    }
+                    Data::Continue => {}
+                }
+                if (self.message_len as u64).saturating_add(len) > self.max_message as u64 {
+                    return Err(WsError::TooBig);
+                }
+                self.message_len += len as usize;
+                self.frame = Some(DataFrame {
+                    mask,
+                    fin: header.is_final,
+                    remaining: len,
+                    offset: 0,
+                });
+                if len == 0 {
+                    self.frame = None;
+                    return Ok((self.finish_frame(header.is_final)?, head));
+                }
+                let (ev, n) = self.decode(&mut buf[head..])?;
+                Ok((ev, head + n))
+            }
+        }
+    }
+
+    fn finish_frame(&mut self, fin: bool) -> Result<Option<Event>, WsError> {
+        if !fin {
+            return Ok(None);
+        }
+        self.in_message = false;
+        self.utf8.finish()?;
+        Ok(Some(Event::Text))
+    }
+}
+
+/// Reads a Close payload: empty, or a valid code and a UTF-8 reason.
+fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload.len() {
+        0 => Ok(None),
+        1 => Err(WsError::Protocol("close payload of one byte")),
+        _ => {
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            let valid = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !valid {
+                return Err(WsError::Protocol("invalid close code"));
+            }
+            std::str::from_utf8(&payload[2..]).map_err(|_| WsError::InvalidUtf8)?;
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Appends an unmasked server frame.
+pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let header = FrameHeader {
+        is_final: true,
+        rsv1: false,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None,
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+pub fn encode_text(out: &mut Vec<u8>, payload: &[u8]) {
+    encode(out, OpCode::Data(Data::Text), payload);
+}
+
+pub fn encode_pong(out: &mut Vec<u8>, payload: &[u8]) {
+    encode(out, OpCode::Control(Control::Pong), payload);
+}
+
+pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str) {
+    let mut p = Vec::with_capacity(2 + reason.len());
+    p.extend_from_slice(&code.to_be_bytes());
+    // A control frame carries at most 125 bytes.
+    let mut r = reason.len().min(123);
+    while !reason.is_char_boundary(r) {
+        r -= 1;
+    }
+    p.extend_from_slice(&reason.as_bytes()[..r]);
+    encode(out, OpCode::Control(Control::Close), &p);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![first];
+        match payload.len() {
+            n if n < 126 => v.push(0x80 | n as u8),
+            n if n < 65536 => {
+                v.push(0x80 | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                v.push(0x80 | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        v.extend_from_slice(&MASK);
+        let mut p = payload.to_vec();
+        unmask(&mut p, MASK, 0);
+        v.extend(p);
+        v
+    }
+
+    /// Feeds `bytes` in pieces of `step` and collects events or the error.
+    fn run(bytes: &[u8], step: usize, max: usize) -> Result<Vec<Event>, WsError> {
+        let mut d = Decoder::new(max);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut out = vec![];
+        for piece in bytes.chunks(step) {
+            buf.extend_from_slice(piece);
+            loop {
+                let (ev, n) = d.decode(&mut buf)?;
+                buf.drain(..n);
+                match ev {
+                    Some(e) => out.push(e),
+                    None if n == 0 || buf.is_empty() => break,
+                    None => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn text_in_any_split_is_one_event() {
+        let bytes = frame(0x81, "héllo wörld ✓".as_bytes());
+        for step in 1..bytes.len() {
+            assert_eq!(
+                run(&bytes, step, 1024).unwrap(),
+                vec![Event::Text],
+                "step {step}"
+            );
+        }
+    }
+
+    #[test]
+    fn fragments_count_once_and_controls_may_interleave() {
+        let mut b = frame(0x01, "ab".as_bytes());
+        b.extend(frame(0x89, b"p"));
+        b.extend(frame(0x00, "€".as_bytes()[..1].as_ref())); // split character
+        b.extend(frame(0x80, "€".as_bytes()[1..].as_ref()));
+        let ev = run(&b, 3, 1024).unwrap();
+        assert_eq!(ev.len(), 2);
+        assert!(matches!(ev[0], Event::Ping(_)));
+        assert_eq!(ev[1], Event::Text);
+    }
+
+    #[test]
+    fn empty_text_counts() {
+        assert_eq!(run(&frame(0x81, b""), 1, 10).unwrap(), vec![Event::Text]);
+    }
+
+    #[test]
+    fn errors_map_to_close_codes() {
+        assert_eq!(run(&frame(0x82, b"x"), 64, 1024).unwrap_err().code(), 1003);
+        assert_eq!(
+            run(&frame(0x81, &[0xff, 0xfe]), 64, 1024)
+                .unwrap_err()
+                .code(),
+            1007
+        );
+        assert_eq!(
+            run(&frame(0x81, &[b'a'; 200]), 64, 100).unwrap_err().code(),
+            1009
+        );
+        assert_eq!(run(&frame(0xC1, b"x"), 64, 1024).unwrap_err().code(), 1002); // rsv1
+        assert_eq!(run(&frame(0x83, b"x"), 64, 1024).unwrap_err().code(), 1002); // opcode 3
+        assert_eq!(run(&frame(0x80, b"x"), 64, 1024).unwrap_err().code(), 1002); // lone continuation
+        assert_eq!(run(&frame(0x09, b"x"), 64, 1024).unwrap_err().code(), 1002); // fragmented ping
+        assert_eq!(
+            run(&frame(0x89, &[0u8; 126]), 256, 1024)
+                .unwrap_err()
+                .code(),
+            1002
+        );
+        assert_eq!(run(&[0x81, 0x01, b'a'], 64, 1024).unwrap_err().code(), 1002); // unmasked
+        let mut b = frame(0x01, b"a");
+        b.extend(frame(0x81, b"b"));
+        assert_eq!(run(&b, 64, 1024).unwrap_err().code(), 1002);
+    }
+
+    #[test]
+    fn too_big_is_caught_across_fragments_before_the_payload() {
+        let mut b = frame(0x01, &[b'a'; 60]);
+        b.extend(frame(0x80, &[b'a'; 60]));
+        assert_eq!(run(&b, 1024, 100).unwrap_err(), WsError::TooBig);
+        // Only the header of a huge frame is needed to refuse it.
+        let huge = [0x81, 0xFF, 0, 0, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4];
+        assert_eq!(run(&huge, 14, 65536).unwrap_err(), WsError::TooBig);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_in_the_fragment_that_has_it() {
+        // The first fragment already holds a byte no UTF-8 text can contain.
+        let b = frame(0x01, &[b'a', 0xC0, 0x80]);
+        assert_eq!(run(&b, 64, 1024).unwrap_err(), WsError::InvalidUtf8);
+        // A message that ends inside a character is invalid too.
+        let b = frame(0x81, &"€".as_bytes()[..2]);
+        assert_eq!(run(&b, 64, 1024).unwrap_err(), WsError::InvalidUtf8);
+    }
+
+    #[test]
+    fn close_frames() {
+        let mut p = 1000u16.to_be_bytes().to_vec();
+        p.extend_from_slice(b"bye");
+        assert_eq!(
+            run(&frame(0x88, &p), 64, 1024).unwrap(),
+            vec![Event::Close(Some(1000))]
+        );
+        assert_eq!(
+            run(&frame(0x88, b""), 64, 1024).unwrap(),
+            vec![Event::Close(None)]
+        );
+        assert_eq!(run(&frame(0x88, b"x"), 64, 1024).unwrap_err().code(), 1002);
+        assert_eq!(
+            run(&frame(0x88, &1005u16.to_be_bytes()), 64, 1024)
+                .unwrap_err()
+                .code(),
+            1002
+        );
+        let mut p = 4000u16.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0xff]);
+        assert_eq!(run(&frame(0x88, &p), 64, 1024).unwrap_err().code(), 1007);
+    }
+
+    #[test]
+    fn large_frames_stream_through_a_small_buffer() {
+        let text = "x".repeat(70_000);
+        let bytes = frame(0x81, text.as_bytes());
+        assert_eq!(run(&bytes, 512, 100_000).unwrap(), vec![Event::Text]);
+    }
+
+    #[test]
+    fn encode_round_trips_headers() {
+        let mut out = vec![];
+        encode_text(&mut out, b"{\"count\":1}");
+        assert_eq!(out[0], 0x81);
+        assert_eq!(out[1] as usize, 11);
+        let mut out = vec![];
+        encode_close(&mut out, 1001, &"é".repeat(100));
+        assert_eq!(out[0], 0x88);
+        assert!(out[1] <= 125);
+        assert_eq!(&out[2..4], &1001u16.to_be_bytes());
+        assert!(std::str::from_utf8(&out[4..]).is_ok());
+    }
+}
