@@ -43,7 +43,7 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream) -> Result<Request, 
         if len > MAX_BODY {
             return Err(HeadError::Malformed("body too large".into()));
         }
-        let mut chunk = [0u8; 4096];
+        let mut chunk = vec![0u8; 4096];
         while req.rest.len() < len {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
@@ -96,7 +96,8 @@ pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
     };
 
     if is_ws_path(&req.path) {
-        crate::ws::socket::upgrade(&shard, stream, req).await;
+        // Boxed so this task's future stays small while the socket lives.
+        Box::pin(crate::ws::socket::upgrade(&shard, stream, req)).await;
         return;
     }
     let answer = if req.header("upgrade").is_some() {

@@ -84,7 +84,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Request>, HeadError> {
 /// Reads until a complete head arrives or `max` bytes did not hold one.
 pub async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request, HeadError> {
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
+    // On the heap, not in the future: a connection's task lives as long as
+    // its socket, and a future is as large as its largest await point.
+    let mut chunk = vec![0u8; 2048];
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {

@@ -32,6 +32,8 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// A reply later than this means the connection is broken: reconnect.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a command connection may sit idle before it is checked.
+const IDLE_PING: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -385,7 +387,29 @@ impl Redis {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
         let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
         loop {
-            self.wait_for_work().await;
+            // An idle connection is checked with a PING, so readiness notices
+            // a Redis that went away while nothing was being written.
+            let busy = futures_lite::future::or(
+                async {
+                    self.wait_for_work().await;
+                    true
+                },
+                async {
+                    glommio::timer::sleep(IDLE_PING).await;
+                    false
+                },
+            )
+            .await;
+            if !busy {
+                let ping = redis::cmd("PING").get_packed_command();
+                if let Err(e) = stream.write_all(&ping).await {
+                    return RedisError::Io(e.to_string());
+                }
+                if let Err(e) = reader.read_value(stream).await {
+                    return e;
+                }
+                continue;
+            }
             {
                 let mut q = self.inner.queue.borrow_mut();
                 let n = q.len().min(BATCH);

@@ -263,12 +263,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         }
     };
     let stop_now = future::or(accept, async {
-        loop {
-            match control.recv().await {
-                Some(Control::Drain) => return false,
-                Some(Control::Stop) | None => return true,
-            }
-        }
+        !matches!(control.recv().await, Some(Control::Drain))
     })
     .await;
     // Closing the listener: new connections go to the other shards' (or the

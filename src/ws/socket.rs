@@ -67,7 +67,7 @@ impl Bucket {
     }
 }
 
-pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, req: Request) {
+pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) {
     let m = shard.metrics();
     let accept = match handshake::validate(&req) {
         Ok(a) => a,
@@ -91,6 +91,9 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, req: Request) {
         return;
     }
     let requested = session::id_from_query(&req.query).and_then(session::parse_id);
+    // Only the bytes after the head live on; the headers go now.
+    let rest = std::mem::take(&mut req.rest);
+    drop(req);
     let (session, resumed) = match shard.store.open(requested).await {
         Ok(x) => x,
         Err(e) => {
@@ -112,7 +115,9 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, req: Request) {
         &mut out,
         protocol::welcome(&session.id, session.count(), resumed).as_bytes(),
     );
-    if stream.write_all(&out).await.is_err() {
+    let written = stream.write_all(&out).await;
+    drop(out);
+    if written.is_err() {
         shard.store.release(&session);
         return;
     }
@@ -123,7 +128,7 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, req: Request) {
     let span_session = session.id.to_string();
     tracing::info!(conn_id = conn, session_id = %span_session, resumed, count = session.count(), "ws open");
     let started = Instant::now();
-    let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, req.rest)
+    let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
         .run()
         .await;
     shard.unregister(conn);
@@ -222,6 +227,7 @@ impl<'a> Conn<'a> {
                     arrived = Instant::now();
                 }
                 Err(note) => match self.on_note(note, &mut out) {
+                    Some(Exit::Drain) => return self.finish_in_flight(&mut out, arrived).await,
                     Some(exit) => return exit,
                     None => {
                         // Drain what else is queued into the same write.
@@ -234,6 +240,30 @@ impl<'a> Conn<'a> {
                 },
             }
         }
+    }
+
+    /// Before the drain goodbye: answer what the client already sent, whether
+    /// it sits in our buffer or still in the kernel's, without waiting for more.
+    async fn finish_in_flight(&mut self, out: &mut Vec<u8>, mut arrived: Instant) -> Exit {
+        loop {
+            if let Some(exit) = self.decode_buffered(out, arrived).await {
+                if !out.is_empty() {
+                    let _ = self.stream.write_all(out).await;
+                }
+                return exit;
+            }
+            match future::poll_once(self.stream.read(&mut self.buf[self.end..])).await {
+                Some(Ok(n)) if n > 0 => {
+                    self.end += n;
+                    arrived = Instant::now();
+                }
+                _ => break,
+            }
+        }
+        if !out.is_empty() {
+            let _ = self.stream.write_all(out).await;
+        }
+        Exit::Drain
     }
 
     fn on_note(&mut self, note: Note, out: &mut Vec<u8>) -> Option<Exit> {
@@ -404,7 +434,7 @@ async fn await_peer_close(stream: &mut TcpStream, until: Instant) {
     let left = until.saturating_duration_since(Instant::now());
     let _ = glommio::timer::timeout(left, async {
         let mut decoder = Decoder::new(usize::MAX);
-        let mut buf = [0u8; 512];
+        let mut buf = vec![0u8; 512];
         let mut end = 0;
         loop {
             match stream.read(&mut buf[end..]).await {

@@ -1,0 +1,544 @@
+//! Fixtures for end-to-end tests: a real `redis-server` on a free port, a real
+//! `shardcast` process on `127.0.0.1:0`, and a raw WebSocket client that can
+//! send any bytes (well-formed or not).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Polls `f` every few ms until it returns Some, or panics after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "shardcast-test-{tag}-{}-{}",
+        std::process::id(),
+        rand_u64()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+/// A `redis-server` owned by one test.
+pub struct Redis {
+    pub port: u16,
+    dir: PathBuf,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(false)
+    }
+
+    /// With AOF on and `appendfsync always`, as production runs it.
+    pub fn start_aof() -> Redis {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: temp_dir("redis"),
+            aof,
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    /// A Redis that is not running yet (its port is reserved by number only).
+    pub fn not_started() -> Redis {
+        Redis {
+            port: free_port(),
+            dir: temp_dir("redis"),
+            aof: false,
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port").arg(self.port.to_string());
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ]);
+        cmd.arg("--dir").arg(&self.dir);
+        if self.aof {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("redis-server must be installed"));
+        wait_for("redis to answer PING", Duration::from_secs(10), || {
+            (self.cli(&["PING"]).trim() == "PONG").then_some(())
+        });
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs redis-cli and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The stored count of a session: the sum of its writer fields, or None.
+    pub fn session_count(&self, id: &str) -> Option<u64> {
+        let out = self.cli(&["HVALS", &format!("shardcast:{{{id}}}:s")]);
+        let vals: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (!vals.is_empty()).then(|| vals.iter().sum())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Builder for a `shardcast` process.
+pub struct ServerBuilder {
+    args: Vec<String>,
+}
+
+impl ServerBuilder {
+    pub fn arg(mut self, k: &str, v: &str) -> Self {
+        self.args.push(k.into());
+        self.args.push(v.into());
+        self
+    }
+
+    pub fn shards(self, n: usize) -> Self {
+        self.arg("--shards", &n.to_string())
+    }
+
+    pub fn start(self) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--pin",
+                "false",
+                "--log-level",
+                "info",
+            ])
+            .args(&self.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shardcast");
+        let logs = Arc::new(Mutex::new(Vec::<String>::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr: SocketAddr = wait_for(
+            "the server's listening line",
+            Duration::from_secs(20),
+            || {
+                logs.lock().unwrap().iter().find_map(|l| {
+                    let v: Value = serde_json::from_str(l).ok()?;
+                    (v["msg"] == "listening")
+                        .then(|| v["listen"].as_str().unwrap().parse().unwrap())
+                })
+            },
+        );
+        Server {
+            addr,
+            child: Some(child),
+            logs,
+        }
+    }
+}
+
+/// A running `shardcast` process.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    pub fn builder(redis: &Redis) -> ServerBuilder {
+        ServerBuilder {
+            args: vec!["--redis-url".into(), redis.url()],
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Log lines so far, parsed.
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, "")
+    }
+
+    pub fn connect(&self, query: &str) -> (Client, Value) {
+        Client::connect(self.addr, query)
+    }
+
+    /// Waits for `/readyz` to answer with this status word.
+    pub fn wait_ready_state(&self, want: &str, limit: Duration) {
+        wait_for(&format!("/readyz to say {want}"), limit, || {
+            let (_, body) = self.get("/readyz");
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (v["status"] == want).then_some(())
+        });
+    }
+
+    /// A metric's value from `/metrics`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {series} missing"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request; returns status and body.
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    raw_response(&mut s)
+}
+
+/// Reads a response until the server closes; returns status and body.
+pub fn raw_response(s: &mut TcpStream) -> (u16, String) {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A frame the server sent.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn json(&self) -> Value {
+        assert_eq!(
+            self.opcode, 1,
+            "expected a text frame, got opcode {} {:?}",
+            self.opcode, self.payload
+        );
+        serde_json::from_slice(&self.payload).unwrap()
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        (self.opcode == 8 && self.payload.len() >= 2)
+            .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
+    }
+}
+
+/// A raw client: masks what it sends, reads frames one by one.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+impl Client {
+    /// Upgrades on `/ws/chat/?{query}` and returns the welcome frame's JSON.
+    pub fn connect(addr: SocketAddr, query: &str) -> (Client, Value) {
+        let mut c = Self::try_connect(addr, query)
+            .unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"));
+        let welcome = c.recv().json();
+        (c, welcome)
+    }
+
+    /// Upgrades, or returns the refusal's status and body.
+    pub fn try_connect(addr: SocketAddr, query: &str) -> Result<Client, (u16, String)> {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let req = format!(
+            "GET /ws/chat/{q} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).into_owned();
+        if !text.starts_with("HTTP/1.1 101") {
+            let status = text
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            return Err((status, String::from_utf8_lossy(&rest).into_owned()));
+        }
+        assert!(
+            text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{text}"
+        );
+        Ok(Client {
+            stream: s,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A masked frame with the given first byte (FIN + opcode).
+    pub fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0xA1, 0xB2, 0xC3, 0xD4];
+        let mut v = vec![first];
+        match payload.len() {
+            n if n < 126 => v.push(0x80 | n as u8),
+            n if n < 65536 => {
+                v.push(0x80 | 126);
+                v.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                v.push(0x80 | 127);
+                v.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        v.extend_from_slice(&mask);
+        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        v
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_raw(&Self::frame(0x81, text.as_bytes()));
+    }
+
+    pub fn send_close(&mut self, code: u16) {
+        self.send_raw(&Self::frame(0x88, &code.to_be_bytes()));
+    }
+
+    /// Sends a text message and returns the count in the reply.
+    pub fn count(&mut self, text: &str) -> u64 {
+        self.send_text(text);
+        let v = self.recv_skipping_heartbeats().json();
+        v["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("expected a count, got {v}"))
+    }
+
+    /// The next frame; panics on timeout or EOF.
+    pub fn recv(&mut self) -> Frame {
+        self.try_recv()
+            .expect("connection closed before a frame arrived")
+    }
+
+    /// The next frame that is not a heartbeat or broadcast.
+    pub fn recv_skipping_heartbeats(&mut self) -> Frame {
+        loop {
+            let f = self.recv();
+            if f.opcode == 1 {
+                let v = f.json();
+                if v.get("ts").is_some() || v.get("broadcast").is_some() {
+                    continue;
+                }
+            }
+            return f;
+        }
+    }
+
+    /// The next frame, or None on EOF.
+    pub fn try_recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some((f, n)) = parse_frame(&self.buf) {
+                self.buf.drain(..n);
+                return Some(f);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Reads frames until the server's Close; returns the frames before it and its code.
+    pub fn until_close(&mut self) -> (Vec<Frame>, Option<u16>) {
+        let mut before = Vec::new();
+        while let Some(f) = self.try_recv() {
+            if f.opcode == 8 {
+                return (before, f.close_code());
+            }
+            before.push(f);
+        }
+        (before, None)
+    }
+
+    /// True when the server closed the TCP connection (EOF or reset).
+    pub fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.stream.read(&mut b), Ok(0) | Err(_))
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+fn parse_frame(b: &[u8]) -> Option<(Frame, usize)> {
+    if b.len() < 2 {
+        return None;
+    }
+    assert_eq!(b[1] & 0x80, 0, "server frames must not be masked");
+    let (len, mut at) = match b[1] & 0x7F {
+        126 => (u16::from_be_bytes([*b.get(2)?, *b.get(3)?]) as usize, 4),
+        127 => (
+            u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        n => (n as usize, 2),
+    };
+    if b.len() < at + len {
+        return None;
+    }
+    let payload = b[at..at + len].to_vec();
+    at += len;
+    Some((
+        Frame {
+            opcode: b[0] & 0x0F,
+            payload,
+        },
+        at,
+    ))
+}
