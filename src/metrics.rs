@@ -134,6 +134,9 @@ pub struct ShardMetrics {
     pub redis_commands_total: Cell,
     pub redis_errors_total: Cell,
     pub redis_up: Cell,
+    /// 1 once everything counted while Redis was away has been written back;
+    /// 0 from a disconnect until then.
+    pub redis_synced: Cell,
     /// Sessions whose count Redis does not have yet.
     pub redis_unflushed_sessions: Cell,
     /// Increments Redis does not have yet (summed over those sessions).

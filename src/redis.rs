@@ -326,6 +326,7 @@ impl Redis {
                     let err = self.serve(&mut stream, &mut reader).await;
                     self.inner.up.set(false);
                     m.redis_up.set(0);
+                    m.redis_synced.set(0);
                     m.redis_errors_total.inc();
                     tracing::warn!(redis = %self.target(), error = %err, "redis connection lost");
                     // Whatever queued while the connection broke fails fast.
@@ -335,6 +336,8 @@ impl Redis {
                     was_up = true;
                 }
                 Err(e) => {
+                    // Whatever is counted from now on waits for a replay.
+                    m.redis_synced.set(0);
                     if was_up {
                         tracing::warn!(redis = %self.target(), error = %e, "redis unreachable; retrying with backoff");
                         was_up = false;

@@ -19,7 +19,12 @@ pub fn readiness(shard: &Shard) -> &'static str {
         "draining"
     } else if s.metrics.shards.iter().any(|m| m.started.get() == 0) {
         "starting"
-    } else if s.metrics.shards.iter().any(|m| m.redis_up.get() == 0) {
+    } else if s
+        .metrics
+        .shards
+        .iter()
+        .any(|m| m.redis_up.get() == 0 || m.redis_synced.get() == 0)
+    {
         "redis_unavailable"
     } else {
         "ready"

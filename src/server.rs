@@ -15,6 +15,9 @@ use shards::{Control, Runtime, RuntimeConfig};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// How long start waits for the shards' first Redis connection.
+const REDIS_START_WAIT: Duration = Duration::from_secs(1);
+
 /// What every shard may read: set at start, then only the drain flag changes.
 #[derive(Debug)]
 pub struct Shared {
@@ -67,6 +70,14 @@ impl Server {
         // an operator that sees "listening" can connect at once.
         let deadline = Instant::now() + Duration::from_secs(10);
         while shared.metrics.shards.iter().any(|m| m.started.get() == 0)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Give Redis a moment, so the first clients can resume at once; the
+        // service serves without it after that (readiness says so).
+        let deadline = Instant::now() + REDIS_START_WAIT;
+        while shared.metrics.shards.iter().any(|m| m.redis_up.get() == 0)
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(1));

@@ -42,6 +42,13 @@ impl Session {
         self.base.get() + self.mine.get()
     }
 
+    /// Other writers' counts as Redis has them now (they only grow).
+    pub fn raise_base(&self, others: u64) {
+        if others > self.base.get() {
+            self.base.set(others);
+        }
+    }
+
     /// This writer's absolute contribution, the value written to Redis.
     pub fn mine(&self) -> u64 {
         self.mine.get()

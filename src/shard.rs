@@ -237,7 +237,12 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
                     }
                     epoch = s.redis().epoch();
                 }
-                s.store.flush().await;
+                let clean = s.store.flush().await;
+                // Readiness and cross-shard resumes wait for this: a session
+                // counted during an outage must be findable once we say ready.
+                s.metrics()
+                    .redis_synced
+                    .set((clean && s.redis().is_up()) as u64);
             }
         })
         .detach();
@@ -246,6 +251,8 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     let gate = Gate::new();
     let mut control = ctx.control;
     let listener = ctx.listener;
+    // Nothing is buffered yet; a failed connect clears this.
+    shard.metrics().redis_synced.set(1);
     shard.metrics().started.set(1);
     tracing::info!(cpu = ?ctx.cpu, "shard serving");
 

@@ -143,31 +143,12 @@ impl Store {
     /// (attached to the caller) and whether it was resumed.
     pub async fn open(&self, requested: Option<Uuid>) -> Result<(Rc<Session>, bool), OpenError> {
         if let Some(id) = requested {
-            if let Some(s) = self.cached(&id) {
+            if let Some(s) = self.resume(id).await? {
                 s.attach();
+                // Touch it, so its TTL counts from now.
+                self.enqueue(&s);
+                self.update_gauges();
                 return Ok((s, true));
-            }
-            if !self.redis.is_up() {
-                return Err(OpenError::RedisUnavailable);
-            }
-            let cmd = redis::cmd("HGETALL").arg(session_key(&id)).clone();
-            match self.redis.query(&cmd).await {
-                Ok(v) => {
-                    if let Some(found) = read_fields(&v, &self.writer) {
-                        // Another connection may have loaded it while we waited.
-                        let s = self.cached(&id).unwrap_or_else(|| {
-                            let s = Rc::new(Session::new(id, found.count - found.mine, found.mine));
-                            self.cache.borrow_mut().insert(id, s.clone());
-                            s
-                        });
-                        s.attach();
-                        // Touch it, so its TTL counts from now.
-                        self.enqueue(&s);
-                        self.update_gauges();
-                        return Ok((s, true));
-                    }
-                }
-                Err(_) => return Err(OpenError::RedisUnavailable),
             }
         }
         if self.queue.borrow().len() >= self.max_unflushed {
@@ -176,10 +157,57 @@ impl Store {
         let s = Rc::new(Session::new(Uuid::new_v4(), 0, 0));
         self.cache.borrow_mut().insert(s.id, s.clone());
         s.attach();
-        // A new session exists in Redis within one flush interval.
-        self.enqueue(&s);
+        // Written before the welcome goes out, so a resume on any shard finds
+        // it at once. While Redis is away it waits in the flush queue.
+        if self.redis.is_up() {
+            let _ = self.persist(&s).await;
+        } else {
+            self.enqueue(&s);
+        }
         self.update_gauges();
         Ok((s, false))
+    }
+
+    /// Looks a requested id up: Ok(None) means unknown (the client gets a new
+    /// session), Err means it cannot be told now.
+    async fn resume(&self, id: Uuid) -> Result<Option<Rc<Session>>, OpenError> {
+        let cached = self.cached(&id);
+        if !self.redis.is_up() || !self.all_synced() {
+            // Redis cannot be asked; a session this shard holds is still known.
+            return cached.map(Some).ok_or(OpenError::RedisUnavailable);
+        }
+        let cmd = redis::cmd("HGETALL").arg(session_key(&id)).clone();
+        let reply = match self.redis.query(&cmd).await {
+            Ok(v) => v,
+            Err(_) => return cached.map(Some).ok_or(OpenError::RedisUnavailable),
+        };
+        let Some(found) = read_fields(&reply, &self.writer) else {
+            // Known here but not written yet, or unknown everywhere.
+            return Ok(self.cached(&id));
+        };
+        let others = found.count - found.mine;
+        // Another connection may have loaded it while we waited.
+        let s = match self.cached(&id) {
+            Some(s) => {
+                // Other writers may have counted since this shard loaded it.
+                s.raise_base(others);
+                s
+            }
+            None => {
+                let s = Rc::new(Session::new(id, others, found.mine));
+                self.cache.borrow_mut().insert(id, s.clone());
+                s
+            }
+        };
+        Ok(Some(s))
+    }
+
+    /// Whether every shard has written what it buffered while Redis was away.
+    fn all_synced(&self) -> bool {
+        self.metrics
+            .shards
+            .iter()
+            .all(|m| m.redis_synced.get() == 1)
     }
 
     fn cached(&self, id: &Uuid) -> Option<Rc<Session>> {
@@ -261,11 +289,18 @@ impl Store {
 
     /// Writes every queued session in pipelines. Sessions whose write fails
     /// stay queued; that queue is the bounded backlog while Redis is away.
-    pub async fn flush(&self) {
-        if self.queue.borrow().is_empty() || !self.redis.is_up() {
+    /// Returns true when every write it attempted succeeded (false when
+    /// Redis is down).
+    pub async fn flush(&self) -> bool {
+        if !self.redis.is_up() {
             self.update_gauges();
-            return;
+            return false;
         }
+        if self.queue.borrow().is_empty() {
+            self.update_gauges();
+            return true;
+        }
+        let mut clean = true;
         let pending: Vec<Rc<Session>> = std::mem::take(&mut *self.queue.borrow_mut());
         for chunk in pending.chunks(FLUSH_BATCH) {
             let mut bytes = Vec::with_capacity(chunk.len() * 160);
@@ -282,6 +317,7 @@ impl Store {
                     Ok(replies) => self.apply_reply(s, values[i], &replies[i]).is_ok(),
                     Err(_) => false,
                 };
+                clean &= ok;
                 if !ok || s.unflushed() > 0 && !s.is_deleted() {
                     self.enqueue(s);
                 }
@@ -289,6 +325,7 @@ impl Store {
             }
         }
         self.update_gauges();
+        clean
     }
 
     /// Redis came back empty: every live session's field must be written again.

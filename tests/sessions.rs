@@ -1,0 +1,258 @@
+//! Sessions end to end: resume across processes, two live connections of one
+//! session, counts in Redis before the Close frame (and before each reply in
+//! sync mode), empty sessions stay resumable, expired ids are never adopted.
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn session_id(welcome: &Value) -> String {
+    welcome["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("welcome without a session_id: {welcome}"))
+        .to_string()
+}
+
+/// Closes with 1000 and returns the goodbye's total; checks the order of the
+/// goodbye and the Close echo.
+fn close(c: &mut Client) -> u64 {
+    c.send_close(1000);
+    let (before, code) = c.until_close();
+    assert_eq!(code, Some(1000), "close echo; frames before it: {before:?}");
+    let bye = before
+        .iter()
+        .rev()
+        .find(|f| f.opcode == 1)
+        .expect("a goodbye before the Close")
+        .json();
+    assert_eq!(bye["bye"], true, "{bye}");
+    bye["total"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("goodbye without a total: {bye}"))
+}
+
+#[test]
+fn resume_on_another_process_continues_the_count() {
+    let redis = Redis::start();
+    let a = Server::builder(&redis).shards(2).start();
+    let b = Server::builder(&redis).shards(2).start();
+
+    let (mut c, welcome) = a.connect("");
+    let id = session_id(&welcome);
+    for i in 1..=7 {
+        assert_eq!(c.count("on a"), i);
+    }
+    assert_eq!(close(&mut c), 7);
+
+    // B has never seen this id: only Redis can tell it the count.
+    let (mut c, welcome) = b.connect(&format!("session_id={id}"));
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    assert_eq!(session_id(&welcome), id);
+    assert_eq!(welcome["count"], 7);
+    for i in 8..=10 {
+        assert_eq!(c.count("on b"), i);
+    }
+    assert_eq!(close(&mut c), 10, "the goodbye total is cumulative");
+    assert_eq!(redis.session_count(&id), Some(10));
+}
+
+#[test]
+fn two_live_connections_on_two_processes_keep_both_increments() {
+    let redis = Redis::start();
+    let a = Server::builder(&redis).shards(2).start();
+    let b = Server::builder(&redis).shards(2).start();
+
+    let (mut c, welcome) = a.connect("");
+    let id = session_id(&welcome);
+    let base = 3;
+    for _ in 0..base {
+        c.count("base");
+    }
+    assert_eq!(close(&mut c), base);
+
+    let q = format!("session_id={id}");
+    let (mut on_a, wa) = a.connect(&q);
+    let (mut on_b, wb) = b.connect(&q);
+    assert_eq!(
+        (&wa["resumed"], &wa["count"]),
+        (&Value::from(true), &Value::from(base))
+    );
+    assert_eq!(
+        (&wb["resumed"], &wb["count"]),
+        (&Value::from(true), &Value::from(base))
+    );
+
+    // Interleaved, so both writers are live at once: an overwrite (SET
+    // instead of a per-writer delta) would lose one side's increments.
+    let (n_a, n_b) = (5, 4);
+    let (mut last_a, mut last_b) = (base, base);
+    for i in 0..n_a.max(n_b) {
+        if i < n_a {
+            let n = on_a.count("a");
+            assert!(
+                n > last_a,
+                "counts on one connection only go up: {last_a} then {n}"
+            );
+            last_a = n;
+        }
+        if i < n_b {
+            let n = on_b.count("b");
+            assert!(
+                n > last_b,
+                "counts on one connection only go up: {last_b} then {n}"
+            );
+            last_b = n;
+        }
+    }
+    close(&mut on_a);
+    close(&mut on_b);
+    assert_eq!(redis.session_count(&id), Some(base + n_a + n_b));
+
+    let (mut c, welcome) = a.connect(&q);
+    assert_eq!(welcome["count"], base + n_a + n_b, "{welcome}");
+    assert_eq!(c.count("after"), base + n_a + n_b + 1);
+}
+
+/// Opens `n` sessions, gives session i `i % 6` messages, closes them all, and
+/// checks Redis the moment each Close frame arrives.
+fn redis_has_count_when_close_arrives(extra: &[(&str, &str)]) {
+    let redis = Redis::start();
+    let mut builder = Server::builder(&redis).shards(2);
+    for (k, v) in extra {
+        builder = builder.arg(k, v);
+    }
+    let server = builder.start();
+    let mut clients: Vec<(Client, String, u64)> = (0..50)
+        .map(|i| {
+            let (mut c, welcome) = server.connect("");
+            let want = i % 6;
+            for n in 1..=want {
+                assert_eq!(c.count("x"), n);
+            }
+            (c, session_id(&welcome), want)
+        })
+        .collect();
+    // All closes in flight together, so the shards' writes overlap.
+    for (c, _, _) in &mut clients {
+        c.send_close(1000);
+    }
+    for (c, id, want) in &mut clients {
+        let (before, code) = c.until_close();
+        // No polling here on purpose: the contract orders the Redis write
+        // before the Close frame, so it must already be there.
+        let stored = redis.session_count(id);
+        assert_eq!(code, Some(1000));
+        let bye = before.last().expect("a goodbye").json();
+        assert_eq!(bye["total"], *want, "{bye}");
+        assert_eq!(
+            stored,
+            Some(*want),
+            "session {id}: Redis behind the Close frame"
+        );
+    }
+}
+
+#[test]
+fn close_frame_comes_after_the_redis_write_default_mode() {
+    redis_has_count_when_close_arrives(&[]);
+}
+
+#[test]
+fn close_frame_comes_after_the_redis_write_with_a_slow_flusher() {
+    // The periodic flush cannot get there first: only the close path can
+    // have written the count.
+    redis_has_count_when_close_arrives(&[("--flush-interval", "30s")]);
+}
+
+#[test]
+fn close_frame_comes_after_the_redis_write_sync_mode() {
+    redis_has_count_when_close_arrives(&[("--durability", "sync")]);
+}
+
+#[test]
+fn sync_mode_replies_only_after_redis_has_the_count() {
+    let redis = Redis::start();
+    // A flusher this slow cannot explain a count found in Redis.
+    let server = Server::builder(&redis)
+        .shards(2)
+        .arg("--durability", "sync")
+        .arg("--flush-interval", "30s")
+        .start();
+    let (mut x, wx) = server.connect("");
+    let (mut y, wy) = server.connect("");
+    let (ix, iy) = (session_id(&wx), session_id(&wy));
+    for k in 1..=25 {
+        assert_eq!(x.count("x"), k);
+        assert_eq!(
+            redis.session_count(&ix),
+            Some(k),
+            "reply {k} arrived before Redis had it"
+        );
+        assert_eq!(y.count("y"), k);
+        assert_eq!(
+            redis.session_count(&iy),
+            Some(k),
+            "reply {k} arrived before Redis had it"
+        );
+    }
+}
+
+#[test]
+fn a_session_without_messages_is_resumable() {
+    let redis = Redis::start();
+    let a = Server::builder(&redis).shards(2).start();
+    let b = Server::builder(&redis).shards(2).start();
+    let (mut c, welcome) = a.connect("");
+    assert_eq!(welcome["count"], 0);
+    assert_eq!(welcome["resumed"], false);
+    let id = session_id(&welcome);
+    assert_eq!(close(&mut c), 0);
+
+    // Another process, so A's cache cannot answer for Redis.
+    let (mut c, welcome) = b.connect(&format!("session_id={id}"));
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    assert_eq!(session_id(&welcome), id);
+    assert_eq!(welcome["count"], 0);
+    assert_eq!(c.count("first"), 1);
+}
+
+#[test]
+fn an_expired_session_is_not_adopted() {
+    let redis = Redis::start();
+    // One shard: the resume lands on the shard that once held the session.
+    let server = Server::builder(&redis)
+        .shards(1)
+        .arg("--session-ttl", "1s")
+        .start();
+    let (mut c, welcome) = server.connect("");
+    let id = session_id(&welcome);
+    for _ in 0..3 {
+        c.count("x");
+    }
+    assert_eq!(close(&mut c), 3);
+    assert_eq!(redis.session_count(&id), Some(3));
+
+    let key = format!("shardcast:{{{id}}}:s");
+    wait_for("the session key to expire", Duration::from_secs(10), || {
+        (redis.cli(&["EXISTS", &key]).trim() == "0").then_some(())
+    });
+
+    let (mut c, welcome) = server.connect(&format!("session_id={id}"));
+    assert_eq!(welcome["resumed"], false, "{welcome}");
+    assert_eq!(welcome["count"], 0, "{welcome}");
+    let fresh = session_id(&welcome);
+    assert_ne!(fresh, id, "an expired id must not come back");
+    assert_eq!(c.count("x"), 1);
+    // Once the new session has reached Redis, a flush for the old id would
+    // have too: it must not have been written back.
+    wait_for("the fresh session in redis", Duration::from_secs(5), || {
+        (redis.session_count(&fresh) == Some(1)).then_some(())
+    });
+    assert_eq!(
+        redis.cli(&["EXISTS", &key]).trim(),
+        "0",
+        "the expired key was recreated"
+    );
+}
