@@ -126,10 +126,6 @@ fn server_closed(s: &mut TcpStream) -> bool {
     }
 }
 
-fn session_id(welcome: &Value) -> String {
-    welcome["session_id"].as_str().unwrap().to_string()
-}
-
 /// Every sample of a Prometheus text exposition, by series (name and labels
 /// as written), and every family's declared type. Panics on a line that is not
 /// valid 0.0.4 text, or on a sample whose family has no `# TYPE` before it.
@@ -202,24 +198,6 @@ fn scrape(server: &Server) -> HashMap<String, f64> {
     let r = request(server.addr, "GET", "/metrics", "");
     assert_eq!(r.status, 200);
     parse_prometheus(&r.body).0
-}
-
-/// Opens sockets until `/status` shows one on every shard.
-fn sockets_on_every_shard(server: &Server, shards: usize) -> Vec<Client> {
-    let mut clients = Vec::new();
-    for opened in 1..=64u64 {
-        clients.push(server.connect("").0);
-        let per_shard = wait_for("/status to see every socket", LIMIT, || {
-            let v = request(server.addr, "GET", "/status", "").json();
-            (v["connections"] == opened).then(|| v["connections_per_shard"].clone())
-        });
-        let per_shard = per_shard.as_array().unwrap().clone();
-        assert_eq!(per_shard.len(), shards);
-        if per_shard.iter().all(|n| n.as_u64() > Some(0)) {
-            return clients;
-        }
-    }
-    panic!("64 sockets never reached every shard");
 }
 
 #[test]

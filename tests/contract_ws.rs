@@ -16,13 +16,6 @@ fn start(redis: &Redis) -> Server {
     Server::builder(redis).shards(2).start()
 }
 
-fn session_id(welcome: &Value) -> String {
-    welcome["session_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("welcome without a session_id: {welcome}"))
-        .to_string()
-}
-
 /// A server-issued id must be a canonical (lowercase, hyphenated) random v4 UUID.
 fn assert_v4(id: &str) {
     let u = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id:?} is not a UUID: {e}"));
@@ -82,29 +75,6 @@ fn assert_refused(server: &Server, bytes: &[u8], code: u16, what: &str) {
     let (_, again) = server.connect(&format!("session_id={id}"));
     assert_eq!(again["resumed"], true, "{what}: {again}");
     assert_eq!(again["count"], 1, "{what}: the refused frame was counted");
-}
-
-/// Opens sockets until `/status` shows one on every shard, so a fan-out test
-/// really covers every shard rather than whichever one the kernel picked.
-fn sockets_on_every_shard(server: &Server, shards: usize) -> Vec<Client> {
-    let mut clients = Vec::new();
-    for opened in 1..=64u64 {
-        clients.push(server.connect("").0);
-        let per_shard = wait_for("/status to see every socket", LIMIT, || {
-            let (_, body) = server.get("/status");
-            let v: Value = serde_json::from_str(&body).ok()?;
-            (v["connections"] == opened).then(|| v["connections_per_shard"].clone())
-        });
-        let per_shard = per_shard
-            .as_array()
-            .expect("connections_per_shard is an array")
-            .clone();
-        assert_eq!(per_shard.len(), shards);
-        if per_shard.iter().all(|n| n.as_u64() > Some(0)) {
-            return clients;
-        }
-    }
-    panic!("64 sockets never reached every shard");
 }
 
 /// Milliseconds since the epoch of a `YYYY-MM-DDTHH:MM:SS.mmmZ` stamp; panics

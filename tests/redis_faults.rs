@@ -9,10 +9,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-fn session_id(welcome: &Value) -> String {
-    welcome["session_id"].as_str().unwrap().to_string()
-}
-
 fn wait_stored(redis: &Redis, id: &str, want: u64) {
     wait_for(
         &format!("session {id} to hold {want} in redis"),

@@ -8,13 +8,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-fn session_id(welcome: &Value) -> String {
-    welcome["session_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("welcome without a session_id: {welcome}"))
-        .to_string()
-}
-
 /// Closes with 1000 and returns the goodbye's total; checks the order of the
 /// goodbye and the Close echo.
 fn close(c: &mut Client) -> u64 {

@@ -24,6 +24,41 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
+/// The session id of a welcome frame.
+pub fn session_id(welcome: &Value) -> String {
+    welcome["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("welcome without a session_id: {welcome}"))
+        .to_string()
+}
+
+/// Opens sockets until `/status` shows at least one on every shard; the
+/// kernel picks the shard, so this is how a test covers them all.
+pub fn sockets_on_every_shard(server: &Server, shards: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for opened in 1..=64u64 {
+        clients.push(server.connect("").0);
+        let per_shard = wait_for(
+            "/status to see every socket",
+            Duration::from_secs(10),
+            || {
+                let (_, body) = server.get("/status");
+                let v: Value = serde_json::from_str(&body).ok()?;
+                (v["connections"] == opened).then(|| v["connections_per_shard"].clone())
+            },
+        );
+        let per_shard = per_shard
+            .as_array()
+            .expect("connections_per_shard is an array")
+            .clone();
+        assert_eq!(per_shard.len(), shards);
+        if per_shard.iter().all(|n| n.as_u64() > Some(0)) {
+            return clients;
+        }
+    }
+    panic!("64 sockets never reached every shard");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
