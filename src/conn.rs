@@ -107,6 +107,13 @@ pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
     } else {
         crate::routes::answer(&shard, &req).await
     };
+    let mut answer = answer;
+    if req.method == "HEAD" {
+        // Same headers as GET, no body.
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            answer.truncate(end + 4);
+        }
+    }
     let _ = stream.write_all(&answer).await;
     let _ = stream.close().await;
 }

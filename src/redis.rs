@@ -307,7 +307,8 @@ impl Redis {
         }
     }
 
-    /// Keeps the connection up until `stop` resolves. Run it as a shard task.
+    /// Keeps the connection up, reconnecting with backoff; runs until the
+    /// shard's executor ends. Run it as a shard task.
     pub async fn run(self) {
         if self.inner.running.replace(true) {
             return;

@@ -105,8 +105,6 @@ impl Shard {
         for s in sockets.values() {
             if s.mailbox.push(Note::Frame(frame.clone())) {
                 n += 1;
-            } else {
-                self.metrics().error(ErrorKind::SlowReader);
             }
         }
         n
@@ -145,6 +143,9 @@ impl Shard {
         codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
         let n = self.fan_out(frame.into());
         self.metrics().heartbeats_sent_total.add(n);
+        // A silent but open socket keeps its session alive: refresh the TTL
+        // of every session a socket holds, through the next flush.
+        self.store.touch_live();
     }
 
     /// Counts a TCP connection against the per-shard limit; false when full.

@@ -125,6 +125,11 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request)
     let conn = shard.next_conn_id();
     let mailbox = Mailbox::new(shard.cfg().outbound_queue);
     shard.register(conn, mailbox.clone(), session.id);
+    // A drain that began while this upgrade waited on Redis sent its notice
+    // before the socket was registered: deliver it now.
+    if shard.is_draining() {
+        mailbox.push(Note::Drain);
+    }
     let span_session = session.id.to_string();
     tracing::info!(conn_id = conn, session_id = %span_session, resumed, count = session.count(), "ws open");
     let started = Instant::now();
@@ -303,15 +308,19 @@ impl<'a> Conn<'a> {
                     }
                     let count = self.session.increment();
                     if shard.cfg().durability == Durability::Sync {
-                        if let Err(e) = shard.store.persist(self.session).await {
-                            self.session.undo(count);
-                            m.error(ErrorKind::RedisUnavailable);
-                            tracing::debug!(error = %e, "sync write failed; message not counted");
-                            codec::encode_text(
-                                out,
-                                protocol::error("redis_unavailable").as_bytes(),
-                            );
-                            continue;
+                        let written = shard.store.persist(self.session).await;
+                        // If another socket counted since, the increment can
+                        // no longer be taken back: it stays, and is answered.
+                        if let Err(e) = written {
+                            if self.session.undo(count) {
+                                m.error(ErrorKind::RedisUnavailable);
+                                tracing::debug!(error = %e, "sync write failed; message not counted");
+                                codec::encode_text(
+                                    out,
+                                    protocol::error("redis_unavailable").as_bytes(),
+                                );
+                                continue;
+                            }
                         }
                     } else {
                         shard.store.enqueue(self.session);
