@@ -133,20 +133,6 @@ impl Server {
         self.runtime.exited()
     }
 
-    /// Drains and waits, the whole shutdown; records `app_shutdown_seconds`.
-    pub fn shutdown(self) -> bool {
-        let t = Instant::now();
-        self.drain();
-        let clean = self.wait(self.shared.cfg.shutdown_grace);
-        self.shared
-            .metrics
-            .app
-            .shutdown_micros
-            .set(t.elapsed().as_micros() as u64);
-        self.finish(t);
-        clean
-    }
-
     /// Joins the shard threads and logs the shutdown summary.
     pub fn finish(self, drain_started: Instant) {
         let elapsed = drain_started.elapsed();

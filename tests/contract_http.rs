@@ -112,20 +112,6 @@ fn assert_refusal(r: &Reply, statuses: &[u16], what: &str) {
     );
 }
 
-/// True once the server has closed `s` (EOF or reset); false while it is open.
-fn server_closed(s: &mut TcpStream) -> bool {
-    s.set_nonblocking(true).unwrap();
-    let mut b = [0u8; 1024];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
 /// Every sample of a Prometheus text exposition, by series (name and labels
 /// as written), and every family's declared type. Panics on a line that is not
 /// valid 0.0.4 text, or on a sample whose family has no `# TYPE` before it.

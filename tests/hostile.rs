@@ -146,20 +146,6 @@ fn read_until_closed(s: &mut TcpStream, what: &str) -> Vec<u8> {
     }
 }
 
-/// True once the server has closed `s`; false while it is still open.
-fn server_closed(s: &mut TcpStream) -> bool {
-    s.set_nonblocking(true).unwrap();
-    let mut b = [0u8; 1024];
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
 fn raw_socket(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     // Writes to a socket the server stopped reading must not hang the test.

@@ -298,7 +298,9 @@ impl<'a> Conn<'a> {
                 None if n == 0 => break,
                 None => {}
                 Some(Event::Text) => {
-                    if !self.bucket.take(Instant::now()) {
+                    // One clock read serves the rate limit and the latency histogram.
+                    let now = Instant::now();
+                    if !self.bucket.take(now) {
                         m.error(ErrorKind::RateLimited);
                         if self.bucket.strikes >= shard.cfg().rate_strikes {
                             return Some(Exit::RateLimited);
@@ -333,7 +335,7 @@ impl<'a> Conn<'a> {
                     protocol::count(out, count);
                     out[at + 1] = (out.len() - at - 2) as u8;
                     m.message_duration
-                        .observe_ns(arrived.elapsed().as_nanos() as u64);
+                        .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
                 }
                 Some(Event::Ping(r)) => {
                     let payload = self.buf[base + r.start..base + r.end].to_vec();

@@ -59,6 +59,21 @@ pub fn sockets_on_every_shard(server: &Server, shards: usize) -> Vec<Client> {
     panic!("64 sockets never reached every shard");
 }
 
+/// True once the server has closed `s` (EOF or reset); false while it is
+/// open. Never blocks, so it can sit inside a `wait_for` poll.
+pub fn server_closed(s: &mut TcpStream) -> bool {
+    s.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 1024];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
