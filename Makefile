@@ -3,12 +3,14 @@
 
 CARGO ?= cargo
 ARGS ?=
+N ?= 6000
+DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint format clean
+.PHONY: help build run test lint format clean load-test bench
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Release build: target/release/shardcast
 	$(CARGO) build --release
@@ -23,6 +25,14 @@ test: lint ## fmt check + clippy -D warnings + every test (needs redis-server an
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on :8080 (starts a server if none)
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	N=$(N) DURATION=$(DURATION) scripts/load-test $(ARGS)
+
+bench: ## Standard suite against fresh release servers and the tt baseline; appends to bench/RESULTS.md
+	$(CARGO) build --release --workspace
+	target/release/shardcast-bench suite $(ARGS)
 
 format: ## Rewrite the sources with rustfmt
 	$(CARGO) fmt --all

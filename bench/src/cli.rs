@@ -1,0 +1,280 @@
+//! The command line: one subcommand per mode, the options every mode shares,
+//! and the translation of both into a [`RunSpec`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plan::{Load, OnGo, Plan};
+use crate::run::{Mode, RunSpec};
+
+/// Load generator for the shardcast wire contract. It checks every answer
+/// (counts, welcomes, goodbyes) while it measures, reads the server's CPU and
+/// memory from /proc, and exits 1 when anything was wrong.
+#[derive(Debug, Parser)]
+#[command(name = "shardcast-bench", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// N sockets ramped at --connect-rate: 80% chatters send every 2-10 s,
+    /// 20% lurkers every 30-120 s, for --duration once all are in.
+    Mix {
+        #[command(flatten)]
+        common: Common,
+        /// New connections per second while ramping up.
+        #[arg(long, default_value_t = 1000.0)]
+        connect_rate: f64,
+        /// How long to run once every socket is in.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Share of the sockets that are chatters.
+        #[arg(long, default_value_t = 0.8)]
+        chatters: f64,
+        /// Do not reconnect after a drain goodbye (by default a socket comes back
+        /// with its session id once retry_after_ms has passed).
+        #[arg(long)]
+        no_reconnect: bool,
+    },
+    /// C sockets, closed loop: each keeps --window messages in flight.
+    Throughput {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 8)]
+        window: u32,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Load before the measured window opens.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+    },
+    /// N sockets, open loop at --rate messages per second in total; round
+    /// trips count from each message's scheduled time (no coordinated omission).
+    Rate {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Hold N sockets and read the server's RSS before and after (needs --server-pid).
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// How long the sockets are held before the server's memory is read.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+    },
+    /// N sockets, as fast as possible, each sends --prime messages; all are
+    /// dropped at once and reconnect with their session ids; every count must continue.
+    Storm {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 3)]
+        prime: u32,
+        /// Pause between the last primed reply and the drop, for the server's flush.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        settle: Duration,
+    },
+    /// N sockets, then SIGTERM to --server-pid: every socket must get the
+    /// shutdown goodbye and Close 1001.
+    Drain {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The standard suite against fresh servers, appended to bench/RESULTS.md.
+    Suite(crate::suite::SuiteArgs),
+    /// Internal: one worker process of a run.
+    #[command(hide = true)]
+    Worker { plan: String },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// WebSocket URL of the server.
+    #[arg(default_value = "ws://127.0.0.1:8080/ws/chat/")]
+    pub url: String,
+    /// Sockets to open (default per mode: mix 6000, throughput 100, others 10000).
+    #[arg(short = 'n', long)]
+    pub sockets: Option<u32>,
+    /// Worker processes (each has its own fd limit); 0 picks one per 15,000 sockets.
+    #[arg(long, default_value_t = 0)]
+    pub procs: u32,
+    /// Source addresses 127.0.0.1 upward to spread connections over.
+    #[arg(long, default_value_t = 16)]
+    pub sources: u32,
+    /// Pin the generator (and its workers) to these CPUs, e.g. `1` or `0-1`.
+    #[arg(long)]
+    pub cpu: Option<String>,
+    /// The server's pid: its CPU and RSS are sampled from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// A reply, upgrade or close slower than this is an error.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 32)]
+    pub payload: usize,
+    /// The server sends no goodbye before its Close echo (servers built on
+    /// tungstenite's protocol layer cannot).
+    #[arg(long)]
+    pub no_bye: bool,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the report as an HTML page with plots here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long, short)]
+    pub quiet: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// The parts of a ws:// URL a client needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+pub fn parse_url(url: &str) -> Result<Target, String> {
+    let rest = url
+        .strip_prefix("ws://")
+        .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(format!("`{url}`: no host"));
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("`{url}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{url}`: the host has no address"))?;
+    Ok(Target {
+        addr,
+        host: authority.to_string(),
+        path: path.to_string(),
+    })
+}
+
+impl Common {
+    /// Builds the run for `mode` with the mode's own load and phase settings.
+    pub fn spec(
+        &self,
+        mode: Mode,
+        load: Load,
+        tune: impl FnOnce(&mut Plan),
+    ) -> Result<RunSpec, String> {
+        let t = parse_url(&self.url)?;
+        let sockets = self.sockets.unwrap_or(match mode {
+            Mode::Mix => 6000,
+            Mode::Throughput => 100,
+            _ => 10_000,
+        });
+        if sockets == 0 {
+            return Err("--sockets must be at least 1".into());
+        }
+        if self.sources == 0 || self.sources > 254 {
+            return Err("--sources must be between 1 and 254".into());
+        }
+        let mut plan = Plan {
+            addr: t.addr,
+            host: t.host,
+            path: t.path,
+            sockets,
+            sources: self.sources,
+            connect_rate: 0.0,
+            load,
+            payload: self.payload,
+            timeout_ms: self.timeout.as_millis() as u64,
+            prime: 0,
+            on_go: OnGo::Measure,
+            reconnect: false,
+            expect_bye: !self.no_bye,
+            seed: self.seed,
+        };
+        tune(&mut plan);
+        let procs = if self.procs == 0 {
+            sockets.div_ceil(15_000)
+        } else {
+            self.procs
+        };
+        Ok(RunSpec {
+            mode,
+            url: self.url.clone(),
+            plan,
+            procs,
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+            settle: Duration::ZERO,
+            server_pid: self.server_pid,
+            progress: !self.quiet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("ws://127.0.0.1:8080/ws/chat/").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            (t.host.as_str(), t.path.as_str()),
+            ("127.0.0.1:8080", "/ws/chat/")
+        );
+        let t = parse_url("ws://[::1]:9/ws/chat?room=a").unwrap();
+        assert_eq!(t.addr, "[::1]:9".parse().unwrap());
+        assert_eq!(t.path, "/ws/chat?room=a");
+        assert_eq!(parse_url("ws://127.0.0.1").unwrap().addr.port(), 80);
+        assert!(parse_url("http://x/").is_err());
+        assert!(parse_url("wss://x/").is_err());
+        assert!(parse_url("ws:///x").is_err());
+    }
+
+    #[test]
+    fn modes_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["b", "throughput", "ws://127.0.0.1:1/ws/chat/"]).unwrap();
+        let Cmd::Throughput {
+            common,
+            window,
+            duration,
+            ..
+        } = cli.cmd
+        else {
+            panic!()
+        };
+        assert_eq!((window, duration), (8, Duration::from_secs(10)));
+        let spec = common
+            .spec(Mode::Throughput, Load::Closed { window }, |_| {})
+            .unwrap();
+        assert_eq!((spec.plan.sockets, spec.procs), (100, 1));
+        let cli = Cli::try_parse_from(["b", "idle", "-n", "19000", "--timeout", "2s"]).unwrap();
+        let Cmd::Idle { common, .. } = cli.cmd else {
+            panic!()
+        };
+        let spec = common.spec(Mode::Idle, Load::Idle, |_| {}).unwrap();
+        assert_eq!((spec.procs, spec.plan.timeout_ms), (2, 2000));
+        assert!(Cli::try_parse_from(["b", "rate", "--rate", "x"]).is_err());
+        assert!(Cli::try_parse_from(["b", "mix", "--duration", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,26 @@
+//! `shardcast-bench`: a load generator for the shardcast wire contract that
+//! measures the server, never itself, and checks every answer as it goes.
+//!
+//! Map:
+//! - [`cli`]: subcommands and options, turned into a [`run::RunSpec`].
+//! - [`run`]: the coordinator: worker processes, progress, /proc samples, the report.
+//! - [`worker`]: one process's sockets on one epoll loop, every answer checked.
+//! - [`plan`]: what a worker is told to do, and how a run is split over workers.
+//! - [`wire`]: client-side WebSocket framing and the upgrade, hand-rolled.
+//! - [`reply`]: what the server's text frames mean.
+//! - [`stats`]: counters, fault kinds and histograms that merge across workers.
+//! - [`report`]: the summary table, JSON and the HTML page with plots.
+//! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
+//! - [`epoll`], [`sys`]: the thin layer over the kernel.
+
+pub mod cli;
+pub mod epoll;
+pub mod plan;
+pub mod reply;
+pub mod report;
+pub mod run;
+pub mod stats;
+pub mod suite;
+pub mod sys;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,141 @@
+//! The `shardcast-bench` binary: parse, run, print, exit 0 only when every
+//! answer was right. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use shardcast_bench::cli::{Cli, Cmd, Common};
+use shardcast_bench::plan::{Load, OnGo, Plan};
+use shardcast_bench::run::{self, Mode, RunSpec};
+use shardcast_bench::{suite, sys, worker};
+
+/// Exit codes: 0 clean run, 1 faults seen, 2 the run could not take place, 64 usage.
+const EXIT_FAULTS: u8 = 1;
+const EXIT_SETUP: u8 = 2;
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    sys::raise_fd_limit();
+    match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("shardcast-bench: {e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    let (common, spec) = match cmd {
+        Cmd::Worker { plan } => {
+            let plan: Plan = serde_json::from_str(&plan).context("worker plan")?;
+            sys::tight_timer_slack();
+            let result = worker::Worker::new(plan)?.run()?;
+            worker::emit(&worker::Line::Done(Box::new(result)));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::Suite(args) => return suite::main(args),
+        Cmd::Mix {
+            common,
+            connect_rate,
+            duration,
+            chatters,
+            no_reconnect,
+        } => {
+            let load = Load::Mix {
+                chatter_share: chatters,
+            };
+            let mut spec = usage(common.spec(Mode::Mix, load, |p| {
+                p.connect_rate = connect_rate;
+                p.reconnect = !no_reconnect;
+            }))?;
+            spec.duration = duration;
+            (common, spec)
+        }
+        Cmd::Throughput {
+            common,
+            window,
+            duration,
+            warmup,
+        } => {
+            let mut spec = usage(common.spec(Mode::Throughput, Load::Closed { window }, |_| {}))?;
+            spec.duration = duration;
+            spec.warmup = warmup;
+            (common, spec)
+        }
+        Cmd::Rate {
+            common,
+            rate,
+            duration,
+        } => {
+            let mut spec = usage(common.spec(Mode::Rate, Load::Open { rate }, |_| {}))?;
+            spec.duration = duration;
+            (common, spec)
+        }
+        Cmd::Idle { common, hold } => {
+            let mut spec = usage(common.spec(Mode::Idle, Load::Idle, |_| {}))?;
+            spec.duration = hold;
+            (common, spec)
+        }
+        Cmd::Storm {
+            common,
+            prime,
+            settle,
+        } => {
+            let mut spec = usage(common.spec(Mode::Storm, Load::Idle, |p| {
+                p.prime = prime;
+                p.on_go = OnGo::DropAndResume;
+            }))?;
+            spec.settle = settle;
+            (common, spec)
+        }
+        Cmd::Drain { common } => {
+            let spec = usage(common.spec(Mode::Drain, Load::Idle, |p| {
+                p.on_go = OnGo::ExpectDrain;
+            }))?;
+            (common, spec)
+        }
+    };
+    if let Some(list) = &common.cpu {
+        let cpus = sys::parse_cpu_list(list).map_err(anyhow::Error::msg)?;
+        sys::pin_to(&cpus).context("pinning to --cpu")?;
+    }
+    one_run(&spec, &common)
+}
+
+fn usage(r: Result<RunSpec, String>) -> anyhow::Result<RunSpec> {
+    r.map_err(|e| {
+        eprintln!("shardcast-bench: {e}");
+        std::process::exit(i32::from(EXIT_USAGE))
+    })
+}
+
+fn one_run(spec: &RunSpec, common: &Common) -> anyhow::Result<ExitCode> {
+    let report = run::run(spec)?;
+    print!("{}", report.summary());
+    if let Some(path) = &common.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &common.html {
+        std::fs::write(path, report.html())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAULTS)
+    })
+}

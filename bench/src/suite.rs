@@ -1,0 +1,801 @@
+//! The standard suite behind `make bench`: a private redis-server, a fresh
+//! server process for every run (shardcast, and the tokio-tungstenite baseline
+//! beside it), each figure repeated, and the table of medians, bests, ratios
+//! and goals appended to `bench/RESULTS.md` with the machine it ran on.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::plan::{Load, OnGo, Plan};
+use crate::report::{bytes, Report};
+use crate::run::{self, Mode, RunSpec};
+use crate::sys;
+
+#[derive(Debug, clap::Args)]
+pub struct SuiteArgs {
+    /// The shardcast binary (a release build).
+    #[arg(long, default_value = "target/release/shardcast")]
+    pub server: PathBuf,
+    /// The baseline binary.
+    #[arg(long, default_value = "target/release/tt-counter")]
+    pub baseline: PathBuf,
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: PathBuf,
+    /// Where the results table is appended.
+    #[arg(long, default_value = "bench/RESULTS.md")]
+    pub out: PathBuf,
+    /// Runs of each figure; the table shows the median and the best.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: u32,
+    /// Socket counts and durations cut down about tenfold: checks the suite
+    /// itself in a minute, its figures mean little.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where each run's JSON report is kept.
+    #[arg(long, default_value = "target/bench")]
+    pub raw: PathBuf,
+}
+
+/// Which server a run is against, and how it is placed on the CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Shardcast { shards: u32 },
+    Baseline { threads: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Server on CPU 0, generator on CPU 1.
+    Pinned,
+    Unpinned,
+}
+
+struct Figure {
+    name: &'static str,
+    unit: &'static str,
+    /// Whether a smaller value is better.
+    lower_better: bool,
+    goal: &'static str,
+    /// Goal check on the median, when the goal is a plain threshold.
+    met: Option<fn(f64, Option<f64>) -> bool>,
+    ours: Vec<f64>,
+    baseline: Vec<f64>,
+}
+
+pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
+    for bin in [&args.server, &args.baseline] {
+        if !bin.exists() {
+            bail!(
+                "{} is missing: build it with `cargo build --release`",
+                bin.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&args.raw).ok();
+    let started = Instant::now();
+    let redis = Redis::start(&args.redis_server)?;
+    let mut s = Suite {
+        args: &args,
+        redis_url: format!("redis://{}", redis.addr),
+        faults: 0,
+        runs: 0,
+    };
+    let q = |full: u32, quick: u32| if args.quick { quick } else { full };
+    let secs = |full: u64, quick: u64| Duration::from_secs(if args.quick { quick } else { full });
+
+    let mut figures = Vec::new();
+    let one = Server::Shardcast { shards: 1 };
+    let two = Server::Shardcast { shards: 2 };
+    let tt1 = Server::Baseline { threads: 1 };
+    let tt2 = Server::Baseline { threads: 2 };
+
+    // 1. Idle memory.
+    let idle_n = q(19_000, 2_000);
+    let mut f = figure(
+        "idle: userspace bytes per socket",
+        "B",
+        true,
+        "≤ 4 KiB, then ≤ 1 KiB",
+        Some(|v, _| v <= 4096.0),
+    );
+    let per_socket = |r: &Report| r.server.as_ref()?.bytes_per_socket;
+    for _ in 0..args.repeat {
+        let hold = |sp: &mut RunSpec| sp.duration = secs(3, 1);
+        let spec = s.spec(Mode::Idle, idle_n, Load::Idle, one, hold);
+        f.ours
+            .extend(per_socket(&s.run_one(one, Placement::Pinned, spec)?));
+        let spec = s.spec(Mode::Idle, idle_n, Load::Idle, tt1, hold);
+        f.baseline
+            .extend(per_socket(&s.run_one(tt1, Placement::Pinned, spec)?));
+    }
+    figures.push(f);
+
+    // 2. Server CPU per reply, closed loop, 100 sockets: one core, then two.
+    let tp = |s: &Suite, srv| {
+        s.spec(
+            Mode::Throughput,
+            100,
+            Load::Closed { window: 8 },
+            srv,
+            |sp| {
+                sp.duration = secs(5, 2);
+                sp.warmup = Duration::from_secs(1);
+            },
+        )
+    };
+    let per_reply = |r: &Report| r.server.as_ref()?.cpu_us_per_reply;
+    let rps = |r: &Report| Some(r.msgs_per_s);
+    let mut cpu1 = figure(
+        "throughput, 1 shard pinned: server µs per reply",
+        "µs",
+        true,
+        "≤ tt in the same run; then ≤ 2 µs",
+        Some(|v, tt| tt.is_some_and(|t| v <= t)),
+    );
+    let mut rps1 = figure(
+        "throughput, 1 shard pinned: replies/s",
+        "/s",
+        false,
+        "",
+        None,
+    );
+    let mut cpu2 = figure(
+        "throughput, 2 shards unpinned: server µs per reply",
+        "µs",
+        true,
+        "≤ tt in the same run",
+        Some(|v, tt| tt.is_some_and(|t| v <= t)),
+    );
+    let mut rps2 = figure(
+        "throughput, 2 shards unpinned: replies/s",
+        "/s",
+        false,
+        "",
+        None,
+    );
+    for _ in 0..args.repeat {
+        let r = s.run_one(one, Placement::Pinned, tp(&s, one))?;
+        cpu1.ours.extend(per_reply(&r));
+        rps1.ours.extend(rps(&r));
+        let r = s.run_one(tt1, Placement::Pinned, tp(&s, tt1))?;
+        cpu1.baseline.extend(per_reply(&r));
+        rps1.baseline.extend(rps(&r));
+        let r = s.run_one(two, Placement::Unpinned, tp(&s, two))?;
+        cpu2.ours.extend(per_reply(&r));
+        rps2.ours.extend(rps(&r));
+        let r = s.run_one(tt2, Placement::Unpinned, tp(&s, tt2))?;
+        cpu2.baseline.extend(per_reply(&r));
+        rps2.baseline.extend(rps(&r));
+    }
+    let mut scale = figure(
+        "2 shards vs 1: replies/s ratio (generator shares the 2 cores)",
+        "x",
+        false,
+        "≥ 1.8x",
+        Some(|v, _| v >= 1.8),
+    );
+    scale.ours = ratios(&rps2.ours, &rps1.ours);
+    scale.baseline = ratios(&rps2.baseline, &rps1.baseline);
+    figures.extend([cpu1, rps1, cpu2, rps2, scale]);
+
+    // 3. Open-loop round trips at 10K sockets, unpinned.
+    let rate_n = q(10_000, 1_000);
+    let rate = if args.quick { 2_000.0 } else { 20_000.0 };
+    let mut p50 = figure(
+        "rate 10K sockets, 20K msgs/s: RTT p50",
+        "µs",
+        true,
+        "",
+        None,
+    );
+    let mut p99 = figure(
+        "rate 10K sockets, 20K msgs/s: RTT p99",
+        "µs",
+        true,
+        "≤ 25 µs",
+        Some(|v, _| v <= 25.0),
+    );
+    let mut p999 = figure(
+        "rate 10K sockets, 20K msgs/s: RTT p99.9",
+        "µs",
+        true,
+        "≤ 150 µs",
+        Some(|v, _| v <= 150.0),
+    );
+    let mut rcpu = figure("rate: server µs per reply", "µs", true, "", None);
+    for _ in 0..args.repeat {
+        for (srv, ours) in [(two, true), (tt2, false)] {
+            let spec = s.spec(Mode::Rate, rate_n, Load::Open { rate }, srv, |sp| {
+                sp.duration = secs(10, 3);
+            });
+            let r = s.run_one(srv, Placement::Unpinned, spec)?;
+            let pick = |f: &mut Figure, v: Option<f64>| {
+                if ours {
+                    f.ours.extend(v)
+                } else {
+                    f.baseline.extend(v)
+                }
+            };
+            let q = r.rtt_us;
+            pick(&mut p50, q.map(|q| q.p50));
+            pick(&mut p99, q.map(|q| q.p99));
+            pick(&mut p999, q.map(|q| q.p999));
+            pick(&mut rcpu, per_reply(&r));
+        }
+    }
+    figures.extend([p50, p99, p999, rcpu]);
+
+    // 4. Storm: connect all at once, drop, resume from Redis.
+    let storm_n = q(10_000, 1_000);
+    let mut connect = figure(
+        "storm 10K: all connected",
+        "s",
+        true,
+        "≤ 0.5 s, no failures",
+        Some(|v, _| v <= 0.5),
+    );
+    let mut resume = figure(
+        "storm 10K: all resumed from Redis, counts exact",
+        "s",
+        true,
+        "≤ 2 s",
+        Some(|v, _| v <= 2.0),
+    );
+    for _ in 0..args.repeat {
+        let spec = s.spec(Mode::Storm, storm_n, Load::Idle, two, |sp| {
+            sp.plan.prime = 3;
+            sp.plan.on_go = OnGo::DropAndResume;
+            sp.settle = Duration::from_millis(100);
+        });
+        let r = s.run_one(two, Placement::Unpinned, spec)?;
+        connect
+            .ours
+            .extend(r.storm.as_ref().map(|st| st.connect_all_s));
+        resume
+            .ours
+            .extend(r.storm.as_ref().map(|st| st.resume_all_s));
+        let spec = s.spec(Mode::Idle, storm_n, Load::Idle, tt2, |sp| {
+            sp.duration = Duration::ZERO
+        });
+        let r = s.run_one(tt2, Placement::Unpinned, spec)?;
+        connect.baseline.extend(r.connect_ms.map(|c| c.max / 1e3));
+    }
+    figures.extend([connect, resume]);
+
+    // 5. Drain.
+    let mut drain = figure(
+        "drain 10K: SIGTERM to last close",
+        "s",
+        true,
+        "≤ 1 s, all with goodbye",
+        Some(|v, _| v <= 1.0),
+    );
+    let mut share = figure(
+        "drain 10K: goodbye + 1001 share",
+        "%",
+        false,
+        "100%",
+        Some(|v, _| v >= 100.0),
+    );
+    let mut exit = figure("drain 10K: SIGTERM to process exit", "s", true, "", None);
+    for _ in 0..args.repeat {
+        let spec = s.spec(Mode::Drain, storm_n, Load::Idle, two, |sp| {
+            sp.plan.on_go = OnGo::ExpectDrain;
+        });
+        let r = s.run_one(two, Placement::Unpinned, spec)?;
+        if let Some(d) = &r.drain {
+            drain.ours.push(d.last_close_s);
+            share.ours.push(d.goodbye_share * 100.0);
+            exit.ours.extend(d.exit_s);
+        }
+    }
+    figures.extend([drain, share, exit]);
+
+    // 6. The original service's load test, once.
+    let mix_n = q(10_000, 1_000);
+    let mut mix_p99 = figure("mix 10K for 60 s: reply RTT p99", "µs", true, "", None);
+    let mut mix_rate = figure("mix 10K for 60 s: replies/s", "/s", false, "", None);
+    let spec = s.spec(
+        Mode::Mix,
+        mix_n,
+        Load::Mix { chatter_share: 0.8 },
+        two,
+        |sp| {
+            sp.plan.connect_rate = 2_000.0;
+            sp.plan.reconnect = true;
+            sp.duration = secs(60, 5);
+        },
+    );
+    let r = s.run_one(two, Placement::Unpinned, spec)?;
+    mix_p99.ours.extend(r.rtt_us.map(|q| q.p99));
+    mix_rate.ours.push(r.msgs_per_s);
+    figures.extend([mix_p99, mix_rate]);
+
+    drop(redis);
+    let table = render(&args, &figures, started.elapsed(), s.faults);
+    println!("{table}");
+    append(&args.out, &table)?;
+    eprintln!(
+        "suite: {} runs in {:.0} s, {} fault(s); appended to {}",
+        s.runs,
+        started.elapsed().as_secs_f64(),
+        s.faults,
+        args.out.display()
+    );
+    Ok(if s.faults == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn figure(
+    name: &'static str,
+    unit: &'static str,
+    lower_better: bool,
+    goal: &'static str,
+    met: Option<fn(f64, Option<f64>) -> bool>,
+) -> Figure {
+    Figure {
+        name,
+        unit,
+        lower_better,
+        goal,
+        met,
+        ours: Vec::new(),
+        baseline: Vec::new(),
+    }
+}
+
+fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+    a.iter()
+        .zip(b)
+        .filter(|(_, d)| **d > 0.0)
+        .map(|(n, d)| n / d)
+        .collect()
+}
+
+struct Suite<'a> {
+    args: &'a SuiteArgs,
+    redis_url: String,
+    faults: u64,
+    runs: u32,
+}
+
+impl Suite<'_> {
+    fn spec(
+        &self,
+        mode: Mode,
+        sockets: u32,
+        load: Load,
+        server: Server,
+        tune: impl FnOnce(&mut RunSpec),
+    ) -> RunSpec {
+        let plan = Plan {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            host: String::new(),
+            path: "/ws/chat/".into(),
+            sockets,
+            sources: 16,
+            connect_rate: 0.0,
+            load,
+            payload: 32,
+            timeout_ms: 10_000,
+            prime: 0,
+            on_go: OnGo::Measure,
+            reconnect: false,
+            expect_bye: matches!(server, Server::Shardcast { .. }),
+            seed: 1,
+        };
+        let mut spec = RunSpec {
+            mode,
+            url: String::new(),
+            plan,
+            procs: sockets.div_ceil(15_000),
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+            settle: Duration::ZERO,
+            server_pid: None,
+            progress: false,
+        };
+        tune(&mut spec);
+        spec
+    }
+
+    /// Starts a fresh server, runs `spec` against it, stops it.
+    fn run_one(
+        &mut self,
+        server: Server,
+        place: Placement,
+        mut spec: RunSpec,
+    ) -> anyhow::Result<Report> {
+        let port = free_port()?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = self.start_server(server, place, addr)?;
+        spec.plan.addr = addr;
+        spec.plan.host = addr.to_string();
+        spec.url = format!("ws://{addr}/ws/chat/");
+        spec.server_pid = Some(child.id());
+        let gen_cpus: &[usize] = match place {
+            Placement::Pinned => &[1],
+            Placement::Unpinned => &[0, 1],
+        };
+        sys::pin_to(gen_cpus).context("pinning the generator")?;
+        let label = format!(
+            "{} {} ({}, {} sockets)",
+            spec.mode.name(),
+            server_label(server),
+            if place == Placement::Pinned {
+                "pinned"
+            } else {
+                "unpinned"
+            },
+            spec.plan.sockets
+        );
+        eprintln!("suite: run {}: {label} ...", self.runs + 1);
+        let result = run::run(&spec);
+        let _ = sys::pin_to(&[0, 1]);
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = wait_with_timeout(&mut child, Duration::from_secs(30));
+        let report = result.with_context(|| label.clone())?;
+        self.runs += 1;
+        self.faults += report.fault_total;
+        if !report.ok() {
+            eprintln!("suite: {label}: faults {:?}", report.faults);
+        }
+        let name = format!(
+            "{:02}-{}-{}.json",
+            self.runs,
+            spec.mode.name(),
+            server_label(server).replace(' ', "-")
+        );
+        let _ = std::fs::write(
+            self.args.raw.join(name),
+            serde_json::to_vec_pretty(&report)?,
+        );
+        Ok(report)
+    }
+
+    fn start_server(
+        &self,
+        server: Server,
+        place: Placement,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Child> {
+        let mut cmd = match place {
+            Placement::Pinned => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", "0"]);
+                c
+            }
+            Placement::Unpinned => Command::new("env"),
+        };
+        match server {
+            Server::Shardcast { shards } => {
+                cmd.arg(&self.args.server).args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--shards",
+                    &shards.to_string(),
+                    "--pin",
+                    "false",
+                    "--redis-url",
+                    &self.redis_url,
+                    // The bench measures the server, not its abuse guard.
+                    "--rate-limit",
+                    "0",
+                    "--max-connections",
+                    "20000",
+                    "--log-level",
+                    "warn",
+                ]);
+            }
+            Server::Baseline { threads } => {
+                cmd.arg(&self.args.baseline).args([
+                    "--listen",
+                    &addr.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                ]);
+            }
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", server_label(server)))?;
+        let ready = match server {
+            Server::Shardcast { .. } => wait_ready(addr, "/readyz", Duration::from_secs(20)),
+            Server::Baseline { .. } => wait_ready(addr, "", Duration::from_secs(20)),
+        };
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{} did not become ready on {addr}", server_label(server));
+        }
+        Ok(child)
+    }
+}
+
+fn server_label(s: Server) -> String {
+    match s {
+        Server::Shardcast { shards } => format!("shardcast {shards} shard(s)"),
+        Server::Baseline { threads } => format!("tt {threads} thread(s)"),
+    }
+}
+
+/// A port the kernel just handed out and took back. Another process could
+/// take it in between; on a machine running the bench that is rare enough.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Polls until `path` answers 200 (or, with no path, until the port accepts).
+fn wait_ready(addr: SocketAddr, path: &str, limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            if path.is_empty() {
+                return true;
+            }
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut head = [0u8; 12];
+            if s.write_all(req.as_bytes()).is_ok()
+                && s.read_exact(&mut head).is_ok()
+                && head.ends_with(b"200")
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::io::Result<()> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if child.try_wait()?.is_some() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill()?;
+    child.wait().map(|_| ())
+}
+
+/// A redis-server of the suite's own, on a free port, gone when dropped.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start(bin: &PathBuf) -> anyhow::Result<Redis> {
+        let port = free_port()?;
+        let child = Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (apt-get install -y redis-server)",
+                    bin.display()
+                )
+            })?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let mut pong = [0u8; 7];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut pong).is_ok()
+                    && &pong == b"+PONG\r\n"
+                {
+                    return Ok(Redis { child, addr });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server did not answer on {addr}")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+fn best(v: &[f64], lower_better: bool) -> Option<f64> {
+    let it = v.iter().copied();
+    if lower_better {
+        it.min_by(f64::total_cmp)
+    } else {
+        it.max_by(f64::total_cmp)
+    }
+}
+
+fn fmt_value(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if unit == "B" => bytes(v),
+        Some(v) if unit == "/s" => format!("{v:.0}/s"),
+        Some(v) if unit == "%" => format!("{v:.2}%"),
+        Some(v) if unit == "x" => format!("{v:.2}x"),
+        Some(v) if unit == "s" => format!("{v:.3} s"),
+        Some(v) => format!("{v:.2} {unit}"),
+    }
+}
+
+fn render(args: &SuiteArgs, figures: &[Figure], took: Duration, faults: u64) -> String {
+    let mut s = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()
+        .is_some_and(|o| !o.stdout.is_empty());
+    let when = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "\n## {when} · commit {commit}{} · {cpu} × {cpus} · Linux {kernel}{}\n",
+        if dirty { " (with local changes)" } else { "" },
+        if args.quick {
+            " · QUICK (reduced sizes)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{} runs per figure (median, best in brackets); suite took {:.0} s; {faults} fault(s) in all runs. \
+         Pinned: server on CPU 0, generator on CPU 1. tt: tokio-tungstenite 0.30 baseline, 4 KiB buffers.\n",
+        args.repeat,
+        took.as_secs_f64()
+    );
+    s.push_str(
+        "| figure | shardcast | tt | shardcast / tt | goal | met |\n|---|---|---|---|---|---|\n",
+    );
+    for f in figures {
+        let (mo, mb) = (median(&f.ours), median(&f.baseline));
+        let ratio = match (mo, mb) {
+            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+            _ => "-".into(),
+        };
+        let cell = |v: &[f64], m: Option<f64>| {
+            if v.len() > 1 {
+                format!(
+                    "{} ({})",
+                    fmt_value(m, f.unit),
+                    fmt_value(best(v, f.lower_better), f.unit)
+                )
+            } else {
+                fmt_value(m, f.unit)
+            }
+        };
+        let met = match (f.met, mo) {
+            (Some(check), Some(v)) => {
+                if check(v, mb) {
+                    "yes"
+                } else {
+                    "**no**"
+                }
+            }
+            _ => "",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            f.name,
+            cell(&f.ours, mo),
+            cell(&f.baseline, mb),
+            ratio,
+            f.goal,
+            met
+        );
+    }
+    s
+}
+
+fn append(path: &PathBuf, table: &str) -> anyhow::Result<()> {
+    let header = "# Bench results\n\nAppended by `make bench` (`shardcast-bench suite`): each section is one run \
+                  of the standard suite on the machine it names. Compare figures only within a section: \
+                  the machines this runs on change speed between runs.\n";
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if f.metadata()?.len() == 0 {
+        f.write_all(header.as_bytes())?;
+    }
+    f.write_all(table.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_bests() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+        assert_eq!(best(&[3.0, 1.0, 2.0], true), Some(1.0));
+        assert_eq!(best(&[3.0, 1.0, 2.0], false), Some(3.0));
+    }
+
+    #[test]
+    fn ratios_skip_zero_denominators() {
+        assert_eq!(ratios(&[4.0, 6.0, 1.0], &[2.0, 0.0, 2.0]), vec![2.0, 0.5]);
+    }
+
+    #[test]
+    fn values_print_in_their_units() {
+        assert_eq!(fmt_value(Some(10_600.0), "B"), "10.6 KB");
+        assert_eq!(fmt_value(Some(0.2345), "s"), "0.234 s");
+        assert_eq!(fmt_value(Some(1.825), "x"), "1.82x");
+        assert_eq!(fmt_value(None, "µs"), "-");
+    }
+}
