@@ -25,8 +25,10 @@ use std::task::{Poll, Waker};
 
 use crate::metrics::Metrics;
 
-/// Requests waiting for the connection, per shard. Past this, calls fail
-/// fast as if Redis were down: a stalled Redis must not grow memory.
+/// Requests queued or in flight, per shard. A caller past this waits for a
+/// slot (a storm of 10,000 resumes is a burst, not an outage) for at most
+/// `REPLY_TIMEOUT`, then fails as if Redis were down: a stalled Redis must
+/// not grow memory, and it is reconnected within that time anyway.
 const QUEUE: usize = 4096;
 /// Requests written to Redis in one batch.
 const BATCH: usize = 512;
@@ -220,6 +222,8 @@ struct Inner {
     up: Cell<bool>,
     epoch: Cell<u64>,
     queue: RefCell<VecDeque<Request>>,
+    /// One permit per request queued or in flight.
+    slots: glommio::sync::Semaphore,
     waker: Cell<Option<Waker>>,
     running: Cell<bool>,
     init: Vec<u8>,
@@ -245,6 +249,7 @@ impl Redis {
                 up: Cell::new(false),
                 epoch: Cell::new(0),
                 queue: RefCell::new(VecDeque::new()),
+                slots: glommio::sync::Semaphore::new(QUEUE as u64),
                 waker: Cell::new(None),
                 running: Cell::new(false),
                 init,
@@ -272,15 +277,26 @@ impl Redis {
         if !self.is_up() {
             return Err(RedisError::Unavailable);
         }
-        let (done, wait) = oneshot::channel();
         let m = &self.inner.metrics.shards[self.inner.shard];
+        let _slot = match self.inner.slots.try_acquire_permit(1) {
+            Ok(p) => p,
+            Err(_) => {
+                let wait = glommio::timer::timeout(REPLY_TIMEOUT, async {
+                    Ok(self.inner.slots.acquire_permit(1).await)
+                });
+                match wait.await {
+                    Ok(Ok(p)) if self.is_up() => p,
+                    _ => {
+                        m.redis_errors_total.inc();
+                        return Err(RedisError::Unavailable);
+                    }
+                }
+            }
+        };
+        let (done, wait) = oneshot::channel();
         m.redis_commands_total.add(replies as u64);
         {
             let mut q = self.inner.queue.borrow_mut();
-            if q.len() >= QUEUE {
-                m.redis_errors_total.inc();
-                return Err(RedisError::Unavailable);
-            }
             q.push_back(Request {
                 bytes,
                 replies,

@@ -249,3 +249,50 @@ fn an_expired_session_is_not_adopted() {
         "the expired key was recreated"
     );
 }
+
+/// A reconnect storm is a burst, not an outage: more resumes at once than a
+/// shard keeps Redis requests in flight wait for a slot, none is refused 503.
+/// Redis is paused for the burst, so every request is still queued when the
+/// last one arrives.
+#[test]
+fn a_resume_storm_larger_than_the_redis_queue_is_served() {
+    use std::io::{Read, Write};
+    let redis = Redis::start();
+    let server = Server::builder(&redis).shards(1).start();
+    const N: usize = 4_500; // over the shard's 4,096 Redis slots
+    let mut socks: Vec<std::net::TcpStream> = (0..N)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(server.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        })
+        .collect();
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]).trim(), "OK");
+    for s in &mut socks {
+        let id = format!(
+            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+            rand_u64() as u32,
+            rand_u64() as u16,
+            rand_u64() & 0xfff,
+            rand_u64() & 0xfff,
+            rand_u64() & 0xffff_ffff_ffff
+        );
+        let req = format!(
+            "GET /ws/chat/?session_id={id} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+    }
+    let mut refused = 0;
+    for s in &mut socks {
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        if &head != b"HTTP/1.1 101" {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 0, "upgrades refused during the storm");
+    wait_for("every socket counted", Duration::from_secs(10), || {
+        (server.metric("ws_connections_active") == N as f64).then_some(())
+    });
+}
