@@ -84,6 +84,8 @@ pub struct StormFigures {
     pub connect_all_s: f64,
     /// From the drop to the last resume proven by a continued count.
     pub resume_all_s: f64,
+    #[serde(skip)]
+    pub dropped_ns: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,7 +177,13 @@ impl Report {
         }
         row("generator CPU", cpu_text(&self.generator));
         if let Some(st) = &self.storm {
-            row("all connected", format!("{:.3} s", st.connect_all_s));
+            row(
+                "all connected",
+                format!(
+                    "{:.3} s from the first connect to the last welcome",
+                    st.connect_all_s
+                ),
+            );
             row(
                 "all resumed",
                 format!(

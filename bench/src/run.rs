@@ -203,7 +203,7 @@ struct Coordinator<'a> {
     bar: ProgressBar,
     t0: u64,
     server0: Option<ProcSample>,
-    gen0: u64,
+    rusage0: u64,
     series: Vec<Point>,
     last_point: (u64, u64),
     last_plain: u64,
@@ -224,6 +224,9 @@ struct Window {
 impl<'a> Coordinator<'a> {
     fn new(spec: &'a RunSpec) -> Result<Coordinator<'a>, RunError> {
         let server0 = spec.server_pid.and_then(|p| sys::sample(p).ok());
+        // Workers are gone from /proc by the time the run is summed up, so the
+        // whole-run figure comes from getrusage after they are waited for.
+        let rusage0 = sys::rusage_ns(false) + sys::rusage_ns(true);
         let t0 = now_ns();
         let w = Workers::spawn(spec.plan.split(spec.procs))?;
         let bar = if spec.progress && std::io::stderr().is_terminal() {
@@ -240,14 +243,13 @@ impl<'a> Coordinator<'a> {
         } else {
             ProgressBar::hidden()
         };
-        let gen0 = w.cpu_ns();
         Ok(Coordinator {
             spec,
             w,
             bar,
             t0,
             server0,
-            gen0,
+            rusage0,
             series: Vec::new(),
             last_point: (t0, 0),
             last_plain: t0,
@@ -290,14 +292,6 @@ impl<'a> Coordinator<'a> {
                 self.close_window();
             }
             Mode::Storm => {
-                let connect_all = self
-                    .w
-                    .ready
-                    .iter()
-                    .flatten()
-                    .max()
-                    .copied()
-                    .unwrap_or(self.t0);
                 self.pause(spec.settle);
                 self.phase("dropped, resuming");
                 for r in &mut self.w.ready {
@@ -306,10 +300,11 @@ impl<'a> Coordinator<'a> {
                 let go = now_ns();
                 self.w.say("go");
                 self.wait_until(connect_deadline, |w| w.all_ready());
-                let resumed_all = self.w.ready.iter().flatten().max().copied().unwrap_or(go);
+                // Filled in from the workers' stamps once their results are in.
                 self.storm = Some(StormFigures {
-                    connect_all_s: secs(connect_all.saturating_sub(self.t0)),
-                    resume_all_s: secs(resumed_all.saturating_sub(go)),
+                    connect_all_s: 0.0,
+                    resume_all_s: 0.0,
+                    dropped_ns: go,
                 });
             }
             Mode::Drain => {
@@ -470,13 +465,14 @@ impl<'a> Coordinator<'a> {
             let _ = c.wait();
         }
         self.bar.finish_and_clear();
-        let gen_total = self.w.cpu_ns().saturating_sub(self.gen0);
+        let gen_total = (sys::rusage_ns(false) + sys::rusage_ns(true)).saturating_sub(self.rusage0);
         let mut counters = Counters::default();
         let mut faults = Faults::default();
         let mut rtt = stats::histogram();
         let mut connect = stats::histogram();
         let mut win_replies = 0;
         let mut last_close = 0;
+        let (mut first_connect, mut last_open, mut last_resume) = (u64::MAX, 0, 0);
         for (w, r) in self.w.results.iter().enumerate() {
             let r = r.as_ref().ok_or(RunError::WorkerLost(w))?;
             counters.add(&r.counters);
@@ -485,6 +481,11 @@ impl<'a> Coordinator<'a> {
             stats::merge_pairs(&mut connect, &r.connect);
             win_replies += r.window_replies;
             last_close = last_close.max(r.last_close_ns);
+            if r.first_connect_ns > 0 {
+                first_connect = first_connect.min(r.first_connect_ns);
+            }
+            last_open = last_open.max(r.last_open_ns);
+            last_resume = last_resume.max(r.last_resume_ns);
         }
         let spec = self.spec;
         let elapsed = now_ns() - self.t0;
@@ -572,7 +573,11 @@ impl<'a> Coordinator<'a> {
             rtt_us: Quantiles::of(&rtt, 1e3),
             server,
             generator,
-            storm: self.storm.take(),
+            storm: self.storm.take().map(|st| StormFigures {
+                connect_all_s: secs(last_open.saturating_sub(first_connect)),
+                resume_all_s: secs(last_resume.saturating_sub(st.dropped_ns)),
+                ..st
+            }),
             drain,
             series: std::mem::take(&mut self.series),
             rtt_histogram: stats::to_pairs(&rtt),

@@ -43,6 +43,25 @@ pub fn parse_statm_resident(statm: &str) -> Option<u64> {
     statm.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user + system, ns) of this process, or of its waited-for children.
+pub fn rusage_ns(children: bool) -> u64 {
+    let who = if children {
+        libc::RUSAGE_CHILDREN
+    } else {
+        libc::RUSAGE_SELF
+    };
+    // SAFETY: ru is a valid out pointer of the right type.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(who, &mut ru) != 0 {
+            return 0;
+        }
+        ru
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
+}
+
 /// Whether `pid` still runs: it exists and is not a zombie waiting for its parent.
 pub fn alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -187,6 +206,13 @@ mod tests {
         assert!(s.rss_bytes > 0);
         assert!(alive(std::process::id()));
         assert!(!alive(u32::MAX - 1));
+        let before = rusage_ns(false);
+        let mut x = 0u64;
+        for i in 0..3_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(rusage_ns(false) > before);
     }
 
     #[test]
