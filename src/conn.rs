@@ -11,6 +11,7 @@ use glommio::net::TcpStream;
 use crate::http::{self, HeadError, Request};
 use crate::metrics::ErrorKind;
 use crate::shard::Shard;
+use crate::ws::socket::Opened;
 
 /// Largest request body (`POST /api/broadcast`).
 pub const MAX_BODY: usize = 64 << 10;
@@ -56,20 +57,24 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream) -> Result<Request, 
     Ok(req)
 }
 
-pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
+/// Reads the request head and answers plain HTTP, or runs the upgrade up to
+/// the welcome; returns the socket when it is open.
+///
+/// This is the first of a socket's two tasks (see `shard::accept_one`).
+pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
     let cfg = shard.cfg();
     let m = shard.metrics();
     // A socket that stops reading cannot hold a task forever.
     stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
     let read = glommio::timer::timeout(cfg.handshake_timeout, async {
-        Ok(read_request(&shard, &mut stream).await)
+        Ok(read_request(shard, &mut stream).await)
     })
     .await;
     let req = match read {
         Err(_) => {
             m.error(ErrorKind::HandshakeTimeout);
             tracing::debug!("request head timed out; dropping the socket");
-            return;
+            return None;
         }
         Ok(Err(HeadError::TooLarge)) => {
             m.error(ErrorKind::HeaderTooLarge);
@@ -77,7 +82,7 @@ pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
             let _ = stream
                 .write_all(&http::error(431, "request header fields too large"))
                 .await;
-            return;
+            return None;
         }
         Ok(Err(HeadError::Malformed(why))) => {
             m.error(ErrorKind::BadRequest);
@@ -85,27 +90,25 @@ pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
             let _ = stream
                 .write_all(&http::error(400, "malformed request"))
                 .await;
-            return;
+            return None;
         }
-        Ok(Err(HeadError::Closed)) => return,
+        Ok(Err(HeadError::Closed)) => return None,
         Ok(Err(HeadError::Io(_))) => {
             m.error(ErrorKind::Io);
-            return;
+            return None;
         }
         Ok(Ok(req)) => req,
     };
 
     if is_ws_path(&req.path) {
-        // Boxed so this task's future stays small while the socket lives.
-        Box::pin(crate::ws::socket::upgrade(&shard, stream, req)).await;
-        return;
+        return crate::ws::socket::open(shard, stream, req).await;
     }
     let answer = if req.header("upgrade").is_some() {
         // An upgrade anywhere else is a wrong URL, not a wrong protocol.
         m.error(ErrorKind::NotFound);
         http::error(404, "no websocket endpoint here")
     } else {
-        crate::routes::answer(&shard, &req).await
+        crate::routes::answer(shard, &req).await
     };
     let mut answer = answer;
     if req.method == "HEAD" {
@@ -116,4 +119,5 @@ pub async fn handle(shard: Rc<Shard>, mut stream: TcpStream) {
     }
     let _ = stream.write_all(&answer).await;
     let _ = stream.close().await;
+    None
 }

@@ -17,6 +17,7 @@
 //! - [`redis`]: Redis over a shard's own glommio sockets.
 //! - [`metrics`]: per-shard cells summed at scrape.
 
+pub mod alloc;
 pub mod config;
 pub mod conn;
 pub mod http;

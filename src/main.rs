@@ -13,6 +13,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    shardcast::alloc::tune();
     let cfg = match Config::from_args(std::env::args_os()) {
         Ok(c) => c,
         Err(shardcast::config::ConfigError::Cli(msg)) if is_help(&msg) => {

@@ -163,7 +163,7 @@ impl Shard {
 }
 
 /// Releases a connection slot when the connection's task ends, however it ends.
-struct Slot(Rc<Shard>);
+pub struct Slot(pub Rc<Shard>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -296,12 +296,31 @@ fn accept_one(shard: &Rc<Shard>, gate: &Gate, stream: TcpStream) {
         return;
     }
     let slot = Slot(shard.clone());
-    let s = shard.clone();
-    let spawned = gate.spawn(async move {
-        let _slot = slot;
-        crate::conn::handle(s, stream).await;
-    });
-    if let Ok(task) = spawned {
+    let sockets = gate.clone();
+    // Two tasks per socket, because a task's future is as large as its
+    // largest await point and lives as long as the task: this one reads the
+    // head and runs HTTP or the upgrade up to the welcome; an open socket
+    // then gets a task whose future holds only what it needs for its life.
+    let front = async move {
+        let Some(opened) = crate::conn::front(&slot.0, stream).await else {
+            return;
+        };
+        let socket = crate::ws::socket::serve(slot, Box::new(opened));
+        match sockets.enter() {
+            Ok(pass) => {
+                glommio::spawn_local(async move {
+                    socket.await;
+                    drop(pass);
+                })
+                .detach();
+            }
+            // The drain closed the gate while the upgrade waited on Redis:
+            // serve here, under this task's pass, so the socket still gets
+            // its goodbye.
+            Err(_) => socket.await,
+        }
+    };
+    if let Ok(task) = gate.spawn(front) {
         task.detach();
     }
 }

@@ -17,7 +17,7 @@ use crate::mailbox::{Mailbox, Note};
 use crate::metrics::ErrorKind;
 use crate::protocol;
 use crate::session::{self, Session};
-use crate::shard::Shard;
+use crate::shard::{Shard, Slot};
 use crate::store::OpenError;
 use crate::ws::codec::{self, Decoder, Event, WsError};
 use crate::ws::handshake;
@@ -67,7 +67,58 @@ impl Bucket {
     }
 }
 
-pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) {
+/// Runs an open socket (past its welcome) until it ends, then says goodbye.
+/// The socket's own task: it holds the connection slot, and takes the socket
+/// boxed, because an async fn keeps its arguments for its whole life.
+pub async fn serve(slot: Slot, opened: Box<Opened>) {
+    let shard = &slot.0;
+    let Opened {
+        mut stream,
+        session,
+        resumed,
+        rest,
+    } = *opened;
+    stream.set_nodelay(true).ok();
+    let conn = shard.next_conn_id();
+    let mailbox = Mailbox::new(shard.cfg().outbound_queue);
+    shard.register(conn, mailbox.clone(), session.id);
+    // A drain that began while this upgrade waited on Redis sent its notice
+    // before the socket was registered: deliver it now.
+    if shard.is_draining() {
+        mailbox.push(Note::Drain);
+    }
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), "ws open");
+    let started = Instant::now();
+    let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
+        .run()
+        .await;
+    shard.unregister(conn);
+    let code = Box::pin(finish(shard, &mut stream, &session, &exit)).await;
+    shard.store.release(&session);
+    tracing::info!(
+        conn_id = conn,
+        session_id = %session.id,
+        code,
+        reason = ?exit,
+        messages,
+        total = session.count(),
+        duration_ms = started.elapsed().as_millis() as u64,
+        "ws close"
+    );
+}
+
+/// A socket past its welcome.
+pub struct Opened {
+    stream: TcpStream,
+    session: Rc<Session>,
+    resumed: bool,
+    /// Bytes that came after the request head (the client's first frames).
+    rest: Vec<u8>,
+}
+
+/// Validates the handshake, opens or resumes the session and sends the 101
+/// with the welcome; None when the upgrade was refused (and answered).
+pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) -> Option<Opened> {
     let m = shard.metrics();
     let accept = match handshake::validate(&req) {
         Ok(a) => a,
@@ -83,12 +134,12 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request)
                     body.as_bytes(),
                 ))
                 .await;
-            return;
+            return None;
         }
     };
     if shard.is_draining() {
         let _ = stream.write_all(&http::error(503, "draining")).await;
-        return;
+        return None;
     }
     let requested = session::id_from_query(&req.query).and_then(session::parse_id);
     // Only the bytes after the head live on; the headers go now.
@@ -104,7 +155,7 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request)
             };
             tracing::warn!(reason = why, "upgrade refused: 503");
             let _ = stream.write_all(&http::error(503, why)).await;
-            return;
+            return None;
         }
     };
     if resumed {
@@ -115,41 +166,21 @@ pub async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request)
         &mut out,
         protocol::welcome(&session.id, session.count(), resumed).as_bytes(),
     );
-    let written = stream.write_all(&out).await;
-    drop(out);
-    if written.is_err() {
+    if stream.write_all(&out).await.is_err() {
         shard.store.release(&session);
-        return;
+        return None;
     }
-    stream.set_nodelay(true).ok();
-    let conn = shard.next_conn_id();
-    let mailbox = Mailbox::new(shard.cfg().outbound_queue);
-    shard.register(conn, mailbox.clone(), session.id);
-    // A drain that began while this upgrade waited on Redis sent its notice
-    // before the socket was registered: deliver it now.
-    if shard.is_draining() {
-        mailbox.push(Note::Drain);
-    }
-    let span_session = session.id.to_string();
-    tracing::info!(conn_id = conn, session_id = %span_session, resumed, count = session.count(), "ws open");
-    let started = Instant::now();
-    let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
-        .run()
-        .await;
-    shard.unregister(conn);
-    let code = finish(shard, &mut stream, &session, &exit).await;
-    shard.store.release(&session);
-    tracing::info!(
-        conn_id = conn,
-        session_id = %span_session,
-        code,
-        reason = ?exit,
-        messages,
-        total = session.count(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "ws close"
-    );
+    Some(Opened {
+        stream,
+        session,
+        resumed,
+        rest,
+    })
 }
+
+/// Read buffer of a socket between bursts. Over 256 bytes, so a control
+/// frame (at most 131 bytes) always fits whole.
+const IDLE_BUFFER: usize = 512;
 
 struct Conn<'a> {
     shard: &'a Rc<Shard>,
@@ -162,6 +193,8 @@ struct Conn<'a> {
     decoder: Decoder,
     bucket: Bucket,
     messages: u64,
+    /// Bytes of the last read, and whether it filled the free space.
+    last_read: (usize, bool),
 }
 
 impl<'a> Conn<'a> {
@@ -173,7 +206,7 @@ impl<'a> Conn<'a> {
         rest: Vec<u8>,
     ) -> Self {
         let cfg = shard.cfg();
-        let mut buf = vec![0u8; cfg.read_buffer_bytes.max(rest.len())].into_boxed_slice();
+        let mut buf = vec![0u8; IDLE_BUFFER.max(rest.len())].into_boxed_slice();
         buf[..rest.len()].copy_from_slice(&rest);
         Self {
             shard,
@@ -192,6 +225,28 @@ impl<'a> Conn<'a> {
                 strikes: 0,
             },
             messages: 0,
+            last_read: (0, false),
+        }
+    }
+
+    /// Sizes the read buffer between reads, when nothing is buffered: a read
+    /// that filled it grows it to `read_buffer_bytes`, so a burst takes few
+    /// syscalls; small reads shrink it back to [`IDLE_BUFFER`], so the
+    /// thousands of sockets that are quiet at any moment hold 512 bytes each,
+    /// not 4 KiB. Medium reads keep it as it is, so steady traffic of
+    /// mid-sized messages does not reallocate on every read.
+    fn fit_buffer(&mut self) {
+        if self.start != self.end {
+            return;
+        }
+        let big = self.shard.cfg().read_buffer_bytes.max(IDLE_BUFFER);
+        let want = match self.last_read {
+            (_, true) => big,
+            (n, false) if n <= IDLE_BUFFER / 2 => IDLE_BUFFER,
+            _ => return,
+        };
+        if self.buf.len() != want {
+            self.buf = vec![0u8; want].into_boxed_slice();
         }
     }
 
@@ -220,6 +275,7 @@ impl<'a> Conn<'a> {
                     out = Vec::new();
                 }
             }
+            self.fit_buffer();
             let step = {
                 let read = self.stream.read(&mut self.buf[self.end..]);
                 let note = self.mailbox.next();
@@ -228,11 +284,14 @@ impl<'a> Conn<'a> {
             match step {
                 Ok(Ok(0)) | Ok(Err(_)) => return Exit::Gone,
                 Ok(Ok(n)) => {
+                    self.last_read = (n, self.end + n == self.buf.len());
                     self.end += n;
                     arrived = Instant::now();
                 }
                 Err(note) => match self.on_note(note, &mut out) {
-                    Some(Exit::Drain) => return self.finish_in_flight(&mut out, arrived).await,
+                    Some(Exit::Drain) => {
+                        return Box::pin(self.finish_in_flight(&mut out, arrived)).await
+                    }
                     Some(exit) => return exit,
                     None => {
                         // Drain what else is queued into the same write.
@@ -310,7 +369,7 @@ impl<'a> Conn<'a> {
                     }
                     let count = self.session.increment();
                     if shard.cfg().durability == Durability::Sync {
-                        let written = shard.store.persist(self.session).await;
+                        let written = Box::pin(shard.store.persist(self.session)).await;
                         // If another socket counted since, the increment can
                         // no longer be taken back: it stays, and is answered.
                         if let Err(e) = written {
