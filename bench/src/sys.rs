@@ -74,22 +74,20 @@ pub fn alive(pid: u32) -> bool {
 }
 
 fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 {
-        t as u64
-    } else {
-        100
-    }
+    sysconf_or(libc::_SC_CLK_TCK, 100)
 }
 
 fn page_size() -> u64 {
+    sysconf_or(libc::_SC_PAGESIZE, 4096)
+}
+
+fn sysconf_or(name: libc::c_int, default: u64) -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as u64
+    let v = unsafe { libc::sysconf(name) };
+    if v > 0 {
+        v as u64
     } else {
-        4096
+        default
     }
 }
 

@@ -324,19 +324,23 @@ impl Worker {
                 St::Waiting if !self.stopping => self.start_connect(i),
                 St::Open if self.loading && !self.stopping => {
                     self.send(i, 1, self.now);
-                    self.schedule_mix(i);
+                    self.schedule_mix(i, false);
                 }
                 _ => {}
             }
         }
     }
 
-    fn schedule_mix(&mut self, i: usize) {
+    /// Schedules a mix socket's next send: chatters every 2-10 s, lurkers
+    /// every 30-120 s. The first send lands anywhere in the socket's interval,
+    /// so a ramp does not turn into synchronized waves.
+    fn schedule_mix(&mut self, i: usize, first: bool) {
         let (lo, hi) = if self.conns[i].chatter {
             (2_000, 10_000)
         } else {
             (30_000, 120_000)
         };
+        let lo = if first { 0 } else { lo };
         let ms: u64 = self.rng.random_range(lo..=hi);
         self.schedule(i, self.now + ms * 1_000_000);
     }
@@ -770,17 +774,7 @@ impl Worker {
         }
         match self.plan.load {
             Load::Closed { window } => self.send(i, window, self.now),
-            Load::Mix { .. } => {
-                // The first send lands anywhere in the socket's interval, so a
-                // ramp does not turn into synchronized waves.
-                let (lo, hi) = if self.conns[i].chatter {
-                    (0, 10_000)
-                } else {
-                    (0, 120_000)
-                };
-                let ms: u64 = self.rng.random_range(lo..=hi);
-                self.schedule(i, self.now + ms * 1_000_000);
-            }
+            Load::Mix { .. } => self.schedule_mix(i, true),
             Load::Idle | Load::Open { .. } => {}
         }
     }
@@ -836,7 +830,7 @@ impl Worker {
         }
         match self.plan.load {
             Load::Closed { window } if self.loading => self.send(i, window, self.now),
-            Load::Mix { .. } if self.loading => self.schedule_mix(i),
+            Load::Mix { .. } if self.loading => self.schedule_mix(i, false),
             _ => {}
         }
     }
