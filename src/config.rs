@@ -38,6 +38,10 @@ pub enum LogFormat {
 pub struct Config {
     /// Address every shard listens on (SO_REUSEPORT).
     pub listen: SocketAddr,
+    /// Admin address for /metrics, /healthz and /readyz, served by a thread
+    /// of its own that stays up through a drain (the shards' listeners close
+    /// when it starts). None: no admin listener.
+    pub admin_listen: Option<SocketAddr>,
     /// Number of shards; 0 = one per online CPU.
     pub shards: usize,
     /// Pin each shard to its own CPU.
@@ -98,6 +102,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: None,
             shards: 0,
             pin: true,
             backlog: 4096,
@@ -158,6 +163,9 @@ pub struct Cli {
     pub config: Option<PathBuf>,
     #[arg(long, env = "SHARDCAST_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Admin listener for /metrics, /healthz, /readyz; stays up while draining
+    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Number of shards (0 = one per CPU)
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -235,6 +243,9 @@ impl Config {
             }
             None => Config::default(),
         };
+        if let Some(a) = cli.admin_listen {
+            c.admin_listen = Some(a);
+        }
         macro_rules! overlay {
             ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
         }

@@ -16,7 +16,11 @@
 //! - [`store`]: a shard's sessions and their way to Redis.
 //! - [`redis`]: Redis over a shard's own glommio sockets.
 //! - [`metrics`]: per-shard cells summed at scrape.
+//! - [`process`]: RSS, CPU, descriptors of this process, read at scrape.
+//! - [`admin`]: the admin listener (/metrics, /healthz, /readyz) that outlives a drain.
+//! - [`alloc`]: mimalloc set up for many idle sockets.
 
+pub mod admin;
 pub mod alloc;
 pub mod config;
 pub mod conn;
@@ -24,6 +28,7 @@ pub mod http;
 pub mod logging;
 pub mod mailbox;
 pub mod metrics;
+pub mod process;
 pub mod protocol;
 pub mod redis;
 pub mod routes;

@@ -62,7 +62,13 @@ fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         })
         .context("starting the signal thread")?;
 
+    let admin = cfg.admin_listen;
     let server = Server::start(cfg).context("starting shards")?;
+    if let Some(addr) = admin {
+        let bound = shardcast::admin::start(addr, server.shared().clone())
+            .with_context(|| format!("binding the admin listener on {addr}"))?;
+        tracing::info!(admin = %bound, "admin listening");
+    }
 
     let first = crossbeam_channel::select! {
         recv(sig_rx) -> s => s.ok(),

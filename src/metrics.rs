@@ -9,6 +9,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 /// A counter or gauge written by one shard only.
 #[derive(Debug, Default)]
@@ -93,7 +94,8 @@ impl ErrorKind {
 /// Close codes counted one by one in `ws_closes_total{code}`; others are "other".
 pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011];
 
-/// Upper bounds of `ws_message_duration_seconds`, 10 µs to 1 s.
+/// Upper bounds of `ws_message_duration_seconds` and
+/// `redis_command_duration_seconds`, 10 µs to 1 s.
 pub const DURATION_BUCKETS: [f64; 16] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
     0.05, 0.1, 0.25, 0.5, 1.0,
@@ -144,6 +146,10 @@ pub struct ShardMetrics {
     pub sessions_cached: Cell,
     /// 1 once the shard runs its accept loop.
     pub started: Cell,
+    /// How late the shard's event loop last ran a 100 ms timer, ns.
+    pub loop_lag_ns: Cell,
+    /// Round trip of each Redis request, queue to reply.
+    pub redis_duration: Histogram,
 }
 
 impl ShardMetrics {
@@ -166,6 +172,11 @@ impl ShardMetrics {
 pub struct AppMetrics {
     pub startup_micros: Cell,
     pub shutdown_micros: Cell,
+    /// Connections the process accepts at most (all shards).
+    pub connections_limit: Cell,
+    /// When the drain began, µs after the metrics were made, plus one;
+    /// 0 while not draining.
+    pub drain_began: Cell,
 }
 
 /// All shards' metrics plus the process's own.
@@ -175,6 +186,7 @@ pub struct Metrics {
     pub app: AppMetrics,
     pub version: &'static str,
     pub color: String,
+    born: Instant,
 }
 
 impl Metrics {
@@ -184,6 +196,27 @@ impl Metrics {
             app: AppMetrics::default(),
             version: env!("CARGO_PKG_VERSION"),
             color: color.to_string(),
+            born: Instant::now(),
+        }
+    }
+
+    /// Marks the start of the drain (`app_draining`, `app_drain_seconds`).
+    pub fn drain_began(&self) {
+        if self.app.drain_began.get() == 0 {
+            self.app
+                .drain_began
+                .set(self.born.elapsed().as_micros() as u64 + 1);
+        }
+    }
+
+    /// Seconds since the drain began; None while not draining.
+    pub fn drain_seconds(&self) -> Option<f64> {
+        match self.app.drain_began.get() {
+            0 => None,
+            began => {
+                let now = self.born.elapsed().as_micros() as u64 + 1;
+                Some(now.saturating_sub(began) as f64 / 1e6)
+            }
         }
     }
 
@@ -316,27 +349,86 @@ impl Metrics {
             );
         }
 
-        let name = "ws_message_duration_seconds";
-        let _ = writeln!(o, "# HELP {name} Time from a message's arrival to its reply being queued.\n# TYPE {name} histogram");
-        let mut cumulative = 0u64;
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += self.sum(|s| s.message_duration.buckets[i].get());
-            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        cumulative += self.sum(|s| s.message_duration.buckets[DURATION_BUCKETS.len()].get());
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum_ns = self.sum(|s| s.message_duration.sum_ns.get());
-        let _ = writeln!(
-            o,
-            "{name}_sum {}\n{name}_count {cumulative}",
-            sum_ns as f64 / 1e9
+        self.histogram(
+            &mut o,
+            "ws_message_duration_seconds",
+            "Time from a message's arrival to its reply being queued.",
+            |s| &s.message_duration,
         );
+        self.histogram(
+            &mut o,
+            "redis_command_duration_seconds",
+            "Round trip of a Redis request, from its queue to its reply.",
+            |s| &s.redis_duration,
+        );
+        let _ = writeln!(o, "# HELP ws_shard_messages_total Client text messages counted, per shard.\n# TYPE ws_shard_messages_total counter");
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ws_shard_messages_total{{shard=\"{i}\"}} {}",
+                s.messages_total.get()
+            );
+        }
+        let _ = writeln!(o, "# HELP ws_shard_loop_lag_seconds How late the shard's event loop last ran a 100 ms timer.\n# TYPE ws_shard_loop_lag_seconds gauge");
+        for (i, s) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "ws_shard_loop_lag_seconds{{shard=\"{i}\"}} {}",
+                s.loop_lag_ns.get() as f64 / 1e9
+            );
+        }
+        single(
+            &mut o,
+            "ws_connections_limit",
+            "gauge",
+            "Connections the process accepts at most (max_connections per shard, all shards).",
+            self.app.connections_limit.get(),
+        );
+        let drain = self.drain_seconds();
+        single(
+            &mut o,
+            "app_draining",
+            "gauge",
+            "1 from the start of a drain until the process exits.",
+            drain.is_some() as u64,
+        );
+        let _ = writeln!(o, "# HELP app_drain_seconds Seconds since the drain began; 0 while not draining.\n# TYPE app_drain_seconds gauge\napp_drain_seconds {}", drain.unwrap_or(0.0));
+        let p = crate::process::read();
+        let _ = writeln!(o, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", p.resident_bytes);
+        let _ = writeln!(o, "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
+        let _ = writeln!(o, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", p.open_fds);
+        let _ = writeln!(o, "# HELP process_max_fds The open file descriptor limit.\n# TYPE process_max_fds gauge\nprocess_max_fds {}", p.max_fds);
+        let _ = writeln!(o, "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}", p.start_time_seconds);
 
         let secs = |c: &Cell| c.get() as f64 / 1e6;
         let _ = writeln!(o, "# HELP app_startup_seconds Time from process start to all shards serving.\n# TYPE app_startup_seconds gauge\napp_startup_seconds {}", secs(&self.app.startup_micros));
         let _ = writeln!(o, "# HELP app_shutdown_seconds Time the last drain took.\n# TYPE app_shutdown_seconds gauge\napp_shutdown_seconds {}", secs(&self.app.shutdown_micros));
         let _ = writeln!(o, "# HELP app_info Build and deployment.\n# TYPE app_info gauge\napp_info{{version=\"{}\",color=\"{}\"}} 1", self.version, self.color);
         o
+    }
+
+    /// A histogram summed over shards, cumulative as the format wants.
+    fn histogram(
+        &self,
+        o: &mut String,
+        name: &str,
+        help: &str,
+        pick: impl Fn(&ShardMetrics) -> &Histogram,
+    ) {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += self.sum(|s| pick(s).buckets[i].get());
+            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        cumulative += self.sum(|s| pick(s).buckets[DURATION_BUCKETS.len()].get());
+        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum_ns = self.sum(|s| pick(s).sum_ns.get());
+        let _ = writeln!(
+            o,
+            "{name}_sum {}\n{name}_count {cumulative}",
+            sum_ns as f64 / 1e9
+        );
     }
 }
 
@@ -366,6 +458,46 @@ mod tests {
         assert_eq!(value(&t, "ws_closes_total{code=\"other\"}"), 1.0);
         assert_eq!(value(&t, "ws_errors_total{kind=\"binary\"}"), 1.0);
         assert_eq!(value(&t, "app_info{version=\"0.1.0\",color=\"blue\"}"), 1.0);
+        assert_eq!(value(&t, "ws_shard_messages_total{shard=\"0\"}"), 3.0);
+        assert_eq!(value(&t, "ws_shard_messages_total{shard=\"1\"}"), 4.0);
+        assert_eq!(value(&t, "app_draining"), 0.0);
+        assert_eq!(value(&t, "app_drain_seconds"), 0.0);
+        assert!(value(&t, "process_resident_memory_bytes") > 0.0);
+        assert!(value(&t, "process_max_fds") > 0.0);
+    }
+
+    #[test]
+    fn drain_time_counts_from_the_drain() {
+        let m = Metrics::new(1, "green");
+        assert_eq!(m.drain_seconds(), None);
+        m.drain_began();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let first = m.drain_seconds().unwrap();
+        assert!(first >= 0.02, "{first}");
+        m.drain_began(); // a second signal does not restart the clock
+        assert!(m.drain_seconds().unwrap() >= first);
+        let t = m.render();
+        assert_eq!(value(&t, "app_draining"), 1.0);
+        assert!(value(&t, "app_drain_seconds") >= 0.02);
+    }
+
+    #[test]
+    fn every_series_has_help_and_type() {
+        let t = Metrics::new(2, "blue").render();
+        let mut declared = std::collections::HashSet::new();
+        for l in t.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap().to_string());
+            }
+        }
+        for l in t.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| declared.contains(*b)))
+                .unwrap_or(name);
+            assert!(declared.contains(base), "{name} has no # TYPE");
+        }
     }
 
     #[test]

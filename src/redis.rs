@@ -306,7 +306,10 @@ impl Redis {
         if let Some(w) = self.inner.waker.take() {
             w.wake();
         }
+        let queued = std::time::Instant::now();
         let out = wait.await.unwrap_or(Err(RedisError::Unavailable));
+        m.redis_duration
+            .observe_ns(queued.elapsed().as_nanos() as u64);
         if out.is_err() {
             m.redis_errors_total.inc();
         }

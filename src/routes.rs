@@ -9,12 +9,12 @@ use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::redis::{as_u64, Value};
+use crate::server::Shared;
 use crate::shard::{Shard, EVENTS_CHANNEL};
 use crate::store::{read_fields, session_key, tombstone_key};
 
 /// Readiness as the whole process sees it.
-pub fn readiness(shard: &Shard) -> &'static str {
-    let s = &shard.shared;
+pub fn readiness(s: &Shared) -> &'static str {
     if s.draining.load(Ordering::Relaxed) {
         "draining"
     } else if s.metrics.shards.iter().any(|m| m.started.get() == 0) {
@@ -37,7 +37,7 @@ pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
     match (method, path) {
         ("GET" | "HEAD", "/healthz") => http::json(200, &json!({ "status": "ok" })),
         ("GET" | "HEAD", "/readyz") => {
-            let state = readiness(shard);
+            let state = readiness(&shard.shared);
             let code = if state == "ready" { 200 } else { 503 };
             http::json(code, &json!({ "status": state }))
         }
@@ -86,7 +86,7 @@ fn status(shard: &Shard) -> serde_json::Value {
         "connections_per_shard": conns,
         "uptime_s": s.started.elapsed().as_secs(),
         "redis": redis,
-        "ready": readiness(shard),
+        "ready": readiness(&shard.shared),
         "pid": std::process::id(),
     })
 }

@@ -55,6 +55,10 @@ impl Server {
         };
         let n = shards::runtime::shard_count(&rt_cfg);
         let metrics = Arc::new(Metrics::new(n, &cfg.color));
+        metrics
+            .app
+            .connections_limit
+            .set((cfg.max_connections * n) as u64);
         let shared = Arc::new(Shared {
             cfg,
             metrics,
@@ -108,6 +112,7 @@ impl Server {
     /// Starts a drain: readiness turns 503 at once, listeners close, every
     /// socket gets its goodbye and Close 1001.
     pub fn drain(&self) {
+        self.shared.metrics.drain_began();
         self.shared.draining.store(true, Ordering::SeqCst);
         self.runtime.broadcast(Control::Drain);
     }

@@ -223,6 +223,22 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         .detach();
     }
     {
+        // Event-loop lag: how late a 100 ms timer fires. A shard busy for
+        // long stretches (a burst, a slow handler) shows here before its
+        // sockets time out.
+        let s = shard.clone();
+        glommio::spawn_local(async move {
+            const TICK: Duration = Duration::from_millis(100);
+            loop {
+                let t = Instant::now();
+                glommio::timer::sleep(TICK).await;
+                let late = t.elapsed().saturating_sub(TICK);
+                s.metrics().loop_lag_ns.set(late.as_nanos() as u64);
+            }
+        })
+        .detach();
+    }
+    {
         let s = shard.clone();
         let every = cfg.flush_interval;
         glommio::spawn_local(async move {
