@@ -7,10 +7,10 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint format clean load-test bench
+.PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## Release build: target/release/shardcast
 	$(CARGO) build --release
@@ -18,8 +18,9 @@ build: ## Release build: target/release/shardcast
 run: build ## Build, start a local redis-server if none answers, serve on :8080 (flags: ARGS="--shards 2")
 	scripts/run $(ARGS)
 
-test: lint ## fmt check + clippy -D warnings + every test (needs redis-server and redis-cli on PATH)
+test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, prometheus, promtool, amtool)
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test needs redis-server and redis-cli: apt-get install -y redis-server" >&2; exit 1; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { echo "make test needs prometheus, promtool and amtool: apt-get install -y prometheus prometheus-alertmanager" >&2; exit 1; }
 	$(CARGO) test --workspace
 
 lint: ## rustfmt check and clippy with warnings as errors
@@ -33,6 +34,12 @@ load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on
 bench: ## Standard suite against fresh release servers and the tt baseline; appends to bench/RESULTS.md
 	$(CARGO) build --release --workspace
 	target/release/shardcast-bench suite $(ARGS)
+
+monitoring-up: ## Prometheus (:9090) and Alertmanager (:9093) on loopback against the service, files under run/monitoring/
+	scripts/monitoring-up
+
+monitoring-down: ## Stop what monitoring-up started
+	scripts/monitoring-up stop
 
 format: ## Rewrite the sources with rustfmt
 	$(CARGO) fmt --all
