@@ -124,28 +124,6 @@ fn panel_exprs() -> Vec<(String, String)> {
     out
 }
 
-/// GET over HTTP/1.0: the answer is never chunked and the connection closes
-/// after it, so reading to the end gives the whole body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 struct Prometheus {
     child: Child,
     addr: SocketAddr,
@@ -212,7 +190,7 @@ impl Prometheus {
         };
         wait_for("prometheus ready", Duration::from_secs(30), || {
             std::net::TcpStream::connect(addr).ok()?;
-            (get(addr, "/-/ready").0 == 200).then_some(())
+            (get10(addr, "/-/ready").0 == 200).then_some(())
         });
         p
     }
@@ -228,12 +206,19 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let (status, body) = get(self.addr, &format!("/api/v1/query?query={q}"));
+        let (status, body) = get10(self.addr, &format!("/api/v1/query?query={q}"));
         let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         assert_eq!(status, 200, "query `{expr}`: {body}");
         assert_eq!(v["status"], "success", "query `{expr}`: {body}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
+}
+
+/// A 2-shard server with an admin listener, and the admin address.
+fn with_admin(b: ServerBuilder) -> (Server, SocketAddr) {
+    let server = b.shards(2).arg("--admin-listen", "127.0.0.1:0").start();
+    let admin = admin_addr(&server);
+    (server, admin)
 }
 
 fn admin_addr(server: &Server) -> SocketAddr {
@@ -262,11 +247,7 @@ fn traffic(server: &Server) -> Vec<Client> {
 #[test]
 fn prometheus_finds_data_for_every_rule_and_panel() {
     let redis = Redis::start();
-    let server = Server::builder(&redis)
-        .shards(2)
-        .arg("--admin-listen", "127.0.0.1:0")
-        .start();
-    let admin = admin_addr(&server);
+    let (server, admin) = with_admin(Server::builder(&redis));
     let _clients = traffic(&server);
     let prom = Prometheus::start(admin);
     // Rates need two samples in their window; wait for a few scrapes.
@@ -287,7 +268,7 @@ fn prometheus_finds_data_for_every_rule_and_panel() {
     }
     assert!(empty.is_empty(), "no data for:\n{}", empty.join("\n"));
     // Prometheus loaded the rule file and evaluates every rule without error.
-    let (_, body) = get(prom.addr, "/api/v1/rules");
+    let (_, body) = get10(prom.addr, "/api/v1/rules");
     let rules: Value = serde_json::from_str(&body).unwrap();
     let mut seen = BTreeSet::new();
     for g in rules["data"]["groups"].as_array().unwrap() {
@@ -329,11 +310,7 @@ fn sum_of(scrape: &str, prefix: &str) -> f64 {
 #[test]
 fn every_shard_scrapes_the_same_shape_and_totals_are_sums() {
     let redis = Redis::start();
-    let server = Server::builder(&redis)
-        .shards(2)
-        .arg("--admin-listen", "127.0.0.1:0")
-        .start();
-    let admin = admin_addr(&server);
+    let (server, admin) = with_admin(Server::builder(&redis));
     let _clients = traffic(&server);
     let (_, reference) = http(admin, "GET", "/metrics", "");
     let want = shape(&reference);
@@ -365,12 +342,7 @@ fn every_shard_scrapes_the_same_shape_and_totals_are_sums() {
 #[test]
 fn the_admin_listener_outlives_the_drain() {
     let redis = Redis::start();
-    let server = Server::builder(&redis)
-        .shards(2)
-        .arg("--admin-listen", "127.0.0.1:0")
-        .arg("--shutdown-grace", "10s")
-        .start();
-    let admin = admin_addr(&server);
+    let (server, admin) = with_admin(Server::builder(&redis).arg("--shutdown-grace", "10s"));
     // A socket that does not answer our Close keeps the drain going.
     let (mut c, _) = server.connect("");
     assert_eq!(c.count("x"), 1);

@@ -366,6 +366,16 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Str
     raw_response(&mut s)
 }
 
+/// GET over HTTP/1.0, for servers that keep HTTP/1.1 connections open and
+/// chunk large answers (Prometheus): the answer is never chunked and the
+/// connection closes after it.
+pub fn get10(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    raw_response(&mut s)
+}
+
 /// Reads a response until the server closes; returns status and body.
 pub fn raw_response(s: &mut TcpStream) -> (u16, String) {
     let mut out = Vec::new();
