@@ -1,5 +1,5 @@
-//! The plain-HTTP route table: health, readiness, metrics, status, the
-//! session API and broadcast.
+//! The plain-HTTP route table: the web console at `/`, health, readiness,
+//! metrics, status, the session API and broadcast.
 
 use std::sync::atomic::Ordering;
 
@@ -12,6 +12,9 @@ use crate::redis::{as_u64, Value};
 use crate::server::Shared;
 use crate::shard::{Shard, EVENTS_CHANNEL};
 use crate::store::{read_fields, session_key, tombstone_key};
+
+/// The web console served at `/`: one self-contained page (see its top comment).
+const CONSOLE_HTML: &str = include_str!("console.html");
 
 /// Readiness as the whole process sees it.
 pub fn readiness(s: &Shared) -> &'static str {
@@ -35,6 +38,12 @@ pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
     let path = req.path.as_str();
     let method = req.method.as_str();
     match (method, path) {
+        ("GET" | "HEAD", "/") => http::response(
+            200,
+            "text/html; charset=utf-8",
+            &[],
+            CONSOLE_HTML.as_bytes(),
+        ),
         ("GET" | "HEAD", "/healthz") => http::json(200, &json!({ "status": "ok" })),
         ("GET" | "HEAD", "/readyz") => {
             let state = readiness(&shard.shared);

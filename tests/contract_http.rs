@@ -529,7 +529,7 @@ fn unknown_path_is_404() {
     let redis = Redis::start();
     let server = start(&redis);
     for (method, path) in [
-        ("GET", "/"),
+        ("POST", "/"),
         ("GET", "/nope"),
         ("GET", "/api"),
         ("GET", "/api/sessions"),

@@ -1,0 +1,133 @@
+// Real-browser test of the web console at GET / (src/console.html), driven by
+// tests/console.rs. Usage:
+//   node console.test.mjs <base-url> <screenshot-path> <pidA> <handshake-dir>
+// <pidA> is the server the page first connects to (the only one on the port
+// then). After step 4 this script writes <handshake-dir>/step4-done and waits
+// for <handshake-dir>/go, whose content is the pid of server B, which the Rust
+// test has started on the same port (SO_REUSEPORT). Then it SIGTERMs A and
+// checks that the page rides the drain over to B with its session intact.
+// Exit 0 = pass; otherwise a message saying which step failed.
+import { chromium } from 'playwright-core';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [base, shot, pidArg, dir] = process.argv.slice(2);
+if (!base || !shot || !pidArg || !dir) {
+  console.error('usage: node console.test.mjs <base-url> <screenshot-path> <pidA> <handshake-dir>');
+  process.exit(2);
+}
+const pidA = Number(pidArg);
+const STEP_MS = 10_000;
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+if (!existsSync(CHROMIUM)) {
+  console.error(`console test: no browser at ${CHROMIUM}; install it with: apt-get install -y chromium`);
+  process.exit(3);
+}
+
+let step = 'launch';
+const say = (msg) => console.log(`[console.test] ${msg}`);
+const started = Date.now();
+
+async function until(what, f, limit = STEP_MS) {
+  const deadline = Date.now() + limit;
+  let last;
+  for (;;) {
+    last = await f();
+    if (last === true) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${limit} ms waiting for ${what} (last: ${JSON.stringify(last)})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+let page;
+try {
+  const ctx = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  page = await ctx.newPage();
+  page.on('pageerror', (e) => say(`page error: ${e.message}`));
+  const text = (sel) => page.locator(sel).textContent();
+  const is = (sel, want) => async () => { const t = (await text(sel)).trim(); return t === want ? true : t; };
+  const send = async (msg) => {
+    await page.fill('#message', msg);
+    await page.press('#message', 'Enter');
+  };
+
+  step = '1: open and connect';
+  say(step);
+  const res = await page.goto(base + '/');
+  if (!res || res.status() !== 200) throw new Error(`GET / answered ${res && res.status()}`);
+  await page.click('#connect');
+  await until('#state = connected', is('#state', 'connected'));
+  const session = (await text('#session')).trim();
+  if (!session) throw new Error('#session is empty after connecting');
+  say(`   session ${session}, resumed ${(await text('#resumed')).trim()}`);
+
+  step = '2: send 3 messages';
+  say(step);
+  for (const m of ['one', 'two', 'three']) await send(m);
+  await until('#count = 3', is('#count', '3'));
+
+  step = '3: reload and resume';
+  say(step);
+  await page.reload();
+  await page.click('#connect');
+  await until('#state = connected', is('#state', 'connected'));
+  await until(`#session = ${session}`, is('#session', session));
+  await until('#resumed = yes', is('#resumed', 'yes'));
+  await until('#count = 3', is('#count', '3'));
+  await send('four');
+  await until('#count = 4', is('#count', '4'));
+
+  step = '4: broadcast';
+  say(step);
+  const b = await fetch(base + '/api/broadcast', {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ message: 'hello from the test' }),
+  });
+  if (b.status !== 202) throw new Error(`POST /api/broadcast answered ${b.status}: ${await b.text()}`);
+  await until('#log to show the broadcast', async () =>
+    (await text('#log')).includes('hello from the test') || 'not yet');
+
+  step = '5: drain server A and ride over to server B';
+  say(step);
+  writeFileSync(join(dir, 'step4-done'), 'step4-done\n');
+  const go = join(dir, 'go');
+  await until('the Rust test to start server B', () => existsSync(go) || 'no go file', 20_000);
+  const pidB = readFileSync(go, 'utf8').trim();
+  say(`   SIGTERM to server A (pid ${pidA}); server B is pid ${pidB}`);
+  process.kill(pidA, 'SIGTERM');
+  await until('the drain notice', async () =>
+    (await text('#log')).includes('reason shutdown') || 'no shutdown goodbye in the log');
+  say(`   page said: ${(await text('#status-line')).trim()}`);
+  await until('#state = connected again', is('#state', 'connected'));
+  await until(`#session = ${session}`, is('#session', session));
+  await until('#resumed = yes', is('#resumed', 'yes'));
+  await until('#count = 4', is('#count', '4'));
+  await until(`#status-pid = ${pidB}`, is('#status-pid', pidB));
+  await send('five');
+  await until('#count = 5', is('#count', '5'));
+
+  step = '6: screenshot';
+  say(step);
+  const wide = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  if (wide) throw new Error('the page scrolls horizontally at 390 px');
+  await page.screenshot({ path: shot, fullPage: true });
+  say(`   saved ${shot}`);
+  say(`PASS in ${Date.now() - started} ms`);
+} catch (e) {
+  console.error(`[console.test] FAIL at step ${step}: ${e.message}`);
+  if (page) {
+    try {
+      await page.screenshot({ path: shot.replace(/\.png$/, '') + '-failure.png', fullPage: true });
+      console.error(`[console.test] page log (newest first):\n${(await page.locator('#log').innerText()).split('\n').slice(0, 30).join('\n')}`);
+    } catch { /* best effort */ }
+  }
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}
