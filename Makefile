@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down
+.PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down flamegraph
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,9 +18,10 @@ build: ## Release build: target/release/shardcast
 run: build ## Build, start a local redis-server if none answers, serve on :8080 (flags: ARGS="--shards 2")
 	scripts/run $(ARGS)
 
-test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, prometheus, promtool, amtool)
+test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, prometheus, alertmanager, chromium, node)
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test needs redis-server and redis-cli: apt-get install -y redis-server" >&2; exit 1; }
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { echo "make test needs prometheus, promtool and amtool: apt-get install -y prometheus prometheus-alertmanager" >&2; exit 1; }
+	@test -x /usr/bin/chromium && command -v node >/dev/null && command -v npm >/dev/null || { echo "make test needs chromium, node and npm for the console test: apt-get install -y chromium nodejs npm" >&2; exit 1; }
 	$(CARGO) test --workspace
 
 lint: ## rustfmt check and clippy with warnings as errors
@@ -34,6 +35,9 @@ load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on
 bench: ## Standard suite against fresh release servers and the tt baseline; appends to bench/RESULTS.md
 	$(CARGO) build --release --workspace
 	target/release/shardcast-bench suite $(ARGS)
+
+flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
+	scripts/flamegraph
 
 monitoring-up: ## Prometheus (:9090) and Alertmanager (:9093) on loopback against the service, files under run/monitoring/
 	scripts/monitoring-up
