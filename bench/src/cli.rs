@@ -62,6 +62,11 @@ pub enum Cmd {
         rate: f64,
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// After a drain goodbye, reconnect with the session id once
+        /// retry_after_ms has passed (a deploy under load); sends that find
+        /// their socket away are counted as skipped.
+        #[arg(long)]
+        reconnect: bool,
     },
     /// Hold N sockets and read the server's RSS before and after (needs --server-pid).
     Idle {

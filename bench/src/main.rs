@@ -79,8 +79,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             common,
             rate,
             duration,
+            reconnect,
         } => {
-            let mut spec = usage(common.spec(Mode::Rate, Load::Open { rate }, |_| {}))?;
+            let mut spec = usage(common.spec(Mode::Rate, Load::Open { rate }, |p| {
+                p.reconnect = reconnect;
+            }))?;
             spec.duration = duration;
             (common, spec)
         }

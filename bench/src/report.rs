@@ -28,6 +28,10 @@ pub struct Report {
     pub fault_total: u64,
     pub msgs_per_s: f64,
     pub connect_ms: Option<Quantiles>,
+    /// A drain's Close 1001 to the resumed welcome (sockets that reconnected).
+    pub reconnect_ms: Option<Quantiles>,
+    /// Share of those reconnects done within 1 s.
+    pub reconnected_within_1s: Option<f64>,
     pub rtt_us: Option<Quantiles>,
     pub server: Option<ProcFigures>,
     pub generator: ProcFigures,
@@ -150,6 +154,19 @@ impl Report {
             row(
                 "connect (ms)",
                 format!("p50 {:.2}  p99 {:.2}  max {:.2}", q.p50, q.p99, q.max),
+            );
+        }
+        if let Some(q) = &self.reconnect_ms {
+            row(
+                "reconnect after 1001",
+                format!(
+                    "{} sockets; p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms; {:.1}% within 1 s",
+                    q.count,
+                    q.p50,
+                    q.p99,
+                    q.max,
+                    self.reconnected_within_1s.unwrap_or(0.0) * 100.0
+                ),
             );
         }
         if let Some(q) = &self.rtt_us {

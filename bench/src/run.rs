@@ -470,6 +470,7 @@ impl<'a> Coordinator<'a> {
         let mut faults = Faults::default();
         let mut rtt = stats::histogram();
         let mut connect = stats::histogram();
+        let mut reconnect = stats::histogram();
         let mut win_replies = 0;
         let mut last_close = 0;
         let (mut first_connect, mut last_open, mut last_resume) = (u64::MAX, 0, 0);
@@ -479,6 +480,7 @@ impl<'a> Coordinator<'a> {
             faults.add(&r.faults);
             stats::merge_pairs(&mut rtt, &r.rtt);
             stats::merge_pairs(&mut connect, &r.connect);
+            stats::merge_pairs(&mut reconnect, &r.reconnect);
             win_replies += r.window_replies;
             last_close = last_close.max(r.last_close_ns);
             if r.first_connect_ns > 0 {
@@ -570,6 +572,9 @@ impl<'a> Coordinator<'a> {
             fault_total: faults.total(),
             msgs_per_s,
             connect_ms: Quantiles::of(&connect, 1e6),
+            reconnect_ms: Quantiles::of(&reconnect, 1e6),
+            reconnected_within_1s: (!reconnect.is_empty())
+                .then(|| reconnect.count_between(0, 1_000_000_000) as f64 / reconnect.len() as f64),
             rtt_us: Quantiles::of(&rtt, 1e3),
             server,
             generator,

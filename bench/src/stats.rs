@@ -171,6 +171,8 @@ pub struct WorkerResult {
     pub rtt: Vec<(u64, u64)>,
     /// Connect to welcome, ns.
     pub connect: Vec<(u64, u64)>,
+    /// A drain's Close 1001 to the resumed welcome on the new server, ns.
+    pub reconnect: Vec<(u64, u64)>,
     /// Monotonic ns of the first connect() of the run.
     pub first_connect_ns: u64,
     /// Monotonic ns of the last welcome of the first phase, of the last

@@ -85,6 +85,8 @@ struct Conn {
     settled: bool,
     /// A resume is proven once its first message after the welcome is answered.
     verifying: bool,
+    /// When the server's drain Close arrived, until the socket is back.
+    drained_at: u64,
 }
 
 impl Conn {
@@ -108,6 +110,7 @@ impl Conn {
             close_when_idle: false,
             settled: false,
             verifying: false,
+            drained_at: 0,
         }
     }
 }
@@ -144,6 +147,7 @@ pub struct Worker {
     fault_lines: u32,
     rtt: hdrhistogram::Histogram<u64>,
     connect: hdrhistogram::Histogram<u64>,
+    reconnect: hdrhistogram::Histogram<u64>,
     window: Option<(u64, u64)>,
     window_result: (u64, u64),
     first_connect_ns: u64,
@@ -187,6 +191,7 @@ impl Worker {
             fault_lines: 0,
             rtt: stats::histogram(),
             connect: stats::histogram(),
+            reconnect: stats::histogram(),
             window: None,
             window_result: (0, 0),
             first_connect_ns: 0,
@@ -261,6 +266,7 @@ impl Worker {
             window_sent: self.window_result.1,
             rtt: stats::to_pairs(&self.rtt),
             connect: stats::to_pairs(&self.connect),
+            reconnect: stats::to_pairs(&self.reconnect),
             first_connect_ns: self.first_connect_ns,
             last_open_ns: self.last_open_ns,
             last_resume_ns: self.last_resume_ns,
@@ -724,6 +730,11 @@ impl Worker {
                     return;
                 }
                 if resuming {
+                    let drained_at = std::mem::take(&mut self.conns[i].drained_at);
+                    if drained_at > 0 {
+                        self.reconnect
+                            .saturating_record(self.now.saturating_sub(drained_at).max(1));
+                    }
                     self.conns[i].verifying = true;
                     self.send(i, 1, self.now);
                     return;
@@ -853,6 +864,7 @@ impl Worker {
         let drain_ok = code == Some(1001) && matches!(c.bye, Some((true, _)));
         if drain_ok && (matches!(self.plan.on_go, OnGo::ExpectDrain) || self.plan.reconnect) {
             self.c.goodbyes += 1;
+            self.conns[i].drained_at = self.now;
             self.out.clear();
             wire::close_frame(&mut self.out, 1001, self.conns[i].mask);
             let out = std::mem::take(&mut self.out);
