@@ -8,6 +8,7 @@ DURATION ?= 60s
 
 .DEFAULT_GOAL := help
 .PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down flamegraph
+.PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -18,10 +19,11 @@ build: ## Release build: target/release/shardcast
 run: build ## Build, start a local redis-server if none answers, serve on :8080 (flags: ARGS="--shards 2")
 	scripts/run $(ARGS)
 
-test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, prometheus, alertmanager, chromium, node)
+test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, prometheus, alertmanager, chromium, node, nginx)
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test needs redis-server and redis-cli: apt-get install -y redis-server" >&2; exit 1; }
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { echo "make test needs prometheus, promtool and amtool: apt-get install -y prometheus prometheus-alertmanager" >&2; exit 1; }
 	@test -x /usr/bin/chromium && command -v node >/dev/null && command -v npm >/dev/null || { echo "make test needs chromium, node and npm for the console test: apt-get install -y chromium nodejs npm" >&2; exit 1; }
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "make test needs nginx for the deploy test: apt-get install -y nginx" >&2; exit 1; }
 	$(CARGO) test --workspace
 
 lint: ## rustfmt check and clippy with warnings as errors
@@ -50,3 +52,31 @@ format: ## Rewrite the sources with rustfmt
 
 clean: ## Remove build output (keeps run/, the local Redis data)
 	$(CARGO) clean
+
+dev-up: ## Blue/green dev stack: local Redis, nginx on :8080, blue (:8081) active (state in run/deploy/)
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/deploy dev-up
+
+blue-up: ## Start the blue color (:8081, admin :9101) if it is not running, wait until ready
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/deploy blue-up
+
+green-up: ## Start the green color (:8082, admin :9102) if it is not running, wait until ready
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/deploy green-up
+
+promote: ## Start the idle color, smoke-test it, switch nginx to it, drain the old color
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/deploy promote
+
+rollback: ## Switch nginx back to the other color (restarted if gone) and drain this one
+	scripts/deploy rollback
+
+status: ## Active color, nginx, and each color's pid and /status
+	scripts/deploy status
+
+logs: ## Follow both colors' logs, prefixed [blue]/[green] (Ctrl-C stops)
+	scripts/deploy logs
+
+dev-down: ## Stop both colors and nginx (Redis keeps running)
+	scripts/deploy dev-down

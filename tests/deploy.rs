@@ -1,0 +1,251 @@
+//! Blue/green deploys through a real nginx and a real Redis: 300 clients
+//! keep sending while `promote` runs to green and back to blue, and not one
+//! handshake fails, not one close is unexpected, and every count continues
+//! exactly. A new color that never gets ready is refused while the old one
+//! keeps serving every client untouched.
+mod common;
+use common::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// shardcast-bench, built beside this crate's binary by `cargo test --workspace`.
+fn bench_bin() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_shardcast")).with_file_name("shardcast-bench");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `make test` (cargo test --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One deployment: its own ports, run directory and Redis, torn down on drop.
+struct Deploy {
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    nginx: u16,
+    blue: u16,
+    green: u16,
+    _redis: Redis,
+}
+
+impl Deploy {
+    fn new() -> Deploy {
+        let redis = Redis::start();
+        let dir = std::env::temp_dir().join(format!(
+            "shardcast-deploy-{}-{}",
+            std::process::id(),
+            rand_u64()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (nginx, blue, green) = (free_port(), free_port(), free_port());
+        let env = vec![
+            ("DEPLOY_DIR".into(), dir.display().to_string()),
+            ("NGINX_PORT".into(), nginx.to_string()),
+            ("BLUE_PORT".into(), blue.to_string()),
+            ("GREEN_PORT".into(), green.to_string()),
+            ("BLUE_ADMIN_PORT".into(), free_port().to_string()),
+            ("GREEN_ADMIN_PORT".into(), free_port().to_string()),
+            ("REDIS_URL".into(), redis.url()),
+            (
+                "SHARDCAST_BIN".into(),
+                env!("CARGO_BIN_EXE_shardcast").into(),
+            ),
+            ("BENCH_BIN".into(), bench_bin().display().to_string()),
+            ("SHARDS".into(), "2".into()),
+            ("GRACE".into(), "5s".into()),
+            ("NGINX_WORKERS".into(), "2".into()),
+            ("READY_TIMEOUT".into(), "20s".into()),
+        ];
+        Deploy {
+            dir,
+            env,
+            nginx,
+            blue,
+            green,
+            _redis: redis,
+        }
+    }
+
+    fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(root().join("scripts/deploy"));
+        cmd.args(args).current_dir(root());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("scripts/deploy");
+        eprintln!(
+            "--- deploy {args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) {
+        assert!(
+            self.run(args, &[]).status.success(),
+            "deploy {args:?} failed"
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws/chat/", self.nginx)
+    }
+
+    fn status(&self, port: u16) -> Option<Value> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        std::net::TcpStream::connect(addr).ok()?;
+        serde_json::from_str(&http(addr, "GET", "/status", "").1).ok()
+    }
+
+    fn connections(&self, port: u16) -> u64 {
+        self.status(port)
+            .and_then(|s| s["connections"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Deploy {
+    fn drop(&mut self) {
+        let _ = self.run(&["dev-down"], &[]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A load through nginx: `rate` mode, reconnecting after drains; the JSON
+/// report is written to `json`.
+fn start_load(d: &Deploy, sockets: u32, rate: u32, secs: u32, json: &Path) -> Child {
+    Command::new(bench_bin())
+        .args(["rate", &d.url(), "-n", &sockets.to_string()])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--duration",
+            &format!("{secs}s"),
+        ])
+        .args(["--reconnect", "--quiet", "--timeout", "10s", "--json"])
+        .arg(json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("shardcast-bench")
+}
+
+fn finish_load(child: Child, json: &Path) -> Value {
+    let out = child.wait_with_output().unwrap();
+    eprintln!(
+        "--- load: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(json).expect("bench report"))
+        .expect("bench report JSON");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the load saw faults: {}",
+        report["faults"]
+    );
+    report
+}
+
+#[test]
+fn promote_there_and_back_under_load_loses_nothing() {
+    let d = Deploy::new();
+    d.ok(&["dev-up"]);
+    let json = d.dir.join("load.json");
+    let load = start_load(&d, 300, 900, 24, &json);
+    wait_for("300 sockets on blue", Duration::from_secs(20), || {
+        (d.connections(d.blue) >= 300).then_some(())
+    });
+    let t = Instant::now();
+    d.ok(&["promote"]);
+    eprintln!("promote to green took {:?}", t.elapsed());
+    wait_for(
+        "300 sockets back, on green",
+        Duration::from_secs(20),
+        || (d.connections(d.green) >= 300).then_some(()),
+    );
+    assert_eq!(d.status(d.blue), None, "blue is gone after its drain");
+    let t = Instant::now();
+    d.ok(&["promote"]);
+    eprintln!("promote to blue took {:?}", t.elapsed());
+    wait_for("300 sockets back, on blue", Duration::from_secs(20), || {
+        (d.connections(d.blue) >= 300).then_some(())
+    });
+    assert_eq!(d.status(d.green), None, "green is gone after its drain");
+    let r = finish_load(load, &json);
+    assert_eq!(r["fault_total"], 0, "{}", r["faults"]);
+    assert_eq!(r["connected"], 300);
+    let c = &r["counters"];
+    // Every socket was drained twice, each time with the goodbye and 1001,
+    // and came back with its count exactly where it was.
+    assert!(c["goodbyes"].as_u64().unwrap() >= 600, "{c}");
+    assert_eq!(c["resumed"], c["goodbyes"], "{c}");
+    assert!(c["replies"].as_u64().unwrap() > 5_000, "{c}");
+    eprintln!(
+        "reconnect after 1001: {} ; within 1 s: {}",
+        r["reconnect_ms"], r["reconnected_within_1s"]
+    );
+    // Both old colors said they stopped after a clean drain.
+    for color in ["blue", "green"] {
+        let log = std::fs::read_to_string(d.dir.join(format!("{color}.log"))).unwrap();
+        assert!(
+            log.contains("\"msg\":\"stopped\""),
+            "{color} never stopped cleanly"
+        );
+    }
+}
+
+#[test]
+fn a_color_that_never_gets_ready_is_refused_and_the_old_one_serves_on() {
+    let d = Deploy::new();
+    d.ok(&["dev-up"]);
+    let json = d.dir.join("load.json");
+    let load = start_load(&d, 50, 150, 12, &json);
+    wait_for("50 sockets on blue", Duration::from_secs(20), || {
+        (d.connections(d.blue) >= 50).then_some(())
+    });
+    // Green cannot reach Redis, so it never says ready.
+    let out = d.run(
+        &["promote"],
+        &[
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("READY_TIMEOUT", "4s"),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a promote to a color that is not ready must fail"
+    );
+    assert_eq!(d.status(d.green), None, "the failed color is stopped");
+    let active = std::fs::read_to_string(d.dir.join("active")).unwrap();
+    assert_eq!(active.trim(), "blue");
+    let r = finish_load(load, &json);
+    assert_eq!(r["fault_total"], 0, "{}", r["faults"]);
+    assert_eq!(r["counters"]["goodbyes"], 0, "no client was touched");
+    assert_eq!(d.status(d.blue).unwrap()["color"], "blue");
+}
