@@ -86,6 +86,11 @@ pub struct Config {
     /// Frames queued for one socket (heartbeats, broadcasts) before it is
     /// treated as a slow reader and closed with 1008.
     pub outbound_queue: usize,
+    /// Origins a browser may open sockets from (`scheme://host[:port]`,
+    /// compared without case). Empty: any. A request with no `Origin` header
+    /// (not a browser) is always allowed: the check protects browsers from
+    /// cross-site socket hijacking, and any other client can send any Origin.
+    pub allowed_origins: Vec<String>,
     /// Upper bound of the random `retry_after_ms` sent on drain.
     #[serde(with = "dur")]
     pub drain_retry_after: Duration,
@@ -122,6 +127,7 @@ impl Default for Config {
             rate_burst: 2000,
             rate_strikes: 20,
             outbound_queue: 64,
+            allowed_origins: Vec::new(),
             drain_retry_after: Duration::from_secs(1),
             max_unflushed_sessions: 100_000,
             log_format: LogFormat::Json,
@@ -166,6 +172,9 @@ pub struct Cli {
     /// Admin listener for /metrics, /healthz, /readyz; stays up while draining
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
+    /// Origins browsers may connect from, comma-separated (default: any)
+    #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
     /// Number of shards (0 = one per CPU)
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -245,6 +254,9 @@ impl Config {
         };
         if let Some(a) = cli.admin_listen {
             c.admin_listen = Some(a);
+        }
+        if let Some(o) = cli.allowed_origins {
+            c.allowed_origins = o;
         }
         macro_rules! overlay {
             ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
@@ -333,6 +345,16 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1");
+        }
+        if let Some(o) = self
+            .allowed_origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
+        {
+            return Err(ConfigError::Invalid {
+                field: "allowed_origins",
+                msg: format!("`{o}` is not an origin like https://example.com"),
+            });
         }
         if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
             return bad("max_header_bytes", "must be between 1024 and 1048576");

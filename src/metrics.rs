@@ -54,10 +54,11 @@ pub enum ErrorKind {
     Io,
     RedisUnavailable,
     NotFound,
+    ForbiddenOrigin,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::Protocol,
         ErrorKind::Binary,
         ErrorKind::InvalidUtf8,
@@ -71,6 +72,7 @@ impl ErrorKind {
         ErrorKind::Io,
         ErrorKind::RedisUnavailable,
         ErrorKind::NotFound,
+        ErrorKind::ForbiddenOrigin,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,6 +89,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::RedisUnavailable => "redis_unavailable",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::ForbiddenOrigin => "forbidden_origin",
         }
     }
 }

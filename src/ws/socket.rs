@@ -107,6 +107,15 @@ pub async fn serve(slot: Slot, opened: Box<Opened>) {
     );
 }
 
+/// Whether a browser on `origin` may open a socket: any when the list is
+/// empty, else an exact match without case (scheme, host and port).
+fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(origin.trim()))
+}
+
 /// A socket past its welcome.
 pub struct Opened {
     stream: TcpStream,
@@ -137,6 +146,16 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
             return None;
         }
     };
+    if let Some(origin) = req.header("origin") {
+        if !origin_allowed(&shard.cfg().allowed_origins, origin) {
+            m.error(ErrorKind::ForbiddenOrigin);
+            tracing::info!(origin, "upgrade refused: origin not allowed: 403");
+            let _ = stream
+                .write_all(&http::error(403, "origin not allowed"))
+                .await;
+            return None;
+        }
+    }
     if shard.is_draining() {
         let _ = stream.write_all(&http::error(503, "draining")).await;
         return None;
