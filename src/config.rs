@@ -91,6 +91,9 @@ pub struct Config {
     /// (not a browser) is always allowed: the check protects browsers from
     /// cross-site socket hijacking, and any other client can send any Origin.
     pub allowed_origins: Vec<String>,
+    /// HS256 key for upgrade tokens; None: upgrades need no token. Give it
+    /// by environment or TOML file, not on the command line (ps shows that).
+    pub auth_secret: Option<String>,
     /// Upper bound of the random `retry_after_ms` sent on drain.
     #[serde(with = "dur")]
     pub drain_retry_after: Duration,
@@ -128,6 +131,7 @@ impl Default for Config {
             rate_strikes: 20,
             outbound_queue: 64,
             allowed_origins: Vec::new(),
+            auth_secret: None,
             drain_retry_after: Duration::from_secs(1),
             max_unflushed_sessions: 100_000,
             log_format: LogFormat::Json,
@@ -175,6 +179,9 @@ pub struct Cli {
     /// Origins browsers may connect from, comma-separated (default: any)
     #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Option<Vec<String>>,
+    /// HS256 secret: upgrades then need a JWT (?token= or Authorization: Bearer)
+    #[arg(long, env = "SHARDCAST_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
     /// Number of shards (0 = one per CPU)
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -257,6 +264,9 @@ impl Config {
         }
         if let Some(o) = cli.allowed_origins {
             c.allowed_origins = o;
+        }
+        if let Some(a) = cli.auth_secret {
+            c.auth_secret = Some(a);
         }
         macro_rules! overlay {
             ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
@@ -355,6 +365,9 @@ impl Config {
                 field: "allowed_origins",
                 msg: format!("`{o}` is not an origin like https://example.com"),
             });
+        }
+        if self.auth_secret.as_ref().is_some_and(|k| k.len() < 16) {
+            return bad("auth_secret", "must be at least 16 bytes");
         }
         if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
             return bad("max_header_bytes", "must be between 1024 and 1048576");

@@ -19,9 +19,11 @@
 //! - [`process`]: RSS, CPU, descriptors of this process, read at scrape.
 //! - [`admin`]: the admin listener (/metrics, /healthz, /readyz) that outlives a drain.
 //! - [`alloc`]: mimalloc set up for many idle sockets.
+//! - [`auth`]: HS256 tokens for upgrades (`--auth-secret`).
 
 pub mod admin;
 pub mod alloc;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -55,10 +55,11 @@ pub enum ErrorKind {
     RedisUnavailable,
     NotFound,
     ForbiddenOrigin,
+    Unauthorized,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::Protocol,
         ErrorKind::Binary,
         ErrorKind::InvalidUtf8,
@@ -73,6 +74,7 @@ impl ErrorKind {
         ErrorKind::RedisUnavailable,
         ErrorKind::NotFound,
         ErrorKind::ForbiddenOrigin,
+        ErrorKind::Unauthorized,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -90,6 +92,7 @@ impl ErrorKind {
             ErrorKind::RedisUnavailable => "redis_unavailable",
             ErrorKind::NotFound => "not_found",
             ErrorKind::ForbiddenOrigin => "forbidden_origin",
+            ErrorKind::Unauthorized => "unauthorized",
         }
     }
 }

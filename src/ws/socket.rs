@@ -77,6 +77,7 @@ pub async fn serve(slot: Slot, opened: Box<Opened>) {
         session,
         resumed,
         rest,
+        sub,
     } = *opened;
     stream.set_nodelay(true).ok();
     let conn = shard.next_conn_id();
@@ -87,7 +88,7 @@ pub async fn serve(slot: Slot, opened: Box<Opened>) {
     if shard.is_draining() {
         mailbox.push(Note::Drain);
     }
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), "ws open");
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, "ws open");
     let started = Instant::now();
     let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
         .run()
@@ -123,6 +124,8 @@ pub struct Opened {
     resumed: bool,
     /// Bytes that came after the request head (the client's first frames).
     rest: Vec<u8>,
+    /// The token's subject, with `--auth-secret`.
+    sub: Option<String>,
 }
 
 /// Validates the handshake, opens or resumes the session and sends the 101
@@ -156,6 +159,33 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
             return None;
         }
     }
+    let sub = match &shard.cfg().auth_secret {
+        None => None,
+        Some(secret) => {
+            let token = crate::auth::token_of(&req).unwrap_or("");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            match crate::auth::verify(secret.as_bytes(), token, now) {
+                Ok(id) => id.sub,
+                Err(e) => {
+                    m.error(ErrorKind::Unauthorized);
+                    tracing::info!(reason = %e, "upgrade refused: 401");
+                    let body =
+                        serde_json::json!({ "error": "unauthorized", "reason": e.to_string() });
+                    let _ = stream
+                        .write_all(&http::response(
+                            401,
+                            "application/json",
+                            &[("WWW-Authenticate", "Bearer")],
+                            body.to_string().as_bytes(),
+                        ))
+                        .await;
+                    return None;
+                }
+            }
+        }
+    };
     if shard.is_draining() {
         let _ = stream.write_all(&http::error(503, "draining")).await;
         return None;
@@ -194,6 +224,7 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
         session,
         resumed,
         rest,
+        sub,
     })
 }
 

@@ -1,0 +1,161 @@
+//! Upgrade authentication with HS256 JSON Web Tokens (`--auth-secret`).
+//!
+//! A token comes as `Authorization: Bearer <token>` or `?token=<token>`
+//! (browsers cannot set headers on a WebSocket). Only HS256 is accepted: the
+//! algorithm is not the token's choice, so `none` and key-confusion tricks
+//! fail. The signature is checked in constant time before any claim is read;
+//! `exp` and `nbf` are honoured (with no leeway) when present, and `sub`
+//! names the client in the logs.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use crate::http::Request;
+
+/// Longest token accepted: a bound on the work a stranger can ask for.
+const MAX_TOKEN: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("the token is not a JWT")]
+    Malformed,
+    #[error("the token is not HS256")]
+    Algorithm,
+    #[error("bad signature")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYet,
+}
+
+/// What a verified token says about its bearer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sub: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+}
+
+/// The token of a request: the Authorization header wins over the query.
+pub fn token_of(req: &Request) -> Option<&str> {
+    if let Some(v) = req.header("authorization") {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
+    }
+    req.query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+}
+
+/// Checks `token` against `secret` at `now` (Unix seconds).
+pub fn verify(secret: &[u8], token: &str, now: f64) -> Result<Identity, AuthError> {
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if token.len() > MAX_TOKEN {
+        return Err(AuthError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed);
+    };
+    let header: Header = decode_json(h)?;
+    if header.alg != "HS256" {
+        return Err(AuthError::Algorithm);
+    }
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .map_err(|_| AuthError::Malformed)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| AuthError::Signature)?;
+    mac.update(h.as_bytes());
+    mac.update(b".");
+    mac.update(p.as_bytes());
+    mac.verify_slice(&sig).map_err(|_| AuthError::Signature)?;
+    let claims: Claims = decode_json(p)?;
+    if claims.exp.is_some_and(|exp| now >= exp) {
+        return Err(AuthError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| now < nbf) {
+        return Err(AuthError::NotYet);
+    }
+    Ok(Identity { sub: claims.sub })
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, AuthError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(secret: &[u8], header: &str, claims: &str) -> String {
+        let h = URL_SAFE_NO_PAD.encode(header);
+        let p = URL_SAFE_NO_PAD.encode(claims);
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("{h}.{p}").as_bytes());
+        let s = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        format!("{h}.{p}.{s}")
+    }
+
+    const HS: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    #[test]
+    fn a_good_token_names_its_subject() {
+        let t = sign(b"k", HS, r#"{"sub":"ana","exp":2000}"#);
+        assert_eq!(
+            verify(b"k", &t, 1000.0),
+            Ok(Identity {
+                sub: Some("ana".into())
+            })
+        );
+        let t = sign(b"k", HS, r#"{}"#);
+        assert_eq!(verify(b"k", &t, 1000.0), Ok(Identity { sub: None }));
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_for_their_reason() {
+        let good = sign(b"k", HS, r#"{"sub":"ana"}"#);
+        assert_eq!(verify(b"other", &good, 0.0), Err(AuthError::Signature));
+        let t = sign(b"k", HS, r#"{"exp":1000}"#);
+        assert_eq!(verify(b"k", &t, 1000.0), Err(AuthError::Expired));
+        let t = sign(b"k", HS, r#"{"nbf":1000}"#);
+        assert_eq!(verify(b"k", &t, 999.0), Err(AuthError::NotYet));
+        let t = sign(b"k", r#"{"alg":"none"}"#, r#"{"sub":"x"}"#);
+        assert_eq!(verify(b"k", &t, 0.0), Err(AuthError::Algorithm));
+        let t = sign(b"k", r#"{"alg":"HS512"}"#, r#"{}"#);
+        assert_eq!(verify(b"k", &t, 0.0), Err(AuthError::Algorithm));
+        // A signature moved onto other claims does not carry over.
+        let sig = good.rsplit('.').next().unwrap();
+        let forged = format!(
+            "{}.{}.{sig}",
+            URL_SAFE_NO_PAD.encode(HS),
+            URL_SAFE_NO_PAD.encode(r#"{"sub":"admin"}"#)
+        );
+        assert_eq!(verify(b"k", &forged, 0.0), Err(AuthError::Signature));
+        for junk in ["", "a.b", "a.b.c.d", "!!.!!.!!", &"x".repeat(5000)] {
+            assert!(verify(b"k", junk, 0.0).is_err(), "{junk:.20}");
+        }
+    }
+}
