@@ -55,6 +55,11 @@ pub struct Config {
     /// Interval between heartbeat frames to every socket.
     #[serde(with = "dur")]
     pub heartbeat_interval: Duration,
+    /// A socket that sends nothing for half of this gets a Ping; one still
+    /// silent after all of it is closed (goodbye with reason `idle`, Close
+    /// 1001). Pongs count as activity. 0 turns it off.
+    #[serde(with = "dur")]
+    pub idle_timeout: Duration,
     /// A session lives this long after its last activity.
     #[serde(with = "dur")]
     pub session_ttl: Duration,
@@ -117,6 +122,7 @@ impl Default for Config {
             redis_url: "redis://127.0.0.1:6379".into(),
             color: "blue".into(),
             heartbeat_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
             session_ttl: Duration::from_secs(3600),
             flush_interval: Duration::from_millis(10),
             durability: Durability::Async,
@@ -195,6 +201,9 @@ pub struct Cli {
     pub color: Option<String>,
     #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
+    /// Ping a socket silent for half of this, close it after all of it (0 = off)
+    #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
     #[arg(long, env = "SHARDCAST_SESSION_TTL", value_parser = parse_duration)]
     pub session_ttl: Option<Duration>,
     #[arg(long, env = "SHARDCAST_FLUSH_INTERVAL", value_parser = parse_duration)]
@@ -279,6 +288,7 @@ impl Config {
             redis_url,
             color,
             heartbeat_interval,
+            idle_timeout,
             session_ttl,
             flush_interval,
             durability,
@@ -346,6 +356,9 @@ impl Config {
             if d.is_zero() {
                 return bad(field, "must be greater than 0");
             }
+        }
+        if !self.idle_timeout.is_zero() && self.idle_timeout < Duration::from_secs(1) {
+            return bad("idle_timeout", "must be 0 (off) or at least 1s");
         }
         if self.session_ttl < Duration::from_secs(1) {
             return bad("session_ttl", "must be at least 1s");

@@ -19,6 +19,10 @@ pub enum Note {
     Kick,
     /// Frames piled up past the bound: close with 1008.
     Overflow,
+    /// Silent for half the idle timeout: send a Ping.
+    Ping,
+    /// Silent for the whole idle timeout: say goodbye and close with 1001.
+    Idle,
 }
 
 /// Single-consumer queue with a bound on frames (not on control notes).
@@ -27,6 +31,10 @@ pub struct Mailbox {
     waker: Cell<Option<Waker>>,
     cap: usize,
     overflowed: Cell<bool>,
+    /// When the socket last received anything from its peer.
+    heard: Cell<std::time::Instant>,
+    /// Whether a Ping went out since then.
+    pinged: Cell<bool>,
 }
 
 impl Mailbox {
@@ -36,7 +44,29 @@ impl Mailbox {
             waker: Cell::new(None),
             cap,
             overflowed: Cell::new(false),
+            heard: Cell::new(std::time::Instant::now()),
+            pinged: Cell::new(false),
         })
+    }
+
+    /// The socket received bytes from its peer at `at`.
+    #[inline]
+    pub fn heard(&self, at: std::time::Instant) {
+        self.heard.set(at);
+        self.pinged.set(false);
+    }
+
+    /// What the idle check asks of this socket at `now`, if anything; at
+    /// most one Ping per silence.
+    pub fn idle_note(&self, now: std::time::Instant, timeout: std::time::Duration) -> Option<Note> {
+        let silent = now.saturating_duration_since(self.heard.get());
+        if silent >= timeout {
+            Some(Note::Idle)
+        } else if silent >= timeout / 2 && !self.pinged.replace(true) {
+            Some(Note::Ping)
+        } else {
+            None
+        }
     }
 
     /// Queues a note; returns false when a frame did not fit (the socket will

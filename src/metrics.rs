@@ -56,10 +56,11 @@ pub enum ErrorKind {
     NotFound,
     ForbiddenOrigin,
     Unauthorized,
+    IdleTimeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::Protocol,
         ErrorKind::Binary,
         ErrorKind::InvalidUtf8,
@@ -75,6 +76,7 @@ impl ErrorKind {
         ErrorKind::NotFound,
         ErrorKind::ForbiddenOrigin,
         ErrorKind::Unauthorized,
+        ErrorKind::IdleTimeout,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +95,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::ForbiddenOrigin => "forbidden_origin",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::IdleTimeout => "idle_timeout",
         }
     }
 }

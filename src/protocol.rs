@@ -32,6 +32,11 @@ pub fn bye_shutdown(total: u64, retry_after_ms: u64) -> String {
         .to_string()
 }
 
+/// Goodbye to a socket closed for silence.
+pub fn bye_idle(total: u64) -> String {
+    json!({ "bye": true, "total": total, "reason": "idle" }).to_string()
+}
+
 pub fn error(kind: &str) -> String {
     json!({ "error": kind }).to_string()
 }

@@ -222,6 +222,25 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         })
         .detach();
     }
+    if !cfg.idle_timeout.is_zero() {
+        // Idle sockets: one sweep over the registry a few times per timeout,
+        // instead of a timer per socket re-armed on every message.
+        let s = shard.clone();
+        let timeout = cfg.idle_timeout;
+        glommio::spawn_local(async move {
+            let every = (timeout / 4).max(Duration::from_millis(250));
+            loop {
+                glommio::timer::sleep(every).await;
+                let now = Instant::now();
+                for sock in s.sockets.borrow().values() {
+                    if let Some(note) = sock.mailbox.idle_note(now, timeout) {
+                        sock.mailbox.push(note);
+                    }
+                }
+            }
+        })
+        .detach();
+    }
     {
         // Event-loop lag: how late a 100 ms timer fires. A shard busy for
         // long stretches (a burst, a slow handler) shows here before its

@@ -287,6 +287,10 @@ pub fn encode_text(out: &mut Vec<u8>, payload: &[u8]) {
     encode(out, OpCode::Data(Data::Text), payload);
 }
 
+pub fn encode_ping(out: &mut Vec<u8>, payload: &[u8]) {
+    encode(out, OpCode::Control(Control::Ping), payload);
+}
+
 pub fn encode_pong(out: &mut Vec<u8>, payload: &[u8]) {
     encode(out, OpCode::Control(Control::Pong), payload);
 }

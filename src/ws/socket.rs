@@ -36,6 +36,7 @@ enum Exit {
     Kick,
     SlowReader,
     RateLimited,
+    Idle,
     Gone,
 }
 
@@ -337,6 +338,7 @@ impl<'a> Conn<'a> {
                     self.last_read = (n, self.end + n == self.buf.len());
                     self.end += n;
                     arrived = Instant::now();
+                    self.mailbox.heard(arrived);
                 }
                 Err(note) => match self.on_note(note, &mut out) {
                     Some(Exit::Drain) => {
@@ -389,6 +391,11 @@ impl<'a> Conn<'a> {
             Note::Drain => Some(Exit::Drain),
             Note::Kick => Some(Exit::Kick),
             Note::Overflow => Some(Exit::SlowReader),
+            Note::Ping => {
+                codec::encode_ping(out, b"idle?");
+                None
+            }
+            Note::Idle => Some(Exit::Idle),
         }
     }
 
@@ -528,6 +535,16 @@ async fn finish(
             m.error(ErrorKind::SlowReader);
             codec::encode_close(&mut out, 1008, "slow reader");
             (1008, None)
+        }
+        Exit::Idle => {
+            m.error(ErrorKind::IdleTimeout);
+            tracing::info!(
+                idle_s = shard.cfg().idle_timeout.as_secs(),
+                "closing a silent socket"
+            );
+            codec::encode_text(&mut out, protocol::bye_idle(session.count()).as_bytes());
+            codec::encode_close(&mut out, 1001, "idle timeout");
+            (1001, Some(Instant::now() + CLOSE_WAIT))
         }
         Exit::RateLimited => {
             codec::encode_close(&mut out, 1008, "rate limit exceeded");
