@@ -230,3 +230,38 @@ fn resume_as_soon_as_redis_is_back_continues_the_count() {
         "resumes after /readyz said ready lost their session: {lost:?}"
     );
 }
+
+/// A failover to an empty replica (or a restart without persistence): the
+/// shards write every live session's total again, so live counts continue
+/// and Redis holds them; readiness waits for that rewrite.
+#[test]
+fn an_empty_redis_gets_every_live_count_written_again() {
+    let mut redis = Redis::start(); // no AOF: a restart comes back empty
+    let server = Server::builder(&redis).shards(2).start();
+    // Six sockets: over two shards, both hold some almost surely, and the
+    // rewrite is each shard's own.
+    let (mut clients, mut ids): (Vec<Client>, Vec<String>) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        let (c, w) = server.connect("");
+        clients.push(c);
+        ids.push(session_id(&w));
+    }
+    for (c, id) in clients.iter_mut().zip(&ids) {
+        let id = id.clone();
+        for i in 1..=5 {
+            assert_eq!(c.count("x"), i);
+        }
+        wait_stored(&redis, &id, 5);
+    }
+    redis.kill9();
+    redis.spawn();
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0", "it came back empty");
+    server.wait_ready_state("ready", Duration::from_secs(15));
+    for id in &ids {
+        wait_stored(&redis, id, 5);
+    }
+    for (c, id) in clients.iter_mut().zip(&ids) {
+        assert_eq!(c.count("after"), 6, "the live count continues");
+        wait_stored(&redis, id, 6);
+    }
+}
