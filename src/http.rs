@@ -83,20 +83,26 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Request>, HeadError> {
 
 /// Reads until a complete head arrives or `max` bytes did not hold one.
 pub async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request, HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    // On the heap, not in the future: a connection's task lives as long as
-    // its socket, and a future is as large as its largest await point.
-    let mut chunk = vec![0u8; 2048];
+    // One buffer, on the heap (a future is as large as its largest await
+    // point), read into directly: 1 KiB holds a usual upgrade request, and it
+    // doubles up to `max` only for a head that needs it. Thousands of heads in
+    // progress (a slowloris) then cost about 1 KiB each here.
+    let mut buf = vec![0u8; 1024.min(max.max(1))];
+    let mut filled = 0;
     loop {
-        let n = stream.read(&mut chunk).await?;
+        if filled == buf.len() {
+            let grown = (buf.len() * 2).min(max);
+            buf.resize(grown, 0);
+        }
+        let n = stream.read(&mut buf[filled..]).await?;
         if n == 0 {
             return Err(HeadError::Closed);
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(req) = parse_head(&buf)? {
+        filled += n;
+        if let Some(req) = parse_head(&buf[..filled])? {
             return Ok(req);
         }
-        if buf.len() >= max {
+        if filled >= max {
             return Err(HeadError::TooLarge);
         }
     }
