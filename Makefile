@@ -24,6 +24,7 @@ test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, p
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { echo "make test needs prometheus, promtool and amtool: apt-get install -y prometheus prometheus-alertmanager" >&2; exit 1; }
 	@test -x /usr/bin/chromium && command -v node >/dev/null && command -v npm >/dev/null || { echo "make test needs chromium, node and npm for the console test: apt-get install -y chromium nodejs npm" >&2; exit 1; }
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "make test needs nginx for the deploy test: apt-get install -y nginx" >&2; exit 1; }
+	@python3 -c 'import kosoku' 2>/dev/null || { echo "make test needs kosoku for the Autobahn conformance test: python3 -m pip install kosoku==0.1.0" >&2; exit 1; }
 	$(CARGO) test --workspace
 
 lint: ## rustfmt check and clippy with warnings as errors

@@ -99,6 +99,9 @@ pub struct Config {
     /// HS256 key for upgrade tokens; None: upgrades need no token. Give it
     /// by environment or TOML file, not on the command line (ps shows that).
     pub auth_secret: Option<String>,
+    /// For protocol conformance runs only: every upgrade, on any path, is an
+    /// echo socket (no session, no count). Never in production.
+    pub conformance_echo: bool,
     /// Upper bound of the random `retry_after_ms` sent on drain.
     #[serde(with = "dur")]
     pub drain_retry_after: Duration,
@@ -138,6 +141,7 @@ impl Default for Config {
             outbound_queue: 64,
             allowed_origins: Vec::new(),
             auth_secret: None,
+            conformance_echo: false,
             drain_retry_after: Duration::from_secs(1),
             max_unflushed_sessions: 100_000,
             log_format: LogFormat::Json,
@@ -188,6 +192,9 @@ pub struct Cli {
     /// HS256 secret: upgrades then need a JWT (?token= or Authorization: Bearer)
     #[arg(long, env = "SHARDCAST_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
+    /// Conformance runs only: every upgrade, any path, echoes (no counting)
+    #[arg(long, hide = true)]
+    pub conformance_echo: Option<bool>,
     /// Number of shards (0 = one per CPU)
     #[arg(long, env = "SHARDCAST_SHARDS")]
     pub shards: Option<usize>,
@@ -276,6 +283,9 @@ impl Config {
         }
         if let Some(a) = cli.auth_secret {
             c.auth_secret = Some(a);
+        }
+        if let Some(e) = cli.conformance_echo {
+            c.conformance_echo = e;
         }
         macro_rules! overlay {
             ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };

@@ -100,6 +100,10 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
         Ok(Ok(req)) => req,
     };
 
+    if cfg.conformance_echo && req.header("upgrade").is_some() {
+        conformance_echo(shard, stream, req).await;
+        return None;
+    }
     if is_ws_path(&req.path) {
         return crate::ws::socket::open(shard, stream, req).await;
     }
@@ -120,4 +124,26 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
     let _ = stream.write_all(&answer).await;
     let _ = stream.close().await;
     None
+}
+
+/// `--conformance-echo`: the upgrade checks of the real endpoint, then an
+/// echo socket in this (short-lived in production, test-only here) task.
+async fn conformance_echo(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) {
+    let accept = match crate::ws::handshake::validate(&req) {
+        Ok(a) => a,
+        Err(r) => {
+            let _ = stream.write_all(&http::error(r.status, r.reason)).await;
+            return;
+        }
+    };
+    if stream
+        .write_all(&crate::ws::handshake::accept_response(&accept))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    stream.set_nodelay(true).ok();
+    let rest = std::mem::take(&mut req.rest);
+    crate::ws::echo::serve(stream, rest, shard.cfg().max_message_bytes).await;
 }

@@ -134,10 +134,16 @@ struct DataFrame {
 pub struct Decoder {
     max_message: usize,
     frame: Option<DataFrame>,
-    /// A text message is in progress (a first fragment arrived, no final yet).
+    /// A message is in progress (a first fragment arrived, no final yet).
     in_message: bool,
+    /// The message in progress is text (only text is checked for UTF-8).
+    text: bool,
     message_len: usize,
     utf8: Utf8Stream,
+    /// Echo mode (conformance runs): binary is accepted and every message's
+    /// payload is kept for [`Decoder::take_message`].
+    echo: Option<Vec<u8>>,
+    done: Option<(bool, Vec<u8>)>,
 }
 
 impl Decoder {
@@ -146,9 +152,28 @@ impl Decoder {
             max_message,
             frame: None,
             in_message: false,
+            text: true,
             message_len: 0,
             utf8: Utf8Stream::default(),
+            echo: None,
+            done: None,
         }
+    }
+
+    /// A decoder that accepts binary and keeps each message whole, for the
+    /// conformance echo endpoint only: the service itself never holds a
+    /// message's bytes.
+    pub fn echo(max_message: usize) -> Self {
+        Self {
+            echo: Some(Vec::new()),
+            ..Self::new(max_message)
+        }
+    }
+
+    /// In echo mode, the message that the last `Event::Text` completed:
+    /// whether it was binary, and its payload.
+    pub fn take_message(&mut self) -> Option<(bool, Vec<u8>)> {
+        self.done.take()
     }
 
     /// Decodes from `buf` (bytes received and not yet consumed). Returns the
@@ -159,7 +184,12 @@ impl Decoder {
             let take = (f.remaining.min(buf.len() as u64)) as usize;
             let chunk = &mut buf[..take];
             unmask(chunk, f.mask, f.offset);
-            self.utf8.push(chunk)?;
+            if self.text {
+                self.utf8.push(chunk)?;
+            }
+            if let Some(m) = &mut self.echo {
+                m.extend_from_slice(chunk);
+            }
             f.offset += take;
             f.remaining -= take as u64;
             if f.remaining > 0 {
@@ -213,10 +243,11 @@ impl Decoder {
                     Data::Text | Data::Binary if self.in_message => {
                         return Err(WsError::Protocol("new message inside a fragmented one"))
                     }
-                    Data::Binary => return Err(WsError::Binary),
+                    Data::Binary if self.echo.is_none() => return Err(WsError::Binary),
                     Data::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
-                    Data::Text => {
+                    Data::Text | Data::Binary => {
                         self.in_message = true;
+                        self.text = data == Data::Text;
                         self.message_len = 0;
                     }
                     Data::Continue => {}
@@ -246,7 +277,12 @@ impl Decoder {
             return Ok(None);
         }
         self.in_message = false;
-        self.utf8.finish()?;
+        if self.text {
+            self.utf8.finish()?;
+        }
+        if let Some(m) = &mut self.echo {
+            self.done = Some((!self.text, std::mem::take(m)));
+        }
         Ok(Some(Event::Text))
     }
 }
