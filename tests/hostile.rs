@@ -449,3 +449,43 @@ fn header_block_of_64_kib() {
         }
     });
 }
+
+#[test]
+fn a_flood_past_the_connection_cap_gets_503_and_the_witness_counts_on() {
+    const CAP: usize = 20;
+    let redis = Redis::start();
+    let server = Server::builder(&redis)
+        .shards(1)
+        .arg("--max-connections", &CAP.to_string())
+        .start();
+    let (mut witness, _) = server.connect("");
+    assert_eq!(witness.count("before"), 1);
+    // Fill every slot but the witness's, then knock 50 more times.
+    let mut held: Vec<Client> = (1..CAP).map(|_| server.connect("").0).collect();
+    let mut refused = 0;
+    for _ in 0..50 {
+        match Client::try_connect(server.addr, "") {
+            Err((503, body)) => {
+                assert!(body.contains("connection limit"), "{body}");
+                refused += 1;
+            }
+            Err((status, body)) => panic!("expected 503, got {status} {body}"),
+            Ok(_) => panic!("a connection past the cap was accepted"),
+        }
+        assert_eq!(witness.count("during"), refused as u64 + 1);
+    }
+    assert_eq!(refused, 50);
+    // Freed slots take new clients at once.
+    for mut c in held.drain(..5) {
+        c.send_close(1000);
+        let _ = c.until_close();
+    }
+    wait_for("a freed slot", LIMIT, || {
+        Client::try_connect(server.addr, "").ok()
+    });
+    assert_eq!(witness.count("after"), 52);
+    assert_eq!(
+        server.metric("ws_errors_total{kind=\"over_capacity\"}"),
+        50.0
+    );
+}
