@@ -265,3 +265,74 @@ fn an_empty_redis_gets_every_live_count_written_again() {
         wait_stored(&redis, id, 6);
     }
 }
+
+/// Redis away for longer than a shard's buffer of unwritten sessions holds:
+/// open sockets keep counting, new sessions past the bound are refused with
+/// `503 redis_backlog_full` (nothing is dropped silently), readiness and the
+/// metrics say so, and once Redis is back every acknowledged count is there
+/// and new sessions are welcome again.
+#[test]
+fn past_the_unwritten_bound_new_sessions_are_refused_and_nothing_is_lost() {
+    const BOUND: usize = 4;
+    let mut redis = Redis::start_aof();
+    let server = Server::builder(&redis)
+        .shards(1)
+        .arg("--max-unflushed-sessions", &BOUND.to_string())
+        .start();
+    let (mut witness, w) = server.connect("");
+    let witness_id = session_id(&w);
+    assert_eq!(witness.count("x"), 1);
+    wait_stored(&redis, &witness_id, 1);
+
+    redis.kill9();
+    wait_for("redis_up to drop", Duration::from_secs(10), || {
+        (server.metric("redis_up") == 0.0).then_some(())
+    });
+    let (code, body) = server.get("/readyz");
+    assert_eq!(
+        (code, body.contains("redis_unavailable")),
+        (503, true),
+        "{body}"
+    );
+    assert_eq!(witness.count("x"), 2, "an open socket keeps counting");
+
+    // New sessions while Redis is away, until the bound refuses one.
+    let mut fresh = Vec::new();
+    let refusal = loop {
+        match Client::try_connect(server.addr, "") {
+            Ok(mut c) => {
+                let w = c.recv().json();
+                let id = session_id(&w);
+                assert_eq!(c.count("x"), 1);
+                fresh.push((c, id));
+                assert!(fresh.len() <= BOUND, "the bound never refused a session");
+            }
+            Err(refused) => break refused,
+        }
+    };
+    assert_eq!(refusal.0, 503);
+    assert!(refusal.1.contains("redis_backlog_full"), "{}", refusal.1);
+    assert!(!fresh.is_empty(), "some sessions fit under the bound");
+    // The witness and every fresh session hold counts Redis does not have.
+    let want = (fresh.len() + 1) as f64;
+    wait_for("the unwritten gauges", Duration::from_secs(5), || {
+        (server.metric("redis_unflushed_sessions") == want
+            && server.metric("redis_unflushed_increments") == want)
+            .then_some(())
+    });
+    assert_eq!(
+        witness.count("x"),
+        3,
+        "refusing new sessions costs no count"
+    );
+
+    redis.spawn();
+    server.wait_ready_state("ready", Duration::from_secs(15));
+    wait_stored(&redis, &witness_id, 3);
+    for (_, id) in &fresh {
+        wait_stored(&redis, id, 1);
+    }
+    assert_eq!(server.metric("redis_unflushed_increments"), 0.0);
+    let (mut again, _) = server.connect("");
+    assert_eq!(again.count("x"), 1, "new sessions are welcome again");
+}
