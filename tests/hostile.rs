@@ -489,3 +489,61 @@ fn a_flood_past_the_connection_cap_gets_503_and_the_witness_counts_on() {
         50.0
     );
 }
+
+#[test]
+fn a_reader_that_never_reads_is_closed_and_nothing_piles_up() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let redis = Redis::start();
+    let server = Server::builder(&redis)
+        .shards(1)
+        .arg("--outbound-queue", "4")
+        // The witness counts as fast as it can; the rate limit is not under test.
+        .arg("--rate-limit", "0")
+        .start();
+    let (slow, _) = server.connect("");
+    // A small receive window, so the kernel's buffers fill sooner; from here
+    // on this socket is never read.
+    socket2::SockRef::from(&slow.stream)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let rss_before = rss_of(server.addr);
+    let stop = AtomicBool::new(false);
+    let addr = server.addr;
+    let counted = std::thread::scope(|scope| {
+        // The witness keeps counting (and reading every broadcast) throughout.
+        let witness = scope.spawn(|| {
+            let (mut w, _) = Client::connect(addr, "");
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                n = w.count("x");
+            }
+            n
+        });
+        let body = serde_json::json!({ "message": "b".repeat(60_000) }).to_string();
+        wait_for(
+            "the slow reader to be closed",
+            Duration::from_secs(40),
+            || {
+                for _ in 0..10 {
+                    assert_eq!(http(addr, "POST", "/api/broadcast", &body).0, 202);
+                }
+                let m = server.metric("ws_errors_total{kind=\"slow_reader\"}");
+                (m >= 1.0).then_some(())
+            },
+        );
+        stop.store(true, Ordering::SeqCst);
+        witness.join().unwrap()
+    });
+    assert!(counted > 0, "the witness counted throughout");
+    assert_eq!(server.metric("ws_connections_active"), 0.0);
+    let grown = rss_of(server.addr) - rss_before;
+    assert!(
+        grown < 32e6,
+        "the server buffered {grown} bytes for one slow reader"
+    );
+    assert!(server
+        .log_lines()
+        .iter()
+        .any(|l| l["msg"] == "closing a slow reader: its backlog passed the bound"));
+    drop(slow);
+}

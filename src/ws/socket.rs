@@ -318,8 +318,14 @@ impl<'a> Conn<'a> {
                 return exit;
             }
             if !out.is_empty() {
-                if self.stream.write_all(&out).await.is_err() {
-                    return Exit::Gone;
+                if let Err(e) = self.stream.write_all(&out).await {
+                    // The write timeout fired: the peer stopped reading and
+                    // the kernel's buffers are full. That is a slow reader.
+                    return if e.kind() == std::io::ErrorKind::TimedOut {
+                        Exit::SlowReader
+                    } else {
+                        Exit::Gone
+                    };
                 }
                 out.clear();
                 if out.capacity() > 16 << 10 {
@@ -533,6 +539,7 @@ async fn finish(
         }
         Exit::SlowReader => {
             m.error(ErrorKind::SlowReader);
+            tracing::info!("closing a slow reader: its backlog passed the bound");
             codec::encode_close(&mut out, 1008, "slow reader");
             (1008, None)
         }
@@ -556,7 +563,11 @@ async fn finish(
         }
     };
     m.close(code);
-    if stream.write_all(&out).await.is_err() {
+    // Bounded: a peer that stopped reading must not hold the task for
+    // another write timeout.
+    let written =
+        glommio::timer::timeout(CLOSE_WAIT, async { Ok(stream.write_all(&out).await) }).await;
+    if !matches!(written, Ok(Ok(()))) {
         return code;
     }
     if let Some(until) = wait_until {
