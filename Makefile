@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down flamegraph
+.PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down flamegraph fuzz
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -41,6 +41,9 @@ bench: ## Standard suite against fresh release servers and the tt baseline; appe
 
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph
+
+fuzz: ## Fuzz the request-head parser and the frame decoder, FUZZ_SECONDS=60 each (cargo-fuzz, stable + RUSTC_BOOTSTRAP)
+	scripts/fuzz
 
 monitoring-up: ## Prometheus (:9090) and Alertmanager (:9093) on loopback against the service, files under run/monitoring/
 	scripts/monitoring-up
