@@ -73,7 +73,9 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
     let req = match read {
         Err(_) => {
             m.error(ErrorKind::HandshakeTimeout);
-            tracing::debug!("request head timed out; dropping the socket");
+            if let Some(unlogged) = shard.log_gate(ErrorKind::HandshakeTimeout) {
+                tracing::info!(unlogged, "request head timed out: socket dropped");
+            }
             return None;
         }
         Ok(Err(HeadError::TooLarge)) => {

@@ -43,9 +43,27 @@ pub struct Shard {
     next_conn: Cell<u64>,
     draining: Cell<bool>,
     drain_deadline: Cell<Option<Instant>>,
+    /// Per error kind: when its last log line was written, and how many
+    /// events were not logged since.
+    log_gates: [Cell<(Option<Instant>, u64)>; ErrorKind::ALL.len()],
 }
 
 impl Shard {
+    /// Whether a limit that acted may write its log line now: at most one
+    /// line per kind per second per shard, so a flood cannot flood the logs.
+    /// Returns the events left unlogged since the last line.
+    pub fn log_gate(&self, kind: ErrorKind) -> Option<u64> {
+        let gate = &self.log_gates[kind as usize];
+        let (last, skipped) = gate.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            gate.set((last, skipped + 1));
+            return None;
+        }
+        gate.set((Some(now), 0));
+        Some(skipped)
+    }
+
     pub fn cfg(&self) -> &Config {
         &self.shared.cfg
     }
@@ -201,6 +219,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         next_conn: Cell::new(0),
         draining: Cell::new(false),
         drain_deadline: Cell::new(None),
+        log_gates: Default::default(),
     });
 
     glommio::spawn_local(redis.clone().run()).detach();
@@ -327,6 +346,13 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
 fn accept_one(shard: &Rc<Shard>, gate: &Gate, stream: TcpStream) {
     if !shard.try_open() {
         shard.metrics().error(ErrorKind::OverCapacity);
+        if let Some(unlogged) = shard.log_gate(ErrorKind::OverCapacity) {
+            tracing::warn!(
+                limit = shard.cfg().max_connections,
+                unlogged,
+                "connection limit reached: 503"
+            );
+        }
         glommio::spawn_local(crate::conn::refuse_full(stream)).detach();
         return;
     }

@@ -488,6 +488,16 @@ fn a_flood_past_the_connection_cap_gets_503_and_the_witness_counts_on() {
         server.metric("ws_errors_total{kind=\"over_capacity\"}"),
         50.0
     );
+    // Logged, but not 50 times: at most one line a second per shard.
+    let lines = server
+        .log_lines()
+        .iter()
+        .filter(|l| l["msg"] == "connection limit reached: 503")
+        .count();
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} log lines for 50 refusals"
+    );
 }
 
 #[test]

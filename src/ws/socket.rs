@@ -424,6 +424,9 @@ impl<'a> Conn<'a> {
                     let now = Instant::now();
                     if !self.bucket.take(now) {
                         m.error(ErrorKind::RateLimited);
+                        if let Some(unlogged) = shard.log_gate(ErrorKind::RateLimited) {
+                            tracing::info!(unlogged, "rate limited: message not counted");
+                        }
                         if self.bucket.strikes >= shard.cfg().rate_strikes {
                             return Some(Exit::RateLimited);
                         }
