@@ -5,10 +5,6 @@
 mod common;
 use common::*;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -34,28 +30,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// An upgrade with an optional query and extra header; returns the status.
+/// An upgrade with a query (with its `?`) and extra header lines; returns
+/// the answer's status and, for a refusal, the whole answer.
 fn upgrade(server: &Server, query: &str, header: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET /ws/chat/{query} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{header}\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
+    match Client::try_connect_with(server.addr, query.trim_start_matches('?'), header) {
+        Ok(_) => (101, String::new()),
+        Err(refusal) => refusal,
     }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
 }
 
 #[test]

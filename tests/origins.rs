@@ -4,35 +4,15 @@
 mod common;
 use common::*;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::Duration;
 
-/// An upgrade with the given Origin header; returns the status line's code
-/// and the whole answer head.
+/// An upgrade with the given Origin header; returns the answer's status.
 fn upgrade_with_origin(server: &Server, origin: Option<&str>) -> (u16, String) {
-    let mut s = TcpStream::connect(server.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
-    write!(
-        s,
-        "GET /ws/chat/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{origin}\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
+    let header = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    match Client::try_connect_with(server.addr, "", &header) {
+        Ok(_) => (101, String::new()),
+        Err(refusal) => refusal,
     }
-    let text = String::from_utf8_lossy(&head).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, text)
 }
 
 #[test]

@@ -435,6 +435,16 @@ impl Client {
 
     /// Upgrades, or returns the refusal's status and body.
     pub fn try_connect(addr: SocketAddr, query: &str) -> Result<Client, (u16, String)> {
+        Self::try_connect_with(addr, query, "")
+    }
+
+    /// Upgrades with extra header lines (each ending in `\r\n`), or returns
+    /// the refusal's status and its whole answer (head and body).
+    pub fn try_connect_with(
+        addr: SocketAddr,
+        query: &str,
+        headers: &str,
+    ) -> Result<Client, (u16, String)> {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
@@ -444,7 +454,7 @@ impl Client {
             format!("?{query}")
         };
         let req = format!(
-            "GET /ws/chat/{q} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n\r\n"
+            "GET /ws/chat/{q} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {KEY}\r\n{headers}\r\n"
         );
         s.write_all(req.as_bytes()).unwrap();
         let mut head = Vec::new();
@@ -464,7 +474,7 @@ impl Client {
                 .unwrap_or(0);
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest);
-            return Err((status, String::from_utf8_lossy(&rest).into_owned()));
+            return Err((status, text + &String::from_utf8_lossy(&rest)));
         }
         assert!(
             text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
