@@ -12,8 +12,6 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-
 use crate::http;
 use crate::server::Shared;
 
@@ -49,51 +47,23 @@ fn serve(mut s: TcpStream, shared: &Shared) -> io::Result<()> {
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
-    let (method, path) = loop {
+    let req = loop {
         let n = s.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
         }
         head.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (
-                    req.method.unwrap_or("").to_string(),
-                    req.path.unwrap_or("").to_string(),
-                )
-            }
-            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => continue,
+        match http::parse_head(&head) {
+            Ok(Some(req)) => break req,
+            Ok(None) if head.len() < MAX_HEAD => continue,
             _ => return s.write_all(&http::error(400, "malformed request")),
         }
     };
-    let path = path.split('?').next().unwrap_or("");
-    let mut answer = match (method.as_str(), path) {
-        ("GET" | "HEAD", "/metrics") => http::response(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            &[],
-            shared.metrics.render().as_bytes(),
-        ),
-        ("GET" | "HEAD", "/healthz") => http::json(200, &json!({ "status": "ok" })),
-        ("GET" | "HEAD", "/readyz") => {
-            let state = crate::routes::readiness(shared);
-            let code = if state == "ready" { 200 } else { 503 };
-            http::json(code, &json!({ "status": state }))
-        }
-        (_, "/metrics" | "/healthz" | "/readyz") => http::response(
-            405,
-            "application/json",
-            &[],
-            br#"{"error":"method not allowed"}"#,
-        ),
-        _ => http::error(404, "not found"),
-    };
-    if method == "HEAD" {
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            answer.truncate(end + 4);
-        }
-    }
-    s.write_all(&answer)
+    let answer = crate::routes::probe(shared, &req.method, &req.path)
+        .unwrap_or_else(|| http::error(404, "not found"));
+    s.write_all(&if req.method == "HEAD" {
+        http::head_only(answer)
+    } else {
+        answer
+    })
 }

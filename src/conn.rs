@@ -116,13 +116,11 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
     } else {
         crate::routes::answer(shard, &req).await
     };
-    let mut answer = answer;
-    if req.method == "HEAD" {
-        // Same headers as GET, no body.
-        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            answer.truncate(end + 4);
-        }
-    }
+    let answer = if req.method == "HEAD" {
+        http::head_only(answer)
+    } else {
+        answer
+    };
     let _ = stream.write_all(&answer).await;
     let _ = stream.close().await;
     None

@@ -108,6 +108,14 @@ pub async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request, He
     }
 }
 
+/// The answer to a HEAD request: the same head as GET, without the body.
+pub fn head_only(mut answer: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+        answer.truncate(end + 4);
+    }
+    answer
+}
+
 /// A complete response that closes the connection after it.
 pub fn response(status: u16, content_type: &str, extra: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());

@@ -34,9 +34,44 @@ pub fn readiness(s: &Shared) -> &'static str {
     }
 }
 
+/// The probe routes, `/healthz`, `/readyz` and `/metrics`, which need no
+/// shard: the service port and the admin listener both answer them from here.
+/// None for any other path.
+pub fn probe(shared: &Shared, method: &str, path: &str) -> Option<Vec<u8>> {
+    let get = matches!(method, "GET" | "HEAD");
+    Some(match path {
+        "/healthz" | "/readyz" | "/metrics" if !get => method_not_allowed(),
+        "/healthz" => http::json(200, &json!({ "status": "ok" })),
+        "/readyz" => {
+            let state = readiness(shared);
+            let code = if state == "ready" { 200 } else { 503 };
+            http::json(code, &json!({ "status": state }))
+        }
+        "/metrics" => http::response(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &[],
+            shared.metrics.render().as_bytes(),
+        ),
+        _ => return None,
+    })
+}
+
+fn method_not_allowed() -> Vec<u8> {
+    http::response(
+        405,
+        "application/json",
+        &[],
+        br#"{"error":"method not allowed"}"#,
+    )
+}
+
 pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
     let path = req.path.as_str();
     let method = req.method.as_str();
+    if let Some(answer) = probe(&shard.shared, method, path) {
+        return answer;
+    }
     match (method, path) {
         ("GET" | "HEAD", "/") => http::response(
             200,
@@ -44,26 +79,9 @@ pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
             &[],
             CONSOLE_HTML.as_bytes(),
         ),
-        ("GET" | "HEAD", "/healthz") => http::json(200, &json!({ "status": "ok" })),
-        ("GET" | "HEAD", "/readyz") => {
-            let state = readiness(&shard.shared);
-            let code = if state == "ready" { 200 } else { 503 };
-            http::json(code, &json!({ "status": state }))
-        }
-        ("GET" | "HEAD", "/metrics") => http::response(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            &[],
-            shard.shared.metrics.render().as_bytes(),
-        ),
         ("GET" | "HEAD", "/status") => http::json(200, &status(shard)),
         ("POST", "/api/broadcast") => broadcast(shard, &req.rest).await,
-        (_, "/healthz" | "/readyz" | "/metrics" | "/status" | "/api/broadcast") => http::response(
-            405,
-            "application/json",
-            &[],
-            br#"{"error":"method not allowed"}"#,
-        ),
+        (_, "/status" | "/api/broadcast") => method_not_allowed(),
         _ => match path.strip_prefix("/api/sessions/") {
             Some(id) => session_api(shard, method, id).await,
             None => {

@@ -343,6 +343,10 @@ fn every_shard_scrapes_the_same_shape_and_totals_are_sums() {
 fn the_admin_listener_outlives_the_drain() {
     let redis = Redis::start();
     let (server, admin) = with_admin(Server::builder(&redis).arg("--shutdown-grace", "10s"));
+    // The admin port answers the probe routes like the service port does.
+    assert_eq!(http(admin, "HEAD", "/healthz", ""), (200, String::new()));
+    assert_eq!(http(admin, "POST", "/metrics", "").0, 405);
+    assert_eq!(http(admin, "GET", "/status", "").0, 404, "probes only");
     // A socket that does not answer our Close keeps the drain going.
     let (mut c, _) = server.connect("");
     assert_eq!(c.count("x"), 1);
