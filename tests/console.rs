@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http, rand_u64, wait_for, Redis, Server};
+use common::{http, wait_for, Redis, Server, TempDir};
 use serde_json::Value;
 
 /// Kills and reaps a child process when dropped, on success and on panic.
@@ -27,15 +27,6 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Removes a directory when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -138,12 +129,7 @@ fn console_in_a_real_browser() {
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("console.png");
     let _ = std::fs::remove_file(&shot);
-    let hs = TempDir(std::env::temp_dir().join(format!(
-        "shardcast-console-{}-{}",
-        std::process::id(),
-        rand_u64()
-    )));
-    std::fs::create_dir_all(&hs.0).unwrap();
+    let hs = TempDir::new("console");
 
     let mut node = Command::new("node");
     node.arg(console_dir.join("console.test.mjs"))

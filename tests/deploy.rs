@@ -28,17 +28,11 @@ fn bench_bin() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One deployment: its own ports, run directory and Redis, torn down on drop.
 struct Deploy {
     dir: PathBuf,
+    /// Removed after `dev-down` has stopped everything that wrote into it.
+    _tmp: TempDir,
     env: Vec<(String, String)>,
     nginx: u16,
     blue: u16,
@@ -49,12 +43,8 @@ struct Deploy {
 impl Deploy {
     fn new() -> Deploy {
         let redis = Redis::start();
-        let dir = std::env::temp_dir().join(format!(
-            "shardcast-deploy-{}-{}",
-            std::process::id(),
-            rand_u64()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new("deploy");
+        let dir = tmp.0.clone();
         let (nginx, blue, green) = (free_port(), free_port(), free_port());
         let env = vec![
             ("DEPLOY_DIR".into(), dir.display().to_string()),
@@ -76,6 +66,7 @@ impl Deploy {
         ];
         Deploy {
             dir,
+            _tmp: tmp,
             env,
             nginx,
             blue,
@@ -130,7 +121,6 @@ impl Deploy {
 impl Drop for Deploy {
     fn drop(&mut self) {
         let _ = self.run(&["dev-down"], &[]);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

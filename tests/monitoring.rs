@@ -137,23 +137,11 @@ impl Drop for Prometheus {
     }
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 impl Prometheus {
     /// A Prometheus scraping `target` every second, with the project's rules.
     fn start(target: SocketAddr) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!(
-            "shardcast-prom-{}-{}",
-            std::process::id(),
-            rand_u64()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = TempDir::new("prometheus");
+        let dir = tmp.0.clone();
         let rules = monitoring_dir().join("rules.yml");
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
@@ -163,12 +151,7 @@ impl Prometheus {
             rules.display()
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let child = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
@@ -186,7 +169,7 @@ impl Prometheus {
         let p = Prometheus {
             child,
             addr,
-            _dir: TempDir(dir),
+            _dir: tmp,
         };
         wait_for("prometheus ready", Duration::from_secs(30), || {
             std::net::TcpStream::connect(addr).ok()?;

@@ -74,12 +74,28 @@ pub fn server_closed(s: &mut TcpStream) -> bool {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port the kernel just handed out and took back.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        TempDir(temp_dir(tag))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
