@@ -22,6 +22,19 @@ pub enum Durability {
     Sync,
 }
 
+/// Which Redis pub/sub commands carry broadcasts and session kicks. Every
+/// process sharing a Redis must use the same mode: the two are separate
+/// namespaces, and a PUBLISH never reaches an SSUBSCRIBE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PubsubMode {
+    /// PUBLISH / SUBSCRIBE: on a Redis Cluster every node sees every message.
+    Plain,
+    /// SPUBLISH / SSUBSCRIBE (Redis 7+): a channel lives on its slot's node
+    /// only, so a cluster spreads rooms over its nodes.
+    Sharded,
+}
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +65,11 @@ pub struct Config {
     pub redis_url: String,
     /// Deployment color, reported in logs, `/status` and `app_info`.
     pub color: String,
+    /// `plain` (PUBLISH/SUBSCRIBE) or `sharded` (SPUBLISH/SSUBSCRIBE).
+    pub pubsub: PubsubMode,
+    /// Rooms with members on one shard (one subscription each); a connect
+    /// that would open one more gets `503`.
+    pub max_rooms: usize,
     /// Interval between heartbeat frames to every socket.
     #[serde(with = "dur")]
     pub heartbeat_interval: Duration,
@@ -124,6 +142,8 @@ impl Default for Config {
             backlog: 4096,
             redis_url: "redis://127.0.0.1:6379".into(),
             color: "blue".into(),
+            pubsub: PubsubMode::Plain,
+            max_rooms: 10_000,
             heartbeat_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             session_ttl: Duration::from_secs(3600),
@@ -206,6 +226,12 @@ pub struct Cli {
     pub redis_url: Option<String>,
     #[arg(long, env = "SHARDCAST_COLOR")]
     pub color: Option<String>,
+    /// Pub/sub commands: plain (PUBLISH) or sharded (SPUBLISH, Redis 7+)
+    #[arg(long, env = "SHARDCAST_PUBSUB", value_enum)]
+    pub pubsub: Option<PubsubMode>,
+    /// Rooms with members per shard
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS")]
+    pub max_rooms: Option<usize>,
     #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
     pub heartbeat_interval: Option<Duration>,
     /// Ping a socket silent for half of this, close it after all of it (0 = off)
@@ -297,6 +323,8 @@ impl Config {
             backlog,
             redis_url,
             color,
+            pubsub,
+            max_rooms,
             heartbeat_interval,
             idle_timeout,
             session_ttl,
@@ -401,6 +429,9 @@ impl Config {
         if self.rate_limit > 0 && self.rate_burst == 0 {
             return bad("rate_burst", "must be at least 1 when rate_limit is on");
         }
+        if self.max_rooms == 0 {
+            return bad("max_rooms", "must be at least 1");
+        }
         if self.outbound_queue == 0 {
             return bad("outbound_queue", "must be at least 1");
         }
@@ -465,6 +496,8 @@ mod tests {
             "250ms",
             "--durability",
             "sync",
+            "--pubsub",
+            "sharded",
             "--shards",
             "3",
             "--log-format",
@@ -475,6 +508,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(c.durability, Durability::Sync);
+        assert_eq!(c.pubsub, PubsubMode::Sharded);
         assert_eq!(c.shards, 3);
         assert_eq!(c.log_format, LogFormat::Pretty);
     }

@@ -12,6 +12,7 @@
 //! - [`ws`]: the WebSocket endpoint: handshake, framing, the socket loop.
 //! - [`mailbox`]: a socket's bounded inbox from its shard.
 //! - [`protocol`]: the JSON payloads of the wire contract.
+//! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
 //! - [`redis`]: Redis over a shard's own glommio sockets.
@@ -32,6 +33,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod process;
 pub mod protocol;
+pub mod pubsub;
 pub mod redis;
 pub mod routes;
 pub mod server;

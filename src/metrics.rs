@@ -57,10 +57,11 @@ pub enum ErrorKind {
     ForbiddenOrigin,
     Unauthorized,
     IdleTimeout,
+    TooManyRooms,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 17] = [
         ErrorKind::Protocol,
         ErrorKind::Binary,
         ErrorKind::InvalidUtf8,
@@ -77,6 +78,7 @@ impl ErrorKind {
         ErrorKind::ForbiddenOrigin,
         ErrorKind::Unauthorized,
         ErrorKind::IdleTimeout,
+        ErrorKind::TooManyRooms,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,6 +98,7 @@ impl ErrorKind {
             ErrorKind::ForbiddenOrigin => "forbidden_origin",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::IdleTimeout => "idle_timeout",
+            ErrorKind::TooManyRooms => "too_many_rooms",
         }
     }
 }
@@ -159,6 +162,12 @@ pub struct ShardMetrics {
     pub loop_lag_ns: Cell,
     /// Round trip of each Redis request, queue to reply.
     pub redis_duration: Histogram,
+    /// Rooms the shard holds a subscription for.
+    pub rooms_active: Cell,
+    /// 1 while the shard's subscription connection is up.
+    pub pubsub_up: Cell,
+    /// Messages received on the subscription connection.
+    pub pubsub_messages_total: Cell,
 }
 
 impl ShardMetrics {
@@ -273,6 +282,27 @@ impl Metrics {
             "counter",
             "Broadcast frames delivered to sockets.",
             self.sum(|s| s.broadcasts_delivered_total.get()),
+        );
+        single(
+            &mut o,
+            "ws_rooms_active",
+            "gauge",
+            "Rooms with a subscription, summed over shards (a room on two shards counts twice).",
+            self.sum(|s| s.rooms_active.get()),
+        );
+        single(
+            &mut o,
+            "pubsub_messages_total",
+            "counter",
+            "Messages received from Redis pub/sub (broadcasts, room broadcasts, kicks).",
+            self.sum(|s| s.pubsub_messages_total.get()),
+        );
+        single(
+            &mut o,
+            "pubsub_up",
+            "gauge",
+            "1 when every shard's pub/sub connection is up.",
+            self.shards.iter().all(|s| s.pubsub_up.get() == 1) as u64,
         );
         single(
             &mut o,

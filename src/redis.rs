@@ -6,8 +6,8 @@
 //! glommio stream is not. So each shard runs [`Redis::run`]: one command
 //! connection, pipelined (requests that queue while a batch is in flight go
 //! out together as the next batch; Redis answers in order, so replies are
-//! matched by position), reconnecting with backoff. [`subscribe`] holds the
-//! shard's pub/sub connection the same way.
+//! matched by position), reconnecting with backoff. The shard's pub/sub
+//! connection, which rides on the same reader, is [`crate::pubsub`].
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
@@ -104,7 +104,7 @@ impl RedisAddr {
 }
 
 /// Reads RESP values off a glommio stream with the crate's incremental parser.
-struct RespReader {
+pub(crate) struct RespReader {
     parser: redis::Parser,
     buf: Box<[u8]>,
     len: usize,
@@ -143,7 +143,7 @@ impl RespReader {
         }
     }
 
-    async fn read_value(&mut self, stream: &mut TcpStream) -> Result<Value, RedisError> {
+    pub(crate) async fn read_value(&mut self, stream: &mut TcpStream) -> Result<Value, RedisError> {
         loop {
             let mut feed = Feed {
                 data: &self.buf[..self.len],
@@ -169,7 +169,7 @@ impl RespReader {
     }
 }
 
-async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
+pub(crate) async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
     let target = format!("{}:{}", addr.host, addr.port);
     let mut stream = glommio::timer::timeout(REPLY_TIMEOUT, async {
         TcpStream::connect(target.as_str())
@@ -481,42 +481,6 @@ impl Redis {
                 return e;
             }
         }
-    }
-}
-
-/// Holds a SUBSCRIBE connection to `channel` and calls `on_message` with each
-/// payload, reconnecting (and resubscribing) with backoff. Never returns.
-pub async fn subscribe(addr: RedisAddr, channel: String, on_message: impl Fn(&[u8])) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        if let Ok((mut stream, mut reader)) = connect(&addr).await {
-            // A subscriber waits for pushes indefinitely: no read timeout.
-            stream.set_read_timeout(None).ok();
-            let sub = redis::cmd("SUBSCRIBE").arg(&channel).get_packed_command();
-            if stream.write_all(&sub).await.is_ok() {
-                backoff = BACKOFF_MIN;
-                loop {
-                    match reader.read_value(&mut stream).await {
-                        Ok(Value::Array(items)) | Ok(Value::Push { data: items, .. }) => {
-                            if let [Value::BulkString(kind), _, Value::BulkString(payload)] =
-                                items.as_slice()
-                            {
-                                if kind == b"message" {
-                                    on_message(payload);
-                                }
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "redis subscription lost; resubscribing");
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        glommio::timer::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

@@ -8,9 +8,10 @@ use serde_json::json;
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
+use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::redis::{as_u64, Value};
 use crate::server::Shared;
-use crate::shard::{Shard, EVENTS_CHANNEL};
+use crate::shard::Shard;
 use crate::store::{read_fields, session_key, tombstone_key};
 
 /// The web console served at `/`: one self-contained page (see its top comment).
@@ -113,6 +114,8 @@ fn status(shard: &Shard) -> serde_json::Value {
         "connections_per_shard": conns,
         "uptime_s": s.started.elapsed().as_secs(),
         "redis": redis,
+        "pubsub": s.cfg.pubsub,
+        "rooms_per_shard": s.metrics.shards.iter().map(|m| m.rooms_active.get()).collect::<Vec<_>>(),
         "ready": readiness(&shard.shared),
         "pid": std::process::id(),
     })
@@ -158,9 +161,7 @@ async fn session_api(shard: &Shard, method: &str, raw_id: &str) -> Vec<u8> {
                 .arg(ttl_ms)
                 .cmd("DEL")
                 .arg(session_key(&id))
-                .cmd("PUBLISH")
-                .arg(EVENTS_CHANNEL)
-                .arg(event);
+                .add_command(shard.pubsub.verbs().publish(EVENTS_CHANNEL, &event));
             match redis.exec(p.get_packed_pipeline(), 3).await {
                 Ok(_) => http::response(204, "application/json", &[], b""),
                 Err(_) => http::error(503, "redis_unavailable"),
@@ -177,19 +178,42 @@ async fn session_api(shard: &Shard, method: &str, raw_id: &str) -> Vec<u8> {
 
 async fn broadcast(shard: &Shard, body: &[u8]) -> Vec<u8> {
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct Body {
         message: String,
+        #[serde(default)]
+        room: Option<String>,
     }
-    let Ok(b) = serde_json::from_slice::<Body>(body) else {
-        shard.metrics().error(ErrorKind::BadRequest);
-        return http::error(400, "body must be {\"message\": \"...\"}");
+    let b = match serde_json::from_slice::<Body>(body) {
+        Ok(b) => b,
+        Err(e) => {
+            shard.metrics().error(ErrorKind::BadRequest);
+            tracing::info!(error = %e, "broadcast refused: 400");
+            return http::error(
+                400,
+                "body must be {\"message\": \"...\"} with an optional \"room\"",
+            );
+        }
+    };
+    let channel = match &b.room {
+        None => EVENTS_CHANNEL.to_string(),
+        Some(room) => match check_room(room) {
+            Ok(()) => room_channel(room),
+            Err(e) => {
+                shard.metrics().error(ErrorKind::BadRequest);
+                tracing::info!(room = %room, "broadcast refused: bad room: 400");
+                return http::error(400, &e.to_string());
+            }
+        },
     };
     let event = serde_json::to_string(&BusEvent::Broadcast(b.message)).unwrap_or_default();
-    let cmd = redis::cmd("PUBLISH").arg(EVENTS_CHANNEL).arg(event).clone();
+    let cmd = shard.pubsub.verbs().publish(&channel, &event);
     match shard.redis().query(&cmd).await {
+        // Subscribers are shards (of any process) that hold the channel:
+        // for a room, the shards where it has members.
         Ok(v) => http::json(
             202,
-            &json!({ "status": "accepted", "subscribers": as_u64(&v).unwrap_or(0) }),
+            &json!({ "status": "accepted", "room": b.room, "subscribers": as_u64(&v).unwrap_or(0) }),
         ),
         Err(_) => http::error(503, "redis_unavailable"),
     }

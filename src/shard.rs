@@ -20,17 +20,16 @@ use crate::config::Config;
 use crate::mailbox::{Mailbox, Note};
 use crate::metrics::{ErrorKind, ShardMetrics};
 use crate::protocol::{self, BusEvent};
-use crate::redis::{self as rds, Redis, RedisAddr};
+use crate::pubsub::{self, RoomError, Subscriber, Target};
+use crate::redis::{Redis, RedisAddr};
 use crate::server::Shared;
 use crate::store::Store;
 use crate::ws::codec;
 
-/// The Redis pub/sub channel that carries [`BusEvent`]s.
-pub const EVENTS_CHANNEL: &str = "shardcast:events";
-
 struct Socket {
     mailbox: Rc<Mailbox>,
     session: Uuid,
+    room: Option<Rc<str>>,
 }
 
 /// A shard's state, shared by its tasks through `Rc`.
@@ -38,6 +37,7 @@ pub struct Shard {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub store: Store,
+    pub pubsub: Rc<Subscriber>,
     sockets: RefCell<HashMap<u64, Socket>>,
     open: Cell<usize>,
     next_conn: Cell<u64>,
@@ -94,18 +94,44 @@ impl Shard {
         (self.id as u64) << 48 | n
     }
 
-    /// Registers an upgraded socket so timers and events reach it.
-    pub fn register(&self, conn: u64, mailbox: Rc<Mailbox>, session: Uuid) {
-        self.sockets
-            .borrow_mut()
-            .insert(conn, Socket { mailbox, session });
+    /// Registers an upgraded socket so timers and events reach it, in its
+    /// room if it named one. When the room's subscription is new, returns a
+    /// receiver that fires once Redis has confirmed it (see
+    /// [`Subscriber::join`]).
+    pub fn register(
+        &self,
+        conn: u64,
+        mailbox: Rc<Mailbox>,
+        session: Uuid,
+        room: Option<&str>,
+    ) -> Result<Option<futures_channel::oneshot::Receiver<()>>, RoomError> {
+        let (room, confirmed) = match room {
+            Some(r) => {
+                let (name, wait) = self.pubsub.join(r, conn, mailbox.clone())?;
+                (Some(name), wait)
+            }
+            None => (None, None),
+        };
+        self.sockets.borrow_mut().insert(
+            conn,
+            Socket {
+                mailbox,
+                session,
+                room,
+            },
+        );
         let m = self.metrics();
         m.connections_active.inc();
         m.connections_total.inc();
+        Ok(confirmed)
     }
 
     pub fn unregister(&self, conn: u64) {
-        if self.sockets.borrow_mut().remove(&conn).is_some() {
+        let gone = self.sockets.borrow_mut().remove(&conn);
+        if let Some(s) = gone {
+            if let Some(room) = &s.room {
+                self.pubsub.leave(room, conn);
+            }
             self.metrics().connections_active.dec();
         }
     }
@@ -134,14 +160,26 @@ impl Shard {
         }
     }
 
-    fn on_bus_event(&self, payload: &[u8]) {
+    fn on_bus_event(&self, target: Target<'_>, payload: &[u8]) {
         match serde_json::from_slice::<BusEvent>(payload) {
             Ok(BusEvent::Broadcast(msg)) => {
                 let mut frame = Vec::new();
                 codec::encode_text(&mut frame, protocol::broadcast(&msg).as_bytes());
-                let n = self.fan_out(frame.into());
+                let frame: Rc<[u8]> = frame.into();
+                let n = match target {
+                    Target::Events => self.fan_out(frame),
+                    Target::Room(room) => {
+                        let mut n = 0;
+                        self.pubsub.for_each_member(room, |m| {
+                            n += m.push(Note::Frame(frame.clone())) as u64;
+                        });
+                        n
+                    }
+                };
                 self.metrics().broadcasts_delivered_total.add(n);
             }
+            // Kicks travel on the events channel only.
+            Ok(BusEvent::Kick(_)) if target != Target::Events => {}
             Ok(BusEvent::Kick(id)) => {
                 let Some(id) = crate::session::parse_id(&id) else {
                     return;
@@ -210,10 +248,12 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         cfg.max_unflushed_sessions,
         shared.metrics.clone(),
     );
+    let pubsub = Subscriber::new(cfg.pubsub, cfg.max_rooms, shared.metrics.clone(), ctx.id);
     let shard = Rc::new(Shard {
         id: ctx.id,
         shared: shared.clone(),
         store,
+        pubsub: pubsub.clone(),
         sockets: RefCell::new(HashMap::new()),
         open: Cell::new(0),
         next_conn: Cell::new(0),
@@ -225,8 +265,8 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     glommio::spawn_local(redis.clone().run()).detach();
     {
         let s = shard.clone();
-        glommio::spawn_local(rds::subscribe(addr, EVENTS_CHANNEL.to_string(), move |p| {
-            s.on_bus_event(p)
+        glommio::spawn_local(pubsub::run(pubsub, addr, move |target, payload| {
+            s.on_bus_event(target, payload)
         }))
         .detach();
     }

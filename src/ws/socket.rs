@@ -16,6 +16,7 @@ use crate::http::{self, Request};
 use crate::mailbox::{Mailbox, Note};
 use crate::metrics::ErrorKind;
 use crate::protocol;
+use crate::pubsub;
 use crate::session::{self, Session};
 use crate::shard::{Shard, Slot};
 use crate::store::OpenError;
@@ -24,6 +25,8 @@ use crate::ws::handshake;
 
 /// How long a close on a client's behalf may wait for Redis.
 const PERSIST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a connect waits for Redis to confirm its room's subscription.
+const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long we wait for the client's Close after sending ours (not draining).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
@@ -79,17 +82,12 @@ pub async fn serve(slot: Slot, opened: Box<Opened>) {
         resumed,
         rest,
         sub,
+        conn,
+        mailbox,
+        room,
     } = *opened;
     stream.set_nodelay(true).ok();
-    let conn = shard.next_conn_id();
-    let mailbox = Mailbox::new(shard.cfg().outbound_queue);
-    shard.register(conn, mailbox.clone(), session.id);
-    // A drain that began while this upgrade waited on Redis sent its notice
-    // before the socket was registered: deliver it now.
-    if shard.is_draining() {
-        mailbox.push(Note::Drain);
-    }
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, "ws open");
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room, "ws open");
     let started = Instant::now();
     let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
         .run()
@@ -127,6 +125,11 @@ pub struct Opened {
     rest: Vec<u8>,
     /// The token's subject, with `--auth-secret`.
     sub: Option<String>,
+    conn: u64,
+    /// Registered with the shard before the welcome went out, so nothing
+    /// broadcast after the welcome can miss it.
+    mailbox: Rc<Mailbox>,
+    room: Option<String>,
 }
 
 /// Validates the handshake, opens or resumes the session and sends the 101
@@ -192,6 +195,18 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
         return None;
     }
     let requested = session::id_from_query(&req.query).and_then(session::parse_id);
+    let room = match pubsub::room_from_query(&req.query) {
+        None => None,
+        Some(r) => match pubsub::check_room(r) {
+            Ok(()) => Some(r.to_string()),
+            Err(e) => {
+                m.error(ErrorKind::BadRequest);
+                tracing::info!(room = r, "upgrade refused: bad room: 400");
+                let _ = stream.write_all(&http::error(400, &e.to_string())).await;
+                return None;
+            }
+        },
+    };
     // Only the bytes after the head live on; the headers go now.
     let rest = std::mem::take(&mut req.rest);
     drop(req);
@@ -208,6 +223,44 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
             return None;
         }
     };
+    let conn = shard.next_conn_id();
+    let mailbox = Mailbox::new(shard.cfg().outbound_queue);
+    let confirmed = match shard.register(conn, mailbox.clone(), session.id, room.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            m.error(ErrorKind::TooManyRooms);
+            if let Some(unlogged) = shard.log_gate(ErrorKind::TooManyRooms) {
+                tracing::warn!(
+                    limit = shard.cfg().max_rooms,
+                    unlogged,
+                    "upgrade refused: {e}: 503"
+                );
+            }
+            shard.store.release(&session);
+            let _ = stream.write_all(&http::error(503, "too_many_rooms")).await;
+            return None;
+        }
+    };
+    if let Some(confirmed) = confirmed {
+        // Bounded: with the subscription connection down the socket still
+        // opens, and gets the room's broadcasts once it is back.
+        let waited = glommio::timer::timeout(ROOM_JOIN_TIMEOUT, async {
+            let _ = confirmed.await;
+            Ok(())
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                room,
+                "room subscription not confirmed in time; opening anyway"
+            );
+        }
+    }
+    // A drain that began while this upgrade waited on Redis sent its notice
+    // before the socket was registered: deliver it now.
+    if shard.is_draining() {
+        mailbox.push(Note::Drain);
+    }
     if resumed {
         m.sessions_resumed_total.inc();
     }
@@ -217,6 +270,7 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
         protocol::welcome(&session.id, session.count(), resumed).as_bytes(),
     );
     if stream.write_all(&out).await.is_err() {
+        shard.unregister(conn);
         shard.store.release(&session);
         return None;
     }
@@ -226,6 +280,9 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
         resumed,
         rest,
         sub,
+        conn,
+        mailbox,
+        room,
     })
 }
 
