@@ -461,7 +461,17 @@ impl Client {
         query: &str,
         headers: &str,
     ) -> Result<Client, (u16, String)> {
-        let mut s = TcpStream::connect(addr).unwrap();
+        Self::try_upgrade(TcpStream::connect(addr).unwrap(), query, headers)
+    }
+
+    /// Upgrades on a stream the test made itself (small buffers, say), and
+    /// leaves the welcome unread.
+    pub fn upgrade_on(s: TcpStream, query: &str) -> Client {
+        Self::try_upgrade(s, query, "")
+            .unwrap_or_else(|(status, body)| panic!("upgrade refused: {status} {body}"))
+    }
+
+    fn try_upgrade(mut s: TcpStream, query: &str, headers: &str) -> Result<Client, (u16, String)> {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
         let q = if query.is_empty() {
