@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint format clean load-test bench monitoring-up monitoring-down flamegraph fuzz
+.PHONY: help build run test lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -19,11 +19,13 @@ build: ## Release build: target/release/shardcast
 run: build ## Build, start a local redis-server if none answers, serve on :8080 (flags: ARGS="--shards 2")
 	scripts/run $(ARGS)
 
-test: lint ## fmt check + clippy -D warnings + every test (needs redis-server, prometheus, alertmanager, chromium, node, nginx)
+test: lint ## fmt check + clippy -D warnings + every test (needs root, redis-server, prometheus, alertmanager, chromium, node, nginx, iproute2)
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test needs redis-server and redis-cli: apt-get install -y redis-server" >&2; exit 1; }
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { echo "make test needs prometheus, promtool and amtool: apt-get install -y prometheus prometheus-alertmanager" >&2; exit 1; }
 	@test -x /usr/bin/chromium && command -v node >/dev/null && command -v npm >/dev/null || { echo "make test needs chromium, node and npm for the console test: apt-get install -y chromium nodejs npm" >&2; exit 1; }
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "make test needs nginx for the deploy test: apt-get install -y nginx" >&2; exit 1; }
+	@command -v ip >/dev/null && command -v setpriv >/dev/null || { echo "make test needs iproute2 and setpriv for the scale-out test: apt-get install -y iproute2 util-linux" >&2; exit 1; }
+	@test "$$(id -u)" = 0 || { echo "make test needs root: the scale-out test builds network namespaces" >&2; exit 1; }
 	@python3 -c 'import kosoku' 2>/dev/null || { echo "make test needs kosoku for the Autobahn conformance test: python3 -m pip install kosoku==0.1.0" >&2; exit 1; }
 	$(CARGO) test --workspace
 
@@ -38,6 +40,10 @@ load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on
 bench: ## Standard suite against fresh release servers and the tt baseline; appends to bench/RESULTS.md
 	$(CARGO) build --release --workspace
 	target/release/shardcast-bench suite $(ARGS)
+
+scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 nodes, PUBSUB=plain|sharded (needs root)
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	N=$(if $(filter file,$(origin N)),12000,$(N)) scripts/scale-test $(ARGS)
 
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph
