@@ -71,9 +71,10 @@ try {
   for (const m of ['one', 'two', 'three']) await send(m);
   await until('#count = 3', is('#count', '3'));
 
-  step = '3: reload and resume';
+  step = '3: reload and resume, in room lobby';
   say(step);
   await page.reload();
+  await page.fill('#room', 'lobby');
   await page.click('#connect');
   await until('#state = connected', is('#state', 'connected'));
   await until(`#session = ${session}`, is('#session', session));
@@ -92,6 +93,21 @@ try {
   if (b.status !== 202) throw new Error(`POST /api/broadcast answered ${b.status}: ${await b.text()}`);
   await until('#log to show the broadcast', async () =>
     (await text('#log')).includes('hello from the test') || 'not yet');
+  // Another room's broadcast first, then lobby's: one subscription delivers
+  // in publish order, so once lobby's shows, the other would have too.
+  for (const [room, message] of [['elsewhere', 'not for this page'], ['lobby', 'for the lobby']]) {
+    const r = await fetch(base + '/api/broadcast', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ message, room }),
+    });
+    if (r.status !== 202) throw new Error(`room broadcast answered ${r.status}: ${await r.text()}`);
+  }
+  await until('#log to show the lobby broadcast', async () =>
+    (await text('#log')).includes('for the lobby') || 'not yet');
+  if ((await text('#log')).includes('not for this page')) {
+    throw new Error('a broadcast to another room reached the page');
+  }
 
   step = '5: drain server A and ride over to server B';
   say(step);
