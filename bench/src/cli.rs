@@ -95,9 +95,15 @@ pub enum Cmd {
     },
     /// The standard suite against fresh servers, appended to bench/RESULTS.md.
     Suite(crate::suite::SuiteArgs),
+    /// Scale-out test of a cluster: fanout, room broadcast, resume on every
+    /// node, and a node killed under traffic; exits 1 when an assertion fails.
+    Scale(crate::scale::ScaleArgs),
     /// Internal: one worker process of a run.
     #[command(hide = true)]
     Worker { plan: String },
+    /// Internal: one worker process of a scale run.
+    #[command(hide = true)]
+    ScaleWorker { plan: String },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@
 //! - [`stats`]: counters, fault kinds and histograms that merge across workers.
 //! - [`report`]: the summary table, JSON and the HTML page with plots.
 //! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
+//! - [`scale`]: the multi-node scale-out test (its own tokio workers and phases).
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod reply;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod stats;
 pub mod suite;
 pub mod sys;

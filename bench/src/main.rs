@@ -8,7 +8,7 @@ use clap::Parser;
 use shardcast_bench::cli::{Cli, Cmd, Common};
 use shardcast_bench::plan::{Load, OnGo, Plan};
 use shardcast_bench::run::{self, Mode, RunSpec};
-use shardcast_bench::{suite, sys, worker};
+use shardcast_bench::{scale, suite, sys, worker};
 
 /// Exit codes: 0 clean run, 1 faults seen, 2 the run could not take place, 64 usage.
 const EXIT_FAULTS: u8 = 1;
@@ -47,6 +47,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Suite(args) => return suite::main(args),
+        Cmd::Scale(args) => return scale_run(&args),
+        Cmd::ScaleWorker { plan } => {
+            scale::worker::main(&plan).context("scale worker")?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Mix {
             common,
             connect_rate,
@@ -116,6 +121,27 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         sys::pin_to(&cpus).context("pinning to --cpu")?;
     }
     one_run(&spec, &common)
+}
+
+fn scale_run(args: &scale::ScaleArgs) -> anyhow::Result<ExitCode> {
+    let spec = match args.spec() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast-bench: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let report = scale::run(&spec)?;
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAULTS)
+    })
 }
 
 fn usage(r: Result<RunSpec, String>) -> anyhow::Result<RunSpec> {

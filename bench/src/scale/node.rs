@@ -1,0 +1,110 @@
+//! A node of the cluster as `--node` names it (`http://host:port`): the
+//! address to dial, the Host header to send, and the WebSocket URL of a
+//! socket that joins a room and maybe resumes a session.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use serde::{Deserialize, Serialize};
+
+/// The WebSocket endpoint on every node.
+pub const WS_PATH: &str = "/ws/chat/";
+pub const BROADCAST_PATH: &str = "/api/broadcast";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Resolved once, so thousands of connects do not each ask DNS.
+    pub addr: SocketAddr,
+    /// `host:port` as given, for the Host header.
+    pub authority: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("`{0}`: a node is http://HOST:PORT")]
+    Scheme(String),
+    #[error("`{0}`: no host")]
+    NoHost(String),
+    #[error("`{0}`: {1}")]
+    Resolve(String, String),
+}
+
+/// Takes `http://host:port`, with or without a trailing `/`; `host:port`
+/// alone is accepted too.
+pub fn parse(s: &str) -> Result<Node, NodeError> {
+    let rest = match s.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(_) => return Err(NodeError::Scheme(s.into())),
+        None => s,
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.contains('/') {
+        return Err(NodeError::Scheme(s.into()));
+    }
+    if authority.is_empty() {
+        return Err(NodeError::NoHost(s.into()));
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| NodeError::Resolve(s.into(), e.to_string()))?
+        .next()
+        .ok_or_else(|| NodeError::Resolve(s.into(), "the host has no address".into()))?;
+    Ok(Node {
+        addr,
+        authority: authority.to_string(),
+    })
+}
+
+impl Node {
+    /// The upgrade URL: the room always, the session when resuming. Both
+    /// are URL-safe as generated (UUIDs, `room-N`), so nothing is escaped.
+    pub fn ws_url(&self, session: Option<&str>, room: &str) -> String {
+        match session {
+            Some(id) => format!(
+                "ws://{}{WS_PATH}?session_id={id}&room={room}",
+                self.authority
+            ),
+            None => format!("ws://{}{WS_PATH}?room={room}", self.authority),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_parse() {
+        let n = parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(n.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(n.authority, "127.0.0.1:8080");
+        assert_eq!(parse("http://127.0.0.1:8080/").unwrap(), n);
+        assert_eq!(parse("127.0.0.1:8080").unwrap(), n);
+        assert_eq!(parse("http://127.0.0.1").unwrap().addr.port(), 80);
+        assert_eq!(
+            parse("http://[::1]:9").unwrap().addr,
+            "[::1]:9".parse().unwrap()
+        );
+        assert!(matches!(parse("https://x:1"), Err(NodeError::Scheme(_))));
+        assert!(matches!(parse("ws://x:1"), Err(NodeError::Scheme(_))));
+        assert!(matches!(parse("http://x:1/ws"), Err(NodeError::Scheme(_))));
+        assert!(matches!(parse("http://"), Err(NodeError::NoHost(_))));
+    }
+
+    #[test]
+    fn urls_carry_room_and_session() {
+        let n = parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(
+            n.ws_url(None, "room-2"),
+            "ws://127.0.0.1:9000/ws/chat/?room=room-2"
+        );
+        assert_eq!(
+            n.ws_url(Some("abc"), "room-0"),
+            "ws://127.0.0.1:9000/ws/chat/?session_id=abc&room=room-0"
+        );
+    }
+}

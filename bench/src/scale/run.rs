@@ -1,0 +1,861 @@
+//! The orchestrator of a scale run: starts the workers, walks the phases
+//! (connect, fanout, room, resume, kill, close), posts the broadcasts and
+//! kills the node itself, and folds the workers' answers into the report.
+//! Every wait is bounded by --timeout plus a grace for the workers' own
+//! answer, and the workers are killed on any way out but the normal one.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Child, ChildStdin, Command as Process, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::args::ScaleSpec;
+use super::http;
+use super::layout::{self, room_name, Layout};
+use super::proto::{Command, Event, Outcome, Recovery, Tally, WorkerPlan};
+use super::report::{
+    Assertion, BroadcastFigures, CloseFigures, ConnectFigures, FanoutFigures, KillFigures,
+    ResumeFigures, RoomFigures, ScaleReport,
+};
+use super::tag::{Kind, Tag};
+use crate::report::Quantiles;
+use crate::stats::{self, Fault, Faults};
+use crate::sys::{self, now_ns};
+
+/// Time a worker gets past --timeout to send its answer.
+const GRACE: Duration = Duration::from_secs(10);
+/// Bound on reaching a node before the run, and on each HTTP step.
+const REACH: Duration = Duration::from_secs(5);
+const HTTP_LIMIT: Duration = Duration::from_secs(10);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How long finished workers get to exit once their stdin is closed.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error("node {0} ({1}) is unreachable: {2}")]
+    Unreachable(usize, String, std::io::Error),
+    #[error("--pid {0} (node {1}) is not a running process")]
+    NoProcess(u32, u32),
+    #[error("could not start a worker process: {0}")]
+    Spawn(std::io::Error),
+    #[error("worker {0} ended during {1} (see its lines above)")]
+    WorkerLost(usize, String),
+    #[error("worker {0} did not answer {1} within --timeout")]
+    WorkerSilent(usize, String),
+    #[error("worker {0} answered {1} with {2}")]
+    Protocol(usize, String, String),
+    #[error("could not SIGKILL pid {0}: {1}")]
+    Signal(u32, std::io::Error),
+}
+
+enum Msg {
+    Ev(usize, Event),
+    Log(usize, String),
+    Exit(usize),
+}
+
+/// The worker processes. Dropping them kills whatever still runs.
+struct Workers {
+    children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+    rx: mpsc::Receiver<Msg>,
+    exited: Vec<bool>,
+    /// Each worker's fault totals, from its latest answer.
+    faults: Vec<Faults>,
+}
+
+impl Workers {
+    fn spawn(plans: &[WorkerPlan]) -> Result<Workers, ScaleError> {
+        let exe = std::env::current_exe().map_err(ScaleError::Spawn)?;
+        let (tx, rx) = mpsc::channel();
+        let mut w = Workers {
+            children: Vec::new(),
+            stdins: Vec::new(),
+            rx,
+            exited: vec![false; plans.len()],
+            faults: vec![Faults::default(); plans.len()],
+        };
+        for (i, plan) in plans.iter().enumerate() {
+            let json = serde_json::to_string(plan).expect("plans serialize");
+            // On error, `w` drops and kills the workers already started.
+            let mut child = Process::new(&exe)
+                .arg("scale-worker")
+                .arg(json)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(ScaleError::Spawn)?;
+            w.stdins.push(child.stdin.take());
+            let out = child.stdout.take().expect("piped");
+            let err = child.stderr.take().expect("piped");
+            w.children.push(child);
+            let t = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let msg = match serde_json::from_str::<Event>(&line) {
+                        Ok(ev) => Msg::Ev(i, ev),
+                        Err(_) => Msg::Log(i, line),
+                    };
+                    if t.send(msg).is_err() {
+                        return;
+                    }
+                }
+                let _ = t.send(Msg::Exit(i));
+            });
+            let t = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    if t.send(Msg::Log(i, line)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(w)
+    }
+
+    fn say(&mut self, cmd: &Command, what: &str) -> Result<(), ScaleError> {
+        let line = serde_json::to_string(cmd).expect("commands serialize");
+        for (i, s) in self.stdins.iter_mut().enumerate() {
+            let ok = s
+                .as_mut()
+                .is_some_and(|s| writeln!(s, "{line}").and_then(|()| s.flush()).is_ok());
+            if !ok {
+                return Err(ScaleError::WorkerLost(i, what.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    fn fault_total(&self) -> Faults {
+        let mut f = Faults::default();
+        for w in &self.faults {
+            f.add(w);
+        }
+        f
+    }
+
+    /// Closes every stdin (the workers' cue to exit) and waits a little for them.
+    fn shutdown(&mut self) {
+        for s in &mut self.stdins {
+            s.take();
+        }
+        let end = now_ns() + EXIT_GRACE.as_nanos() as u64;
+        for c in &mut self.children {
+            while now_ns() < end && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = c.kill();
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the phases and returns the report; a failed assertion is in the
+/// report, the error is for runs that could not take place.
+pub fn run(spec: &ScaleSpec) -> Result<ScaleReport, ScaleError> {
+    for (i, n) in spec.nodes.iter().enumerate() {
+        TcpStream::connect_timeout(&n.addr, REACH.min(spec.timeout))
+            .map_err(|e| ScaleError::Unreachable(i, spec.urls[i].clone(), e))?;
+    }
+    if let Some(k) = spec.kill {
+        if !sys::alive(k.pid) {
+            return Err(ScaleError::NoProcess(k.pid, k.node));
+        }
+    }
+    let t0 = now_ns();
+    let plans: Vec<WorkerPlan> = layout::split(spec.sockets, spec.procs)
+        .into_iter()
+        .enumerate()
+        .map(|(w, (first, count))| WorkerPlan {
+            worker: w as u32,
+            nodes: spec.nodes.clone(),
+            rooms: spec.rooms,
+            broadcasts: spec.broadcasts,
+            first,
+            count,
+            connect_concurrency: spec.connect_concurrency,
+            timeout_ms: spec.timeout.as_millis() as u64,
+            seed: spec.seed,
+        })
+        .collect();
+    let workers = Workers::spawn(&plans)?;
+    let mut o = Orchestrator {
+        spec,
+        layout: spec.layout(),
+        w: workers,
+        report: ScaleReport {
+            nodes: spec.urls.clone(),
+            sockets: spec.sockets,
+            procs: plans.len() as u32,
+            rooms: spec.rooms,
+            broadcasts: spec.broadcasts,
+            kill_node: spec.kill.map(|k| k.node),
+            ..ScaleReport::default()
+        },
+        seen: Faults::default(),
+    };
+    o.connect()?;
+    o.fanout()?;
+    o.room()?;
+    o.resume()?;
+    if spec.kill.is_some() {
+        o.kill()?;
+    }
+    o.close()?;
+    o.w.shutdown();
+    let mut report = o.report;
+    let faults = o.w.fault_total();
+    report.fault_total = faults.total();
+    report.faults = named(&faults);
+    report.duration_s = secs(now_ns() - t0);
+    report.assertions = assess(&report);
+    report.settle();
+    Ok(report)
+}
+
+struct Orchestrator<'a> {
+    spec: &'a ScaleSpec,
+    layout: Layout,
+    w: Workers,
+    report: ScaleReport,
+    /// Fault totals at the end of the previous phase.
+    seen: Faults,
+}
+
+impl Orchestrator<'_> {
+    fn note(&self, line: &str) {
+        if self.spec.progress {
+            eprintln!("scale: {line}");
+        }
+    }
+
+    /// Sends `cmd` to every worker and waits for every answer.
+    fn ask(&mut self, cmd: Command, what: &str) -> Result<Vec<(bool, Outcome)>, ScaleError> {
+        self.w.say(&cmd, what)?;
+        let n = self.w.children.len();
+        let mut answers: Vec<Option<(bool, Outcome)>> = vec![None; n];
+        let mut progress = vec![(0u64, 0u64); n];
+        let end = now_ns() + (self.spec.timeout + GRACE).as_nanos() as u64;
+        let mut last_line = now_ns();
+        while answers.iter().any(Option::is_none) {
+            let now = now_ns();
+            if now >= end {
+                let w = answers.iter().position(Option::is_none).unwrap_or(0);
+                return Err(ScaleError::WorkerSilent(w, what.to_string()));
+            }
+            let wait = Duration::from_nanos((end - now).min(100_000_000));
+            match self.w.rx.recv_timeout(wait) {
+                Ok(Msg::Ev(i, Event::Progress { done, of, .. })) => progress[i] = (done, of),
+                Ok(Msg::Ev(
+                    i,
+                    Event::Done {
+                        faults,
+                        timed_out,
+                        out,
+                    },
+                )) => {
+                    self.w.faults[i] = faults;
+                    answers[i] = Some((timed_out, out));
+                }
+                Ok(Msg::Log(i, line)) => eprintln!("worker {i}: {line}"),
+                Ok(Msg::Exit(i)) => {
+                    self.w.exited[i] = true;
+                    if answers[i].is_none() {
+                        return Err(ScaleError::WorkerLost(i, what.to_string()));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let w = answers.iter().position(Option::is_none).unwrap_or(0);
+                    return Err(ScaleError::WorkerLost(w, what.to_string()));
+                }
+            }
+            if now_ns() - last_line >= PROGRESS_EVERY.as_nanos() as u64 {
+                last_line = now_ns();
+                let (done, of) = progress
+                    .iter()
+                    .fold((0, 0), |(d, o), &(pd, po)| (d + pd, o + po));
+                if of > 0 {
+                    self.note(&format!("{what} {done}/{of}"));
+                }
+            }
+        }
+        let answers: Vec<(bool, Outcome)> = answers.into_iter().flatten().collect();
+        if answers.iter().any(|(t, _)| *t) {
+            self.report.timeouts.push(what.to_string());
+        }
+        Ok(answers)
+    }
+
+    /// Takes worker lines for `d`; a worker that exits now is lost.
+    fn pause(&mut self, d: Duration, what: &str) -> Result<(), ScaleError> {
+        let end = now_ns() + d.as_nanos() as u64;
+        loop {
+            let now = now_ns();
+            if now >= end {
+                return Ok(());
+            }
+            match self.w.rx.recv_timeout(Duration::from_nanos(end - now)) {
+                Ok(Msg::Log(i, line)) => eprintln!("worker {i}: {line}"),
+                Ok(Msg::Exit(i)) | Ok(Msg::Ev(i, Event::Done { .. })) => {
+                    return Err(ScaleError::WorkerLost(i, what.to_string()))
+                }
+                Ok(Msg::Ev(_, Event::Progress { .. })) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(ScaleError::WorkerLost(0, what.to_string()))
+                }
+            }
+        }
+    }
+
+    /// Faults by kind since the previous call.
+    fn phase_faults(&mut self) -> BTreeMap<String, u64> {
+        let now = self.w.fault_total();
+        let mut delta = Faults(
+            now.0
+                .iter()
+                .enumerate()
+                .map(|(k, v)| v.saturating_sub(self.seen.0.get(k).copied().unwrap_or(0)))
+                .collect(),
+        );
+        delta.0.resize(Fault::ALL.len(), 0);
+        self.seen = now;
+        named(&delta)
+    }
+
+    fn connect(&mut self) -> Result<(), ScaleError> {
+        self.note(&format!("connect: {} sockets", self.spec.sockets));
+        let t0 = now_ns();
+        let mut f = ConnectFigures::default();
+        let mut h = stats::histogram();
+        let mut last = 0;
+        for (w, (_, out)) in self
+            .ask(Command::Connect, "connect")?
+            .into_iter()
+            .enumerate()
+        {
+            let Outcome::Connected {
+                ok,
+                failed,
+                last_ns,
+                connect,
+            } = out
+            else {
+                return Err(unexpected(w, "connect", &out));
+            };
+            f.connected += ok;
+            f.failures += failed;
+            last = last.max(last_ns);
+            stats::merge_pairs(&mut h, &connect);
+        }
+        f.all_connected_s = secs(last.saturating_sub(t0));
+        f.connect_ms = Quantiles::of(&h, 1e6);
+        f.faults = self.phase_faults();
+        self.note(&format!(
+            "connect: {} connected in {:.2} s, {} failed",
+            f.connected, f.all_connected_s, f.failures
+        ));
+        self.report.phases.connect = Some(f);
+        Ok(())
+    }
+
+    fn fanout(&mut self) -> Result<(), ScaleError> {
+        let n = self.spec.nodes.len() as u32;
+        let mut f = FanoutFigures {
+            broadcasts: self.spec.broadcasts,
+            expected: u64::from(self.spec.sockets) * u64::from(self.spec.broadcasts),
+            ..FanoutFigures::default()
+        };
+        for j in 0..self.spec.broadcasts {
+            let node = j % n;
+            let mut b = BroadcastFigures {
+                seq: j,
+                node,
+                ..BroadcastFigures::default()
+            };
+            let posted = http::broadcast(
+                &self.spec.nodes[node as usize],
+                None,
+                |t| tag(Kind::Fanout, j, t),
+                HTTP_LIMIT.min(self.spec.timeout),
+            );
+            match posted {
+                Ok(a) => {
+                    b.accepted = true;
+                    b.subscribers = a.subscribers;
+                    let what = format!("fanout {}/{}", j + 1, self.spec.broadcasts);
+                    let cmd = Command::Await {
+                        kind: Kind::Fanout,
+                        seq: j,
+                    };
+                    let (got, last, timed_out) = self.delivered(cmd, &what)?;
+                    b.got = got;
+                    b.timed_out = timed_out;
+                    b.last_ms = (last > 0).then(|| ms(last.saturating_sub(a.sent_ns)));
+                }
+                Err(e) => self.note(&format!("fanout {j}: POST via node {node} failed: {e}")),
+            }
+            f.per_broadcast.push(b);
+        }
+        f.worst_last_ms = f
+            .per_broadcast
+            .iter()
+            .filter_map(|b| b.last_ms)
+            .reduce(f64::max);
+        let t = self.tally("fanout tally")?;
+        f.deliveries = t.fanout;
+        f.missing = f.expected.saturating_sub(t.fanout);
+        f.duplicates = t.fanout_dups;
+        let mut h = stats::histogram();
+        stats::merge_pairs(&mut h, &t.fanout_latency);
+        f.latency_ms = Quantiles::of(&h, 1e6);
+        f.faults = self.phase_faults();
+        self.note(&format!(
+            "fanout: {} of {} deliveries, {} duplicates",
+            f.deliveries, f.expected, f.duplicates
+        ));
+        self.report.phases.fanout = Some(f);
+        Ok(())
+    }
+
+    /// (got, last receipt ns, any worker timed out) of one awaited broadcast.
+    fn delivered(&mut self, cmd: Command, what: &str) -> Result<(u64, u64, bool), ScaleError> {
+        let (mut got, mut last, mut timed_out) = (0, 0, false);
+        for (w, (t, out)) in self.ask(cmd, what)?.into_iter().enumerate() {
+            let Outcome::Delivered {
+                got: g, last_ns, ..
+            } = out
+            else {
+                return Err(unexpected(w, what, &out));
+            };
+            got += g;
+            last = last.max(last_ns);
+            timed_out |= t;
+        }
+        Ok((got, last, timed_out))
+    }
+
+    fn tally(&mut self, what: &str) -> Result<Tally, ScaleError> {
+        let mut sum = Tally::default();
+        let mut fan = stats::histogram();
+        let mut room = stats::histogram();
+        for (w, (_, out)) in self.ask(Command::Tally, what)?.into_iter().enumerate() {
+            let Outcome::Tally(t) = out else {
+                return Err(unexpected(w, what, &out));
+            };
+            sum.fanout += t.fanout;
+            sum.fanout_dups += t.fanout_dups;
+            sum.room += t.room;
+            sum.room_dups += t.room_dups;
+            sum.room_strays += t.room_strays;
+            sum.room_late += t.room_late;
+            sum.barrier += t.barrier;
+            sum.barrier_dups += t.barrier_dups;
+            stats::merge_pairs(&mut fan, &t.fanout_latency);
+            stats::merge_pairs(&mut room, &t.room_latency);
+        }
+        sum.fanout_latency = stats::to_pairs(&fan);
+        sum.room_latency = stats::to_pairs(&room);
+        Ok(sum)
+    }
+
+    fn room(&mut self) -> Result<(), ScaleError> {
+        let n = self.spec.nodes.len();
+        let room = room_name(0);
+        let mut f = RoomFigures {
+            room: room.clone(),
+            members: u64::from(self.layout.members(self.spec.sockets, 0)),
+            barrier_expected: u64::from(self.spec.sockets),
+            ..RoomFigures::default()
+        };
+        let limit = HTTP_LIMIT.min(self.spec.timeout);
+        let posted = http::broadcast(
+            &self.spec.nodes[1 % n],
+            Some(&room),
+            |t| tag(Kind::Room, 0, t),
+            limit,
+        )
+        .and_then(|a| {
+            // Only after the 202: the barrier must be published second.
+            f.subscribers = a.subscribers;
+            http::broadcast(
+                &self.spec.nodes[2 % n],
+                None,
+                |t| tag(Kind::Barrier, 0, t),
+                limit,
+            )
+        });
+        match posted {
+            Ok(_) => {
+                f.accepted = true;
+                let cmd = Command::Await {
+                    kind: Kind::Barrier,
+                    seq: 0,
+                };
+                self.delivered(cmd, "room barrier")?;
+            }
+            Err(e) => self.note(&format!("room: POST failed: {e}")),
+        }
+        let t = self.tally("room tally")?;
+        f.delivered = t.room;
+        f.missing = f.members.saturating_sub(t.room);
+        f.duplicates = t.room_dups;
+        f.late = t.room_late;
+        f.strays = t.room_strays;
+        f.barrier_got = t.barrier;
+        f.barrier_duplicates = t.barrier_dups;
+        let mut h = stats::histogram();
+        stats::merge_pairs(&mut h, &t.room_latency);
+        f.latency_ms = Quantiles::of(&h, 1e6);
+        // Fanout copies that straggled in after its tally are still copies.
+        if let Some(fan) = self.report.phases.fanout.as_mut() {
+            fan.duplicates = t.fanout_dups;
+        }
+        f.faults = self.phase_faults();
+        self.note(&format!(
+            "room: {} of {} members, {} strays, barrier {} of {}",
+            f.delivered, f.members, f.strays, f.barrier_got, f.barrier_expected
+        ));
+        self.report.phases.room = Some(f);
+        Ok(())
+    }
+
+    fn resume(&mut self) -> Result<(), ScaleError> {
+        let movers = u64::from(self.layout.on_node(self.spec.sockets, 0));
+        self.note(&format!("resume: {movers} sockets tour every node"));
+        let t0 = now_ns();
+        let mut f = ResumeFigures {
+            movers,
+            expected_hops: movers * u64::from(self.layout.nodes),
+            ..ResumeFigures::default()
+        };
+        let mut last = 0;
+        for (w, (_, out)) in self.ask(Command::Resume, "resume")?.into_iter().enumerate() {
+            let Outcome::Resumed {
+                moved,
+                hops,
+                mismatches,
+                last_ns,
+                ..
+            } = out
+            else {
+                return Err(unexpected(w, "resume", &out));
+            };
+            f.moved += moved;
+            f.hops += hops;
+            f.mismatches += mismatches;
+            last = last.max(last_ns);
+        }
+        f.time_s = secs(last.saturating_sub(t0));
+        f.faults = self.phase_faults();
+        self.note(&format!(
+            "resume: {} of {} toured, {} hops in {:.2} s",
+            f.moved, f.movers, f.hops, f.time_s
+        ));
+        self.report.phases.resume = Some(f);
+        Ok(())
+    }
+
+    fn kill(&mut self) -> Result<(), ScaleError> {
+        let Some(k) = self.spec.kill else {
+            return Ok(());
+        };
+        let interval = self.spec.send_interval;
+        let mut f = KillFigures {
+            node: k.node,
+            pid: k.pid,
+            victims: u64::from(self.layout.on_node(self.spec.sockets, k.node)),
+            ..KillFigures::default()
+        };
+        self.note(&format!(
+            "kill: traffic every {}, node {} dies in {}",
+            humantime::format_duration(interval),
+            k.node,
+            humantime::format_duration(interval * 2)
+        ));
+        let cmd = Command::Traffic {
+            interval_ms: interval.as_millis() as u64,
+            kill_node: Some(k.node),
+        };
+        self.ask(cmd, "traffic")?;
+        self.pause(interval * 2, "traffic")?;
+        let at = now_ns();
+        // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+        if unsafe { libc::kill(k.pid as libc::pid_t, libc::SIGKILL) } != 0 {
+            return Err(ScaleError::Signal(k.pid, std::io::Error::last_os_error()));
+        }
+        self.note(&format!("kill: SIGKILL to pid {}", k.pid));
+        let mut sum = Recovery::default();
+        let mut h = stats::histogram();
+        for (w, (_, out)) in self
+            .ask(Command::Killed { at_ns: at }, "recovery")?
+            .into_iter()
+            .enumerate()
+        {
+            let Outcome::Recovered(r) = out else {
+                return Err(unexpected(w, "recovery", &out));
+            };
+            sum.dropped += r.dropped;
+            sum.early += r.early;
+            sum.recovered += r.recovered;
+            sum.in_flight += r.in_flight;
+            sum.in_flight_counted += r.in_flight_counted;
+            sum.lost += r.lost;
+            sum.ahead += r.ahead;
+            sum.last_ns = sum.last_ns.max(r.last_ns);
+            stats::merge_pairs(&mut h, &r.reconnect);
+        }
+        f.dropped = sum.dropped;
+        f.early_drops = sum.early;
+        f.recovered = sum.recovered;
+        f.in_flight = sum.in_flight;
+        f.in_flight_counted = sum.in_flight_counted;
+        f.lost = sum.lost;
+        f.ahead = sum.ahead;
+        f.kill_to_last_recovery_s = (sum.last_ns > 0).then(|| secs(sum.last_ns.saturating_sub(at)));
+        f.reconnect_ms = Quantiles::of(&h, 1e6);
+        self.note(&format!(
+            "kill: {} of {} victims back",
+            f.recovered, f.victims
+        ));
+        self.pause(interval, "traffic")?;
+        // Survivors may still lose their connection after the victims are
+        // back, so that figure is read once traffic has stopped.
+        for (w, (_, out)) in self.ask(Command::Quiet, "quiet")?.into_iter().enumerate() {
+            let Outcome::Quieted {
+                acked,
+                survivors_disconnected,
+            } = out
+            else {
+                return Err(unexpected(w, "quiet", &out));
+            };
+            f.acked += acked;
+            f.survivors_disconnected += survivors_disconnected;
+        }
+        f.faults = self.phase_faults();
+        self.report.phases.kill = Some(f);
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), ScaleError> {
+        self.note("close: every socket says goodbye");
+        let mut f = CloseFigures {
+            expected: u64::from(self.spec.sockets),
+            ..CloseFigures::default()
+        };
+        for (w, (_, out)) in self.ask(Command::Close, "close")?.into_iter().enumerate() {
+            let Outcome::Closed {
+                closed,
+                bye_mismatches,
+                ..
+            } = out
+            else {
+                return Err(unexpected(w, "close", &out));
+            };
+            f.closed += closed;
+            f.bye_mismatches += bye_mismatches;
+        }
+        f.faults = self.phase_faults();
+        self.report.phases.close = Some(f);
+        Ok(())
+    }
+}
+
+/// The assertions, read off the figures alone.
+pub fn assess(r: &ScaleReport) -> Vec<Assertion> {
+    let mut a = Vec::new();
+    let p = &r.phases;
+    if let Some(c) = &p.connect {
+        a.push(Assertion::zero("connect.failures", c.failures));
+    }
+    if let Some(f) = &p.fanout {
+        let accepted = f.per_broadcast.iter().filter(|b| b.accepted).count() as u64;
+        a.push(Assertion::equals(
+            "fanout.posts_accepted",
+            accepted,
+            u64::from(f.broadcasts),
+        ));
+        a.push(Assertion::equals(
+            "fanout.deliveries",
+            f.deliveries,
+            f.expected,
+        ));
+        a.push(Assertion::zero("fanout.duplicates", f.duplicates));
+    }
+    if let Some(m) = &p.room {
+        a.push(Assertion::equals(
+            "room.posts_accepted",
+            u64::from(m.accepted),
+            1,
+        ));
+        a.push(Assertion::equals("room.delivered", m.delivered, m.members));
+        a.push(Assertion::zero("room.duplicates", m.duplicates));
+        a.push(Assertion::zero("room.late", m.late));
+        a.push(Assertion::zero("room.strays", m.strays));
+        a.push(Assertion::equals(
+            "room.barrier",
+            m.barrier_got,
+            m.barrier_expected,
+        ));
+        a.push(Assertion::zero(
+            "room.barrier_duplicates",
+            m.barrier_duplicates,
+        ));
+    }
+    if let Some(m) = &p.resume {
+        a.push(Assertion::equals("resume.moved", m.moved, m.movers));
+        a.push(Assertion::equals("resume.hops", m.hops, m.expected_hops));
+        a.push(Assertion::zero("resume.mismatches", m.mismatches));
+    }
+    if let Some(k) = &p.kill {
+        a.push(Assertion::equals("kill.recovered", k.recovered, k.victims));
+        a.push(Assertion::zero("kill.lost", k.lost));
+        a.push(Assertion::zero("kill.ahead", k.ahead));
+        a.push(Assertion::zero("kill.early_drops", k.early_drops));
+        a.push(Assertion::zero(
+            "kill.survivors_disconnected",
+            k.survivors_disconnected,
+        ));
+    }
+    if let Some(c) = &p.close {
+        a.push(Assertion::equals("close.goodbyes", c.closed, c.expected));
+        a.push(Assertion::zero("close.bye_mismatches", c.bye_mismatches));
+    }
+    a.push(Assertion::zero("timeouts", r.timeouts.len() as u64));
+    a.push(Assertion::zero("faults", r.fault_total));
+    a
+}
+
+fn tag(kind: Kind, seq: u32, t_ns: u64) -> String {
+    Tag { kind, seq, t_ns }.to_string()
+}
+
+fn unexpected(w: usize, what: &str, out: &Outcome) -> ScaleError {
+    ScaleError::Protocol(w, what.to_string(), format!("{out:?}"))
+}
+
+fn named(f: &Faults) -> BTreeMap<String, u64> {
+    f.named()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scale::report::{KillFigures, Phases};
+
+    fn clean() -> ScaleReport {
+        ScaleReport {
+            sockets: 30,
+            phases: Phases {
+                connect: Some(ConnectFigures {
+                    connected: 30,
+                    ..ConnectFigures::default()
+                }),
+                fanout: Some(FanoutFigures {
+                    broadcasts: 2,
+                    expected: 60,
+                    deliveries: 60,
+                    per_broadcast: vec![
+                        BroadcastFigures {
+                            accepted: true,
+                            ..BroadcastFigures::default()
+                        };
+                        2
+                    ],
+                    ..FanoutFigures::default()
+                }),
+                room: Some(RoomFigures {
+                    accepted: true,
+                    members: 6,
+                    delivered: 6,
+                    barrier_expected: 30,
+                    barrier_got: 30,
+                    ..RoomFigures::default()
+                }),
+                resume: Some(ResumeFigures {
+                    movers: 10,
+                    moved: 10,
+                    hops: 30,
+                    expected_hops: 30,
+                    ..ResumeFigures::default()
+                }),
+                kill: Some(KillFigures {
+                    victims: 10,
+                    recovered: 10,
+                    ..KillFigures::default()
+                }),
+                close: Some(CloseFigures {
+                    expected: 30,
+                    closed: 30,
+                    ..CloseFigures::default()
+                }),
+            },
+            ..ScaleReport::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_run_passes_every_assertion() {
+        let a = assess(&clean());
+        assert!(a.iter().all(|a| a.pass), "{a:?}");
+        assert_eq!(a.len(), 23);
+        assert_eq!(a.last().unwrap().name, "faults");
+    }
+
+    #[test]
+    fn each_shortfall_fails_its_own_assertion() {
+        let failing = |r: &ScaleReport| -> Vec<String> {
+            assess(r)
+                .into_iter()
+                .filter(|a| !a.pass)
+                .map(|a| a.name)
+                .collect()
+        };
+        let mut r = clean();
+        r.phases.fanout.as_mut().unwrap().deliveries = 59;
+        r.phases.room.as_mut().unwrap().strays = 1;
+        assert_eq!(failing(&r), vec!["fanout.deliveries", "room.strays"]);
+
+        let mut r = clean();
+        r.phases.kill.as_mut().unwrap().recovered = 9;
+        r.phases.kill.as_mut().unwrap().lost = 1;
+        r.fault_total = 1;
+        assert_eq!(failing(&r), vec!["kill.recovered", "kill.lost", "faults"]);
+
+        let mut r = clean();
+        r.phases.fanout.as_mut().unwrap().per_broadcast[1].accepted = false;
+        r.timeouts.push("fanout 2/2".into());
+        assert_eq!(failing(&r), vec!["fanout.posts_accepted", "timeouts"]);
+
+        // No kill phase, no kill assertions.
+        let mut r = clean();
+        r.phases.kill = None;
+        assert!(assess(&r).iter().all(|a| !a.name.starts_with("kill.")));
+    }
+}
