@@ -88,6 +88,8 @@ pub async fn serve(slot: Slot, opened: Box<Opened>) {
     } = *opened;
     stream.set_nodelay(true).ok();
     tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room, "ws open");
+    // Only the log line needs these; the shard's registry holds the room.
+    drop((sub, room));
     let started = Instant::now();
     let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
         .run()
