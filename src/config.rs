@@ -68,7 +68,8 @@ pub struct Config {
     /// `plain` (PUBLISH/SUBSCRIBE) or `sharded` (SPUBLISH/SSUBSCRIBE).
     pub pubsub: PubsubMode,
     /// Rooms with members on one shard (one subscription each); a connect
-    /// that would open one more gets `503`.
+    /// that would open one more gets `503`. Empty rooms whose subscription
+    /// lingers make way first.
     pub max_rooms: usize,
     /// Interval between heartbeat frames to every socket.
     #[serde(with = "dur")]

@@ -196,7 +196,19 @@ impl Subscriber {
             return Ok((name, wait));
         }
         if rooms.len() >= self.max_rooms {
-            return Err(RoomError::TooMany);
+            // At the bound, a room nobody is in gives up its lingering
+            // subscription before a new room is refused.
+            let empty = rooms
+                .iter()
+                .find(|(_, r)| r.members.is_empty())
+                .map(|(name, _)| name.clone());
+            let Some(empty) = empty else {
+                return Err(RoomError::TooMany);
+            };
+            rooms.remove(&empty);
+            if self.connected.get() {
+                self.send(self.verbs.unsubscribe, &room_channel(&empty));
+            }
         }
         let name: Rc<str> = Rc::from(room);
         let (tx, rx) = oneshot::channel();
@@ -498,10 +510,22 @@ mod tests {
         s.sweep(now + LINGER);
         assert_eq!(s.rooms(), 1);
         assert!(s.join("c", 3, Mailbox::new(4)).is_ok());
+        // At the bound, a lingering room makes way for a new one at once.
+        s.leave("c", 3);
+        assert!(s.join("d", 6, Mailbox::new(4)).is_ok());
+        assert_eq!(s.rooms(), 2);
+        assert_eq!(
+            s.join("e", 7, Mailbox::new(4)).err(),
+            Some(RoomError::TooMany)
+        );
+        s.join("c", 3, Mailbox::new(4)).unwrap_err();
+        s.leave("d", 6);
+        s.join("c", 3, Mailbox::new(4)).unwrap();
         // A room re-joined while lingering is not swept.
         s.leave("c", 3);
         s.join("c", 5, Mailbox::new(4)).unwrap();
-        s.sweep(now + LINGER * 2);
+        let later = Instant::now();
+        s.sweep(later + LINGER * 2);
         assert_eq!(s.rooms(), 2);
     }
 
