@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::context::{Context, Slot};
 use crate::http::{self, HeadError, Request};
 use crate::metrics::ErrorKind;
-use crate::shard::Shard;
-use crate::ws::socket::Opened;
+use crate::ws::plane::Plane;
 
 /// Largest request body (`POST /api/broadcast`).
 pub const MAX_BODY: usize = 64 << 10;
@@ -32,7 +32,7 @@ pub async fn refuse_full(mut stream: TcpStream) {
 }
 
 /// Reads the head (and a small body for POST) within the handshake deadline.
-async fn read_request(shard: &Shard, stream: &mut TcpStream) -> Result<Request, HeadError> {
+async fn read_request(shard: &Context, stream: &mut TcpStream) -> Result<Request, HeadError> {
     let cfg = shard.cfg();
     let mut req = http::read_head(stream, cfg.max_header_bytes).await?;
     if req.method == "POST" {
@@ -58,10 +58,10 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream) -> Result<Request, 
 }
 
 /// Reads the request head and answers plain HTTP, or runs the upgrade up to
-/// the welcome; returns the socket when it is open.
-///
-/// This is the first of a socket's two tasks (see `shard::accept_one`).
-pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
+/// the welcome and hands the socket to the plane. The connection's task,
+/// holding its slot under `max_connections`.
+pub async fn front(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream) {
+    let shard = &slot.ctx().clone();
     let cfg = shard.cfg();
     let m = shard.metrics();
     // A socket that stops reading cannot hold a task forever.
@@ -76,7 +76,7 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
             if let Some(unlogged) = shard.log_gate(ErrorKind::HandshakeTimeout) {
                 tracing::info!(unlogged, "request head timed out: socket dropped");
             }
-            return None;
+            return;
         }
         Ok(Err(HeadError::TooLarge)) => {
             m.error(ErrorKind::HeaderTooLarge);
@@ -84,7 +84,7 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
             let _ = stream
                 .write_all(&http::error(431, "request header fields too large"))
                 .await;
-            return None;
+            return;
         }
         Ok(Err(HeadError::Malformed(why))) => {
             m.error(ErrorKind::BadRequest);
@@ -92,22 +92,22 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
             let _ = stream
                 .write_all(&http::error(400, "malformed request"))
                 .await;
-            return None;
+            return;
         }
-        Ok(Err(HeadError::Closed)) => return None,
+        Ok(Err(HeadError::Closed)) => return,
         Ok(Err(HeadError::Io(_))) => {
             m.error(ErrorKind::Io);
-            return None;
+            return;
         }
         Ok(Ok(req)) => req,
     };
 
     if cfg.conformance_echo && req.header("upgrade").is_some() {
         conformance_echo(shard, stream, req).await;
-        return None;
+        return;
     }
     if is_ws_path(&req.path) {
-        return crate::ws::socket::open(shard, stream, req).await;
+        return crate::ws::socket::open(slot, plane, stream, req).await;
     }
     let answer = if req.header("upgrade").is_some() {
         // An upgrade anywhere else is a wrong URL, not a wrong protocol.
@@ -123,12 +123,11 @@ pub async fn front(shard: &Rc<Shard>, mut stream: TcpStream) -> Option<Opened> {
     };
     let _ = stream.write_all(&answer).await;
     let _ = stream.close().await;
-    None
 }
 
 /// `--conformance-echo`: the upgrade checks of the real endpoint, then an
 /// echo socket in this (short-lived in production, test-only here) task.
-async fn conformance_echo(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) {
+async fn conformance_echo(shard: &Context, mut stream: TcpStream, mut req: Request) {
     let accept = match crate::ws::handshake::validate(&req) {
         Ok(a) => a,
         Err(r) => {

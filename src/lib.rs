@@ -5,12 +5,13 @@
 //! - [`config`]: the one `Config` struct, from flags, env, TOML and defaults.
 //! - [`logging`]: JSON log lines with `shard` and `color`.
 //! - [`server`]: the process: start shards, drain, stop.
-//! - [`shard`]: one shard: accept loop, timers, sockets registry, drain.
+//! - [`shard`]: one shard's loop: its tasks, accept, timers, drain.
 //! - [`conn`]: one TCP connection until it is answered or upgraded.
 //! - [`http`]: request heads and plain responses.
 //! - [`routes`]: health, readiness, metrics, status, session API, broadcast.
-//! - [`ws`]: the WebSocket endpoint: handshake, framing, the socket loop.
-//! - [`mailbox`]: a socket's bounded inbox from its shard.
+//! - [`ws`]: the WebSocket endpoint: handshake, framing, the shard's socket
+//!   plane, a socket's upgrade and close.
+//! - [`context`]: a shard's state, handed to everything below its loop.
 //! - [`protocol`]: the JSON payloads of the wire contract.
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
 //! - [`session`]: a session's id and count parts.
@@ -27,9 +28,9 @@ pub mod alloc;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod context;
 pub mod http;
 pub mod logging;
-pub mod mailbox;
 pub mod metrics;
 pub mod process;
 pub mod protocol;

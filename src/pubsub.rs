@@ -9,7 +9,7 @@
 //! is what spreads the fan-out over the cluster.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use futures_channel::oneshot;
 use futures_lite::{future, AsyncWriteExt};
 
 use crate::config::PubsubMode;
-use crate::mailbox::Mailbox;
 use crate::metrics::Metrics;
 use crate::redis::{self as rds, RedisAddr, Value};
 
@@ -126,7 +125,7 @@ pub enum Target<'a> {
 }
 
 struct Room {
-    members: HashMap<u64, Rc<Mailbox>>,
+    members: HashSet<u64>,
     /// Redis has confirmed the subscription on the current connection.
     confirmed: bool,
     /// When the last member left.
@@ -181,12 +180,11 @@ impl Subscriber {
         &self,
         room: &str,
         conn: u64,
-        mailbox: Rc<Mailbox>,
     ) -> Result<(Rc<str>, Option<oneshot::Receiver<()>>), RoomError> {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(name) = rooms.get_key_value(room).map(|(k, _)| k.clone()) {
             let r = rooms.get_mut(room).expect("just found");
-            r.members.insert(conn, mailbox);
+            r.members.insert(conn);
             r.empty_since = None;
             let wait = (!r.confirmed).then(|| {
                 let (tx, rx) = oneshot::channel();
@@ -215,7 +213,7 @@ impl Subscriber {
         rooms.insert(
             name.clone(),
             Room {
-                members: HashMap::from([(conn, mailbox)]),
+                members: HashSet::from([conn]),
                 confirmed: false,
                 empty_since: None,
                 waiters: vec![tx],
@@ -241,11 +239,11 @@ impl Subscriber {
         }
     }
 
-    /// Calls `f` with each member of `room` on this shard.
-    pub fn for_each_member(&self, room: &str, mut f: impl FnMut(&Mailbox)) {
+    /// Calls `f` with the connection id of each member of `room` on this shard.
+    pub fn for_each_member(&self, room: &str, mut f: impl FnMut(u64)) {
         if let Some(r) = self.rooms.borrow().get(room) {
-            for m in r.members.values() {
-                f(m);
+            for &conn in &r.members {
+                f(conn);
             }
         }
     }
@@ -478,16 +476,16 @@ mod tests {
     #[test]
     fn join_waits_for_the_confirmation_and_later_joins_do_not() {
         let s = sub();
-        let (name, wait) = s.join("lobby", 1, Mailbox::new(4)).unwrap();
+        let (name, wait) = s.join("lobby", 1).unwrap();
         assert_eq!(&*name, "lobby");
         let mut wait = wait.expect("the first join waits");
         assert_eq!(wait.try_recv(), Ok(None));
         s.on_push(&push("subscribe", "shardcast:room:lobby", ""), &|_, _| {});
         assert_eq!(wait.try_recv(), Ok(Some(())));
-        let (_, wait) = s.join("lobby", 2, Mailbox::new(4)).unwrap();
+        let (_, wait) = s.join("lobby", 2).unwrap();
         assert!(wait.is_none(), "a confirmed room needs no wait");
         // A subscribe confirmation of the other mode means nothing here.
-        let (_, wait) = s.join("other", 3, Mailbox::new(4)).unwrap();
+        let (_, wait) = s.join("other", 3).unwrap();
         s.on_push(&push("ssubscribe", "shardcast:room:other", ""), &|_, _| {});
         assert_eq!(wait.unwrap().try_recv(), Ok(None));
     }
@@ -495,35 +493,29 @@ mod tests {
     #[test]
     fn rooms_are_bounded_and_empty_ones_linger_then_go() {
         let s = sub();
-        s.join("a", 1, Mailbox::new(4)).unwrap();
-        s.join("b", 2, Mailbox::new(4)).unwrap();
-        assert_eq!(
-            s.join("c", 3, Mailbox::new(4)).err(),
-            Some(RoomError::TooMany)
-        );
+        s.join("a", 1).unwrap();
+        s.join("b", 2).unwrap();
+        assert_eq!(s.join("c", 3).err(), Some(RoomError::TooMany));
         // An existing room takes more members past the bound.
-        assert!(s.join("a", 4, Mailbox::new(4)).is_ok());
+        assert!(s.join("a", 4).is_ok());
         s.leave("b", 2);
         let now = Instant::now();
         s.sweep(now);
         assert_eq!(s.rooms(), 2, "lingers");
         s.sweep(now + LINGER);
         assert_eq!(s.rooms(), 1);
-        assert!(s.join("c", 3, Mailbox::new(4)).is_ok());
+        assert!(s.join("c", 3).is_ok());
         // At the bound, a lingering room makes way for a new one at once.
         s.leave("c", 3);
-        assert!(s.join("d", 6, Mailbox::new(4)).is_ok());
+        assert!(s.join("d", 6).is_ok());
         assert_eq!(s.rooms(), 2);
-        assert_eq!(
-            s.join("e", 7, Mailbox::new(4)).err(),
-            Some(RoomError::TooMany)
-        );
-        s.join("c", 3, Mailbox::new(4)).unwrap_err();
+        assert_eq!(s.join("e", 7).err(), Some(RoomError::TooMany));
+        s.join("c", 3).unwrap_err();
         s.leave("d", 6);
-        s.join("c", 3, Mailbox::new(4)).unwrap();
+        s.join("c", 3).unwrap();
         // A room re-joined while lingering is not swept.
         s.leave("c", 3);
-        s.join("c", 5, Mailbox::new(4)).unwrap();
+        s.join("c", 5).unwrap();
         let later = Instant::now();
         s.sweep(later + LINGER * 2);
         assert_eq!(s.rooms(), 2);
@@ -532,9 +524,9 @@ mod tests {
     #[test]
     fn messages_reach_their_target_and_members_are_per_room() {
         let s = Subscriber::new(PubsubMode::Sharded, 8, Arc::new(Metrics::new(1, "blue")), 0);
-        s.join("a", 1, Mailbox::new(4)).unwrap();
-        s.join("a", 2, Mailbox::new(4)).unwrap();
-        s.join("b", 3, Mailbox::new(4)).unwrap();
+        s.join("a", 1).unwrap();
+        s.join("a", 2).unwrap();
+        s.join("b", 3).unwrap();
         let seen = RefCell::new(Vec::new());
         let record = |t: Target<'_>, p: &[u8]| {
             seen.borrow_mut()

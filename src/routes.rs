@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 
+use crate::context::Context;
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::redis::{as_u64, Value};
 use crate::server::Shared;
-use crate::shard::Shard;
 use crate::store::{read_fields, session_key, tombstone_key};
 
 /// The web console served at `/`: one self-contained page (see its top comment).
@@ -67,7 +67,7 @@ fn method_not_allowed() -> Vec<u8> {
     )
 }
 
-pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
+pub async fn answer(shard: &Context, req: &Request) -> Vec<u8> {
     let path = req.path.as_str();
     let method = req.method.as_str();
     if let Some(answer) = probe(&shard.shared, method, path) {
@@ -93,7 +93,7 @@ pub async fn answer(shard: &Shard, req: &Request) -> Vec<u8> {
     }
 }
 
-fn status(shard: &Shard) -> serde_json::Value {
+fn status(shard: &Context) -> serde_json::Value {
     let s = &shard.shared;
     let conns: Vec<u64> = s
         .metrics
@@ -121,7 +121,7 @@ fn status(shard: &Shard) -> serde_json::Value {
     })
 }
 
-async fn session_api(shard: &Shard, method: &str, raw_id: &str) -> Vec<u8> {
+async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
     let Some(id) = crate::session::parse_id(raw_id) else {
         return http::error(404, "unknown session");
     };
@@ -176,7 +176,7 @@ async fn session_api(shard: &Shard, method: &str, raw_id: &str) -> Vec<u8> {
     }
 }
 
-async fn broadcast(shard: &Shard, body: &[u8]) -> Vec<u8> {
+async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {

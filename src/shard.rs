@@ -1,11 +1,10 @@
-//! One shard of the service: its accept loop, its sockets, its session
-//! store, its Redis connections and timers, and its part of a drain.
+//! One shard's loop: it builds the shard's context and data plane, runs
+//! their tasks (Redis, pub/sub, the socket plane, heartbeats, sweeps,
+//! flushes), accepts connections, and carries out its part of a drain.
 //!
-//! Nothing here is shared with another shard except the read-mostly
-//! [`Shared`] block and this shard's own metric cells.
+//! Everything below the loop is handed the [`Context`] and the [`Plane`];
+//! nothing below reaches back up here.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -14,217 +13,55 @@ use futures_lite::future;
 use glommio::net::TcpStream;
 use glommio::sync::Gate;
 use shards::{Control, ShardContext};
-use uuid::Uuid;
 
-use crate::config::Config;
-use crate::mailbox::{Mailbox, Note};
-use crate::metrics::{ErrorKind, ShardMetrics};
+use crate::context::Context;
+use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
-use crate::pubsub::{self, RoomError, Subscriber, Target};
+use crate::pubsub::{self, Subscriber, Target};
 use crate::redis::{Redis, RedisAddr};
 use crate::server::Shared;
 use crate::store::Store;
 use crate::ws::codec;
+use crate::ws::plane::Plane;
 
-struct Socket {
-    mailbox: Rc<Mailbox>,
-    session: Uuid,
-    room: Option<Rc<str>>,
-}
-
-/// A shard's state, shared by its tasks through `Rc`.
-pub struct Shard {
-    pub id: usize,
-    pub shared: Arc<Shared>,
-    pub store: Store,
-    pub pubsub: Rc<Subscriber>,
-    sockets: RefCell<HashMap<u64, Socket>>,
-    open: Cell<usize>,
-    next_conn: Cell<u64>,
-    draining: Cell<bool>,
-    drain_deadline: Cell<Option<Instant>>,
-    /// Per error kind: when its last log line was written, and how many
-    /// events were not logged since.
-    log_gates: [Cell<(Option<Instant>, u64)>; ErrorKind::ALL.len()],
-}
-
-impl Shard {
-    /// Whether a limit that acted may write its log line now: at most one
-    /// line per kind per second per shard, so a flood cannot flood the logs.
-    /// Returns the events left unlogged since the last line.
-    pub fn log_gate(&self, kind: ErrorKind) -> Option<u64> {
-        let gate = &self.log_gates[kind as usize];
-        let (last, skipped) = gate.get();
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            gate.set((last, skipped + 1));
-            return None;
-        }
-        gate.set((Some(now), 0));
-        Some(skipped)
-    }
-
-    pub fn cfg(&self) -> &Config {
-        &self.shared.cfg
-    }
-
-    pub fn metrics(&self) -> &ShardMetrics {
-        &self.shared.metrics.shards[self.id]
-    }
-
-    pub fn redis(&self) -> &Redis {
-        self.store.redis()
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.get()
-    }
-
-    /// When a draining socket must be gone.
-    pub fn drain_deadline(&self) -> Instant {
-        self.drain_deadline
-            .get()
-            .unwrap_or_else(|| Instant::now() + self.cfg().shutdown_grace)
-    }
-
-    /// A process-unique connection id, for logs.
-    pub fn next_conn_id(&self) -> u64 {
-        let n = self.next_conn.get() + 1;
-        self.next_conn.set(n);
-        (self.id as u64) << 48 | n
-    }
-
-    /// Registers an upgraded socket so timers and events reach it, in its
-    /// room if it named one. When the room's subscription is new, returns a
-    /// receiver that fires once Redis has confirmed it (see
-    /// [`Subscriber::join`]).
-    pub fn register(
-        &self,
-        conn: u64,
-        mailbox: Rc<Mailbox>,
-        session: Uuid,
-        room: Option<&str>,
-    ) -> Result<Option<futures_channel::oneshot::Receiver<()>>, RoomError> {
-        let (room, confirmed) = match room {
-            Some(r) => {
-                let (name, wait) = self.pubsub.join(r, conn, mailbox.clone())?;
-                (Some(name), wait)
-            }
-            None => (None, None),
-        };
-        self.sockets.borrow_mut().insert(
-            conn,
-            Socket {
-                mailbox,
-                session,
-                room,
-            },
-        );
-        let m = self.metrics();
-        m.connections_active.inc();
-        m.connections_total.inc();
-        Ok(confirmed)
-    }
-
-    pub fn unregister(&self, conn: u64) {
-        let gone = self.sockets.borrow_mut().remove(&conn);
-        if let Some(s) = gone {
-            if let Some(room) = &s.room {
-                self.pubsub.leave(room, conn);
-            }
-            self.metrics().connections_active.dec();
-        }
-    }
-
-    /// A random `retry_after_ms`, so drained clients do not all come back at once.
-    pub fn retry_after_ms(&self) -> u64 {
-        let max = self.cfg().drain_retry_after.as_millis().max(1) as u64;
-        rand::random_range(max / 10..=max)
-    }
-
-    /// Sends an encoded frame to every socket; returns how many took it.
-    fn fan_out(&self, frame: Rc<[u8]>) -> u64 {
-        let sockets = self.sockets.borrow();
-        let mut n = 0;
-        for s in sockets.values() {
-            if s.mailbox.push(Note::Frame(frame.clone())) {
-                n += 1;
-            }
-        }
-        n
-    }
-
-    fn notify_all(&self, note: Note) {
-        for s in self.sockets.borrow().values() {
-            s.mailbox.push(note.clone());
-        }
-    }
-
-    fn on_bus_event(&self, target: Target<'_>, payload: &[u8]) {
-        match serde_json::from_slice::<BusEvent>(payload) {
-            Ok(BusEvent::Broadcast(msg)) => {
-                let mut frame = Vec::new();
-                codec::encode_text(&mut frame, protocol::broadcast(&msg).as_bytes());
-                let frame: Rc<[u8]> = frame.into();
-                let n = match target {
-                    Target::Events => self.fan_out(frame),
-                    Target::Room(room) => {
-                        let mut n = 0;
-                        self.pubsub.for_each_member(room, |m| {
-                            n += m.push(Note::Frame(frame.clone())) as u64;
-                        });
-                        n
-                    }
-                };
-                self.metrics().broadcasts_delivered_total.add(n);
-            }
-            // Kicks travel on the events channel only.
-            Ok(BusEvent::Kick(_)) if target != Target::Events => {}
-            Ok(BusEvent::Kick(id)) => {
-                let Some(id) = crate::session::parse_id(&id) else {
-                    return;
-                };
-                self.store.forget(&id);
-                for s in self.sockets.borrow().values().filter(|s| s.session == id) {
-                    s.mailbox.push(Note::Kick);
+/// A broadcast or kick from Redis, delivered to this shard's sockets.
+fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]) {
+    match serde_json::from_slice::<BusEvent>(payload) {
+        Ok(BusEvent::Broadcast(msg)) => {
+            let mut frame = Vec::new();
+            codec::encode_text(&mut frame, protocol::broadcast(&msg).as_bytes());
+            let n = match target {
+                Target::Events => plane.fan_out(&frame),
+                Target::Room(room) => {
+                    let mut members = Vec::new();
+                    ctx.pubsub.for_each_member(room, |c| members.push(c));
+                    plane.send_to(&members, &frame)
                 }
-            }
-            Err(e) => tracing::warn!(error = %e, "ignoring malformed event from redis"),
+            };
+            ctx.metrics().broadcasts_delivered_total.add(n);
         }
-    }
-
-    fn heartbeat(&self) {
-        let ts = crate::logging::rfc3339_millis(SystemTime::now());
-        let mut frame = Vec::new();
-        codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
-        let n = self.fan_out(frame.into());
-        self.metrics().heartbeats_sent_total.add(n);
-        // A silent but open socket keeps its session alive: refresh the TTL
-        // of every session a socket holds, through the next flush.
-        self.store.touch_live();
-    }
-
-    /// Counts a TCP connection against the per-shard limit; false when full.
-    fn try_open(&self) -> bool {
-        if self.open.get() >= self.cfg().max_connections {
-            return false;
+        // Kicks travel on the events channel only.
+        Ok(BusEvent::Kick(_)) if target != Target::Events => {}
+        Ok(BusEvent::Kick(id)) => {
+            let Some(id) = crate::session::parse_id(&id) else {
+                return;
+            };
+            ctx.store.forget(&id);
+            plane.kick(&id);
         }
-        self.open.set(self.open.get() + 1);
-        true
-    }
-
-    fn close_one(&self) {
-        self.open.set(self.open.get().saturating_sub(1));
+        Err(e) => tracing::warn!(error = %e, "ignoring malformed event from redis"),
     }
 }
 
-/// Releases a connection slot when the connection's task ends, however it ends.
-pub struct Slot(pub Rc<Shard>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.close_one();
-    }
+fn heartbeat(ctx: &Context, plane: &Plane) {
+    let ts = crate::logging::rfc3339_millis(SystemTime::now());
+    let mut frame = Vec::new();
+    codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
+    let n = plane.fan_out(&frame);
+    ctx.metrics().heartbeats_sent_total.add(n);
+    // A silent but open socket keeps its session alive: refresh the TTL
+    // of every session a socket holds, through the next flush.
+    ctx.store.touch_live();
 }
 
 /// The shard's entry point, run by the `shards` runtime on its own core.
@@ -249,53 +86,51 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         shared.metrics.clone(),
     );
     let pubsub = Subscriber::new(cfg.pubsub, cfg.max_rooms, shared.metrics.clone(), ctx.id);
-    let shard = Rc::new(Shard {
-        id: ctx.id,
-        shared: shared.clone(),
-        store,
-        pubsub: pubsub.clone(),
-        sockets: RefCell::new(HashMap::new()),
-        open: Cell::new(0),
-        next_conn: Cell::new(0),
-        draining: Cell::new(false),
-        drain_deadline: Cell::new(None),
-        log_gates: Default::default(),
-    });
+    let shard = Rc::new(Context::new(ctx.id, shared.clone(), store, pubsub.clone()));
+    let gate = Gate::new();
+    let plane = match Plane::new(shard.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "shard cannot start its socket plane");
+            return;
+        }
+    };
+    glommio::spawn_local(plane.clone().run()).detach();
 
     glommio::spawn_local(redis.clone().run()).detach();
     {
-        let s = shard.clone();
+        let (s, p) = (shard.clone(), plane.clone());
         glommio::spawn_local(pubsub::run(pubsub, addr, move |target, payload| {
-            s.on_bus_event(target, payload)
+            on_bus_event(&s, &p, target, payload)
         }))
         .detach();
     }
     {
-        let s = shard.clone();
+        let (s, p) = (shard.clone(), plane.clone());
         let every = cfg.heartbeat_interval;
         glommio::spawn_local(async move {
             loop {
                 glommio::timer::sleep(every).await;
-                s.heartbeat();
+                heartbeat(&s, &p);
             }
         })
         .detach();
     }
-    if !cfg.idle_timeout.is_zero() {
-        // Idle sockets: one sweep over the registry a few times per timeout,
-        // instead of a timer per socket re-armed on every message.
-        let s = shard.clone();
-        let timeout = cfg.idle_timeout;
+    {
+        // One sweep over the socket table a few times per idle timeout
+        // (pings, idle closes, stalled writers), instead of a timer per
+        // socket re-armed on every message.
+        let p = plane.clone();
+        let idle = cfg.idle_timeout;
+        let every = if idle.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
+        };
         glommio::spawn_local(async move {
-            let every = (timeout / 4).max(Duration::from_millis(250));
             loop {
                 glommio::timer::sleep(every).await;
-                let now = Instant::now();
-                for sock in s.sockets.borrow().values() {
-                    if let Some(note) = sock.mailbox.idle_note(now, timeout) {
-                        sock.mailbox.push(note);
-                    }
-                }
+                p.sweep(Instant::now(), idle);
             }
         })
         .detach();
@@ -343,7 +178,6 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         .detach();
     }
 
-    let gate = Gate::new();
     let mut control = ctx.control;
     let listener = ctx.listener;
     // Nothing is buffered yet; a failed connect clears this.
@@ -354,7 +188,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => accept_one(&shard, &gate, stream),
+                Ok(stream) => accept_one(&shard, &plane, &gate, stream),
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -372,7 +206,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     // other color's) listeners.
     drop(listener);
     if !stop_now {
-        drain(&shard, &gate, &mut control).await;
+        drain(&shard, &plane, &gate, &mut control).await;
     }
     let flush = glommio::timer::timeout(Duration::from_secs(2), async {
         shard.store.flush().await;
@@ -383,8 +217,8 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     tracing::info!("shard stopped");
 }
 
-fn accept_one(shard: &Rc<Shard>, gate: &Gate, stream: TcpStream) {
-    if !shard.try_open() {
+fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, gate: &Gate, stream: TcpStream) {
+    let Some(slot) = shard.try_open() else {
         shard.metrics().error(ErrorKind::OverCapacity);
         if let Some(unlogged) = shard.log_gate(ErrorKind::OverCapacity) {
             tracing::warn!(
@@ -395,52 +229,37 @@ fn accept_one(shard: &Rc<Shard>, gate: &Gate, stream: TcpStream) {
         }
         glommio::spawn_local(crate::conn::refuse_full(stream)).detach();
         return;
-    }
-    let slot = Slot(shard.clone());
-    let sockets = gate.clone();
-    // Two tasks per socket, because a task's future is as large as its
-    // largest await point and lives as long as the task: this one reads the
-    // head and runs HTTP or the upgrade up to the welcome; an open socket
-    // then gets a task whose future holds only what it needs for its life.
-    let front = async move {
-        let Some(opened) = crate::conn::front(&slot.0, stream).await else {
-            return;
-        };
-        let socket = crate::ws::socket::serve(slot, Box::new(opened));
-        match sockets.enter() {
-            Ok(pass) => {
-                glommio::spawn_local(async move {
-                    socket.await;
-                    drop(pass);
-                })
-                .detach();
-            }
-            // The drain closed the gate while the upgrade waited on Redis:
-            // serve here, under this task's pass, so the socket still gets
-            // its goodbye.
-            Err(_) => socket.await,
-        }
     };
-    if let Ok(task) = gate.spawn(front) {
+    // The connection's task reads the head and answers HTTP, or runs the
+    // upgrade up to the welcome and hands the socket to the plane, then
+    // ends: an open socket is an entry in the plane's table, not a task.
+    let plane = plane.clone();
+    if let Ok(task) = gate.spawn(async move { crate::conn::front(slot, &plane, stream).await }) {
         task.detach();
     }
 }
 
-async fn drain(shard: &Rc<Shard>, gate: &Gate, control: &mut shards::ControlReceiver) {
+async fn drain(
+    shard: &Rc<Context>,
+    plane: &Rc<Plane>,
+    gate: &Gate,
+    control: &mut shards::ControlReceiver,
+) {
     let started = Instant::now();
     let deadline = started
         + shard
             .cfg()
             .shutdown_grace
             .saturating_sub(Duration::from_millis(500));
-    shard.drain_deadline.set(Some(deadline));
-    shard.draining.set(true);
-    let sockets = shard.sockets.borrow().len();
+    shard.begin_drain(deadline);
+    let sockets = plane.len();
     tracing::info!(sockets, "draining");
-    shard.notify_all(Note::Drain);
+    plane.drain();
     let wait = future::or(
         async {
+            // Connections still upgrading, then every socket's goodbye.
             let _ = gate.close().await;
+            plane.closed().await;
             true
         },
         async {
@@ -457,7 +276,7 @@ async fn drain(shard: &Rc<Shard>, gate: &Gate, control: &mut shards::ControlRece
         },
     )
     .await;
-    let left = shard.sockets.borrow().len();
+    let left = plane.len();
     tracing::info!(
         sockets,
         left,

@@ -1,6 +1,6 @@
 //! Fuzzes the server's streaming WebSocket frame decoder
-//! (`shardcast::ws::codec::Decoder`), driven the way `decode_buffered` in
-//! src/ws/socket.rs drives it: the bytes arrive in 1-3 reads, each appended to
+//! (`shardcast::ws::codec::Decoder`), driven the way the socket plane
+//! (src/ws/plane.rs) drives it: the bytes arrive in 1-3 reads, each appended to
 //! what the previous one left unconsumed; `decode` runs while bytes remain and
 //! stops when it consumed nothing and completed no event; the first error (a
 //! close code) or the peer's Close ends the connection.

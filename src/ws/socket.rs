@@ -1,27 +1,25 @@
-//! One WebSocket's life: upgrade, welcome, the count loop, and the goodbye.
-//!
-//! The task waits on two things at once: the socket's next bytes and its
-//! mailbox (heartbeats, broadcasts, drain, kick). glommio's non-buffered
-//! `read` keeps its readiness state in the stream, not in the future, so
-//! dropping a read that lost the race loses no data.
+//! One WebSocket's life outside the data plane: the upgrade up to the
+//! welcome ([`open`], which hands the socket to the shard's [`Plane`]), and
+//! its end ([`close`]: the count to Redis, the goodbye, the Close and the
+//! wait for the peer's Close), each in a short task of its own.
 
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures_lite::{future, AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use crate::config::Durability;
+use crate::context::{Context, Slot};
 use crate::http::{self, Request};
-use crate::mailbox::{Mailbox, Note};
 use crate::metrics::ErrorKind;
 use crate::protocol;
 use crate::pubsub;
 use crate::session::{self, Session};
-use crate::shard::{Shard, Slot};
 use crate::store::OpenError;
 use crate::ws::codec::{self, Decoder, Event, WsError};
 use crate::ws::handshake;
+use crate::ws::plane::{self, Plane, Upgraded};
 
 /// How long a close on a client's behalf may wait for Redis.
 const PERSIST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -30,9 +28,9 @@ const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long we wait for the client's Close after sending ours (not draining).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Why the loop ended.
+/// Why a socket ended.
 #[derive(Debug)]
-enum Exit {
+pub enum Exit {
     PeerClose(Option<u16>),
     Invalid(WsError),
     Drain,
@@ -41,72 +39,6 @@ enum Exit {
     RateLimited,
     Idle,
     Gone,
-}
-
-/// Token bucket for one socket.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-    strikes: u32,
-}
-
-impl Bucket {
-    fn take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
-    }
-}
-
-/// Runs an open socket (past its welcome) until it ends, then says goodbye.
-/// The socket's own task: it holds the connection slot, and takes the socket
-/// boxed, because an async fn keeps its arguments for its whole life.
-pub async fn serve(slot: Slot, opened: Box<Opened>) {
-    let shard = &slot.0;
-    let Opened {
-        mut stream,
-        session,
-        resumed,
-        rest,
-        sub,
-        conn,
-        mailbox,
-        room,
-    } = *opened;
-    stream.set_nodelay(true).ok();
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room, "ws open");
-    // Only the log line needs these; the shard's registry holds the room.
-    drop((sub, room));
-    let started = Instant::now();
-    let (exit, messages) = Conn::new(shard, &mut stream, &session, &mailbox, rest)
-        .run()
-        .await;
-    shard.unregister(conn);
-    let code = Box::pin(finish(shard, &mut stream, &session, &exit)).await;
-    shard.store.release(&session);
-    tracing::info!(
-        conn_id = conn,
-        session_id = %session.id,
-        code,
-        reason = ?exit,
-        messages,
-        total = session.count(),
-        duration_ms = started.elapsed().as_millis() as u64,
-        "ws close"
-    );
 }
 
 /// Whether a browser on `origin` may open a socket: any when the list is
@@ -118,26 +50,12 @@ fn origin_allowed(allowed: &[String], origin: &str) -> bool {
             .any(|a| a.eq_ignore_ascii_case(origin.trim()))
 }
 
-/// A socket past its welcome.
-pub struct Opened {
-    stream: TcpStream,
-    session: Rc<Session>,
-    resumed: bool,
-    /// Bytes that came after the request head (the client's first frames).
-    rest: Vec<u8>,
-    /// The token's subject, with `--auth-secret`.
-    sub: Option<String>,
-    conn: u64,
-    /// Registered with the shard before the welcome went out, so nothing
-    /// broadcast after the welcome can miss it.
-    mailbox: Rc<Mailbox>,
-    room: Option<String>,
-}
-
 /// Validates the handshake, opens or resumes the session and sends the 101
-/// with the welcome; None when the upgrade was refused (and answered).
-pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) -> Option<Opened> {
-    let m = shard.metrics();
+/// with the welcome, and hands the socket to the plane; a refused upgrade
+/// is answered here.
+pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req: Request) {
+    let ctx = slot.ctx().clone();
+    let m = ctx.metrics();
     let accept = match handshake::validate(&req) {
         Ok(a) => a,
         Err(r) => {
@@ -152,20 +70,20 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
                     body.as_bytes(),
                 ))
                 .await;
-            return None;
+            return;
         }
     };
     if let Some(origin) = req.header("origin") {
-        if !origin_allowed(&shard.cfg().allowed_origins, origin) {
+        if !origin_allowed(&ctx.cfg().allowed_origins, origin) {
             m.error(ErrorKind::ForbiddenOrigin);
             tracing::info!(origin, "upgrade refused: origin not allowed: 403");
             let _ = stream
                 .write_all(&http::error(403, "origin not allowed"))
                 .await;
-            return None;
+            return;
         }
     }
-    let sub = match &shard.cfg().auth_secret {
+    let sub = match &ctx.cfg().auth_secret {
         None => None,
         Some(secret) => {
             let token = crate::auth::token_of(&req).unwrap_or("");
@@ -187,14 +105,14 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
                             body.to_string().as_bytes(),
                         ))
                         .await;
-                    return None;
+                    return;
                 }
             }
         }
     };
-    if shard.is_draining() {
+    if ctx.is_draining() {
         let _ = stream.write_all(&http::error(503, "draining")).await;
-        return None;
+        return;
     }
     let requested = session::id_from_query(&req.query).and_then(session::parse_id);
     let room = match pubsub::room_from_query(&req.query) {
@@ -205,14 +123,14 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
                 m.error(ErrorKind::BadRequest);
                 tracing::info!(room = r, "upgrade refused: bad room: 400");
                 let _ = stream.write_all(&http::error(400, &e.to_string())).await;
-                return None;
+                return;
             }
         },
     };
     // Only the bytes after the head live on; the headers go now.
     let rest = std::mem::take(&mut req.rest);
     drop(req);
-    let (session, resumed) = match shard.store.open(requested).await {
+    let (session, resumed) = match ctx.store.open(requested).await {
         Ok(x) => x,
         Err(e) => {
             m.error(ErrorKind::RedisUnavailable);
@@ -222,28 +140,29 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
             };
             tracing::warn!(reason = why, "upgrade refused: 503");
             let _ = stream.write_all(&http::error(503, why)).await;
-            return None;
+            return;
         }
     };
-    let conn = shard.next_conn_id();
-    let mailbox = Mailbox::new(shard.cfg().outbound_queue);
-    let confirmed = match shard.register(conn, mailbox.clone(), session.id, room.as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
+    let conn = ctx.next_conn_id();
+    let joined = match room.as_deref().map(|r| ctx.pubsub.join(r, conn)) {
+        None => None,
+        Some(Ok(j)) => Some(j),
+        Some(Err(e)) => {
             m.error(ErrorKind::TooManyRooms);
-            if let Some(unlogged) = shard.log_gate(ErrorKind::TooManyRooms) {
+            if let Some(unlogged) = ctx.log_gate(ErrorKind::TooManyRooms) {
                 tracing::warn!(
-                    limit = shard.cfg().max_rooms,
+                    limit = ctx.cfg().max_rooms,
                     unlogged,
                     "upgrade refused: {e}: 503"
                 );
             }
-            shard.store.release(&session);
+            ctx.store.release(&session);
             let _ = stream.write_all(&http::error(503, "too_many_rooms")).await;
-            return None;
+            return;
         }
     };
-    if let Some(confirmed) = confirmed {
+    let room = joined.as_ref().map(|(name, _)| name.clone());
+    if let Some((_, Some(confirmed))) = joined {
         // Bounded: with the subscription connection down the socket still
         // opens, and gets the room's broadcasts once it is back.
         let waited = glommio::timer::timeout(ROOM_JOIN_TIMEOUT, async {
@@ -253,320 +172,116 @@ pub async fn open(shard: &Rc<Shard>, mut stream: TcpStream, mut req: Request) ->
         .await;
         if waited.is_err() {
             tracing::warn!(
-                room,
+                room = room.as_deref(),
                 "room subscription not confirmed in time; opening anyway"
             );
         }
     }
-    // A drain that began while this upgrade waited on Redis sent its notice
-    // before the socket was registered: deliver it now.
-    if shard.is_draining() {
-        mailbox.push(Note::Drain);
-    }
     if resumed {
         m.sessions_resumed_total.inc();
     }
-    let mut out = handshake::accept_response(&accept);
+    stream.set_nodelay(true).ok();
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), "ws open");
+    let mut first = handshake::accept_response(&accept);
     codec::encode_text(
-        &mut out,
+        &mut first,
         protocol::welcome(&session.id, session.count(), resumed).as_bytes(),
     );
-    if stream.write_all(&out).await.is_err() {
-        shard.unregister(conn);
-        shard.store.release(&session);
-        return None;
+    // The plane owns a copy of the descriptor; glommio's stream, and any
+    // poll it had armed, goes with this task.
+    // SAFETY: duplicating an open descriptor; the copy is owned below.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    drop(stream);
+    if fd < 0 {
+        m.error(ErrorKind::Io);
+        if let Some(r) = &room {
+            ctx.pubsub.leave(r, conn);
+        }
+        ctx.store.release(&session);
+        return;
     }
-    Some(Opened {
-        stream,
-        session,
-        resumed,
-        rest,
-        sub,
+    // SAFETY: a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let up = Upgraded {
         conn,
-        mailbox,
+        fd,
+        slot,
+        session,
         room,
-    })
+        rest,
+    };
+    plane.adopt(up, &first);
 }
 
-/// Read buffer of a socket between bursts. Over 256 bytes, so a control
-/// frame (at most 131 bytes) always fits whole.
-const IDLE_BUFFER: usize = 512;
-
-struct Conn<'a> {
-    shard: &'a Rc<Shard>,
-    stream: &'a mut TcpStream,
-    session: &'a Rc<Session>,
-    mailbox: &'a Rc<Mailbox>,
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    decoder: Decoder,
-    bucket: Bucket,
-    messages: u64,
-    /// Bytes of the last read, and whether it filled the free space.
-    last_read: (usize, bool),
+/// A socket that left the plane, on its way out.
+pub struct Ended {
+    pub conn: u64,
+    pub fd: OwnedFd,
+    pub slot: Slot,
+    pub session: Rc<Session>,
+    pub exit: Exit,
+    /// Bytes the kernel had not taken yet when the socket ended.
+    pub unsent: Vec<u8>,
+    pub opened: Instant,
+    pub messages: u64,
 }
 
-impl<'a> Conn<'a> {
-    fn new(
-        shard: &'a Rc<Shard>,
-        stream: &'a mut TcpStream,
-        session: &'a Rc<Session>,
-        mailbox: &'a Rc<Mailbox>,
-        rest: Vec<u8>,
-    ) -> Self {
-        let cfg = shard.cfg();
-        let mut buf = vec![0u8; IDLE_BUFFER.max(rest.len())].into_boxed_slice();
-        buf[..rest.len()].copy_from_slice(&rest);
-        Self {
-            shard,
-            stream,
-            session,
-            mailbox,
-            end: rest.len(),
-            buf,
-            start: 0,
-            decoder: Decoder::new(cfg.max_message_bytes),
-            bucket: Bucket {
-                rate: cfg.rate_limit as f64,
-                burst: cfg.rate_burst as f64,
-                tokens: cfg.rate_burst as f64,
-                last: Instant::now(),
-                strikes: 0,
-            },
-            messages: 0,
-            last_read: (0, false),
-        }
-    }
-
-    /// Sizes the read buffer between reads, when nothing is buffered: a read
-    /// that filled it grows it to `read_buffer_bytes`, so a burst takes few
-    /// syscalls; small reads shrink it back to [`IDLE_BUFFER`], so the
-    /// thousands of sockets that are quiet at any moment hold 512 bytes each,
-    /// not 4 KiB. Medium reads keep it as it is, so steady traffic of
-    /// mid-sized messages does not reallocate on every read.
-    fn fit_buffer(&mut self) {
-        if self.start != self.end {
-            return;
-        }
-        let big = self.shard.cfg().read_buffer_bytes.max(IDLE_BUFFER);
-        let want = match self.last_read {
-            (_, true) => big,
-            (n, false) if n <= IDLE_BUFFER / 2 => IDLE_BUFFER,
-            _ => return,
-        };
-        if self.buf.len() != want {
-            self.buf = vec![0u8; want].into_boxed_slice();
-        }
-    }
-
-    async fn run(mut self) -> (Exit, u64) {
-        let exit = self.serve().await;
-        (exit, self.messages)
-    }
-
-    async fn serve(&mut self) -> Exit {
-        let mut out: Vec<u8> = Vec::new();
-        let mut arrived = Instant::now();
-        loop {
-            if let Some(exit) = self.decode_buffered(&mut out, arrived).await {
-                // Replies to what came before the Close still go out first.
-                if !out.is_empty() {
-                    let _ = self.stream.write_all(&out).await;
-                }
-                return exit;
-            }
-            if !out.is_empty() {
-                if let Err(e) = self.stream.write_all(&out).await {
-                    // The write timeout fired: the peer stopped reading and
-                    // the kernel's buffers are full. That is a slow reader.
-                    return if e.kind() == std::io::ErrorKind::TimedOut {
-                        Exit::SlowReader
-                    } else {
-                        Exit::Gone
-                    };
-                }
-                out.clear();
-                if out.capacity() > 16 << 10 {
-                    out = Vec::new();
-                }
-            }
-            self.fit_buffer();
-            let step = {
-                let read = self.stream.read(&mut self.buf[self.end..]);
-                let note = self.mailbox.next();
-                future::or(async { Ok(read.await) }, async { Err(note.await) }).await
-            };
-            match step {
-                Ok(Ok(0)) | Ok(Err(_)) => return Exit::Gone,
-                Ok(Ok(n)) => {
-                    self.last_read = (n, self.end + n == self.buf.len());
-                    self.end += n;
-                    arrived = Instant::now();
-                    self.mailbox.heard(arrived);
-                }
-                Err(note) => match self.on_note(note, &mut out) {
-                    Some(Exit::Drain) => {
-                        return Box::pin(self.finish_in_flight(&mut out, arrived)).await
-                    }
-                    Some(exit) => return exit,
-                    None => {
-                        // Drain what else is queued into the same write.
-                        while let Some(note) = self.mailbox.try_next() {
-                            if let Some(exit) = self.on_note(note, &mut out) {
-                                return exit;
-                            }
-                        }
-                    }
-                },
-            }
-        }
-    }
-
-    /// Before the drain goodbye: answer what the client already sent, whether
-    /// it sits in our buffer or still in the kernel's, without waiting for more.
-    async fn finish_in_flight(&mut self, out: &mut Vec<u8>, mut arrived: Instant) -> Exit {
-        loop {
-            if let Some(exit) = self.decode_buffered(out, arrived).await {
-                if !out.is_empty() {
-                    let _ = self.stream.write_all(out).await;
-                }
-                return exit;
-            }
-            match future::poll_once(self.stream.read(&mut self.buf[self.end..])).await {
-                Some(Ok(n)) if n > 0 => {
-                    self.end += n;
-                    arrived = Instant::now();
-                }
-                _ => break,
-            }
-        }
-        if !out.is_empty() {
-            let _ = self.stream.write_all(out).await;
-        }
-        Exit::Drain
-    }
-
-    fn on_note(&mut self, note: Note, out: &mut Vec<u8>) -> Option<Exit> {
-        match note {
-            Note::Frame(f) => {
-                out.extend_from_slice(&f);
-                None
-            }
-            Note::Drain => Some(Exit::Drain),
-            Note::Kick => Some(Exit::Kick),
-            Note::Overflow => Some(Exit::SlowReader),
-            Note::Ping => {
-                codec::encode_ping(out, b"idle?");
-                None
-            }
-            Note::Idle => Some(Exit::Idle),
-        }
-    }
-
-    /// Handles every complete event in the buffer; appends replies to `out`.
-    async fn decode_buffered(&mut self, out: &mut Vec<u8>, arrived: Instant) -> Option<Exit> {
-        let shard = self.shard;
-        let m = shard.metrics();
-        while self.start < self.end {
-            let base = self.start;
-            let (ev, n) = match self.decoder.decode(&mut self.buf[base..self.end]) {
-                Ok(x) => x,
-                Err(e) => return Some(Exit::Invalid(e)),
-            };
-            self.start += n;
-            match ev {
-                None if n == 0 => break,
-                None => {}
-                Some(Event::Text) => {
-                    // One clock read serves the rate limit and the latency histogram.
-                    let now = Instant::now();
-                    if !self.bucket.take(now) {
-                        m.error(ErrorKind::RateLimited);
-                        if let Some(unlogged) = shard.log_gate(ErrorKind::RateLimited) {
-                            tracing::info!(unlogged, "rate limited: message not counted");
-                        }
-                        if self.bucket.strikes >= shard.cfg().rate_strikes {
-                            return Some(Exit::RateLimited);
-                        }
-                        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
-                        continue;
-                    }
-                    let count = self.session.increment();
-                    if shard.cfg().durability == Durability::Sync {
-                        let written = Box::pin(shard.store.persist(self.session)).await;
-                        // If another socket counted since, the increment can
-                        // no longer be taken back: it stays, and is answered.
-                        if let Err(e) = written {
-                            if self.session.undo(count) {
-                                m.error(ErrorKind::RedisUnavailable);
-                                tracing::debug!(error = %e, "sync write failed; message not counted");
-                                codec::encode_text(
-                                    out,
-                                    protocol::error("redis_unavailable").as_bytes(),
-                                );
-                                continue;
-                            }
-                        }
-                    } else {
-                        shard.store.enqueue(self.session);
-                    }
-                    self.messages += 1;
-                    m.messages_total.inc();
-                    // The reply is under 126 bytes: a two-byte header, no allocation.
-                    let at = out.len();
-                    out.extend_from_slice(&[0x81, 0]);
-                    protocol::count(out, count);
-                    out[at + 1] = (out.len() - at - 2) as u8;
-                    m.message_duration
-                        .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
-                }
-                Some(Event::Ping(r)) => {
-                    let payload = self.buf[base + r.start..base + r.end].to_vec();
-                    codec::encode_pong(out, &payload);
-                }
-                Some(Event::Pong) => {}
-                Some(Event::Close(code)) => return Some(Exit::PeerClose(code)),
-            }
-        }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            if self.start == 0 {
-                // Cannot happen with a buffer over 256 bytes: data frames
-                // stream through and a control frame is at most 131 bytes.
-                return Some(Exit::Invalid(WsError::Protocol(
-                    "frame does not fit the buffer",
-                )));
-            }
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        None
-    }
+/// Ends a socket that left the plane: what the exit calls for, then the
+/// session's release and the close log line. The socket's own short task.
+pub async fn close(ended: Ended) {
+    let Ended {
+        conn,
+        fd,
+        slot,
+        session,
+        exit,
+        unsent,
+        opened,
+        messages,
+    } = ended;
+    let ctx = slot.ctx();
+    // SAFETY: the descriptor is open and owned; the stream takes it over.
+    let mut stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    let code = Box::pin(finish(ctx, &mut stream, &session, &exit, unsent)).await;
+    ctx.store.release(&session);
+    tracing::info!(
+        conn_id = conn,
+        session_id = %session.id,
+        code,
+        reason = ?exit,
+        messages,
+        total = session.count(),
+        duration_ms = opened.elapsed().as_millis() as u64,
+        "ws close"
+    );
 }
 
 /// Sends what the exit calls for (goodbye, Close) and returns the close code.
 async fn finish(
-    shard: &Rc<Shard>,
+    ctx: &Rc<Context>,
     stream: &mut TcpStream,
     session: &Rc<Session>,
     exit: &Exit,
+    unsent: Vec<u8>,
 ) -> u16 {
-    let m = shard.metrics();
+    let m = ctx.metrics();
     // The count reaches Redis before our Close frame does (contract).
     if !matches!(exit, Exit::Kick) {
         let persisted = glommio::timer::timeout(PERSIST_TIMEOUT, async {
-            Ok(shard.store.persist(session).await)
+            Ok(ctx.store.persist(session).await)
         })
         .await;
         if !matches!(persisted, Ok(Ok(()))) {
-            shard.store.enqueue(session);
+            ctx.store.enqueue(session);
         }
     }
-    let mut out = Vec::new();
+    // What the plane could not send yet goes first, in order; a slow
+    // reader's pile is dropped.
+    let mut out = if matches!(exit, Exit::SlowReader) {
+        Vec::new()
+    } else {
+        unsent
+    };
     let (code, wait_until) = match exit {
         Exit::PeerClose(code) => {
             let code = code.unwrap_or(1000);
@@ -575,22 +290,16 @@ async fn finish(
             (code, None)
         }
         Exit::Drain => {
-            let retry = shard.retry_after_ms();
+            let retry = ctx.retry_after_ms();
             codec::encode_text(
                 &mut out,
                 protocol::bye_shutdown(session.count(), retry).as_bytes(),
             );
             codec::encode_close(&mut out, 1001, "server shutting down");
-            (1001, Some(shard.drain_deadline()))
+            (1001, Some(ctx.drain_deadline()))
         }
         Exit::Invalid(e) => {
-            let kind = match e {
-                WsError::Protocol(_) => ErrorKind::Protocol,
-                WsError::Binary => ErrorKind::Binary,
-                WsError::InvalidUtf8 => ErrorKind::InvalidUtf8,
-                WsError::TooBig => ErrorKind::TooBig,
-            };
-            m.error(kind);
+            m.error(plane::error_kind(*e));
             tracing::info!(code = e.code(), reason = e.reason(), "closing on bad input");
             codec::encode_close(&mut out, e.code(), e.reason());
             (e.code(), Some(Instant::now() + CLOSE_WAIT))
@@ -608,7 +317,7 @@ async fn finish(
         Exit::Idle => {
             m.error(ErrorKind::IdleTimeout);
             tracing::info!(
-                idle_s = shard.cfg().idle_timeout.as_secs(),
+                idle_s = ctx.cfg().idle_timeout.as_secs(),
                 "closing a silent socket"
             );
             codec::encode_text(&mut out, protocol::bye_idle(session.count()).as_bytes());

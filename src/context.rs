@@ -1,0 +1,134 @@
+//! A shard's context: the state that its connections, routes and sockets are
+//! handed (settings, metric cells, session store, rooms, drain state, limits),
+//! and nothing that runs. The shard's loop (`shard`) builds it and owns the
+//! tasks; everything below the loop sees only this.
+//!
+//! Nothing here is shared with another shard except the read-mostly
+//! [`Shared`] block and this shard's own metric cells.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::metrics::{ErrorKind, ShardMetrics};
+use crate::pubsub::Subscriber;
+use crate::redis::Redis;
+use crate::server::Shared;
+use crate::store::Store;
+
+/// A shard's state, shared by its tasks through `Rc`.
+pub struct Context {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub store: Store,
+    pub pubsub: Rc<Subscriber>,
+    /// TCP connections open on this shard, against `max_connections`.
+    open: Cell<usize>,
+    next_conn: Cell<u64>,
+    draining: Cell<bool>,
+    drain_deadline: Cell<Option<Instant>>,
+    /// Per error kind: when its last log line was written, and how many
+    /// events were not logged since.
+    log_gates: [Cell<(Option<Instant>, u64)>; ErrorKind::ALL.len()],
+}
+
+impl Context {
+    pub fn new(id: usize, shared: Arc<Shared>, store: Store, pubsub: Rc<Subscriber>) -> Self {
+        Self {
+            id,
+            shared,
+            store,
+            pubsub,
+            open: Cell::new(0),
+            next_conn: Cell::new(0),
+            draining: Cell::new(false),
+            drain_deadline: Cell::new(None),
+            log_gates: Default::default(),
+        }
+    }
+
+    /// Whether a limit that acted may write its log line now: at most one
+    /// line per kind per second per shard, so a flood cannot flood the logs.
+    /// Returns the events left unlogged since the last line.
+    pub fn log_gate(&self, kind: ErrorKind) -> Option<u64> {
+        let gate = &self.log_gates[kind as usize];
+        let (last, skipped) = gate.get();
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            gate.set((last, skipped + 1));
+            return None;
+        }
+        gate.set((Some(now), 0));
+        Some(skipped)
+    }
+
+    pub fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.shared.metrics.shards[self.id]
+    }
+
+    pub fn redis(&self) -> &Redis {
+        self.store.redis()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Marks the shard draining; sockets must be gone by `deadline`.
+    pub fn begin_drain(&self, deadline: Instant) {
+        self.drain_deadline.set(Some(deadline));
+        self.draining.set(true);
+    }
+
+    /// When a draining socket must be gone.
+    pub fn drain_deadline(&self) -> Instant {
+        self.drain_deadline
+            .get()
+            .unwrap_or_else(|| Instant::now() + self.cfg().shutdown_grace)
+    }
+
+    /// A process-unique connection id, for logs and the socket table.
+    pub fn next_conn_id(&self) -> u64 {
+        let n = self.next_conn.get() + 1;
+        self.next_conn.set(n);
+        (self.id as u64) << 48 | n
+    }
+
+    /// A random `retry_after_ms`, so drained clients do not all come back at once.
+    pub fn retry_after_ms(&self) -> u64 {
+        let max = self.cfg().drain_retry_after.as_millis().max(1) as u64;
+        rand::random_range(max / 10..=max)
+    }
+
+    /// Takes a connection slot, or None when the shard is at
+    /// `max_connections`. The slot is given back when it is dropped, however
+    /// the connection ends.
+    pub fn try_open(self: &Rc<Self>) -> Option<Slot> {
+        if self.open.get() >= self.cfg().max_connections {
+            return None;
+        }
+        self.open.set(self.open.get() + 1);
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One connection's place under `max_connections`.
+pub struct Slot(Rc<Context>);
+
+impl Slot {
+    pub fn ctx(&self) -> &Rc<Context> {
+        &self.0
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.set(self.0.open.get().saturating_sub(1));
+    }
+}

@@ -1,0 +1,795 @@
+//! The shard's WebSocket data plane: every open socket of the shard is a
+//! small struct in one table, readiness comes from one epoll descriptor that
+//! the shard awaits through glommio (one io_uring poll per wake, whatever
+//! the number of sockets), bytes land in one receive buffer per shard, frames
+//! are decoded in place, and the replies of a wake go out in one send per
+//! socket. Pings, idle closes and stalled writers are found by sweeps over
+//! the table, not by timers per socket.
+//!
+//! A socket leaves the table when it ends; its goodbye, Close and the wait
+//! for the peer's Close run in a short task of their own ([`socket::close`]),
+//! so the table only ever holds sockets that are counting.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::config::Durability;
+use crate::context::{Context, Slot};
+use crate::metrics::ErrorKind;
+use crate::protocol;
+use crate::session::Session;
+use crate::ws::codec::{self, Decoder, Event, WsError};
+use crate::ws::socket::{self, Ended, Exit};
+
+/// The shard's receive buffer. A read takes at most this much from one
+/// socket; level-triggered epoll reports the socket again if more waits.
+const RX_BUFFER: usize = 64 << 10;
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 512;
+/// A socket whose unsent bytes have not moved for this long is a slow reader.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+/// Kept allocations above this are given back once empty.
+const KEEP: usize = 256;
+
+/// Token bucket for one socket; the rate and burst are the shard's.
+struct Bucket {
+    tokens: f32,
+    last: Instant,
+    strikes: u32,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate: f32, burst: f32) -> bool {
+        if rate == 0.0 {
+            return true;
+        }
+        let refill = now.duration_since(self.last).as_secs_f32() * rate;
+        self.tokens = (self.tokens + refill).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
+
+/// One open socket: its descriptor, session and the few bytes of state
+/// between reads.
+struct Sock {
+    fd: OwnedFd,
+    slot: Slot,
+    session: Rc<Session>,
+    room: Option<Rc<str>>,
+    decoder: Decoder,
+    bucket: Bucket,
+    /// An incomplete frame head (or, while a sync write is in flight, the
+    /// bytes after the message that waits): decoded before the next read.
+    partial: Vec<u8>,
+    /// Bytes the kernel would not take yet, in order.
+    backlog: Vec<u8>,
+    /// Frames appended to a non-empty backlog, against `outbound_queue`.
+    backlog_frames: u32,
+    /// When the backlog last stopped moving.
+    stalled_since: Option<Instant>,
+    /// When the peer last sent anything, and whether a Ping went out since.
+    heard: Instant,
+    pinged: bool,
+    /// A sync-durability write is in flight: reading waits for it.
+    waiting: bool,
+    /// The epoll events this socket is registered for.
+    interest: u32,
+    opened: Instant,
+    messages: u64,
+}
+
+/// A socket past its handshake, as the upgrade hands it over.
+pub struct Upgraded {
+    pub conn: u64,
+    pub fd: OwnedFd,
+    /// Its place under `max_connections`, given back when it ends.
+    pub slot: Slot,
+    pub session: Rc<Session>,
+    /// The room it joined, if any.
+    pub room: Option<Rc<str>>,
+    /// What the client sent after its request head (its first frames).
+    pub rest: Vec<u8>,
+}
+
+/// What the bytes of one socket led to.
+enum Stop {
+    /// A text message counted in sync mode waits for Redis.
+    Park {
+        count: u64,
+        arrived: Instant,
+    },
+    Exit(Exit),
+}
+
+/// The settings the hot path reads, copied out of the config once.
+struct Limits {
+    max_message: usize,
+    rate: f32,
+    burst: f32,
+    strikes: u32,
+    outbound_frames: u32,
+    sync: bool,
+}
+
+/// A shard's sockets and their epoll descriptor.
+pub struct Plane {
+    ctx: Rc<Context>,
+    epoll: OwnedFd,
+    socks: RefCell<HashMap<u64, Box<Sock>>>,
+    rx: RefCell<Box<[u8]>>,
+    /// Replies of the socket being handled.
+    out: RefCell<Vec<u8>>,
+    /// Sockets that ended while the table was borrowed.
+    ended: RefCell<Vec<(u64, Exit)>>,
+    /// Sockets whose close task has not finished yet.
+    closing: Rc<Cell<usize>>,
+    limits: Limits,
+    draining: Cell<bool>,
+}
+
+/// Why the plane could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("epoll_create1: {0}")]
+pub struct PlaneError(#[from] io::Error);
+
+impl Plane {
+    pub fn new(ctx: Rc<Context>) -> Result<Rc<Self>, PlaneError> {
+        // SAFETY: plain syscall; the descriptor is owned below.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let cfg = ctx.cfg();
+        let limits = Limits {
+            max_message: cfg.max_message_bytes,
+            rate: cfg.rate_limit as f32,
+            burst: cfg.rate_burst as f32,
+            strikes: cfg.rate_strikes,
+            outbound_frames: cfg.outbound_queue as u32,
+            sync: cfg.durability == Durability::Sync,
+        };
+        Ok(Rc::new(Self {
+            ctx,
+            epoll,
+            socks: RefCell::new(HashMap::new()),
+            rx: RefCell::new(vec![0u8; RX_BUFFER].into_boxed_slice()),
+            out: RefCell::new(Vec::with_capacity(4096)),
+            ended: RefCell::new(Vec::new()),
+            closing: Rc::new(Cell::new(0)),
+            limits,
+            draining: Cell::new(false),
+        }))
+    }
+
+    /// Open sockets in the table.
+    pub fn len(&self) -> usize {
+        self.socks.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the table is empty and every close has finished (the
+    /// drain's end). Polled: it runs once per drain, never on the hot path.
+    pub async fn closed(&self) {
+        while !self.is_empty() || self.closing.get() > 0 {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Takes an upgraded socket into the table and sends `first` (the 101
+    /// and the welcome) as its first bytes. From here on every broadcast
+    /// reaches it, in order after the welcome.
+    pub fn adopt(self: &Rc<Self>, up: Upgraded, first: &[u8]) {
+        let Upgraded {
+            conn,
+            fd,
+            slot,
+            session,
+            room,
+            rest,
+        } = up;
+        let now = Instant::now();
+        let sock = Box::new(Sock {
+            fd,
+            slot,
+            session,
+            room,
+            decoder: Decoder::new(self.limits.max_message),
+            bucket: Bucket {
+                tokens: self.limits.burst,
+                last: now,
+                strikes: 0,
+            },
+            partial: rest,
+            backlog: Vec::new(),
+            backlog_frames: 0,
+            stalled_since: None,
+            heard: now,
+            pinged: false,
+            waiting: false,
+            interest: 0,
+            opened: now,
+            messages: 0,
+        });
+        let m = self.ctx.metrics();
+        m.connections_active.inc();
+        m.connections_total.inc();
+        self.socks.borrow_mut().insert(conn, sock);
+        {
+            let mut socks = self.socks.borrow_mut();
+            let sock = socks.get_mut(&conn).expect("just inserted");
+            if let Err(e) = self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, sock, libc::EPOLLIN as u32) {
+                tracing::warn!(error = %e, "epoll_ctl add failed");
+                self.ended.borrow_mut().push((conn, Exit::Gone));
+            } else if let Err(exit) = self.write(conn, sock, first) {
+                self.ended.borrow_mut().push((conn, exit));
+            } else if self.draining.get() {
+                // A drain that began while this upgrade waited on Redis.
+                self.ended.borrow_mut().push((conn, Exit::Drain));
+            } else if !sock.partial.is_empty() {
+                self.pump(conn, sock, None);
+            }
+        }
+        self.close_ended();
+    }
+
+    /// The shard's socket loop: waits for the epoll descriptor, then handles
+    /// every ready socket. Runs for the life of the shard.
+    pub async fn run(self: Rc<Self>) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+        loop {
+            if let Err(e) = glommio::net::readable(self.epoll.as_raw_fd()).await {
+                tracing::error!(error = %e, "waiting on the socket table failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            loop {
+                // SAFETY: `events` outlives the call and its length is passed.
+                let n = unsafe {
+                    libc::epoll_wait(
+                        self.epoll.as_raw_fd(),
+                        events.as_mut_ptr(),
+                        events.len() as i32,
+                        0,
+                    )
+                };
+                if n <= 0 {
+                    break;
+                }
+                for ev in &events[..n as usize] {
+                    self.on_event(ev.u64, ev.events);
+                }
+                self.close_ended();
+                if (n as usize) < events.len() {
+                    break;
+                }
+                // A full batch: let timers and Redis run before the next one.
+                glommio::executor().yield_if_needed().await;
+            }
+        }
+    }
+
+    fn on_event(self: &Rc<Self>, conn: u64, events: u32) {
+        let mut socks = self.socks.borrow_mut();
+        let Some(sock) = socks.get_mut(&conn) else {
+            return;
+        };
+        if events & libc::EPOLLOUT as u32 != 0 {
+            if let Err(exit) = self.flush_backlog(conn, sock) {
+                self.ended.borrow_mut().push((conn, exit));
+                return;
+            }
+        }
+        let hangup = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        if sock.waiting {
+            // Reading waits for Redis, but a hang-up is reported whatever
+            // the interest, and would be reported again on every wake.
+            if events & hangup != 0 {
+                self.ended.borrow_mut().push((conn, Exit::Gone));
+            }
+        } else if events & (libc::EPOLLIN as u32 | hangup) != 0 {
+            self.read(conn, sock);
+        }
+    }
+
+    /// One read into the shard's buffer, then everything it completes.
+    fn read(self: &Rc<Self>, conn: u64, sock: &mut Sock) {
+        let mut rx = self.rx.borrow_mut();
+        let kept = sock.partial.len();
+        if kept >= rx.len() {
+            // Kept bytes are a frame head or a control frame, far smaller.
+            let e = WsError::Protocol("frame does not fit the buffer");
+            self.ended.borrow_mut().push((conn, Exit::Invalid(e)));
+            return;
+        }
+        rx[..kept].copy_from_slice(&sock.partial);
+        // SAFETY: the buffer is valid for writes past `kept` and outlives the call.
+        let n = unsafe {
+            libc::recv(
+                sock.fd.as_raw_fd(),
+                rx[kept..].as_mut_ptr().cast(),
+                rx.len() - kept,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
+                self.ended.borrow_mut().push((conn, Exit::Gone));
+            }
+            return;
+        }
+        if n == 0 {
+            self.ended.borrow_mut().push((conn, Exit::Gone));
+            return;
+        }
+        sock.partial.clear();
+        let now = Instant::now();
+        sock.heard = now;
+        sock.pinged = false;
+        let end = kept + n as usize;
+        self.decode(conn, sock, &mut rx[..end], now);
+    }
+
+    /// Decodes the socket's kept bytes alone (after a sync write, or the
+    /// frames that came with the upgrade), without a read.
+    fn pump(self: &Rc<Self>, conn: u64, sock: &mut Sock, arrived: Option<Instant>) {
+        let arrived = arrived.unwrap_or_else(Instant::now);
+        let mut rx = self.rx.borrow_mut();
+        // Kept bytes fit the buffer but for an upgrade whose first frames
+        // came with a large head: take them a buffer at a time.
+        while !sock.partial.is_empty() && !sock.waiting {
+            let take = sock.partial.len().min(rx.len());
+            let tail = sock.partial.split_off(take);
+            rx[..take].copy_from_slice(&sock.partial);
+            sock.partial.clear();
+            self.decode(conn, sock, &mut rx[..take], arrived);
+            let stuck = sock.partial.len() == take;
+            sock.partial.extend_from_slice(&tail);
+            if stuck || tail.is_empty() || self.ended.borrow().iter().any(|(c, _)| *c == conn) {
+                break;
+            }
+        }
+    }
+
+    /// Handles every complete event in `buf`, writes the replies, keeps what
+    /// is left, and parks or ends the socket when an event asks for it.
+    fn decode(self: &Rc<Self>, conn: u64, sock: &mut Sock, buf: &mut [u8], arrived: Instant) {
+        let mut out = self.out.borrow_mut();
+        out.clear();
+        let (used, stop) = self.events(sock, buf, arrived, &mut out);
+        if used < buf.len() {
+            sock.partial.extend_from_slice(&buf[used..]);
+        } else if sock.partial.capacity() > KEEP {
+            sock.partial = Vec::new();
+        }
+        let wrote = if out.is_empty() {
+            Ok(())
+        } else {
+            self.write(conn, sock, &out)
+        };
+        drop(out);
+        match (wrote, stop) {
+            (Err(exit), _) | (Ok(()), Some(Stop::Exit(exit))) => {
+                self.ended.borrow_mut().push((conn, exit));
+            }
+            (Ok(()), Some(Stop::Park { count, arrived })) => self.park(conn, sock, count, arrived),
+            (Ok(()), None) => {}
+        }
+    }
+
+    /// The events in `buf`: returns the bytes used and why it stopped early.
+    fn events(
+        &self,
+        sock: &mut Sock,
+        buf: &mut [u8],
+        arrived: Instant,
+        out: &mut Vec<u8>,
+    ) -> (usize, Option<Stop>) {
+        let ctx = &self.ctx;
+        let m = ctx.metrics();
+        let mut start = 0;
+        while start < buf.len() {
+            let base = start;
+            let (ev, n) = match sock.decoder.decode(&mut buf[base..]) {
+                Ok(x) => x,
+                Err(e) => return (buf.len(), Some(Stop::Exit(Exit::Invalid(e)))),
+            };
+            start += n;
+            match ev {
+                None if n == 0 => break,
+                None => {}
+                Some(Event::Text) => {
+                    // One clock read serves the rate limit and the latency histogram.
+                    let now = Instant::now();
+                    let l = &self.limits;
+                    if !sock.bucket.take(now, l.rate, l.burst) {
+                        m.error(ErrorKind::RateLimited);
+                        if let Some(unlogged) = ctx.log_gate(ErrorKind::RateLimited) {
+                            tracing::info!(unlogged, "rate limited: message not counted");
+                        }
+                        if sock.bucket.strikes >= l.strikes {
+                            return (buf.len(), Some(Stop::Exit(Exit::RateLimited)));
+                        }
+                        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
+                        continue;
+                    }
+                    let count = sock.session.increment();
+                    if l.sync {
+                        return (start, Some(Stop::Park { count, arrived }));
+                    }
+                    ctx.store.enqueue(&sock.session);
+                    self.counted(sock, count, arrived, now, out);
+                }
+                Some(Event::Ping(r)) => {
+                    codec::encode_pong(out, &buf[base + r.start..base + r.end]);
+                }
+                Some(Event::Pong) => {}
+                Some(Event::Close(code)) => {
+                    return (buf.len(), Some(Stop::Exit(Exit::PeerClose(code))))
+                }
+            }
+        }
+        (start, None)
+    }
+
+    /// Appends the reply to a counted message.
+    fn counted(
+        &self,
+        sock: &mut Sock,
+        count: u64,
+        arrived: Instant,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let m = self.ctx.metrics();
+        sock.messages += 1;
+        m.messages_total.inc();
+        // The reply is under 126 bytes: a two-byte header, no allocation.
+        let at = out.len();
+        out.extend_from_slice(&[0x81, 0]);
+        protocol::count(out, count);
+        out[at + 1] = (out.len() - at - 2) as u8;
+        m.message_duration
+            .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
+    }
+
+    /// Sync durability: reading stops until Redis has the count.
+    fn park(self: &Rc<Self>, conn: u64, sock: &mut Sock, count: u64, arrived: Instant) {
+        sock.waiting = true;
+        let interest = sock.interest & !(libc::EPOLLIN as u32);
+        if self.set_interest(conn, sock, interest).is_err() {
+            self.ended.borrow_mut().push((conn, Exit::Gone));
+            return;
+        }
+        let plane = self.clone();
+        let session = sock.session.clone();
+        glommio::spawn_local(async move {
+            let written = Box::pin(plane.ctx.store.persist(&session)).await;
+            plane.resume(conn, count, arrived, written.is_ok());
+        })
+        .detach();
+    }
+
+    /// A sync write came back: answer the message, then go on decoding.
+    fn resume(self: &Rc<Self>, conn: u64, count: u64, arrived: Instant, written: bool) {
+        {
+            let mut socks = self.socks.borrow_mut();
+            let Some(sock) = socks.get_mut(&conn) else {
+                return;
+            };
+            sock.waiting = false;
+            let mut out = self.out.borrow_mut();
+            out.clear();
+            // If another socket counted since, the increment can no longer
+            // be taken back: it stays, and is answered.
+            if !written && sock.session.undo(count) {
+                self.ctx.metrics().error(ErrorKind::RedisUnavailable);
+                codec::encode_text(&mut out, protocol::error("redis_unavailable").as_bytes());
+            } else {
+                self.counted(sock, count, arrived, Instant::now(), &mut out);
+            }
+            let wrote = self.write(conn, sock, &out);
+            drop(out);
+            let interest = sock.interest | libc::EPOLLIN as u32;
+            if let Err(exit) = wrote {
+                self.ended.borrow_mut().push((conn, exit));
+            } else if self.set_interest(conn, sock, interest).is_err() {
+                self.ended.borrow_mut().push((conn, Exit::Gone));
+            } else {
+                if !sock.partial.is_empty() {
+                    self.pump(conn, sock, Some(arrived));
+                }
+                // A drain waited for this write; what the client sent before
+                // it has been answered now.
+                let ended = self.ended.borrow().iter().any(|(c, _)| *c == conn);
+                if self.draining.get() && !sock.waiting && !ended {
+                    self.ended.borrow_mut().push((conn, Exit::Drain));
+                }
+            }
+        }
+        self.close_ended();
+    }
+
+    /// Sends `bytes` now, or queues them behind what the kernel has not
+    /// taken yet. Err when the socket must end.
+    fn write(&self, conn: u64, sock: &mut Sock, bytes: &[u8]) -> Result<(), Exit> {
+        if !sock.backlog.is_empty() {
+            if sock.backlog_frames >= self.limits.outbound_frames {
+                return Err(Exit::SlowReader);
+            }
+            sock.backlog_frames += 1;
+            sock.backlog.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let sent = send(&sock.fd, bytes).map_err(|_| Exit::Gone)?;
+        if sent < bytes.len() {
+            sock.backlog.extend_from_slice(&bytes[sent..]);
+            sock.backlog_frames = 1;
+            sock.stalled_since = Some(Instant::now());
+            let interest = sock.interest | libc::EPOLLOUT as u32;
+            self.set_interest(conn, sock, interest)
+                .map_err(|_| Exit::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// The kernel has room again: send what waits.
+    fn flush_backlog(&self, conn: u64, sock: &mut Sock) -> Result<(), Exit> {
+        if sock.backlog.is_empty() {
+            return Ok(());
+        }
+        let sent = send(&sock.fd, &sock.backlog).map_err(|_| Exit::Gone)?;
+        if sent > 0 {
+            sock.backlog.drain(..sent);
+            sock.stalled_since = Some(Instant::now());
+        }
+        if sock.backlog.is_empty() {
+            sock.backlog_frames = 0;
+            sock.stalled_since = None;
+            if sock.backlog.capacity() > KEEP {
+                sock.backlog = Vec::new();
+            }
+            let interest = sock.interest & !(libc::EPOLLOUT as u32);
+            self.set_interest(conn, sock, interest)
+                .map_err(|_| Exit::Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Changes the events the socket is registered for.
+    fn set_interest(&self, conn: u64, sock: &mut Sock, events: u32) -> io::Result<()> {
+        if events == sock.interest {
+            return Ok(());
+        }
+        self.epoll_ctl(libc::EPOLL_CTL_MOD, conn, sock, events)
+    }
+
+    fn epoll_ctl(&self, op: i32, conn: u64, sock: &mut Sock, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: conn };
+        // SAFETY: both descriptors are open; `ev` lives across the call.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, sock.fd.as_raw_fd(), &mut ev) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        sock.interest = events;
+        Ok(())
+    }
+
+    /// Sends an encoded frame to every socket; returns how many took it.
+    pub fn fan_out(&self, frame: &[u8]) -> u64 {
+        let mut n = 0;
+        {
+            let mut socks = self.socks.borrow_mut();
+            for (&conn, sock) in socks.iter_mut() {
+                match self.write(conn, sock, frame) {
+                    Ok(()) => n += 1,
+                    Err(exit) => self.ended.borrow_mut().push((conn, exit)),
+                }
+            }
+        }
+        self.close_ended();
+        n
+    }
+
+    /// Sends an encoded frame to the sockets named; returns how many took it.
+    pub fn send_to(&self, conns: &[u64], frame: &[u8]) -> u64 {
+        let mut n = 0;
+        {
+            let mut socks = self.socks.borrow_mut();
+            for &conn in conns {
+                let Some(sock) = socks.get_mut(&conn) else {
+                    continue;
+                };
+                match self.write(conn, sock, frame) {
+                    Ok(()) => n += 1,
+                    Err(exit) => self.ended.borrow_mut().push((conn, exit)),
+                }
+            }
+        }
+        self.close_ended();
+        n
+    }
+
+    /// The session was deleted: its sockets close with 1008.
+    pub fn kick(&self, id: &Uuid) {
+        {
+            let socks = self.socks.borrow();
+            let mut ended = self.ended.borrow_mut();
+            for (&conn, sock) in socks.iter() {
+                if sock.session.id == *id {
+                    ended.push((conn, Exit::Kick));
+                }
+            }
+        }
+        self.close_ended();
+    }
+
+    /// The per-shard sweep: a Ping after half of `idle` of silence, a close
+    /// after all of it (when `idle` is not zero), and the end of sockets
+    /// whose unsent bytes stopped moving.
+    pub fn sweep(&self, now: Instant, idle: Duration) {
+        let mut ping = Vec::new();
+        codec::encode_ping(&mut ping, b"idle?");
+        {
+            let mut socks = self.socks.borrow_mut();
+            for (&conn, sock) in socks.iter_mut() {
+                if sock
+                    .stalled_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
+                {
+                    self.ended.borrow_mut().push((conn, Exit::SlowReader));
+                    continue;
+                }
+                if idle.is_zero() {
+                    continue;
+                }
+                let silent = now.saturating_duration_since(sock.heard);
+                if silent >= idle {
+                    self.ended.borrow_mut().push((conn, Exit::Idle));
+                } else if silent >= idle / 2 && !sock.pinged {
+                    sock.pinged = true;
+                    if let Err(exit) = self.write(conn, sock, &ping) {
+                        self.ended.borrow_mut().push((conn, exit));
+                    }
+                }
+            }
+        }
+        self.close_ended();
+    }
+
+    /// The drain: each socket answers what its client already sent (in the
+    /// kernel or kept here), then says goodbye with 1001. A socket whose
+    /// sync write is in flight goes when the write returns.
+    pub fn drain(self: &Rc<Self>) {
+        self.draining.set(true);
+        let conns: Vec<u64> = self.socks.borrow().keys().copied().collect();
+        for conn in conns {
+            {
+                let mut socks = self.socks.borrow_mut();
+                let Some(sock) = socks.get_mut(&conn) else {
+                    continue;
+                };
+                // Bounded: a client that keeps sending cannot hold the drain.
+                for _ in 0..16 {
+                    if sock.waiting || self.ended.borrow().iter().any(|(c, _)| *c == conn) {
+                        break;
+                    }
+                    let before = (sock.messages, sock.heard);
+                    self.read(conn, sock);
+                    if (sock.messages, sock.heard) == before {
+                        break;
+                    }
+                }
+                if !sock.waiting && !self.ended.borrow().iter().any(|(c, _)| *c == conn) {
+                    self.ended.borrow_mut().push((conn, Exit::Drain));
+                }
+            }
+            self.close_ended();
+        }
+    }
+
+    /// Takes every socket that ended out of the table and starts its close.
+    fn close_ended(&self) {
+        loop {
+            let Some((conn, exit)) = self.ended.borrow_mut().pop() else {
+                return;
+            };
+            let Some(sock) = self.socks.borrow_mut().remove(&conn) else {
+                continue;
+            };
+            // SAFETY: both descriptors are open; DEL ignores the event.
+            unsafe {
+                libc::epoll_ctl(
+                    self.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    sock.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                );
+            }
+            if let Some(room) = &sock.room {
+                self.ctx.pubsub.leave(room, conn);
+            }
+            self.ctx.metrics().connections_active.dec();
+            let Sock {
+                fd,
+                slot,
+                session,
+                backlog,
+                opened,
+                messages,
+                ..
+            } = *sock;
+            let ended = Ended {
+                conn,
+                fd,
+                slot,
+                session,
+                exit,
+                unsent: backlog,
+                opened,
+                messages,
+            };
+            let closing = self.closing.clone();
+            closing.set(closing.get() + 1);
+            glommio::spawn_local(async move {
+                socket::close(ended).await;
+                closing.set(closing.get() - 1);
+            })
+            .detach();
+        }
+    }
+}
+
+/// One non-blocking send; a full socket buffer sends 0.
+fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `bytes` is valid for reads of its length.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock => return Ok(0),
+            io::ErrorKind::Interrupted => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+/// A socket's bad input, as the metric kind it counts under.
+pub fn error_kind(e: WsError) -> ErrorKind {
+    match e {
+        WsError::Protocol(_) => ErrorKind::Protocol,
+        WsError::Binary => ErrorKind::Binary,
+        WsError::InvalidUtf8 => ErrorKind::InvalidUtf8,
+        WsError::TooBig => ErrorKind::TooBig,
+    }
+}
