@@ -1,7 +1,8 @@
 //! The standard suite behind `make bench`: a private redis-server, a fresh
-//! server process for every run (shardcast, and the tokio-tungstenite baseline
-//! beside it), each figure repeated, and the table of medians, bests, ratios
-//! and goals appended to `bench/RESULTS.md` with the machine it ran on.
+//! server process for every run (shardcast, and beside it the tokio-tungstenite
+//! baseline and the uWebSockets peer `uws-counter`), each figure repeated, and
+//! the table of medians, bests, ratios and goals appended to `bench/RESULTS.md`
+//! with the machine it ran on.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -25,6 +26,10 @@ pub struct SuiteArgs {
     /// The baseline binary.
     #[arg(long, default_value = "target/release/tt-counter")]
     pub baseline: PathBuf,
+    /// The uWebSockets peer (`uws-counter PORT`); when it is missing, its
+    /// figures are skipped.
+    #[arg(long, default_value = "../shared/peers/uws-counter")]
+    pub uws: PathBuf,
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,
     /// Where the results table is appended.
@@ -42,17 +47,20 @@ pub struct SuiteArgs {
     pub raw: PathBuf,
 }
 
-/// Which server a run is against, and how it is placed on the CPUs.
+/// Which server a run is against: shardcast, the tokio-tungstenite baseline,
+/// or the uWebSockets peer (one thread, no Redis, no goodbye).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Server {
     Shardcast { shards: u32 },
     Baseline { threads: u32 },
+    Uws,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
-    /// Server on CPU 0, generator on CPU 1.
+    /// Server on CPU 1, generator (and the suite's redis-server) on CPU 0.
     Pinned,
+    /// Server and generator free on both CPUs (redis-server stays on CPU 0).
     Unpinned,
 }
 
@@ -66,6 +74,18 @@ struct Figure {
     met: Option<fn(f64, Option<f64>) -> bool>,
     ours: Vec<f64>,
     baseline: Vec<f64>,
+    uws: Vec<f64>,
+}
+
+impl Figure {
+    /// The column that runs against `server` fill.
+    fn col(&mut self, server: Server) -> &mut Vec<f64> {
+        match server {
+            Server::Shardcast { .. } => &mut self.ours,
+            Server::Baseline { .. } => &mut self.baseline,
+            Server::Uws => &mut self.uws,
+        }
+    }
 }
 
 pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
@@ -77,14 +97,23 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let uws = args.uws.is_file();
+    if !uws {
+        eprintln!(
+            "suite: {} is missing: uws figures are skipped",
+            args.uws.display()
+        );
+    }
     std::fs::create_dir_all(&args.raw).ok();
     let started = Instant::now();
     let redis = Redis::start(&args.redis_server)?;
     let mut s = Suite {
         args: &args,
         redis_url: format!("redis://{}", redis.addr),
+        uws,
         faults: 0,
         baseline_faults: 0,
+        uws_faults: 0,
         runs: 0,
     };
     let q = |full: u32, quick: u32| if args.quick { quick } else { full };
@@ -107,13 +136,13 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     );
     let per_socket = |r: &Report| r.server.as_ref()?.bytes_per_socket;
     for _ in 0..args.repeat {
-        let hold = |sp: &mut RunSpec| sp.duration = secs(3, 1);
-        let spec = s.spec(Mode::Idle, idle_n, Load::Idle, one, hold);
-        f.ours
-            .extend(per_socket(&s.run_one(one, Placement::Pinned, spec)?));
-        let spec = s.spec(Mode::Idle, idle_n, Load::Idle, tt1, hold);
-        f.baseline
-            .extend(per_socket(&s.run_one(tt1, Placement::Pinned, spec)?));
+        for srv in s.lineup(&[one, tt1]) {
+            let spec = s.spec(Mode::Idle, idle_n, Load::Idle, srv, |sp| {
+                sp.duration = secs(3, 1);
+            });
+            let r = s.run_one(srv, Placement::Pinned, spec)?;
+            f.col(srv).extend(per_socket(&r));
+        }
     }
     figures.push(f);
 
@@ -169,20 +198,18 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     );
     let gen_per_reply = |r: &Report| r.generator.cpu_us_per_reply;
     for _ in 0..args.repeat {
-        let r = s.run_one(one, Placement::Pinned, tp(&s, one))?;
-        cpu1.ours.extend(per_reply(&r));
-        rps1.ours.extend(rps(&r));
-        gen1.ours.extend(gen_per_reply(&r));
-        let r = s.run_one(tt1, Placement::Pinned, tp(&s, tt1))?;
-        cpu1.baseline.extend(per_reply(&r));
-        rps1.baseline.extend(rps(&r));
-        gen1.baseline.extend(gen_per_reply(&r));
-        let r = s.run_one(two, Placement::Unpinned, tp(&s, two))?;
-        cpu2.ours.extend(per_reply(&r));
-        rps2.ours.extend(rps(&r));
-        let r = s.run_one(tt2, Placement::Unpinned, tp(&s, tt2))?;
-        cpu2.baseline.extend(per_reply(&r));
-        rps2.baseline.extend(rps(&r));
+        for srv in s.lineup(&[one, tt1]) {
+            let r = s.run_one(srv, Placement::Pinned, tp(&s, srv))?;
+            cpu1.col(srv).extend(per_reply(&r));
+            rps1.col(srv).extend(rps(&r));
+            gen1.col(srv).extend(gen_per_reply(&r));
+        }
+        // uws has one thread only: it sits out the 2-shard figures.
+        for srv in [two, tt2] {
+            let r = s.run_one(srv, Placement::Unpinned, tp(&s, srv))?;
+            cpu2.col(srv).extend(per_reply(&r));
+            rps2.col(srv).extend(rps(&r));
+        }
     }
     // Two shards cannot show their throughput on a 2-CPU box whose other
     // CPU runs the generator; what a shard count changes is the CPU each
@@ -214,25 +241,26 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
         .collect();
     figures.extend([cpu1, rps1, gen1, cpu2, rps2, scale, per_core]);
 
-    // 3. Open-loop round trips at 10K sockets, unpinned.
+    // 3. Open-loop round trips at 10K sockets, pinned, one shard or thread
+    // each: the layout the goals are stated for.
     let rate_n = q(10_000, 1_000);
     let rate = if args.quick { 2_000.0 } else { 20_000.0 };
     let mut p50 = figure(
-        "rate 10K sockets, 20K msgs/s: RTT p50",
+        "rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT p50",
         "µs",
         true,
         "",
         None,
     );
     let mut p99 = figure(
-        "rate 10K sockets, 20K msgs/s: RTT p99",
+        "rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT p99",
         "µs",
         true,
         "≤ 25 µs",
         Some(|v, _| v <= 25.0),
     );
     let mut p999 = figure(
-        "rate 10K sockets, 20K msgs/s: RTT p99.9",
+        "rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT p99.9",
         "µs",
         true,
         "≤ 150 µs",
@@ -241,24 +269,17 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let mut rcpu = figure("rate: server µs per reply", "µs", true, "", None);
     let mut rgen = figure("rate: generator µs per reply", "µs", true, "", None);
     for _ in 0..args.repeat {
-        for (srv, ours) in [(two, true), (tt2, false)] {
+        for srv in s.lineup(&[one, tt1]) {
             let spec = s.spec(Mode::Rate, rate_n, Load::Open { rate }, srv, |sp| {
                 sp.duration = secs(10, 3);
             });
-            let r = s.run_one(srv, Placement::Unpinned, spec)?;
-            let pick = |f: &mut Figure, v: Option<f64>| {
-                if ours {
-                    f.ours.extend(v)
-                } else {
-                    f.baseline.extend(v)
-                }
-            };
+            let r = s.run_one(srv, Placement::Pinned, spec)?;
             let q = r.rtt_us;
-            pick(&mut p50, q.map(|q| q.p50));
-            pick(&mut p99, q.map(|q| q.p99));
-            pick(&mut p999, q.map(|q| q.p999));
-            pick(&mut rcpu, per_reply(&r));
-            pick(&mut rgen, gen_per_reply(&r));
+            p50.col(srv).extend(q.map(|q| q.p50));
+            p99.col(srv).extend(q.map(|q| q.p99));
+            p999.col(srv).extend(q.map(|q| q.p999));
+            rcpu.col(srv).extend(per_reply(&r));
+            rgen.col(srv).extend(gen_per_reply(&r));
         }
     }
     figures.extend([p50, p99, p999, rcpu, rgen]);
@@ -295,12 +316,15 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
         resume
             .ours
             .extend(r.storm.as_ref().map(|st| st.resume_all_s));
-        let spec = s.spec(Mode::Idle, storm_n, Load::Idle, tt2, |sp| {
-            sp.procs = 2;
-            sp.duration = Duration::ZERO;
-        });
-        let r = s.run_one(tt2, Placement::Unpinned, spec)?;
-        connect.baseline.extend(r.connect_ms.map(|c| c.max / 1e3));
+        // The peers have no resume: an Idle run times their connects.
+        for srv in s.lineup(&[tt2]) {
+            let spec = s.spec(Mode::Idle, storm_n, Load::Idle, srv, |sp| {
+                sp.procs = 2;
+                sp.duration = Duration::ZERO;
+            });
+            let r = s.run_one(srv, Placement::Unpinned, spec)?;
+            connect.col(srv).extend(r.connect_ms.map(|c| c.max / 1e3));
+        }
     }
     figures.extend([connect, resume]);
 
@@ -355,21 +379,19 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     figures.extend([mix_p99, mix_rate]);
 
     drop(redis);
-    let table = render(
-        &args,
-        &figures,
-        started.elapsed(),
-        s.faults,
-        s.baseline_faults,
-    );
+    let faults = Faults {
+        ours: s.faults,
+        baseline: s.baseline_faults,
+        uws: s.uws.then_some(s.uws_faults),
+    };
+    let table = render(&args, &figures, started.elapsed(), &faults);
     println!("{table}");
     append(&args.out, &table)?;
     eprintln!(
-        "suite: {} runs in {:.0} s, {} fault(s) against shardcast, {} against tt; appended to {}",
+        "suite: {} runs in {:.0} s, faults: {}; appended to {}",
         s.runs,
         started.elapsed().as_secs_f64(),
-        s.faults,
-        s.baseline_faults,
+        faults,
         args.out.display()
     );
     Ok(if s.faults == 0 {
@@ -394,6 +416,7 @@ fn figure(
         met,
         ours: Vec::new(),
         baseline: Vec::new(),
+        uws: Vec::new(),
     }
 }
 
@@ -408,14 +431,27 @@ fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
 struct Suite<'a> {
     args: &'a SuiteArgs,
     redis_url: String,
+    /// Whether the uws binary is there to run.
+    uws: bool,
     /// Faults in runs against shardcast: these fail the suite.
     faults: u64,
     /// Faults in runs against the baseline: reported, not failing.
     baseline_faults: u64,
+    /// Faults in runs against uws: reported, not failing.
+    uws_faults: u64,
     runs: u32,
 }
 
 impl Suite<'_> {
+    /// `servers`, then uws when its binary is there.
+    fn lineup(&self, servers: &[Server]) -> Vec<Server> {
+        let mut v = servers.to_vec();
+        if self.uws {
+            v.push(Server::Uws);
+        }
+        v
+    }
+
     fn spec(
         &self,
         mode: Mode,
@@ -470,7 +506,7 @@ impl Suite<'_> {
         spec.url = format!("ws://{addr}/ws/chat/");
         spec.server_pid = Some(child.id());
         let gen_cpus: &[usize] = match place {
-            Placement::Pinned => &[1],
+            Placement::Pinned => &[0],
             Placement::Unpinned => &[0, 1],
         };
         sys::pin_to(gen_cpus).context("pinning the generator")?;
@@ -493,10 +529,11 @@ impl Suite<'_> {
         let _ = wait_with_timeout(&mut child, Duration::from_secs(30));
         let report = result.with_context(|| label.clone())?;
         self.runs += 1;
-        match server {
-            Server::Shardcast { .. } => self.faults += report.fault_total,
-            Server::Baseline { .. } => self.baseline_faults += report.fault_total,
-        }
+        *match server {
+            Server::Shardcast { .. } => &mut self.faults,
+            Server::Baseline { .. } => &mut self.baseline_faults,
+            Server::Uws => &mut self.uws_faults,
+        } += report.fault_total;
         if !report.ok() {
             eprintln!("suite: {label}: faults {:?}", report.faults);
         }
@@ -522,7 +559,7 @@ impl Suite<'_> {
         let mut cmd = match place {
             Placement::Pinned => {
                 let mut c = Command::new("taskset");
-                c.args(["-c", "0"]);
+                c.args(["-c", "1"]);
                 c
             }
             Placement::Unpinned => Command::new("env"),
@@ -555,6 +592,9 @@ impl Suite<'_> {
                     &threads.to_string(),
                 ]);
             }
+            Server::Uws => {
+                cmd.arg(&self.args.uws).arg(addr.port().to_string());
+            }
         }
         let mut child = cmd
             .stdin(Stdio::null())
@@ -564,7 +604,7 @@ impl Suite<'_> {
             .with_context(|| format!("starting {}", server_label(server)))?;
         let ready = match server {
             Server::Shardcast { .. } => wait_ready(addr, "/readyz", Duration::from_secs(20)),
-            Server::Baseline { .. } => wait_ready(addr, "", Duration::from_secs(20)),
+            Server::Baseline { .. } | Server::Uws => wait_ready(addr, "", Duration::from_secs(20)),
         };
         if !ready {
             let _ = child.kill();
@@ -579,6 +619,7 @@ fn server_label(s: Server) -> String {
     match s {
         Server::Shardcast { shards } => format!("shardcast {shards} shard(s)"),
         Server::Baseline { threads } => format!("tt {threads} thread(s)"),
+        Server::Uws => "uws".into(),
     }
 }
 
@@ -623,7 +664,8 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::io::Result<()> 
     child.wait().map(|_| ())
 }
 
-/// A redis-server of the suite's own, on a free port, gone when dropped.
+/// A redis-server of the suite's own, on a free port, pinned to CPU 0 (the
+/// generator's), gone when dropped.
 struct Redis {
     child: Child,
     addr: SocketAddr,
@@ -632,7 +674,15 @@ struct Redis {
 impl Redis {
     fn start(bin: &PathBuf) -> anyhow::Result<Redis> {
         let port = free_port()?;
-        let child = Command::new(bin)
+        let hint = || {
+            format!(
+                "starting {} on CPU 0 (apt-get install -y redis-server)",
+                bin.display()
+            )
+        };
+        let mut child = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(bin)
             .args([
                 "--port",
                 &port.to_string(),
@@ -646,15 +696,14 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (apt-get install -y redis-server)",
-                    bin.display()
-                )
-            })?;
+            .with_context(hint)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let end = Instant::now() + Duration::from_secs(10);
         while Instant::now() < end {
+            // taskset itself starts even when redis-server is missing.
+            if let Some(status) = child.try_wait()? {
+                bail!("{}: exited with {status}", hint());
+            }
             if let Ok(mut s) = TcpStream::connect(addr) {
                 let mut pong = [0u8; 7];
                 if s.write_all(b"PING\r\n").is_ok()
@@ -712,13 +761,28 @@ fn fmt_value(v: Option<f64>, unit: &str) -> String {
     }
 }
 
-fn render(
-    args: &SuiteArgs,
-    figures: &[Figure],
-    took: Duration,
-    faults: u64,
-    baseline_faults: u64,
-) -> String {
+/// Fault totals per server; `uws` is None when its runs were skipped.
+struct Faults {
+    ours: u64,
+    baseline: u64,
+    uws: Option<u64>,
+}
+
+impl std::fmt::Display for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} against shardcast, {} against tt",
+            self.ours, self.baseline
+        )?;
+        match self.uws {
+            Some(n) => write!(f, ", {n} against uws"),
+            None => write!(f, ", uws skipped"),
+        }
+    }
+}
+
+fn render(args: &SuiteArgs, figures: &[Figure], took: Duration, faults: &Faults) -> String {
     let mut s = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -762,23 +826,28 @@ fn render(
             ""
         }
     );
+    let uws = match faults.uws {
+        Some(_) => "uws: uWebSockets peer `uws-counter`, one thread.".to_string(),
+        None => format!("uws: skipped, {} is missing.", args.uws.display()),
+    };
     let _ = writeln!(
         s,
-        "{} runs per figure (median, best in brackets); suite took {:.0} s; faults: {faults} against shardcast, \
-         {baseline_faults} against tt. Pinned: server on CPU 0, generator on CPU 1. \
-         tt: tokio-tungstenite 0.30 baseline, 4 KiB buffers.\n",
+        "{} runs per figure (median, best in brackets); suite took {:.0} s; faults: {faults}. \
+         Pinned: server on CPU 1, generator and redis-server on CPU 0. \
+         tt: tokio-tungstenite 0.30 baseline, 4 KiB buffers. {uws}\n",
         args.repeat,
         took.as_secs_f64()
     );
     s.push_str(
-        "| figure | shardcast | tt | shardcast / tt | goal | met |\n|---|---|---|---|---|---|\n",
+        "| figure | shardcast | tt | uws | shardcast / tt | shardcast / uws | goal | met |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
     for f in figures {
-        let (mo, mb) = (median(&f.ours), median(&f.baseline));
-        let ratio = match (mo, mb) {
-            (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
-            _ => "-".into(),
-        };
+        let (mo, mb, mu) = (median(&f.ours), median(&f.baseline), median(&f.uws));
         let cell = |v: &[f64], m: Option<f64>| {
             if v.len() > 1 {
                 format!(
@@ -802,11 +871,13 @@ fn render(
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             f.name,
             cell(&f.ours, mo),
             cell(&f.baseline, mb),
-            ratio,
+            cell(&f.uws, mu),
+            ratio(mo, mb),
+            ratio(mo, mu),
             f.goal,
             met
         );
@@ -846,6 +917,36 @@ mod tests {
     #[test]
     fn ratios_skip_zero_denominators() {
         assert_eq!(ratios(&[4.0, 6.0, 1.0], &[2.0, 0.0, 2.0]), vec![2.0, 0.5]);
+    }
+
+    #[test]
+    fn each_server_fills_its_own_column() {
+        let mut f = figure("f", "µs", true, "", None);
+        f.col(Server::Shardcast { shards: 1 }).push(1.0);
+        f.col(Server::Baseline { threads: 2 }).push(2.0);
+        f.col(Server::Uws).push(3.0);
+        assert_eq!(
+            (f.ours, f.baseline, f.uws),
+            (vec![1.0], vec![2.0], vec![3.0])
+        );
+    }
+
+    #[test]
+    fn faults_name_uws_or_its_skip() {
+        let mut f = Faults {
+            ours: 0,
+            baseline: 1,
+            uws: Some(2),
+        };
+        assert_eq!(
+            f.to_string(),
+            "0 against shardcast, 1 against tt, 2 against uws"
+        );
+        f.uws = None;
+        assert_eq!(
+            f.to_string(),
+            "0 against shardcast, 1 against tt, uws skipped"
+        );
     }
 
     #[test]
