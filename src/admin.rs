@@ -12,8 +12,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::context::Shared;
 use crate::http;
-use crate::server::Shared;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// Largest request head read.

@@ -369,7 +369,7 @@ impl Config {
                 format!("{:?} must start with redis://", self.redis_url),
             );
         }
-        crate::redis::RedisAddr::parse(&self.redis_url).map_err(|msg| ConfigError::Invalid {
+        RedisAddr::parse(&self.redis_url).map_err(|msg| ConfigError::Invalid {
             field: "redis_url",
             msg,
         })?;
@@ -464,6 +464,57 @@ mod dur {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where Redis is, parsed from `redis://[:password@]host:port[/db]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisAddr {
+    pub host: String,
+    pub port: u16,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl RedisAddr {
+    pub fn parse(url: &str) -> Result<RedisAddr, String> {
+        let rest = url
+            .strip_prefix("redis://")
+            .ok_or("must start with redis://")?;
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a), r),
+            None => (None, rest),
+        };
+        let (hostport, db) = match rest.split_once('/') {
+            Some((h, "")) => (h, 0),
+            Some((h, d)) => (
+                h,
+                d.parse()
+                    .map_err(|_| format!("database {d:?} is not a number"))?,
+            ),
+            None => (rest, 0),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse()
+                    .map_err(|_| format!("port {p:?} is not a number"))?,
+            ),
+            _ => (hostport, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("host is empty".into());
+        }
+        let password = auth
+            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
+            .filter(|p| !p.is_empty());
+        Ok(RedisAddr {
+            host: host.to_string(),
+            port,
+            password,
+            db,
+        })
     }
 }
 

@@ -3,20 +3,32 @@
 //! and nothing that runs. The shard's loop (`shard`) builds it and owns the
 //! tasks; everything below the loop sees only this.
 //!
-//! Nothing here is shared with another shard except the read-mostly
-//! [`Shared`] block and this shard's own metric cells.
+//! Nothing here is shared with another shard except the process's
+//! read-mostly [`Shared`] block (defined here, filled by the process) and
+//! this shard's own metric cells.
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::metrics::{ErrorKind, ShardMetrics};
+use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
 use crate::pubsub::Subscriber;
 use crate::redis::Redis;
-use crate::server::Shared;
 use crate::store::Store;
+
+/// What every shard may read: set at start, then only the drain flag changes.
+#[derive(Debug)]
+pub struct Shared {
+    pub cfg: Config,
+    pub metrics: Arc<Metrics>,
+    pub draining: AtomicBool,
+    /// Random per process start; names this process's writer fields in Redis.
+    pub run_id: String,
+    pub started: Instant,
+}
 
 /// A shard's state, shared by its tasks through `Rc`.
 pub struct Context {

@@ -20,8 +20,9 @@ use futures_channel::oneshot;
 use futures_lite::{future, AsyncWriteExt};
 
 use crate::config::PubsubMode;
+use crate::config::RedisAddr;
 use crate::metrics::Metrics;
-use crate::redis::{self as rds, RedisAddr, Value};
+use crate::redis::{self as rds, Value};
 
 /// The channel of whole-service events ([`crate::protocol::BusEvent`]).
 pub const EVENTS_CHANNEL: &str = "shardcast:events";
@@ -246,6 +247,19 @@ impl Subscriber {
                 f(conn);
             }
         }
+    }
+
+    /// Publishes `payload` on `channel` through the shard's command
+    /// connection; returns how many subscribers (shards, of any process)
+    /// hold the channel.
+    pub async fn publish(
+        &self,
+        redis: &rds::Redis,
+        channel: &str,
+        payload: &str,
+    ) -> Result<u64, rds::RedisError> {
+        let v = redis.query(&self.verbs.publish(channel, payload)).await?;
+        Ok(rds::as_u64(&v).unwrap_or(0))
     }
 
     /// Rooms this shard holds a subscription for (with members or lingering).

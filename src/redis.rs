@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
+use crate::config::RedisAddr;
 use crate::metrics::Metrics;
 
 /// Requests queued or in flight, per shard. A caller past this waits for a
@@ -50,57 +51,6 @@ pub enum RedisError {
     Server(String),
     #[error("unexpected redis reply: {0}")]
     Reply(String),
-}
-
-/// Where Redis is, parsed from `redis://[:password@]host:port[/db]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisAddr {
-    pub host: String,
-    pub port: u16,
-    pub password: Option<String>,
-    pub db: u32,
-}
-
-impl RedisAddr {
-    pub fn parse(url: &str) -> Result<RedisAddr, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("must start with redis://")?;
-        let (auth, rest) = match rest.rsplit_once('@') {
-            Some((a, r)) => (Some(a), r),
-            None => (None, rest),
-        };
-        let (hostport, db) = match rest.split_once('/') {
-            Some((h, "")) => (h, 0),
-            Some((h, d)) => (
-                h,
-                d.parse()
-                    .map_err(|_| format!("database {d:?} is not a number"))?,
-            ),
-            None => (rest, 0),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse()
-                    .map_err(|_| format!("port {p:?} is not a number"))?,
-            ),
-            _ => (hostport, 6379),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err("host is empty".into());
-        }
-        let password = auth
-            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
-            .filter(|p| !p.is_empty());
-        Ok(RedisAddr {
-            host: host.to_string(),
-            port,
-            password,
-            db,
-        })
-    }
 }
 
 /// Reads RESP values off a glommio stream with the crate's incremental parser.

@@ -6,13 +6,11 @@ use std::sync::atomic::Ordering;
 use serde_json::json;
 
 use crate::context::Context;
+use crate::context::Shared;
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
-use crate::redis::{as_u64, Value};
-use crate::server::Shared;
-use crate::store::{read_fields, session_key, tombstone_key};
 
 /// The web console served at `/`: one self-contained page (see its top comment).
 const CONSOLE_HTML: &str = include_str!("console.html");
@@ -125,45 +123,20 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
     let Some(id) = crate::session::parse_id(raw_id) else {
         return http::error(404, "unknown session");
     };
-    let redis = shard.redis();
     match method {
-        "GET" => {
-            let mut p = redis::pipe();
-            p.cmd("HGETALL")
-                .arg(session_key(&id))
-                .cmd("PTTL")
-                .arg(session_key(&id));
-            match redis.exec(p.get_packed_pipeline(), 2).await {
-                Ok(v) => match read_fields(&v[0], shard.store.writer()) {
-                    Some(found) => {
-                        let ttl_ms = match &v[1] {
-                            Value::Int(ms) if *ms > 0 => *ms as u64,
-                            _ => 0,
-                        };
-                        http::json(
-                            200,
-                            &json!({ "session_id": id.to_string(), "count": found.count, "ttl_s": ttl_ms.div_ceil(1000) }),
-                        )
-                    }
-                    None => http::error(404, "unknown session"),
-                },
-                Err(_) => http::error(503, "redis_unavailable"),
-            }
-        }
+        "GET" => match shard.store.lookup(&id).await {
+            Ok(Some((count, ttl_ms))) => http::json(
+                200,
+                &json!({ "session_id": id.to_string(), "count": count, "ttl_s": ttl_ms.div_ceil(1000) }),
+            ),
+            Ok(None) => http::error(404, "unknown session"),
+            Err(_) => http::error(503, "redis_unavailable"),
+        },
         "DELETE" => {
-            let ttl_ms = shard.cfg().session_ttl.as_millis() as u64;
             let event = serde_json::to_string(&BusEvent::Kick(id.to_string())).unwrap_or_default();
-            let mut p = redis::pipe();
-            p.cmd("SET")
-                .arg(tombstone_key(&id))
-                .arg(1)
-                .arg("PX")
-                .arg(ttl_ms)
-                .cmd("DEL")
-                .arg(session_key(&id))
-                .add_command(shard.pubsub.verbs().publish(EVENTS_CHANNEL, &event));
-            match redis.exec(p.get_packed_pipeline(), 3).await {
-                Ok(_) => http::response(204, "application/json", &[], b""),
+            let kick = shard.pubsub.verbs().publish(EVENTS_CHANNEL, &event);
+            match shard.store.delete(&id, kick).await {
+                Ok(()) => http::response(204, "application/json", &[], b""),
                 Err(_) => http::error(503, "redis_unavailable"),
             }
         }
@@ -207,13 +180,12 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
         },
     };
     let event = serde_json::to_string(&BusEvent::Broadcast(b.message)).unwrap_or_default();
-    let cmd = shard.pubsub.verbs().publish(&channel, &event);
-    match shard.redis().query(&cmd).await {
+    match shard.pubsub.publish(shard.redis(), &channel, &event).await {
         // Subscribers are shards (of any process) that hold the channel:
         // for a room, the shards where it has members.
-        Ok(v) => http::json(
+        Ok(n) => http::json(
             202,
-            &json!({ "status": "accepted", "room": b.room, "subscribers": as_u64(&v).unwrap_or(0) }),
+            &json!({ "status": "accepted", "room": b.room, "subscribers": n }),
         ),
         Err(_) => http::error(503, "redis_unavailable"),
     }

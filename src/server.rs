@@ -13,21 +13,11 @@ use std::time::{Duration, Instant};
 use shards::{Control, Runtime, RuntimeConfig};
 
 use crate::config::Config;
+use crate::context::Shared;
 use crate::metrics::Metrics;
 
 /// How long start waits for the shards' first Redis connection.
 const REDIS_START_WAIT: Duration = Duration::from_secs(1);
-
-/// What every shard may read: set at start, then only the drain flag changes.
-#[derive(Debug)]
-pub struct Shared {
-    pub cfg: Config,
-    pub metrics: Arc<Metrics>,
-    pub draining: AtomicBool,
-    /// Random per process start; names this process's writer fields in Redis.
-    pub run_id: String,
-    pub started: Instant,
-}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

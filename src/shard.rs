@@ -14,12 +14,13 @@ use glommio::net::TcpStream;
 use glommio::sync::Gate;
 use shards::{Control, ShardContext};
 
+use crate::config::RedisAddr;
 use crate::context::Context;
+use crate::context::Shared;
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
-use crate::redis::{Redis, RedisAddr};
-use crate::server::Shared;
+use crate::redis::Redis;
 use crate::store::Store;
 use crate::ws::codec;
 use crate::ws::plane::Plane;

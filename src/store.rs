@@ -269,6 +269,41 @@ impl Store {
         }
     }
 
+    /// What Redis holds for session `id` (the session API): its count and
+    /// the milliseconds left of its TTL; None when Redis has no such session.
+    pub async fn lookup(&self, id: &Uuid) -> Result<Option<(u64, u64)>, RedisError> {
+        let mut p = redis::pipe();
+        p.cmd("HGETALL")
+            .arg(session_key(id))
+            .cmd("PTTL")
+            .arg(session_key(id));
+        let v = self.redis.exec(p.get_packed_pipeline(), 2).await?;
+        let ttl_ms = match &v[1] {
+            Value::Int(ms) if *ms > 0 => *ms as u64,
+            _ => 0,
+        };
+        Ok(read_fields(&v[0], &self.writer).map(|found| (found.count, ttl_ms)))
+    }
+
+    /// Deletes session `id` for good: a tombstone for one TTL (so no writer
+    /// brings it back), the hash gone, and `then` (the kick that closes its
+    /// live sockets) in the same pipeline.
+    pub async fn delete(&self, id: &Uuid, then: redis::Cmd) -> Result<(), RedisError> {
+        let mut p = redis::pipe();
+        p.cmd("SET")
+            .arg(tombstone_key(id))
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .cmd("DEL")
+            .arg(session_key(id))
+            .add_command(then);
+        self.redis
+            .exec(p.get_packed_pipeline(), 3)
+            .await
+            .map(|_| ())
+    }
+
     /// Writes this session's count now and waits for Redis (close, sync mode).
     pub async fn persist(&self, s: &Rc<Session>) -> Result<(), RedisError> {
         if s.is_deleted() {

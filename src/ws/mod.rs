@@ -1,10 +1,12 @@
 //! The WebSocket endpoint: the upgrade (`handshake`), the framing (`codec`),
-//! the shard's table of open sockets and its event loop (`plane`), and a
-//! socket's upgrade and close (`socket`); `echo` is the conformance-test
-//! endpoint.
+//! a socket's upgrade (`socket`), the shard's table of open sockets and its
+//! event loop (`plane`), and a socket's end (`goodbye`); `echo` is the
+//! conformance-test endpoint. Dependencies run one way: socket → plane →
+//! goodbye.
 
 pub mod codec;
 pub mod echo;
+pub mod goodbye;
 pub mod handshake;
 pub mod plane;
 pub mod socket;

@@ -7,7 +7,7 @@
 //! the table, not by timers per socket.
 //!
 //! A socket leaves the table when it ends; its goodbye, Close and the wait
-//! for the peer's Close run in a short task of their own ([`socket::close`]),
+//! for the peer's Close run in a short task of their own ([`goodbye::close`]),
 //! so the table only ever holds sockets that are counting.
 
 use std::cell::{Cell, RefCell};
@@ -25,7 +25,7 @@ use crate::metrics::ErrorKind;
 use crate::protocol;
 use crate::session::Session;
 use crate::ws::codec::{self, Decoder, Event, WsError};
-use crate::ws::socket::{self, Ended, Exit};
+use crate::ws::goodbye::{self, Ended, Exit};
 
 /// The shard's receive buffer. A read takes at most this much from one
 /// socket; level-triggered epoll reports the socket again if more waits.
@@ -752,7 +752,7 @@ impl Plane {
             let closing = self.closing.clone();
             closing.set(closing.get() + 1);
             glommio::spawn_local(async move {
-                socket::close(ended).await;
+                goodbye::close(ended).await;
                 closing.set(closing.get() - 1);
             })
             .detach();
@@ -781,15 +781,5 @@ fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
             io::ErrorKind::Interrupted => continue,
             _ => return Err(e),
         }
-    }
-}
-
-/// A socket's bad input, as the metric kind it counts under.
-pub fn error_kind(e: WsError) -> ErrorKind {
-    match e {
-        WsError::Protocol(_) => ErrorKind::Protocol,
-        WsError::Binary => ErrorKind::Binary,
-        WsError::InvalidUtf8 => ErrorKind::InvalidUtf8,
-        WsError::TooBig => ErrorKind::TooBig,
     }
 }
