@@ -99,7 +99,8 @@ pub struct Config {
     /// A request head or upgrade must be complete within this.
     #[serde(with = "dur")]
     pub handshake_timeout: Duration,
-    /// Per-socket read buffer kept while a socket is idle.
+    /// The shard's one receive buffer: the most one read takes from one
+    /// socket (messages stream through it, whatever their size).
     pub read_buffer_bytes: usize,
     /// Messages per second per socket (token bucket); 0 turns the limit off.
     pub rate_limit: u32,
@@ -155,7 +156,7 @@ impl Default for Config {
             max_connections: 10_000,
             max_header_bytes: 16 << 10,
             handshake_timeout: Duration::from_secs(5),
-            read_buffer_bytes: 4 << 10,
+            read_buffer_bytes: 64 << 10,
             rate_limit: 1000,
             rate_burst: 2000,
             rate_strikes: 20,

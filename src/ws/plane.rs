@@ -27,9 +27,6 @@ use crate::session::Session;
 use crate::ws::codec::{self, Decoder, Event, WsError};
 use crate::ws::goodbye::{self, Ended, Exit};
 
-/// The shard's receive buffer. A read takes at most this much from one
-/// socket; level-triggered epoll reports the socket again if more waits.
-const RX_BUFFER: usize = 64 << 10;
 /// Readiness events taken per `epoll_wait`.
 const EVENTS: usize = 512;
 /// A socket whose unsent bytes have not moved for this long is a slow reader.
@@ -164,11 +161,14 @@ impl Plane {
             outbound_frames: cfg.outbound_queue as u32,
             sync: cfg.durability == Durability::Sync,
         };
+        let rx_bytes = cfg.read_buffer_bytes;
         Ok(Rc::new(Self {
             ctx,
             epoll,
             socks: RefCell::new(HashMap::new()),
-            rx: RefCell::new(vec![0u8; RX_BUFFER].into_boxed_slice()),
+            // A read takes at most this much from one socket; level-triggered
+            // epoll reports the socket again while more waits.
+            rx: RefCell::new(vec![0u8; rx_bytes].into_boxed_slice()),
             out: RefCell::new(Vec::with_capacity(4096)),
             ended: RefCell::new(Vec::new()),
             closing: Rc::new(Cell::new(0)),
