@@ -9,13 +9,13 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
 use crate::pubsub::Subscriber;
+use crate::readiness::Readiness;
 use crate::redis::Redis;
 use crate::store::Store;
 
@@ -24,7 +24,7 @@ use crate::store::Store;
 pub struct Shared {
     pub cfg: Config,
     pub metrics: Arc<Metrics>,
-    pub draining: AtomicBool,
+    pub readiness: Arc<Readiness>,
     /// Random per process start; names this process's writer fields in Redis.
     pub run_id: String,
     pub started: Instant,

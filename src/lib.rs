@@ -13,6 +13,7 @@
 //!   plane, a socket's upgrade and close.
 //! - [`context`]: a shard's state, handed to everything below its loop.
 //! - [`protocol`]: the JSON payloads of the wire contract.
+//! - [`readiness`]: whether the process should get traffic (`/readyz`).
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod process;
 pub mod protocol;
 pub mod pubsub;
+pub mod readiness;
 pub mod redis;
 pub mod routes;
 pub mod server;

@@ -147,17 +147,11 @@ pub struct ShardMetrics {
     pub message_duration: Histogram,
     pub redis_commands_total: Cell,
     pub redis_errors_total: Cell,
-    pub redis_up: Cell,
-    /// 1 once everything counted while Redis was away has been written back;
-    /// 0 from a disconnect until then.
-    pub redis_synced: Cell,
     /// Sessions whose count Redis does not have yet.
     pub redis_unflushed_sessions: Cell,
     /// Increments Redis does not have yet (summed over those sessions).
     pub redis_unflushed_increments: Cell,
     pub sessions_cached: Cell,
-    /// 1 once the shard runs its accept loop.
-    pub started: Cell,
     /// How late the shard's event loop last ran a 100 ms timer, ns.
     pub loop_lag_ns: Cell,
     /// Round trip of each Redis request, queue to reply.
@@ -243,7 +237,8 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of the whole process.
-    pub fn render(&self) -> String {
+    /// The text exposition; `redis_up` comes from the process's readiness.
+    pub fn render(&self, redis_up: bool) -> String {
         let mut o = String::with_capacity(8 << 10);
         let single = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -326,7 +321,7 @@ impl Metrics {
             self.sum(|s| s.redis_errors_total.get()),
         );
         // Up only when every shard's command connection is up.
-        let up = self.shards.iter().all(|s| s.redis_up.get() == 1) as u64;
+        let up = redis_up as u64;
         single(
             &mut o,
             "redis_up",
@@ -491,7 +486,7 @@ mod tests {
         m.shards[1].close(1001);
         m.shards[0].close(4000);
         m.shards[0].error(ErrorKind::Binary);
-        let t = m.render();
+        let t = m.render(true);
         assert_eq!(value(&t, "ws_messages_total"), 7.0);
         assert_eq!(value(&t, "ws_closes_total{code=\"1001\"}"), 1.0);
         assert_eq!(value(&t, "ws_closes_total{code=\"other\"}"), 1.0);
@@ -515,14 +510,14 @@ mod tests {
         assert!(first >= 0.02, "{first}");
         m.drain_began(); // a second signal does not restart the clock
         assert!(m.drain_seconds().unwrap() >= first);
-        let t = m.render();
+        let t = m.render(true);
         assert_eq!(value(&t, "app_draining"), 1.0);
         assert!(value(&t, "app_drain_seconds") >= 0.02);
     }
 
     #[test]
     fn every_series_has_help_and_type() {
-        let t = Metrics::new(2, "blue").render();
+        let t = Metrics::new(2, "blue").render(true);
         let mut declared = std::collections::HashSet::new();
         for l in t.lines() {
             if let Some(rest) = l.strip_prefix("# TYPE ") {
@@ -545,7 +540,7 @@ mod tests {
         m.shards[0].message_duration.observe_ns(5_000); // 5 µs
         m.shards[0].message_duration.observe_ns(2_000_000); // 2 ms
         m.shards[0].message_duration.observe_ns(5_000_000_000); // 5 s
-        let t = m.render();
+        let t = m.render(true);
         assert_eq!(
             value(&t, "ws_message_duration_seconds_bucket{le=\"0.00001\"}"),
             1.0

@@ -25,6 +25,7 @@ use std::task::{Poll, Waker};
 
 use crate::config::RedisAddr;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// Requests queued or in flight, per shard. A caller past this waits for a
 /// slot (a storm of 10,000 resumes is a burst, not an outage) for at most
@@ -179,6 +180,7 @@ struct Inner {
     init: Vec<u8>,
     init_replies: usize,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
     shard: usize,
 }
 
@@ -191,6 +193,7 @@ impl Redis {
         init: Vec<u8>,
         init_replies: usize,
         metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
         shard: usize,
     ) -> Self {
         Self {
@@ -205,6 +208,7 @@ impl Redis {
                 init,
                 init_replies,
                 metrics,
+                readiness,
                 shard,
             }),
         }
@@ -216,6 +220,12 @@ impl Redis {
     }
 
     /// Whether the command connection is up now.
+    /// The process's readiness, which this connection keeps up to date
+    /// for its shard.
+    pub fn readiness(&self) -> &Readiness {
+        &self.inner.readiness
+    }
+
     pub fn is_up(&self) -> bool {
         self.inner.up.get()
     }
@@ -283,6 +293,7 @@ impl Redis {
             return;
         }
         let m = &self.inner.metrics.shards[self.inner.shard];
+        let ready = self.inner.readiness.shard(self.inner.shard);
         let mut backoff = BACKOFF_MIN;
         let mut was_up = true;
         loop {
@@ -291,12 +302,12 @@ impl Redis {
                     backoff = BACKOFF_MIN;
                     self.inner.epoch.set(self.inner.epoch.get() + 1);
                     self.inner.up.set(true);
-                    m.redis_up.set(1);
+                    ready.set_redis_up(true);
                     tracing::info!(redis = %self.target(), "redis connected");
                     let err = self.serve(&mut stream, &mut reader).await;
                     self.inner.up.set(false);
-                    m.redis_up.set(0);
-                    m.redis_synced.set(0);
+                    ready.set_redis_up(false);
+                    ready.set_redis_synced(false);
                     m.redis_errors_total.inc();
                     tracing::warn!(redis = %self.target(), error = %err, "redis connection lost");
                     // Whatever queued while the connection broke fails fast.
@@ -307,7 +318,7 @@ impl Redis {
                 }
                 Err(e) => {
                     // Whatever is counted from now on waits for a replay.
-                    m.redis_synced.set(0);
+                    ready.set_redis_synced(false);
                     if was_up {
                         tracing::warn!(redis = %self.target(), error = %e, "redis unreachable; retrying with backoff");
                         was_up = false;

@@ -1,8 +1,6 @@
 //! The plain-HTTP route table: the web console at `/`, health, readiness,
 //! metrics, status, the session API and broadcast.
 
-use std::sync::atomic::Ordering;
-
 use serde_json::json;
 
 use crate::context::Context;
@@ -11,27 +9,10 @@ use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
+use crate::readiness::State;
 
 /// The web console served at `/`: one self-contained page (see its top comment).
 const CONSOLE_HTML: &str = include_str!("console.html");
-
-/// Readiness as the whole process sees it.
-pub fn readiness(s: &Shared) -> &'static str {
-    if s.draining.load(Ordering::Relaxed) {
-        "draining"
-    } else if s.metrics.shards.iter().any(|m| m.started.get() == 0) {
-        "starting"
-    } else if s
-        .metrics
-        .shards
-        .iter()
-        .any(|m| m.redis_up.get() == 0 || m.redis_synced.get() == 0)
-    {
-        "redis_unavailable"
-    } else {
-        "ready"
-    }
-}
 
 /// The probe routes, `/healthz`, `/readyz` and `/metrics`, which need no
 /// shard: the service port and the admin listener both answer them from here.
@@ -42,15 +23,18 @@ pub fn probe(shared: &Shared, method: &str, path: &str) -> Option<Vec<u8>> {
         "/healthz" | "/readyz" | "/metrics" if !get => method_not_allowed(),
         "/healthz" => http::json(200, &json!({ "status": "ok" })),
         "/readyz" => {
-            let state = readiness(shared);
-            let code = if state == "ready" { 200 } else { 503 };
-            http::json(code, &json!({ "status": state }))
+            let state = shared.readiness.state();
+            let code = if state == State::Ready { 200 } else { 503 };
+            http::json(code, &json!({ "status": state.as_str() }))
         }
         "/metrics" => http::response(
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             &[],
-            shared.metrics.render().as_bytes(),
+            shared
+                .metrics
+                .render(shared.readiness.redis_up())
+                .as_bytes(),
         ),
         _ => return None,
     })
@@ -99,11 +83,7 @@ fn status(shard: &Context) -> serde_json::Value {
         .iter()
         .map(|m| m.connections_active.get())
         .collect();
-    let redis = if s.metrics.shards.iter().all(|m| m.redis_up.get() == 1) {
-        "up"
-    } else {
-        "down"
-    };
+    let redis = if s.readiness.redis_up() { "up" } else { "down" };
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "color": s.cfg.color,
@@ -114,7 +94,7 @@ fn status(shard: &Context) -> serde_json::Value {
         "redis": redis,
         "pubsub": s.cfg.pubsub,
         "rooms_per_shard": s.metrics.shards.iter().map(|m| m.rooms_active.get()).collect::<Vec<_>>(),
-        "ready": readiness(&shard.shared),
+        "ready": s.readiness.state().as_str(),
         "pid": std::process::id(),
     })
 }

@@ -6,7 +6,6 @@
 //! directly.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use shards::{Control, Runtime, RuntimeConfig};
 use crate::config::Config;
 use crate::context::Shared;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 
 /// How long start waits for the shards' first Redis connection.
 const REDIS_START_WAIT: Duration = Duration::from_secs(1);
@@ -52,7 +52,7 @@ impl Server {
         let shared = Arc::new(Shared {
             cfg,
             metrics,
-            draining: AtomicBool::new(false),
+            readiness: Arc::new(Readiness::new(n)),
             run_id: format!("{:016x}", rand::random::<u64>()),
             started,
         });
@@ -63,17 +63,13 @@ impl Server {
         // Wait for the shards to run their accept loops, so that a test or
         // an operator that sees "listening" can connect at once.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while shared.metrics.shards.iter().any(|m| m.started.get() == 0)
-            && Instant::now() < deadline
-        {
+        while !shared.readiness.all_serving() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         // Give Redis a moment, so the first clients can resume at once; the
         // service serves without it after that (readiness says so).
         let deadline = Instant::now() + REDIS_START_WAIT;
-        while shared.metrics.shards.iter().any(|m| m.redis_up.get() == 0)
-            && Instant::now() < deadline
-        {
+        while !shared.readiness.redis_up() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         shared
@@ -103,7 +99,7 @@ impl Server {
     /// socket gets its goodbye and Close 1001.
     pub fn drain(&self) {
         self.shared.metrics.drain_began();
-        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.readiness.begin_drain();
         self.runtime.broadcast(Control::Drain);
     }
 

@@ -76,6 +76,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         Store::init_commands(),
         1,
         shared.metrics.clone(),
+        shared.readiness.clone(),
         ctx.id,
     );
     let store = Store::new(
@@ -171,9 +172,10 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
                 let clean = s.store.flush().await;
                 // Readiness and cross-shard resumes wait for this: a session
                 // counted during an outage must be findable once we say ready.
-                s.metrics()
-                    .redis_synced
-                    .set((clean && s.redis().is_up()) as u64);
+                s.shared
+                    .readiness
+                    .shard(s.id)
+                    .set_redis_synced(clean && s.redis().is_up());
             }
         })
         .detach();
@@ -182,8 +184,9 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     let mut control = ctx.control;
     let listener = ctx.listener;
     // Nothing is buffered yet; a failed connect clears this.
-    shard.metrics().redis_synced.set(1);
-    shard.metrics().started.set(1);
+    let ready = shared.readiness.shard(ctx.id);
+    ready.set_redis_synced(true);
+    ready.set_serving(true);
     tracing::info!(cpu = ?ctx.cpu, "shard serving");
 
     let accept = async {
@@ -214,7 +217,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         Ok(())
     });
     let _ = flush.await;
-    shard.metrics().started.set(0);
+    ready.set_serving(false);
     tracing::info!("shard stopped");
 }
 

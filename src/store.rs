@@ -204,10 +204,7 @@ impl Store {
 
     /// Whether every shard has written what it buffered while Redis was away.
     fn all_synced(&self) -> bool {
-        self.metrics
-            .shards
-            .iter()
-            .all(|m| m.redis_synced.get() == 1)
+        self.redis.readiness().all_synced()
     }
 
     fn cached(&self, id: &Uuid) -> Option<Rc<Session>> {
