@@ -129,9 +129,32 @@ struct DataFrame {
     offset: usize,
 }
 
+/// Where a data frame's payload goes once it is unmasked and checked.
+/// The service keeps none of it ([`Discard`], zero-sized, so its decoder
+/// carries no message and no branch for one); the conformance echo keeps
+/// whole messages (`ws::echo`).
+pub trait Payload {
+    /// Whether binary messages are accepted (else they close with 1003).
+    const BINARY: bool;
+    /// A checked piece of the message in progress.
+    fn piece(&mut self, data: &[u8]);
+    /// The message in progress is complete.
+    fn complete(&mut self, binary: bool);
+}
+
+/// The service's payload sink: the counter needs no message's bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Discard;
+
+impl Payload for Discard {
+    const BINARY: bool = false;
+    fn piece(&mut self, _: &[u8]) {}
+    fn complete(&mut self, _: bool) {}
+}
+
 /// The per-socket decoder state: a few dozen bytes.
 #[derive(Debug)]
-pub struct Decoder {
+pub struct Decoder<P: Payload = Discard> {
     max_message: usize,
     frame: Option<DataFrame>,
     /// A message is in progress (a first fragment arrived, no final yet).
@@ -140,14 +163,19 @@ pub struct Decoder {
     text: bool,
     message_len: usize,
     utf8: Utf8Stream,
-    /// Echo mode (conformance runs): binary is accepted and every message's
-    /// payload is kept for [`Decoder::take_message`].
-    echo: Option<Vec<u8>>,
-    done: Option<(bool, Vec<u8>)>,
+    payload: P,
 }
 
 impl Decoder {
+    /// The service's decoder: text only, payloads checked and dropped.
     pub fn new(max_message: usize) -> Self {
+        Self::with(max_message, Discard)
+    }
+}
+
+impl<P: Payload> Decoder<P> {
+    /// A decoder that hands every checked payload piece to `payload`.
+    pub fn with(max_message: usize, payload: P) -> Self {
         Self {
             max_message,
             frame: None,
@@ -155,25 +183,12 @@ impl Decoder {
             text: true,
             message_len: 0,
             utf8: Utf8Stream::default(),
-            echo: None,
-            done: None,
+            payload,
         }
     }
 
-    /// A decoder that accepts binary and keeps each message whole, for the
-    /// conformance echo endpoint only: the service itself never holds a
-    /// message's bytes.
-    pub fn echo(max_message: usize) -> Self {
-        Self {
-            echo: Some(Vec::new()),
-            ..Self::new(max_message)
-        }
-    }
-
-    /// In echo mode, the message that the last `Event::Text` completed:
-    /// whether it was binary, and its payload.
-    pub fn take_message(&mut self) -> Option<(bool, Vec<u8>)> {
-        self.done.take()
+    pub fn payload_mut(&mut self) -> &mut P {
+        &mut self.payload
     }
 
     /// Decodes from `buf` (bytes received and not yet consumed). Returns the
@@ -187,9 +202,7 @@ impl Decoder {
             if self.text {
                 self.utf8.push(chunk)?;
             }
-            if let Some(m) = &mut self.echo {
-                m.extend_from_slice(chunk);
-            }
+            self.payload.piece(chunk);
             f.offset += take;
             f.remaining -= take as u64;
             if f.remaining > 0 {
@@ -243,7 +256,7 @@ impl Decoder {
                     Data::Text | Data::Binary if self.in_message => {
                         return Err(WsError::Protocol("new message inside a fragmented one"))
                     }
-                    Data::Binary if self.echo.is_none() => return Err(WsError::Binary),
+                    Data::Binary if !P::BINARY => return Err(WsError::Binary),
                     Data::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
                     Data::Text | Data::Binary => {
                         self.in_message = true;
@@ -280,9 +293,7 @@ impl Decoder {
         if self.text {
             self.utf8.finish()?;
         }
-        if let Some(m) = &mut self.echo {
-            self.done = Some((!self.text, std::mem::take(m)));
-        }
+        self.payload.complete(!self.text);
         Ok(Some(Event::Text))
     }
 }

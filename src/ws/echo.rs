@@ -8,14 +8,34 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::codec::{self, Decoder, Event};
+use super::codec::{self, Decoder, Event, Payload};
 
 const READ: usize = 64 << 10;
+
+/// The echo's payload sink: keeps each message whole until it is echoed.
+#[derive(Debug, Default)]
+struct Keep {
+    message: Vec<u8>,
+    /// The last complete message: whether it was binary, and its bytes.
+    done: Option<(bool, Vec<u8>)>,
+}
+
+impl Payload for Keep {
+    const BINARY: bool = true;
+
+    fn piece(&mut self, data: &[u8]) {
+        self.message.extend_from_slice(data);
+    }
+
+    fn complete(&mut self, binary: bool) {
+        self.done = Some((binary, std::mem::take(&mut self.message)));
+    }
+}
 
 /// Serves an upgraded socket until it closes. `rest` holds bytes that came
 /// after the request head.
 pub async fn serve(mut stream: TcpStream, rest: Vec<u8>, max_message: usize) {
-    let mut decoder = Decoder::echo(max_message);
+    let mut decoder = Decoder::with(max_message, Keep::default());
     let mut buf = rest;
     buf.reserve(READ);
     let mut start = 0;
@@ -31,7 +51,7 @@ pub async fn serve(mut stream: TcpStream, rest: Vec<u8>, max_message: usize) {
                     start += n;
                     match ev {
                         Event::Text => {
-                            if let Some((binary, payload)) = decoder.take_message() {
+                            if let Some((binary, payload)) = decoder.payload_mut().done.take() {
                                 let op = if binary { Data::Binary } else { Data::Text };
                                 codec::encode(&mut out, OpCode::Data(op), &payload);
                             }
