@@ -224,6 +224,14 @@ impl Source {
         })
     }
 
+    /// shardcast patch: whether the request is still queued or in the
+    /// kernel (its completion not consumed yet). Unlike [`Self::result`],
+    /// this also holds for sources whose completion sets no result (the
+    /// poll that links the rings).
+    pub(crate) fn is_in_flight(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     pub(crate) fn result(&self) -> Option<io::Result<usize>> {
         let mut inner = self.inner.borrow_mut();
         let ret = inner
