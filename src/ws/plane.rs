@@ -198,27 +198,20 @@ impl Plane {
     /// and the welcome) as its first bytes. From here on every broadcast
     /// reaches it, in order after the welcome.
     pub fn adopt(self: &Rc<Self>, up: Upgraded, first: &[u8]) {
-        let Upgraded {
-            conn,
-            fd,
-            slot,
-            session,
-            room,
-            rest,
-        } = up;
         let now = Instant::now();
+        let conn = up.conn;
         let sock = Box::new(Sock {
-            fd,
-            slot,
-            session,
-            room,
+            fd: up.fd,
+            slot: up.slot,
+            session: up.session,
+            room: up.room,
             decoder: Decoder::new(self.limits.max_message),
             bucket: Bucket {
                 tokens: self.limits.burst,
                 last: now,
                 strikes: 0,
             },
-            partial: rest,
+            partial: up.rest,
             backlog: Vec::new(),
             backlog_frames: 0,
             stalled_since: None,
