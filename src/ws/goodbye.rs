@@ -59,29 +59,20 @@ pub struct Ended {
 /// Ends a socket that left the plane: what the exit calls for, then the
 /// session's release and the close log line. The socket's own short task.
 pub async fn close(ended: Ended) {
-    let Ended {
-        conn,
-        fd,
-        slot,
-        session,
-        exit,
-        unsent,
-        opened,
-        messages,
-    } = ended;
-    let ctx = slot.ctx();
+    let ctx = ended.slot.ctx();
+    let session = &ended.session;
     // SAFETY: the descriptor is open and owned; the stream takes it over.
-    let mut stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    let code = Box::pin(finish(ctx, &mut stream, &session, &exit, unsent)).await;
-    ctx.store.release(&session);
+    let mut stream = unsafe { TcpStream::from_raw_fd(ended.fd.into_raw_fd()) };
+    let code = Box::pin(finish(ctx, &mut stream, session, &ended.exit, ended.unsent)).await;
+    ctx.store.release(session);
     tracing::info!(
-        conn_id = conn,
+        conn_id = ended.conn,
         session_id = %session.id,
         code,
-        reason = ?exit,
-        messages,
+        reason = ?ended.exit,
+        messages = ended.messages,
         total = session.count(),
-        duration_ms = opened.elapsed().as_millis() as u64,
+        duration_ms = ended.opened.elapsed().as_millis() as u64,
         "ws close"
     );
 }

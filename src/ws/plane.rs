@@ -83,6 +83,8 @@ struct Sock {
     pinged: bool,
     /// A sync-durability write is in flight: reading waits for it.
     waiting: bool,
+    /// The socket has ended and waits in `Plane::ended` to leave the table.
+    ended: bool,
     /// The epoll events this socket is registered for.
     interest: u32,
     opened: Instant,
@@ -135,7 +137,6 @@ pub struct Plane {
     /// Sockets whose close task has not finished yet.
     closing: Rc<Cell<usize>>,
     limits: Limits,
-    draining: Cell<bool>,
 }
 
 /// Why the plane could not be built.
@@ -173,7 +174,6 @@ impl Plane {
             ended: RefCell::new(Vec::new()),
             closing: Rc::new(Cell::new(0)),
             limits,
-            draining: Cell::new(false),
         }))
     }
 
@@ -200,7 +200,7 @@ impl Plane {
     pub fn adopt(self: &Rc<Self>, up: Upgraded, first: &[u8]) {
         let now = Instant::now();
         let conn = up.conn;
-        let sock = Box::new(Sock {
+        let mut sock = Box::new(Sock {
             fd: up.fd,
             slot: up.slot,
             session: up.session,
@@ -218,6 +218,7 @@ impl Plane {
             heard: now,
             pinged: false,
             waiting: false,
+            ended: false,
             interest: 0,
             opened: now,
             messages: 0,
@@ -225,22 +226,18 @@ impl Plane {
         let m = self.ctx.metrics();
         m.connections_active.inc();
         m.connections_total.inc();
-        self.socks.borrow_mut().insert(conn, sock);
-        {
-            let mut socks = self.socks.borrow_mut();
-            let sock = socks.get_mut(&conn).expect("just inserted");
-            if let Err(e) = self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, sock, libc::EPOLLIN as u32) {
-                tracing::warn!(error = %e, "epoll_ctl add failed");
-                self.ended.borrow_mut().push((conn, Exit::Gone));
-            } else if let Err(exit) = self.write(conn, sock, first) {
-                self.ended.borrow_mut().push((conn, exit));
-            } else if self.draining.get() {
-                // A drain that began while this upgrade waited on Redis.
-                self.ended.borrow_mut().push((conn, Exit::Drain));
-            } else if !sock.partial.is_empty() {
-                self.pump(conn, sock, None);
-            }
+        if let Err(e) = self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, &mut sock, libc::EPOLLIN as u32) {
+            tracing::warn!(error = %e, "epoll_ctl add failed");
+            self.end(conn, &mut sock, Exit::Gone);
+        } else if let Err(exit) = self.write(conn, &mut sock, first) {
+            self.end(conn, &mut sock, exit);
+        } else if self.ctx.is_draining() {
+            // A drain that began while this upgrade waited on Redis.
+            self.end(conn, &mut sock, Exit::Drain);
+        } else if !sock.partial.is_empty() {
+            self.pump(conn, &mut sock, None);
         }
+        self.socks.borrow_mut().insert(conn, sock);
         self.close_ended();
     }
 
@@ -282,12 +279,12 @@ impl Plane {
 
     fn on_event(self: &Rc<Self>, conn: u64, events: u32) {
         let mut socks = self.socks.borrow_mut();
-        let Some(sock) = socks.get_mut(&conn) else {
+        let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
             return;
         };
         if events & libc::EPOLLOUT as u32 != 0 {
             if let Err(exit) = self.flush_backlog(conn, sock) {
-                self.ended.borrow_mut().push((conn, exit));
+                self.end(conn, sock, exit);
                 return;
             }
         }
@@ -296,7 +293,7 @@ impl Plane {
             // Reading waits for Redis, but a hang-up is reported whatever
             // the interest, and would be reported again on every wake.
             if events & hangup != 0 {
-                self.ended.borrow_mut().push((conn, Exit::Gone));
+                self.end(conn, sock, Exit::Gone);
             }
         } else if events & (libc::EPOLLIN as u32 | hangup) != 0 {
             self.read(conn, sock);
@@ -304,14 +301,15 @@ impl Plane {
     }
 
     /// One read into the shard's buffer, then everything it completes.
-    fn read(self: &Rc<Self>, conn: u64, sock: &mut Sock) {
+    /// Returns whether anything was read.
+    fn read(self: &Rc<Self>, conn: u64, sock: &mut Sock) -> bool {
         let mut rx = self.rx.borrow_mut();
         let kept = sock.partial.len();
         if kept >= rx.len() {
             // Kept bytes are a frame head or a control frame, far smaller.
             let e = WsError::Protocol("frame does not fit the buffer");
-            self.ended.borrow_mut().push((conn, Exit::Invalid(e)));
-            return;
+            self.end(conn, sock, Exit::Invalid(e));
+            return false;
         }
         rx[..kept].copy_from_slice(&sock.partial);
         // SAFETY: the buffer is valid for writes past `kept` and outlives the call.
@@ -326,13 +324,13 @@ impl Plane {
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                self.ended.borrow_mut().push((conn, Exit::Gone));
+                self.end(conn, sock, Exit::Gone);
             }
-            return;
+            return false;
         }
         if n == 0 {
-            self.ended.borrow_mut().push((conn, Exit::Gone));
-            return;
+            self.end(conn, sock, Exit::Gone);
+            return false;
         }
         sock.partial.clear();
         let now = Instant::now();
@@ -340,6 +338,7 @@ impl Plane {
         sock.pinged = false;
         let end = kept + n as usize;
         self.decode(conn, sock, &mut rx[..end], now);
+        true
     }
 
     /// Decodes the socket's kept bytes alone (after a sync write, or the
@@ -349,7 +348,7 @@ impl Plane {
         let mut rx = self.rx.borrow_mut();
         // Kept bytes fit the buffer but for an upgrade whose first frames
         // came with a large head: take them a buffer at a time.
-        while !sock.partial.is_empty() && !sock.waiting {
+        while !sock.partial.is_empty() && !sock.waiting && !sock.ended {
             let take = sock.partial.len().min(rx.len());
             let tail = sock.partial.split_off(take);
             rx[..take].copy_from_slice(&sock.partial);
@@ -357,7 +356,7 @@ impl Plane {
             self.decode(conn, sock, &mut rx[..take], arrived);
             let stuck = sock.partial.len() == take;
             sock.partial.extend_from_slice(&tail);
-            if stuck || tail.is_empty() || self.ended.borrow().iter().any(|(c, _)| *c == conn) {
+            if stuck || tail.is_empty() {
                 break;
             }
         }
@@ -381,9 +380,7 @@ impl Plane {
         };
         drop(out);
         match (wrote, stop) {
-            (Err(exit), _) | (Ok(()), Some(Stop::Exit(exit))) => {
-                self.ended.borrow_mut().push((conn, exit));
-            }
+            (Err(exit), _) | (Ok(()), Some(Stop::Exit(exit))) => self.end(conn, sock, exit),
             (Ok(()), Some(Stop::Park { count, arrived })) => self.park(conn, sock, count, arrived),
             (Ok(()), None) => {}
         }
@@ -470,7 +467,7 @@ impl Plane {
         sock.waiting = true;
         let interest = sock.interest & !(libc::EPOLLIN as u32);
         if self.set_interest(conn, sock, interest).is_err() {
-            self.ended.borrow_mut().push((conn, Exit::Gone));
+            self.end(conn, sock, Exit::Gone);
             return;
         }
         let plane = self.clone();
@@ -486,7 +483,7 @@ impl Plane {
     fn resume(self: &Rc<Self>, conn: u64, count: u64, arrived: Instant, written: bool) {
         {
             let mut socks = self.socks.borrow_mut();
-            let Some(sock) = socks.get_mut(&conn) else {
+            let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
                 return;
             };
             sock.waiting = false;
@@ -504,18 +501,15 @@ impl Plane {
             drop(out);
             let interest = sock.interest | libc::EPOLLIN as u32;
             if let Err(exit) = wrote {
-                self.ended.borrow_mut().push((conn, exit));
+                self.end(conn, sock, exit);
             } else if self.set_interest(conn, sock, interest).is_err() {
-                self.ended.borrow_mut().push((conn, Exit::Gone));
+                self.end(conn, sock, Exit::Gone);
             } else {
-                if !sock.partial.is_empty() {
-                    self.pump(conn, sock, Some(arrived));
-                }
+                self.pump(conn, sock, Some(arrived));
                 // A drain waited for this write; what the client sent before
                 // it has been answered now.
-                let ended = self.ended.borrow().iter().any(|(c, _)| *c == conn);
-                if self.draining.get() && !sock.waiting && !ended {
-                    self.ended.borrow_mut().push((conn, Exit::Drain));
+                if self.ctx.is_draining() && !sock.waiting {
+                    self.end(conn, sock, Exit::Drain);
                 }
             }
         }
@@ -590,32 +584,35 @@ impl Plane {
 
     /// Sends an encoded frame to every socket; returns how many took it.
     pub fn fan_out(&self, frame: &[u8]) -> u64 {
-        let mut n = 0;
-        {
-            let mut socks = self.socks.borrow_mut();
-            for (&conn, sock) in socks.iter_mut() {
-                match self.write(conn, sock, frame) {
-                    Ok(()) => n += 1,
-                    Err(exit) => self.ended.borrow_mut().push((conn, exit)),
-                }
-            }
-        }
-        self.close_ended();
-        n
+        self.deliver(frame, None)
     }
 
     /// Sends an encoded frame to the sockets named; returns how many took it.
     pub fn send_to(&self, conns: &[u64], frame: &[u8]) -> u64 {
+        self.deliver(frame, Some(conns))
+    }
+
+    fn deliver(&self, frame: &[u8], only: Option<&[u64]>) -> u64 {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
-            for &conn in conns {
-                let Some(sock) = socks.get_mut(&conn) else {
-                    continue;
-                };
+            let mut one = |conn: u64, sock: &mut Sock| {
+                if sock.ended {
+                    return;
+                }
                 match self.write(conn, sock, frame) {
                     Ok(()) => n += 1,
-                    Err(exit) => self.ended.borrow_mut().push((conn, exit)),
+                    Err(exit) => self.end(conn, sock, exit),
+                }
+            };
+            match only {
+                None => socks.iter_mut().for_each(|(&c, s)| one(c, s)),
+                Some(conns) => {
+                    for &c in conns {
+                        if let Some(s) = socks.get_mut(&c) {
+                            one(c, s);
+                        }
+                    }
                 }
             }
         }
@@ -625,13 +622,9 @@ impl Plane {
 
     /// The session was deleted: its sockets close with 1008.
     pub fn kick(&self, id: &Uuid) {
-        {
-            let socks = self.socks.borrow();
-            let mut ended = self.ended.borrow_mut();
-            for (&conn, sock) in socks.iter() {
-                if sock.session.id == *id {
-                    ended.push((conn, Exit::Kick));
-                }
+        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+            if sock.session.id == *id {
+                self.end(conn, sock, Exit::Kick);
             }
         }
         self.close_ended();
@@ -646,11 +639,14 @@ impl Plane {
         {
             let mut socks = self.socks.borrow_mut();
             for (&conn, sock) in socks.iter_mut() {
+                if sock.ended {
+                    continue;
+                }
                 if sock
                     .stalled_since
                     .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
                 {
-                    self.ended.borrow_mut().push((conn, Exit::SlowReader));
+                    self.end(conn, sock, Exit::SlowReader);
                     continue;
                 }
                 if idle.is_zero() {
@@ -658,11 +654,11 @@ impl Plane {
                 }
                 let silent = now.saturating_duration_since(sock.heard);
                 if silent >= idle {
-                    self.ended.borrow_mut().push((conn, Exit::Idle));
+                    self.end(conn, sock, Exit::Idle);
                 } else if silent >= idle / 2 && !sock.pinged {
                     sock.pinged = true;
                     if let Err(exit) = self.write(conn, sock, &ping) {
-                        self.ended.borrow_mut().push((conn, exit));
+                        self.end(conn, sock, exit);
                     }
                 }
             }
@@ -670,34 +666,31 @@ impl Plane {
         self.close_ended();
     }
 
-    /// The drain: each socket answers what its client already sent (in the
-    /// kernel or kept here), then says goodbye with 1001. A socket whose
-    /// sync write is in flight goes when the write returns.
+    /// The drain (the context is already draining): each socket answers
+    /// what its client already sent (in the kernel or kept here), then says
+    /// goodbye with 1001. A socket whose sync write is in flight goes when
+    /// the write returns.
     pub fn drain(self: &Rc<Self>) {
-        self.draining.set(true);
-        let conns: Vec<u64> = self.socks.borrow().keys().copied().collect();
-        for conn in conns {
-            {
-                let mut socks = self.socks.borrow_mut();
-                let Some(sock) = socks.get_mut(&conn) else {
-                    continue;
-                };
-                // Bounded: a client that keeps sending cannot hold the drain.
-                for _ in 0..16 {
-                    if sock.waiting || self.ended.borrow().iter().any(|(c, _)| *c == conn) {
-                        break;
-                    }
-                    let before = (sock.messages, sock.heard);
-                    self.read(conn, sock);
-                    if (sock.messages, sock.heard) == before {
-                        break;
-                    }
-                }
-                if !sock.waiting && !self.ended.borrow().iter().any(|(c, _)| *c == conn) {
-                    self.ended.borrow_mut().push((conn, Exit::Drain));
+        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+            // Bounded: a client that keeps sending cannot hold the drain.
+            for _ in 0..16 {
+                if sock.waiting || sock.ended || !self.read(conn, sock) {
+                    break;
                 }
             }
-            self.close_ended();
+            if !sock.waiting {
+                self.end(conn, sock, Exit::Drain);
+            }
+        }
+        self.close_ended();
+    }
+
+    /// Marks the socket ended for `exit`, unless it already is: the first
+    /// reason is the one its close reports.
+    fn end(&self, conn: u64, sock: &mut Sock, exit: Exit) {
+        if !sock.ended {
+            sock.ended = true;
+            self.ended.borrow_mut().push((conn, exit));
         }
     }
 
