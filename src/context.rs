@@ -19,7 +19,7 @@ use crate::readiness::Readiness;
 use crate::redis::Redis;
 use crate::store::Store;
 
-/// What every shard may read: set at start, then only the drain flag changes.
+/// What every shard may read: set at start; only `readiness` changes after.
 #[derive(Debug)]
 pub struct Shared {
     pub cfg: Config,

@@ -460,24 +460,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse() {
-        let a = RedisAddr::parse("redis://127.0.0.1:6390").unwrap();
-        assert_eq!(
-            (a.host.as_str(), a.port, a.db, a.password),
-            ("127.0.0.1", 6390, 0, None)
-        );
-        let a = RedisAddr::parse("redis://:s3cret@cache.local/2").unwrap();
-        assert_eq!(
-            (a.host.as_str(), a.port, a.db, a.password.as_deref()),
-            ("cache.local", 6379, 2, Some("s3cret"))
-        );
-        let a = RedisAddr::parse("redis://[::1]:7000").unwrap();
-        assert_eq!((a.host.as_str(), a.port), ("::1", 7000));
-        assert!(RedisAddr::parse("redis://:1").is_err());
-        assert!(RedisAddr::parse("redis://h:notaport").is_err());
-    }
-
-    #[test]
     fn feed_says_would_block_when_dry_and_parser_resumes() {
         let mut parser = redis::Parser::new();
         let mut pos = 0;

@@ -15,8 +15,7 @@ use glommio::sync::Gate;
 use shards::{Control, ShardContext};
 
 use crate::config::RedisAddr;
-use crate::context::Context;
-use crate::context::Shared;
+use crate::context::{Context, Shared};
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
