@@ -329,7 +329,6 @@ fn metrics_counts_move_with_traffic() {
         .shards(2)
         .arg("--heartbeat-interval", "100ms")
         .start();
-    server.wait_ready_state("ready", LIMIT);
     let before = scrape(&server);
     assert_eq!(before["ws_messages_total"], 0.0);
     assert_eq!(before["ws_connections_total"], 0.0);
@@ -386,7 +385,6 @@ fn status_reports_version_color_shards_connections_uptime_and_redis() {
         .shards(2)
         .arg("--color", "green")
         .start();
-    server.wait_ready_state("ready", LIMIT);
     let _clients: Vec<Client> = (0..3).map(|_| server.connect("").0).collect();
     let v = wait_for("/status to count 3 connections", LIMIT, || {
         let r = request(server.addr, "GET", "/status", "");
@@ -490,7 +488,6 @@ fn delete_session_is_204_and_removes_it() {
 fn broadcast_is_202_and_reaches_every_socket_on_every_shard() {
     let redis = Redis::start();
     let server = start(&redis);
-    server.wait_ready_state("ready", LIMIT);
     let mut clients = sockets_on_every_shard(&server, 2);
     let message = "deploy at 5 \"sharp\" \u{2713}\nsecond line";
     let body = json!({ "message": message }).to_string();

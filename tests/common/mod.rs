@@ -272,11 +272,17 @@ impl ServerBuilder {
                 })
             },
         );
-        Server {
+        let server = Server {
             addr,
             child: Some(child),
             logs,
-        }
+        };
+        // "listening" comes once the shards serve, at most a second after
+        // Redis was asked for; on a loaded machine Redis may not have
+        // answered by then. Every test starts against a live Redis, so it
+        // starts from a ready server.
+        server.wait_ready_state("ready", Duration::from_secs(20));
+        server
     }
 }
 
