@@ -22,7 +22,7 @@ use crate::pubsub::{self, Subscriber, Target};
 use crate::redis::Redis;
 use crate::store::Store;
 use crate::ws::codec;
-use crate::ws::plane::Plane;
+use crate::ws::plane::{Plane, Slice};
 
 /// A broadcast or kick from Redis, delivered to this shard's sockets.
 fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]) {
@@ -53,15 +53,28 @@ fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]
     }
 }
 
-fn heartbeat(ctx: &Context, plane: &Plane) {
+/// Heartbeats to one slice of the table.
+fn heartbeat(ctx: &Context, plane: &Plane, slice: Slice) {
     let ts = crate::logging::rfc3339_millis(SystemTime::now());
     let mut frame = Vec::new();
     codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
-    let n = plane.fan_out(&frame);
+    let n = plane.heartbeat(&frame, slice);
     ctx.metrics().heartbeats_sent_total.add(n);
-    // A silent but open socket keeps its session alive: refresh the TTL
-    // of every session a socket holds, through the next flush.
-    ctx.store.touch_live();
+}
+
+/// Calls `visit` for every slice of the socket table once per `period`, one
+/// slice per tick, each of about `per_tick` sockets: the work of a walk is
+/// spread over its period instead of landing in one loop turn. The number
+/// of slices is chosen anew each period, as the table grows and shrinks.
+async fn walk(plane: Rc<Plane>, period: Duration, per_tick: usize, mut visit: impl FnMut(Slice)) {
+    loop {
+        let of = Slice::parts(plane.len(), per_tick, period);
+        let tick = period / of as u32;
+        for index in 0..of {
+            glommio::timer::sleep(tick).await;
+            visit(Slice { index, of });
+        }
+    }
 }
 
 /// The shard's entry point, run by the `shards` runtime on its own core.
@@ -107,20 +120,19 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         .detach();
     }
     {
+        // A heartbeat is a send per socket: about 64 of them per tick keeps
+        // a tick near a millisecond.
         let (s, p) = (shard.clone(), plane.clone());
         let every = cfg.heartbeat_interval;
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(every).await;
-                heartbeat(&s, &p);
-            }
-        })
+        glommio::spawn_local(walk(plane.clone(), every, 64, move |slice| {
+            heartbeat(&s, &p, slice)
+        }))
         .detach();
     }
     {
-        // One sweep over the socket table a few times per idle timeout
-        // (pings, idle closes, stalled writers), instead of a timer per
-        // socket re-armed on every message.
+        // The sweep (pings, idle closes, stalled writers) passes over every
+        // socket a few times per idle timeout, instead of a timer per socket
+        // re-armed on every message.
         let p = plane.clone();
         let idle = cfg.idle_timeout;
         let every = if idle.is_zero() {
@@ -128,12 +140,9 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         } else {
             (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
         };
-        glommio::spawn_local(async move {
-            loop {
-                glommio::timer::sleep(every).await;
-                p.sweep(Instant::now(), idle);
-            }
-        })
+        glommio::spawn_local(walk(plane.clone(), every, 1024, move |slice| {
+            p.sweep(Instant::now(), idle, slice)
+        }))
         .detach();
     }
     {

@@ -432,20 +432,6 @@ impl Store {
         clean
     }
 
-    /// Queues every session a live socket holds, so its TTL is refreshed.
-    pub fn touch_live(&self) {
-        let live: Vec<Rc<Session>> = self
-            .cache
-            .borrow()
-            .values()
-            .filter(|s| s.conns() > 0)
-            .cloned()
-            .collect();
-        for s in live {
-            self.enqueue(&s);
-        }
-    }
-
     /// Redis came back empty: every live session's field must be written again.
     pub fn rewrite_all(&self) {
         let live: Vec<Rc<Session>> = self.cache.borrow().values().cloned().collect();

@@ -114,6 +114,32 @@ enum Stop {
     Exit(Exit),
 }
 
+/// One of `of` even parts of the socket table, by connection id (ids are
+/// handed out in turn, so the parts stay even). Periodic walks (heartbeats,
+/// the sweep) visit one part per tick: a walk over 10,000 sockets at once
+/// held the shard for milliseconds, and every message waiting behind it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slice {
+    pub index: u64,
+    pub of: u64,
+}
+
+impl Slice {
+    /// Ticks no shorter than this, whatever the table's size.
+    const MIN_TICK: Duration = Duration::from_millis(5);
+
+    /// How many parts a walk over `len` sockets once per `period` takes, so
+    /// that each tick visits about `per_tick` sockets.
+    pub fn parts(len: usize, per_tick: usize, period: Duration) -> u64 {
+        let most = (period.as_nanos() / Self::MIN_TICK.as_nanos()).max(1) as usize;
+        (len / per_tick.max(1)).clamp(1, most) as u64
+    }
+
+    fn holds(self, conn: u64) -> bool {
+        conn % self.of == self.index
+    }
+}
+
 /// The settings the hot path reads, copied out of the config once.
 struct Limits {
     max_message: usize,
@@ -584,40 +610,59 @@ impl Plane {
 
     /// Sends an encoded frame to every socket; returns how many took it.
     pub fn fan_out(&self, frame: &[u8]) -> u64 {
-        self.deliver(frame, None)
+        let mut n = 0;
+        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+            n += u64::from(self.send_frame(conn, sock, frame));
+        }
+        self.close_ended();
+        n
     }
 
     /// Sends an encoded frame to the sockets named; returns how many took it.
     pub fn send_to(&self, conns: &[u64], frame: &[u8]) -> u64 {
-        self.deliver(frame, Some(conns))
-    }
-
-    fn deliver(&self, frame: &[u8], only: Option<&[u64]>) -> u64 {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
-            let mut one = |conn: u64, sock: &mut Sock| {
-                if sock.ended {
-                    return;
-                }
-                match self.write(conn, sock, frame) {
-                    Ok(()) => n += 1,
-                    Err(exit) => self.end(conn, sock, exit),
-                }
-            };
-            match only {
-                None => socks.iter_mut().for_each(|(&c, s)| one(c, s)),
-                Some(conns) => {
-                    for &c in conns {
-                        if let Some(s) = socks.get_mut(&c) {
-                            one(c, s);
-                        }
-                    }
+            for &conn in conns {
+                if let Some(sock) = socks.get_mut(&conn) {
+                    n += u64::from(self.send_frame(conn, sock, frame));
                 }
             }
         }
         self.close_ended();
         n
+    }
+
+    /// The heartbeat for one slice of the table: `frame` to each of its
+    /// sockets, and each one's session queued for the next flush, so an open
+    /// but silent socket keeps its session alive. Returns how many took it.
+    pub fn heartbeat(&self, frame: &[u8], slice: Slice) -> u64 {
+        let mut n = 0;
+        {
+            let mut socks = self.socks.borrow_mut();
+            for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
+                if self.send_frame(conn, sock, frame) {
+                    n += 1;
+                    self.ctx.store.enqueue(&sock.session);
+                }
+            }
+        }
+        self.close_ended();
+        n
+    }
+
+    /// One frame to one socket; false when the socket has ended or ends now.
+    fn send_frame(&self, conn: u64, sock: &mut Sock, frame: &[u8]) -> bool {
+        if sock.ended {
+            return false;
+        }
+        match self.write(conn, sock, frame) {
+            Ok(()) => true,
+            Err(exit) => {
+                self.end(conn, sock, exit);
+                false
+            }
+        }
     }
 
     /// The session was deleted: its sockets close with 1008.
@@ -630,15 +675,17 @@ impl Plane {
         self.close_ended();
     }
 
-    /// The per-shard sweep: a Ping after half of `idle` of silence, a close
-    /// after all of it (when `idle` is not zero), and the end of sockets
-    /// whose unsent bytes stopped moving.
-    pub fn sweep(&self, now: Instant, idle: Duration) {
+    /// The per-shard sweep over one slice of the table: a Ping after half
+    /// of `idle` of silence, a close after all of it (when `idle` is not
+    /// zero), and the end of sockets whose unsent bytes stopped moving.
+    pub fn sweep(&self, now: Instant, idle: Duration, slice: Slice) {
         let mut ping = Vec::new();
         codec::encode_ping(&mut ping, b"idle?");
         {
             let mut socks = self.socks.borrow_mut();
-            for (&conn, sock) in socks.iter_mut() {
+            // The slice is chosen by key before any socket is touched: the
+            // keys sit together in the map, the sockets do not.
+            for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
                 if sock.ended {
                     continue;
                 }
@@ -767,5 +814,33 @@ fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
             io::ErrorKind::Interrupted => continue,
             _ => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_part_the_ids_evenly_and_once() {
+        let of = Slice::parts(10_000, 64, Duration::from_secs(30));
+        assert_eq!(of, 156);
+        let mut sizes = vec![0; of as usize];
+        for conn in 1..=10_000u64 {
+            let owners: Vec<u64> = (0..of)
+                .filter(|&index| Slice { index, of }.holds(conn))
+                .collect();
+            assert_eq!(owners.len(), 1, "conn {conn} is in exactly one slice");
+            sizes[owners[0] as usize] += 1;
+        }
+        assert!(sizes.iter().all(|&n| (64..=65).contains(&n)), "{sizes:?}");
+    }
+
+    #[test]
+    fn small_tables_and_short_periods_take_one_part_or_few() {
+        assert_eq!(Slice::parts(10, 64, Duration::from_secs(30)), 1);
+        assert_eq!(Slice::parts(0, 64, Duration::from_millis(100)), 1);
+        // 100 ms cannot be cut into ticks under 5 ms.
+        assert_eq!(Slice::parts(100_000, 64, Duration::from_millis(100)), 20);
     }
 }
