@@ -36,6 +36,10 @@ pub enum Cmd {
         /// Share of the sockets that are chatters.
         #[arg(long, default_value_t = 0.8)]
         chatters: f64,
+        /// Share of sends after which the socket closes and comes back with
+        /// its session id 0.5-2 s later (its count must continue), e.g. 0.02.
+        #[arg(long, default_value_t = 0.0)]
+        churn: f64,
         /// Do not reconnect after a drain goodbye (by default a socket comes back
         /// with its session id once retry_after_ms has passed).
         #[arg(long)]

@@ -57,10 +57,12 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             connect_rate,
             duration,
             chatters,
+            churn,
             no_reconnect,
         } => {
             let load = Load::Mix {
                 chatter_share: chatters,
+                churn,
             };
             let mut spec = usage(common.spec(Mode::Mix, load, |p| {
                 p.connect_rate = connect_rate;

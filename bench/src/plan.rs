@@ -47,8 +47,11 @@ pub enum Load {
     /// schedule whatever the replies do, from `go` on.
     Open { rate: f64 },
     /// From its welcome on, each socket sends at random intervals: a
-    /// `chatter_share` of them every 2-10 s, the others every 30-120 s.
-    Mix { chatter_share: f64 },
+    /// `chatter_share` of them every 2-10 s, the others every 30-120 s. After
+    /// a `churn` share of its sends (once the reply is in) a socket closes
+    /// and comes back with its session id 0.5-2 s later, which must find its
+    /// count where it left it.
+    Mix { chatter_share: f64, churn: f64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

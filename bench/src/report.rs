@@ -169,6 +169,12 @@ impl Report {
                 ),
             );
         }
+        if c.resumed > 0 && self.storm.is_none() {
+            row(
+                "resumed",
+                format!("{} reconnects, each count continued exactly", c.resumed),
+            );
+        }
         if let Some(q) = &self.rtt_us {
             row(
                 "reply RTT (µs)",

@@ -600,7 +600,14 @@ fn describe_load(p: &Plan) -> String {
         Load::Idle => "idle".to_string(),
         Load::Closed { window } => format!("closed loop, window {window}"),
         Load::Open { rate } => format!("open loop, {rate:.0} msgs/s"),
-        Load::Mix { chatter_share } => format!("{:.0}% chatters", chatter_share * 100.0),
+        Load::Mix {
+            chatter_share,
+            churn,
+        } => format!(
+            "{:.0}% chatters, {:.1}% of sends reconnect",
+            chatter_share * 100.0,
+            churn * 100.0
+        ),
     };
     format!("{load}{go}")
 }

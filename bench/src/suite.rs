@@ -371,7 +371,10 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     let spec = s.spec(
         Mode::Mix,
         mix_n,
-        Load::Mix { chatter_share: 0.8 },
+        Load::Mix {
+            chatter_share: 0.8,
+            churn: 0.0,
+        },
         two,
         |sp| {
             sp.plan.connect_rate = 2_000.0;

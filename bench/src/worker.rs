@@ -87,6 +87,8 @@ struct Conn {
     verifying: bool,
     /// When the server's drain Close arrived, until the socket is back.
     drained_at: u64,
+    /// Closing by choice (mix churn), to come back with its session id.
+    churning: bool,
 }
 
 impl Conn {
@@ -111,6 +113,7 @@ impl Conn {
             settled: false,
             verifying: false,
             drained_at: 0,
+            churning: false,
         }
     }
 }
@@ -165,7 +168,7 @@ impl Worker {
     pub fn new(plan: Plan) -> io::Result<Worker> {
         let mut rng = SmallRng::seed_from_u64(plan.seed);
         let share = match plan.load {
-            Load::Mix { chatter_share } => chatter_share,
+            Load::Mix { chatter_share, .. } => chatter_share,
             _ => 1.0,
         };
         let conns = (0..plan.sockets)
@@ -330,7 +333,18 @@ impl Worker {
                 St::Waiting if !self.stopping => self.start_connect(i),
                 St::Open if self.loading && !self.stopping => {
                     self.send(i, 1, self.now);
-                    self.schedule_mix(i, false);
+                    let churn = match self.plan.load {
+                        Load::Mix { churn, .. } => churn,
+                        _ => 0.0,
+                    };
+                    if churn > 0.0 && self.rng.random_bool(churn.min(1.0)) {
+                        // Closes once this send is answered; on_eof brings it back.
+                        let c = &mut self.conns[i];
+                        c.close_when_idle = true;
+                        c.churning = true;
+                    } else {
+                        self.schedule_mix(i, false);
+                    }
                 }
                 _ => {}
             }
@@ -891,8 +905,12 @@ impl Worker {
                 Some((true, retry)) if self.plan.reconnect && !self.stopping => {
                     Some(retry.unwrap_or(0))
                 }
+                Some((false, _)) if c.churning && !self.stopping => {
+                    Some(self.rng.random_range(500..=2_000))
+                }
                 _ => None,
             };
+            self.conns[i].churning = false;
             self.finish(i, None);
             if let Some(ms) = retry {
                 let c = &mut self.conns[i];
