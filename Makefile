@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz
+.PHONY: help build run test setup lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -19,15 +19,12 @@ build: ## Release build: target/release/shardcast
 run: build ## Build, start a local redis-server if none answers, serve on :8080 (flags: ARGS="--shards 2")
 	scripts/run $(ARGS)
 
-test: lint ## fmt check + clippy -D warnings + every test (needs root, redis-server, prometheus, alertmanager, chromium, node, nginx, iproute2)
-	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { echo "make test needs redis-server and redis-cli: apt-get install -y redis-server" >&2; exit 1; }
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || { echo "make test needs prometheus, promtool and amtool: apt-get install -y prometheus prometheus-alertmanager" >&2; exit 1; }
-	@test -x /usr/bin/chromium && command -v node >/dev/null && command -v npm >/dev/null || { echo "make test needs chromium, node and npm for the console test: apt-get install -y chromium nodejs npm" >&2; exit 1; }
-	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || { echo "make test needs nginx for the deploy test: apt-get install -y nginx" >&2; exit 1; }
-	@command -v ip >/dev/null && command -v setpriv >/dev/null || { echo "make test needs iproute2 and setpriv for the scale-out test: apt-get install -y iproute2 util-linux" >&2; exit 1; }
+test: setup lint ## fmt check + clippy -D warnings + every test (installs what the tests drive when root; the scale-out test needs root)
 	@test "$$(id -u)" = 0 || { echo "make test needs root: the scale-out test builds network namespaces" >&2; exit 1; }
-	@python3 -c 'import kosoku' 2>/dev/null || { echo "make test needs kosoku for the Autobahn conformance test: python3 -m pip install kosoku==0.1.0" >&2; exit 1; }
 	$(CARGO) test --workspace
+
+setup: ## Install what make test drives (Debian packages, kosoku, the console's npm packages) where missing; needs root
+	scripts/setup test
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
