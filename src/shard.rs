@@ -166,8 +166,13 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         let every = cfg.flush_interval;
         glommio::spawn_local(async move {
             let mut epoch = 0;
+            // On a fixed schedule, so the flush's own duration does not
+            // stretch the promise that counts reach Redis within `every`.
+            let mut next = Instant::now() + every;
             loop {
-                glommio::timer::sleep(every).await;
+                glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
+                // Fallen behind (Redis slow or away): start from now, no burst.
+                next = (next + every).max(Instant::now());
                 // After a reconnect Redis may have come back empty (a restart
                 // without persistence, a failover): write every live session's
                 // field again. Idempotent, so harmless when nothing was lost.
