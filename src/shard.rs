@@ -64,11 +64,19 @@ fn heartbeat(ctx: &Context, plane: &Plane, slice: Slice) {
 
 /// Calls `visit` for every slice of the socket table once per `period`, one
 /// slice per tick, each of about `per_tick` sockets: the work of a walk is
-/// spread over its period instead of landing in one loop turn. The number
-/// of slices is chosen anew each period, as the table grows and shrinks.
-async fn walk(plane: Rc<Plane>, period: Duration, per_tick: usize, mut visit: impl FnMut(Slice)) {
+/// spread over its period instead of landing in one loop turn. Slices are
+/// sized for `capacity` sockets (or the table, if larger), not for the table
+/// as it is when a period starts: a shard that starts empty and fills within
+/// its first period would otherwise visit every socket in one tick.
+async fn walk(
+    plane: Rc<Plane>,
+    period: Duration,
+    per_tick: usize,
+    capacity: usize,
+    mut visit: impl FnMut(Slice),
+) {
     loop {
-        let of = Slice::parts(plane.len(), per_tick, period);
+        let of = Slice::parts(capacity.max(plane.len()), per_tick, period);
         let tick = period / of as u32;
         for index in 0..of {
             glommio::timer::sleep(tick).await;
@@ -119,12 +127,14 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         }))
         .detach();
     }
+    // What one shard may hold, for sizing the walks' slices.
+    let capacity = cfg.max_connections;
     {
         // A heartbeat is a send per socket: about 64 of them per tick keeps
         // a tick near a millisecond.
         let (s, p) = (shard.clone(), plane.clone());
         let every = cfg.heartbeat_interval;
-        glommio::spawn_local(walk(plane.clone(), every, 64, move |slice| {
+        glommio::spawn_local(walk(plane.clone(), every, 64, capacity, move |slice| {
             heartbeat(&s, &p, slice)
         }))
         .detach();
@@ -140,7 +150,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         } else {
             (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
         };
-        glommio::spawn_local(walk(plane.clone(), every, 1024, move |slice| {
+        glommio::spawn_local(walk(plane.clone(), every, 1024, capacity, move |slice| {
             p.sweep(Instant::now(), idle, slice)
         }))
         .detach();
