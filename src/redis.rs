@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -353,6 +354,14 @@ impl Redis {
     }
 }
 
+/// What ended a command connection's idle wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Idle {
+    Work,
+    Readable,
+    Ping,
+}
+
 impl Redis {
     /// Waits until at least one request is queued.
     async fn wait_for_work(&self) {
@@ -371,20 +380,34 @@ impl Redis {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
         let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
         loop {
-            // An idle connection is checked with a PING, so readiness notices
-            // a Redis that went away while nothing was being written.
-            let busy = futures_lite::future::or(
+            // Redis sends nothing unasked on a command connection, so an idle
+            // one that turns readable was closed (a restart, a kill): noticed
+            // at once, not by the next request, which would fail on it. A
+            // PING after IDLE_PING catches a peer that vanished silently.
+            let idle = futures_lite::future::or(
                 async {
                     self.wait_for_work().await;
-                    true
+                    Idle::Work
                 },
-                async {
-                    glommio::timer::sleep(IDLE_PING).await;
-                    false
-                },
+                futures_lite::future::or(
+                    async {
+                        let _ = glommio::net::readable(stream.as_raw_fd()).await;
+                        Idle::Readable
+                    },
+                    async {
+                        glommio::timer::sleep(IDLE_PING).await;
+                        Idle::Ping
+                    },
+                ),
             )
             .await;
-            if !busy {
+            if idle == Idle::Readable {
+                return match reader.read_value(stream).await {
+                    Err(e) => e,
+                    Ok(v) => RedisError::Reply(format!("unasked reply {v:?}")),
+                };
+            }
+            if idle == Idle::Ping {
                 let ping = redis::cmd("PING").get_packed_command();
                 if let Err(e) = stream.write_all(&ping).await {
                     return RedisError::Io(e.to_string());

@@ -167,6 +167,9 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
             202,
             &json!({ "status": "accepted", "room": b.room, "subscribers": n }),
         ),
-        Err(_) => http::error(503, "redis_unavailable"),
+        Err(e) => {
+            tracing::warn!(error = %e, "broadcast not published: 503");
+            http::error(503, "redis_unavailable")
+        }
     }
 }
