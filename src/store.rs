@@ -296,19 +296,23 @@ impl Store {
         cmd
     }
 
-    /// Applies one script call's reply to its batch; an error reply fails
-    /// every session of the call.
-    fn apply_replies(&self, batch: &[(Rc<Session>, u64)], reply: &Value) -> Vec<bool> {
-        match reply {
-            Value::Array(items) if items.len() == batch.len() => batch
+    /// Writes `batch` in one script call and applies each session's answer.
+    /// Returns each session's outcome; a failed call, or an error reply,
+    /// fails the whole batch.
+    async fn write(
+        &self,
+        batch: &[(Rc<Session>, u64)],
+    ) -> Result<Vec<Result<(), RedisError>>, RedisError> {
+        let cmd = self.flush_cmd(batch).get_packed_command();
+        let replies = self.redis.exec(cmd, 1).await?;
+        match &replies[0] {
+            Value::Array(items) if items.len() == batch.len() => Ok(batch
                 .iter()
                 .zip(items)
-                .map(|((s, value), r)| self.apply_reply(s, *value, r).is_ok())
-                .collect(),
-            other => {
-                tracing::warn!(reply = ?other, "redis refused a flush");
-                vec![false; batch.len()]
-            }
+                .map(|((s, value), r)| self.apply_reply(s, *value, r))
+                .collect()),
+            Value::ServerError(e) => Err(RedisError::Server(format!("{e:?}"))),
+            other => Err(RedisError::Reply(format!("{other:?}"))),
         }
     }
 
@@ -367,18 +371,10 @@ impl Store {
         if s.is_deleted() {
             return Ok(());
         }
-        let batch = [(s.clone(), s.mine())];
-        let cmd = self.flush_cmd(&batch);
-        let result = match self.redis.exec(cmd.get_packed_command(), 1).await {
-            Ok(v) => match &v[0] {
-                Value::Array(items) if items.len() == 1 => {
-                    self.apply_reply(s, batch[0].1, &items[0])
-                }
-                Value::ServerError(e) => Err(RedisError::Server(format!("{e:?}"))),
-                other => Err(RedisError::Reply(format!("{other:?}"))),
-            },
-            Err(e) => Err(e),
-        };
+        let result = self
+            .write(&[(s.clone(), s.mine())])
+            .await
+            .and_then(|mut each| each.remove(0));
         if result.is_err() {
             self.enqueue(s);
         }
@@ -408,11 +404,14 @@ impl Store {
             })
             .collect();
         for batch in pending.chunks(FLUSH_BATCH) {
-            let mut bytes = Vec::with_capacity(batch.len() * 120 + 64);
-            self.flush_cmd(batch).write_packed_command(&mut bytes);
-            let oks = match self.redis.exec(bytes, 1).await {
-                Ok(replies) => self.apply_replies(batch, &replies[0]),
-                Err(_) => vec![false; batch.len()],
+            let oks: Vec<bool> = match self.write(batch).await {
+                Ok(each) => each.iter().map(Result::is_ok).collect(),
+                Err(e) => {
+                    if matches!(e, RedisError::Server(_) | RedisError::Reply(_)) {
+                        tracing::warn!(error = %e, "redis refused a flush");
+                    }
+                    vec![false; batch.len()]
+                }
             };
             for ((s, _), ok) in batch.iter().zip(oks) {
                 clean &= ok;
