@@ -110,6 +110,9 @@ pub struct Point {
     pub live: u64,
     pub msgs_per_s: f64,
     pub faults: u64,
+    /// The slowest reply in this point's interval, in microseconds.
+    #[serde(default)]
+    pub rtt_max_us: f64,
 }
 
 impl Report {

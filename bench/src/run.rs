@@ -206,6 +206,8 @@ struct Coordinator<'a> {
     rusage0: u64,
     series: Vec<Point>,
     last_point: (u64, u64),
+    /// The slowest reply any worker saw since the last point.
+    rtt_max_ns: u64,
     last_plain: u64,
     window: Option<Window>,
     storm: Option<StormFigures>,
@@ -252,6 +254,7 @@ impl<'a> Coordinator<'a> {
             rusage0,
             series: Vec::new(),
             last_point: (t0, 0),
+            rtt_max_ns: 0,
             last_plain: t0,
             window: None,
             storm: None,
@@ -403,9 +406,17 @@ impl<'a> Coordinator<'a> {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Line(w, Line::Tick { c, faults }) => {
+            Event::Line(
+                w,
+                Line::Tick {
+                    c,
+                    faults,
+                    rtt_max_ns,
+                },
+            ) => {
                 self.w.last[w] = c;
                 self.w.faults[w] = faults;
+                self.rtt_max_ns = self.rtt_max_ns.max(rtt_max_ns);
             }
             Event::Line(w, Line::Ready { at_ns }) => self.w.ready[w] = Some(at_ns),
             Event::Line(w, Line::Done(r)) => {
@@ -432,6 +443,7 @@ impl<'a> Coordinator<'a> {
             live: c.live,
             msgs_per_s: rate,
             faults,
+            rtt_max_us: std::mem::take(&mut self.rtt_max_ns) as f64 / 1e3,
         });
         self.bar.set_position(c.live);
         self.bar.set_message(format!(

@@ -38,6 +38,9 @@ pub enum Line {
     Tick {
         c: Counters,
         faults: u64,
+        /// The slowest reply since the previous tick, in nanoseconds.
+        #[serde(default)]
+        rtt_max_ns: u64,
     },
     /// Every socket of the current phase is open (and primed) or has failed.
     Ready {
@@ -149,6 +152,8 @@ pub struct Worker {
     faults: Faults,
     fault_lines: u32,
     rtt: hdrhistogram::Histogram<u64>,
+    /// The slowest reply since the last tick, so a stall shows in time.
+    rtt_max_ns: u64,
     connect: hdrhistogram::Histogram<u64>,
     reconnect: hdrhistogram::Histogram<u64>,
     window: Option<(u64, u64)>,
@@ -193,6 +198,7 @@ impl Worker {
             faults: Faults::default(),
             fault_lines: 0,
             rtt: stats::histogram(),
+            rtt_max_ns: 0,
             connect: stats::histogram(),
             reconnect: stats::histogram(),
             window: None,
@@ -395,6 +401,7 @@ impl Worker {
         emit(&Line::Tick {
             c: self.c,
             faults: self.faults.total(),
+            rtt_max_ns: std::mem::take(&mut self.rtt_max_ns),
         });
     }
 
@@ -819,8 +826,9 @@ impl Worker {
         }
         c.acked = n;
         self.c.replies += 1;
-        self.rtt
-            .saturating_record(self.now.saturating_sub(sent_at).max(1));
+        let rtt = self.now.saturating_sub(sent_at).max(1);
+        self.rtt.saturating_record(rtt);
+        self.rtt_max_ns = self.rtt_max_ns.max(rtt);
         let c = &mut self.conns[i];
         if c.verifying {
             c.verifying = false;
