@@ -1475,6 +1475,11 @@ impl LocalExecutor {
                 // requests that are latency sensitive we want them out of the
                 // ring ASAP (before we run the task queues). We will also use
                 // the opportunity to install the timer.
+                // shardcast patch: with no task runnable, the poll may hold
+                // the main ring's new SQEs for the sleep (see `Reactor::wait`).
+                if this.queues.borrow().active_executors.is_empty() {
+                    this.reactor.sys.hint_idle();
+                }
                 this.parker
                     .poll_io(|| Some(this.preempt_timer_duration()))
                     .expect("Failed to poll io! This is actually pretty bad!");
@@ -1493,6 +1498,14 @@ impl LocalExecutor {
                         // test again here. We can't test *just* here because the main
                         // future is probably the one setting up the task queues and etc.
                         break t.unwrap();
+                    } else if spin_before_park.is_zero() {
+                        // shardcast patch: no spin asked for, so park at once;
+                        // the park's own poll sees what a spin poll would, and
+                        // does not submit SQEs held for its sleep.
+                        this.parker
+                            .park()
+                            .expect("Failed to park! This is actually pretty bad!");
+                        pre_time = Instant::now();
                     } else {
                         while !this.reactor.spin_poll_io().unwrap() {
                             if pre_time.elapsed() > spin_before_park {

@@ -655,16 +655,22 @@ pub(crate) trait UringCommon {
     fn may_rush(&self) -> bool {
         true
     }
+    /// shardcast patch: prepared SQEs are kept in the ring, unsubmitted, for
+    /// the `io_uring_enter` that will sleep to carry them.
+    fn holding(&self) -> bool {
+        false
+    }
 
     fn consume_sqe_queue(
         &mut self,
         queue: &mut VecDeque<UringDescriptor>,
-        mut dispatch: bool,
+        dispatch: bool,
     ) -> io::Result<usize> {
+        let mut full = false;
         loop {
             match self.submit_one_event(queue) {
                 None => {
-                    dispatch = true;
+                    full = true;
                     break;
                 }
                 Some(true) => {}
@@ -672,7 +678,8 @@ pub(crate) trait UringCommon {
             }
         }
 
-        if dispatch && self.needs_kernel_enter() {
+        // shardcast patch: a held ring dispatches only when its SQ is full.
+        if (full || (dispatch && !self.holding())) && self.needs_kernel_enter() {
             self.submit_sqes()
         } else {
             Ok(0)
@@ -855,9 +862,12 @@ impl UringCommon for PollRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
+            // shardcast patch: read the clock only when there is something to
+            // submit; this runs for every ring and queue on every loop turn,
+            // and most of those calls find the queue empty.
+            let now = Instant::now();
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
                 let ops = extract_one_chain(source_map, queue, chain, now);
                 if ops.is_empty() {
@@ -893,6 +903,8 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    /// shardcast patch: see `UringCommon::holding`.
+    hold: bool,
 }
 
 impl SleepableRing {
@@ -913,6 +925,7 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            hold: false,
         })
     }
 
@@ -1045,11 +1058,8 @@ impl SleepableRing {
     }
 
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
+        // shardcast patch: SQEs held for this sleep go out with the link.
+        let held = self.waiting_kernel_submission();
         if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
             let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
             let op = UringDescriptor {
@@ -1082,7 +1092,7 @@ impl SleepableRing {
                 .or_else(Reactor::again_ok)
                 .or_else(Reactor::intr_ok)?;
             self.in_kernel += submitted;
-            if submitted != 1 {
+            if submitted != held + 1 {
                 // We failed to submit the `SQE` that links the rings. Just can't sleep.
                 // Waiting here is unsafe because we could end up waiting much longer than
                 // needed.
@@ -1109,11 +1119,18 @@ impl SleepableRing {
     /// shardcast patch: sleeps while the link to the latency ring is still
     /// armed from an earlier sleep: nothing to submit, only the wait.
     fn wait_linked(&mut self) -> io::Result<usize> {
-        assert_eq!(
-            self.waiting_kernel_submission(),
-            0,
-            "sleeping with pending SQEs"
-        );
+        if self.waiting_kernel_submission() > 0 {
+            // SQEs held for this sleep: submit them and wait in one call.
+            let submitted = self
+                .ring
+                .submit_sqes_and_wait(1)
+                .map(|x| x as usize)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)?;
+            self.in_kernel += submitted;
+            return Ok(1);
+        }
         self.ring
             .cq()
             .wait(1)
@@ -1145,6 +1162,10 @@ impl UringCommon for SleepableRing {
         false
     }
 
+    fn holding(&self) -> bool {
+        self.hold
+    }
+
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
         // kernel posts the CQEs asynchronously for us)
@@ -1152,8 +1173,9 @@ impl UringCommon for SleepableRing {
     }
 
     fn can_sleep(&self) -> bool {
+        // shardcast patch: held SQEs go out with the sleep itself.
         self.submission_queue.borrow().is_empty()
-            && self.waiting_kernel_submission() == 0
+            && (self.hold || self.waiting_kernel_submission() == 0)
             && self.waiting_kernel_collection() == 0
     }
 
@@ -1204,9 +1226,12 @@ impl UringCommon for SleepableRing {
 
     fn submit_one_event(&mut self, queue: &mut VecDeque<UringDescriptor>) -> Option<bool> {
         let source_map = &mut *self.source_map.borrow_mut();
-        let now = Instant::now();
 
         while let Some(chain) = peek_one_chain(queue, self.size) {
+            // shardcast patch: read the clock only when there is something to
+            // submit; this runs for every ring and queue on every loop turn,
+            // and most of those calls find the queue empty.
+            let now = Instant::now();
             return if let Some(sqes) = self.ring.sq().prepare_sqes(chain.len() as u32) {
                 let ops = extract_one_chain(source_map, queue, chain, now);
                 if ops.is_empty() {
@@ -1241,6 +1266,10 @@ pub(crate) struct Reactor {
     latency_preemption_timeout_src: Cell<Option<Source>>,
     /// shardcast patch: when the armed latency timer fires.
     latency_preemption_deadline: Cell<Option<std::time::Instant>>,
+    /// shardcast patch: set by the executor when no task is runnable, so a
+    /// poll that wakes nothing holds the main ring's new SQEs for the sleep
+    /// that follows (one `io_uring_enter` per wake instead of two).
+    idle_hint: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1376,6 +1405,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_deadline: Cell::new(None),
+            idle_hint: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1879,6 +1909,16 @@ impl Reactor {
             ));
         }
 
+        // shardcast patch: when this call woke nothing and either may sleep
+        // or was told no task is runnable, the main ring's new SQEs (typically
+        // the one poll a socket task re-arms per wake) are prepared but not
+        // submitted here: the sleep's own `io_uring_enter` carries them. The
+        // executor skips its spin poll when `spin_before_park` is zero, so
+        // nothing else runs between this poll and the sleep. Any later flush
+        // submits held SQEs, so a wrong hint delays them by one loop turn.
+        let sleep_mode = preempt_timer().is_none();
+        main_ring.hold = woke == 0 && (sleep_mode || self.idle_hint.replace(false));
+
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
         flush_cancellations!(into &mut woke; lat_ring, poll_ring, main_ring);
@@ -1927,6 +1967,7 @@ impl Reactor {
                 if self.eventfd_src.is_installed().unwrap() {
                     self.link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
+                    main_ring.hold = false;
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
@@ -1948,6 +1989,18 @@ impl Reactor {
             }
         }
 
+        // shardcast patch: a sleep that did not happen submits what it held;
+        // a poll leaves its held SQEs in the ring for the sleep to come.
+        let held = main_ring.hold;
+        main_ring.hold = false;
+        if (sleep_mode || !held) && main_ring.waiting_kernel_submission() > 0 {
+            main_ring
+                .submit_sqes()
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)?;
+        }
+
         // A Note about `need_preempt`:
         //
         // If in the last call to consume_rings! some events completed, the tail and
@@ -1956,6 +2009,11 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// shardcast patch: tells the next poll that no task is runnable.
+    pub(crate) fn hint_idle(&self) {
+        self.idle_hint.set(true);
     }
 
     /// shardcast patch: whether no latency timer is armed, or the armed
