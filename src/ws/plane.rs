@@ -499,6 +499,10 @@ impl Plane {
         let plane = self.clone();
         let session = sock.session.clone();
         glommio::spawn_local(async move {
+            // glommio polls a spawned task once, at once, inside this call,
+            // while the caller still holds the socket table; a write that
+            // fails without waiting (Redis down) would then resume into it.
+            futures_lite::future::yield_now().await;
             let written = Box::pin(plane.ctx.store.persist(&session)).await;
             plane.resume(conn, count, arrived, written.is_ok());
         })
