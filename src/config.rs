@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 /// Exit code for bad configuration (EX_USAGE in sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 /// When a count reply may go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +65,15 @@ pub struct Config {
     pub backlog: u32,
     /// Redis for sessions and pub/sub.
     pub redis_url: String,
+    /// Sentinels (`host:port`) that name the Redis master; when set, the
+    /// shards ask them for `redis_master_name` instead of using `redis_url`.
+    pub redis_sentinels: Vec<String>,
+    /// The master's name in the Sentinels' configuration.
+    pub redis_master_name: String,
+    /// Replicas that must confirm a write (`WAIT`) before it counts as done:
+    /// in sync durability before the reply, in async before the flush is
+    /// taken as written. 0: a master's own reply is enough.
+    pub redis_min_replicas: u32,
     /// Deployment color, reported in logs, `/status` and `app_info`.
     pub color: String,
     /// `plain` (PUBLISH/SUBSCRIBE) or `sharded` (SPUBLISH/SSUBSCRIBE).
@@ -142,7 +153,10 @@ impl Default for Config {
             shards: 0,
             pin: true,
             backlog: 4096,
-            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_url: DEFAULT_REDIS_URL.into(),
+            redis_sentinels: Vec::new(),
+            redis_master_name: String::new(),
+            redis_min_replicas: 0,
             color: "blue".into(),
             pubsub: PubsubMode::Plain,
             max_rooms: 10_000,
@@ -226,6 +240,15 @@ pub struct Cli {
     pub backlog: Option<u32>,
     #[arg(long, env = "SHARDCAST_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Sentinels as host:port, comma-separated (instead of --redis-url)
+    #[arg(long, env = "SHARDCAST_REDIS_SENTINELS", value_delimiter = ',')]
+    pub redis_sentinels: Option<Vec<String>>,
+    /// The master's name in the Sentinels' configuration
+    #[arg(long, env = "SHARDCAST_REDIS_MASTER_NAME")]
+    pub redis_master_name: Option<String>,
+    /// Replicas that must confirm each write (WAIT) before it counts
+    #[arg(long, env = "SHARDCAST_REDIS_MIN_REPLICAS")]
+    pub redis_min_replicas: Option<u32>,
     #[arg(long, env = "SHARDCAST_COLOR")]
     pub color: Option<String>,
     /// Pub/sub commands: plain (PUBLISH) or sharded (SPUBLISH, Redis 7+)
@@ -290,12 +313,18 @@ impl Config {
 
     /// Layers flags and env (already merged by clap) over the file over defaults.
     pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
+        // Whether `redis_url` was given anywhere, not defaulted: with
+        // sentinels too, which one is meant is not for us to guess.
+        let mut url_given = cli.redis_url.is_some();
         let mut c = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.clone(),
                     source,
                 })?;
+                url_given |= text
+                    .parse::<toml::Table>()
+                    .is_ok_and(|t| t.contains_key("redis_url"));
                 Self::from_toml(&text).map_err(|msg| ConfigError::Toml {
                     path: path.clone(),
                     msg,
@@ -324,6 +353,9 @@ impl Config {
             pin,
             backlog,
             redis_url,
+            redis_sentinels,
+            redis_master_name,
+            redis_min_replicas,
             color,
             pubsub,
             max_rooms,
@@ -347,8 +379,40 @@ impl Config {
             log_format,
             log_level
         );
+        if url_given && !c.redis_sentinels.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "redis_sentinels",
+                msg: "give either redis_url or redis_sentinels, not both".into(),
+            });
+        }
         c.validate()?;
         Ok(c)
+    }
+
+    /// Where the shards find Redis. Valid once `validate` passed.
+    pub fn redis_target(&self) -> Result<RedisTarget, String> {
+        if self.redis_sentinels.is_empty() {
+            return RedisAddr::parse(&self.redis_url).map(RedisTarget::Single);
+        }
+        let sentinels = self
+            .redis_sentinels
+            .iter()
+            .map(|s| {
+                RedisAddr::parse(&format!("redis://{s}"))
+                    .map_err(|e| format!("sentinel {s:?}: {e}"))
+                    .and_then(|a| {
+                        if s.contains('@') || s.contains('/') {
+                            Err(format!("sentinel {s:?} must be host:port"))
+                        } else {
+                            Ok(a)
+                        }
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RedisTarget::Sentinel {
+            sentinels,
+            master: self.redis_master_name.clone(),
+        })
     }
 
     /// Parses a TOML document; missing keys keep their defaults.
@@ -374,6 +438,18 @@ impl Config {
             field: "redis_url",
             msg,
         })?;
+        if !self.redis_sentinels.is_empty() {
+            if self.redis_master_name.is_empty() {
+                return bad("redis_master_name", "is needed with redis_sentinels");
+            }
+            self.redis_target().map_err(|msg| ConfigError::Invalid {
+                field: "redis_sentinels",
+                msg,
+            })?;
+        }
+        if self.redis_min_replicas > 16 {
+            return bad("redis_min_replicas", "must be at most 16");
+        }
         if self.color.is_empty()
             || !self
                 .color
@@ -468,6 +544,19 @@ mod dur {
     }
 }
 
+/// Where the shards find their Redis master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server, as `redis_url` names it.
+    Single(RedisAddr),
+    /// The master that these Sentinels name `master`; asked again on every
+    /// connect, so a failover is followed.
+    Sentinel {
+        sentinels: Vec<RedisAddr>,
+        master: String,
+    },
+}
+
 /// Where Redis is, parsed from `redis://[:password@]host:port[/db]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisAddr {
@@ -478,6 +567,15 @@ pub struct RedisAddr {
 }
 
 impl RedisAddr {
+    /// `host:port`, with an IPv6 host in brackets, for connecting and logs.
+    pub fn socket_text(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
     pub fn parse(url: &str) -> Result<RedisAddr, String> {
         let rest = url
             .strip_prefix("redis://")
@@ -537,6 +635,7 @@ mod tests {
         );
         let a = RedisAddr::parse("redis://[::1]:7000").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 7000));
+        assert_eq!(a.socket_text(), "[::1]:7000");
         assert!(RedisAddr::parse("redis://:1").is_err());
         assert!(RedisAddr::parse("redis://h:notaport").is_err());
     }
@@ -624,5 +723,68 @@ mod tests {
         }
         let err = Config::from_toml("bogus = 1").unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+        for (a, needle) in [
+            (
+                vec![
+                    "--redis-url",
+                    "redis://127.0.0.1:6379",
+                    "--redis-sentinels",
+                    "127.0.0.1:26379",
+                    "--redis-master-name",
+                    "m",
+                ],
+                "not both",
+            ),
+            (
+                vec!["--redis-sentinels", "127.0.0.1:26379"],
+                "redis_master_name",
+            ),
+            (
+                vec!["--redis-sentinels", "h:x", "--redis-master-name", "m"],
+                "redis_sentinels",
+            ),
+            (vec!["--redis-min-replicas", "99"], "redis_min_replicas"),
+        ] {
+            let err = Config::from_args(args(&a)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{a:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sentinels_name_the_target() {
+        let c = Config::from_args(args(&[
+            "--redis-sentinels",
+            "127.0.0.1:26379,[::1]:26380",
+            "--redis-master-name",
+            "main",
+        ]))
+        .unwrap();
+        let RedisTarget::Sentinel { sentinels, master } = c.redis_target().unwrap() else {
+            panic!("expected sentinels");
+        };
+        assert_eq!(master, "main");
+        assert_eq!(sentinels.len(), 2);
+        assert_eq!(sentinels[1].port, 26380);
+        let c = Config::default();
+        assert!(matches!(c.redis_target(), Ok(RedisTarget::Single(_))));
+    }
+
+    #[test]
+    fn a_file_url_and_sentinel_flags_conflict() {
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "redis_url = \"redis://10.0.0.5:6379\"\n").unwrap();
+        let err = Config::from_args(args(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--redis-sentinels",
+            "127.0.0.1:26379",
+            "--redis-master-name",
+            "m",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("not both"), "{err}");
+        std::fs::remove_dir_all(dir).ok();
     }
 }

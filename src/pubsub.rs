@@ -20,8 +20,9 @@ use futures_channel::oneshot;
 use futures_lite::{future, AsyncWriteExt};
 
 use crate::config::PubsubMode;
-use crate::config::RedisAddr;
+use crate::config::RedisTarget;
 use crate::metrics::Metrics;
+use crate::redis::sentinel::Switch;
 use crate::redis::{self as rds, Value};
 
 /// The channel of whole-service events ([`crate::protocol::BusEvent`]).
@@ -373,11 +374,17 @@ impl Subscriber {
 /// writes (un)subscribe commands as sockets come and go. Reconnects with
 /// backoff; messages published while it is away are lost (pub/sub keeps
 /// nothing), which is why kicks also write a tombstone that resumes check.
-pub async fn run(sub: Rc<Subscriber>, addr: RedisAddr, on_message: impl Fn(Target<'_>, &[u8])) {
+pub async fn run(
+    sub: Rc<Subscriber>,
+    target: RedisTarget,
+    switch: Rc<Switch>,
+    on_message: impl Fn(Target<'_>, &[u8]),
+) {
     let up = |v: bool| sub.metrics.shards[sub.shard].pubsub_up.set(v as u64);
     let mut backoff = BACKOFF_MIN;
     loop {
-        if let Ok((mut stream, mut reader)) = rds::connect(&addr).await {
+        let generation = switch.generation();
+        if let Ok((mut stream, mut reader, _)) = rds::connect_master(&target, sub.shard).await {
             // Pushes come when they come: liveness is the PING below.
             stream.set_read_timeout(None).ok();
             let first = sub.resubscribe_all();
@@ -397,6 +404,7 @@ pub async fn run(sub: Rc<Subscriber>, addr: RedisAddr, on_message: impl Fn(Targe
                     Read(Result<Value, rds::RedisError>),
                     Write,
                     Tick,
+                    Switched,
                 }
                 let step = future::or(
                     async { Step::Read(reader.read_value(&mut stream).await) },
@@ -405,10 +413,16 @@ pub async fn run(sub: Rc<Subscriber>, addr: RedisAddr, on_message: impl Fn(Targe
                             sub.outgoing().await;
                             Step::Write
                         },
-                        async {
-                            glommio::timer::sleep(TICK).await;
-                            Step::Tick
-                        },
+                        future::or(
+                            async {
+                                glommio::timer::sleep(TICK).await;
+                                Step::Tick
+                            },
+                            async {
+                                switch.after(generation).await;
+                                Step::Switched
+                            },
+                        ),
                     ),
                 )
                 .await;
@@ -433,6 +447,7 @@ pub async fn run(sub: Rc<Subscriber>, addr: RedisAddr, on_message: impl Fn(Targe
                     Step::Read(Ok(_)) => heard = Instant::now(),
                     Step::Read(Err(e)) => break e.to_string(),
                     Step::Write => pending = std::mem::take(&mut *sub.outbox.borrow_mut()),
+                    Step::Switched => break "the sentinels switched the master".to_string(),
                     Step::Tick => {
                         let now = Instant::now();
                         sub.sweep(now);

@@ -14,11 +14,12 @@ use glommio::net::TcpStream;
 use glommio::sync::Gate;
 use shards::{Control, ShardContext};
 
-use crate::config::RedisAddr;
+use crate::config::RedisTarget;
 use crate::context::{Context, Shared};
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
+use crate::redis::sentinel::{self, Switch};
 use crate::redis::Redis;
 use crate::store::Store;
 use crate::ws::codec;
@@ -90,9 +91,22 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     crate::logging::set_shard(ctx.id);
     let cfg = &shared.cfg;
     // Validated at start, so it parses.
-    let addr = RedisAddr::parse(&cfg.redis_url).expect("redis_url was validated");
+    let target = cfg
+        .redis_target()
+        .expect("the redis settings were validated");
+    let switch = Rc::new(Switch::default());
+    if let RedisTarget::Sentinel { sentinels, master } = &target {
+        glommio::spawn_local(sentinel::watch(
+            sentinels.clone(),
+            master.clone(),
+            ctx.id,
+            switch.clone(),
+        ))
+        .detach();
+    }
     let redis = Redis::new(
-        addr.clone(),
+        target.clone(),
+        switch.clone(),
         Store::init_commands(),
         1,
         shared.metrics.clone(),
@@ -105,6 +119,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         ctx.id,
         cfg.session_ttl.as_millis() as u64,
         cfg.max_unflushed_sessions,
+        cfg.redis_min_replicas,
         shared.metrics.clone(),
     );
     let pubsub = Subscriber::new(cfg.pubsub, cfg.max_rooms, shared.metrics.clone(), ctx.id);
@@ -122,8 +137,8 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     glommio::spawn_local(redis.clone().run()).detach();
     {
         let (s, p) = (shard.clone(), plane.clone());
-        glommio::spawn_local(pubsub::run(pubsub, addr, move |target, payload| {
-            on_bus_event(&s, &p, target, payload)
+        glommio::spawn_local(pubsub::run(pubsub, target, switch, move |to, payload| {
+            on_bus_event(&s, &p, to, payload)
         }))
         .detach();
     }

@@ -120,6 +120,8 @@ pub struct Redis {
     pub port: u16,
     dir: PathBuf,
     aof: bool,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
     child: Option<Child>,
 }
 
@@ -138,10 +140,34 @@ impl Redis {
             port: free_port(),
             dir: temp_dir("redis"),
             aof,
+            replica_of: None,
             child: None,
         };
         r.spawn();
         r
+    }
+
+    /// A replica of `master`, started and in sync with it.
+    pub fn start_replica_of(master: &Redis) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: temp_dir("replica"),
+            aof: false,
+            replica_of: Some(master.port),
+            child: None,
+        };
+        r.spawn();
+        wait_for("the replica to sync", Duration::from_secs(20), || {
+            r.cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+                .then_some(())
+        });
+        r
+    }
+
+    /// The first word `ROLE` answers: master, slave or sentinel.
+    pub fn role(&self) -> String {
+        self.cli(&["ROLE"]).lines().next().unwrap_or("").to_string()
     }
 
     /// A Redis that is not running yet (its port is reserved by number only).
@@ -150,6 +176,7 @@ impl Redis {
             port: free_port(),
             dir: temp_dir("redis"),
             aof: false,
+            replica_of: None,
             child: None,
         }
     }
@@ -174,6 +201,9 @@ impl Redis {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
             cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(m) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("redis-server must be installed"));
@@ -211,6 +241,89 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `redis-server --sentinel` watching one master, named `master`.
+pub struct Sentinel {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Sentinel {
+    /// Starts a sentinel with a quorum of `quorum` and a 1 s down-after, so
+    /// a killed master is failed over within a few seconds.
+    pub fn start(master: &Redis, name: &str, quorum: u32) -> Sentinel {
+        let port = free_port();
+        let dir = temp_dir("sentinel");
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+                 sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
+                 sentinel down-after-milliseconds {name} 1000\n\
+                 sentinel failover-timeout {name} 5000\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let s = Sentinel { port, dir, child };
+        wait_for("the sentinel to answer", Duration::from_secs(10), || {
+            (s.cli(&["PING"]).trim() == "PONG").then_some(())
+        });
+        s
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli must be installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The port of the master this sentinel names now.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        let out = self.cli(&["SENTINEL", "get-master-addr-by-name", name]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Waits until this sentinel knows the master's replicas and `others`
+    /// other sentinels: before that, a failover cannot reach its quorum.
+    pub fn wait_settled(&self, name: &str, replicas: usize, others: usize) {
+        let count = |what: &str| {
+            self.cli(&["SENTINEL", what, name])
+                .lines()
+                .filter(|l| l.trim() == "name")
+                .count()
+        };
+        wait_for("the sentinels to settle", Duration::from_secs(30), || {
+            (count("replicas") >= replicas && count("sentinels") >= others).then_some(())
+        });
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -302,6 +415,20 @@ impl Server {
         ServerBuilder {
             args: vec!["--redis-url".into(), redis.url()],
             redis_live: redis.child.is_some(),
+        }
+    }
+
+    /// A server that finds its Redis master through `sentinels`;
+    /// `master_live` says whether it can become ready.
+    pub fn builder_sentinels(sentinels: &[String], name: &str, master_live: bool) -> ServerBuilder {
+        ServerBuilder {
+            args: vec![
+                "--redis-sentinels".into(),
+                sentinels.join(","),
+                "--redis-master-name".into(),
+                name.into(),
+            ],
+            redis_live: master_live,
         }
     }
 

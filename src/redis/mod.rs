@@ -8,25 +8,35 @@
 //! out together as the next batch; Redis answers in order, so replies are
 //! matched by position), reconnecting with backoff. The shard's pub/sub
 //! connection, which rides on the same reader, is [`crate::pubsub`].
+//!
+//! - [`wire`]: the RESP reader and a connect to one address;
+//! - [`sentinel`]: asking Sentinels for the master, and word of a switch;
+//! - [`connect_master`]: a connection to whichever server is master now.
+
+pub mod sentinel;
+pub(crate) mod wire;
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 pub use redis::Value;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
-use crate::config::RedisAddr;
+use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use sentinel::Switch;
+pub use wire::as_u64;
+pub(crate) use wire::RespReader;
+use wire::REPLY_TIMEOUT;
 
 /// Requests queued or in flight, per shard. A caller past this waits for a
 /// slot (a storm of 10,000 resumes is a burst, not an outage) for at most
@@ -35,8 +45,6 @@ use crate::readiness::Readiness;
 const QUEUE: usize = 4096;
 /// Requests written to Redis in one batch.
 const BATCH: usize = 512;
-/// A reply later than this means the connection is broken: reconnect.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a command connection may sit idle before it is checked.
 const IDLE_PING: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -53,108 +61,36 @@ pub enum RedisError {
     Server(String),
     #[error("unexpected redis reply: {0}")]
     Reply(String),
+    /// Where the master is could not be told, or the server is not it.
+    #[error("redis topology: {0}")]
+    Topology(String),
+    /// The write reached the master, but fewer replicas confirmed it than
+    /// `redis_min_replicas` asks for: it may vanish with the master.
+    #[error("only {acked} of {wanted} replicas confirmed the write")]
+    Replicas { acked: u32, wanted: u32 },
 }
 
-/// Reads RESP values off a glommio stream with the crate's incremental parser.
-pub(crate) struct RespReader {
-    parser: redis::Parser,
-    buf: Box<[u8]>,
-    len: usize,
-    pos: usize,
-}
-
-/// Hands the parser what has arrived; says WouldBlock (not EOF) when it runs
-/// dry, so the parser keeps its partial state and can be called again.
-struct Feed<'a> {
-    data: &'a [u8],
-    pos: &'a mut usize,
-    dry: bool,
-}
-
-impl Read for Feed<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let left = &self.data[*self.pos..];
-        if left.is_empty() {
-            self.dry = true;
-            return Err(io::ErrorKind::WouldBlock.into());
+/// Opens a connection to the server that is master now: the one `target`
+/// names, or the one its Sentinels name (asked from the `turn`th on), after
+/// it said `ROLE` master. Returns the address it reached, for logs.
+pub(crate) async fn connect_master(
+    target: &RedisTarget,
+    turn: usize,
+) -> Result<(TcpStream, RespReader, RedisAddr), RedisError> {
+    let addr = match target {
+        RedisTarget::Single(a) => a.clone(),
+        RedisTarget::Sentinel { sentinels, master } => {
+            sentinel::master_addr(sentinels, master, turn).await?
         }
-        let n = left.len().min(out.len());
-        out[..n].copy_from_slice(&left[..n]);
-        *self.pos += n;
-        Ok(n)
-    }
+    };
+    let (mut stream, mut reader) = wire::connect(&addr).await?;
+    wire::expect_master(&mut stream, &mut reader, &addr).await?;
+    Ok((stream, reader, addr))
 }
 
-impl RespReader {
-    fn new() -> Self {
-        Self {
-            parser: redis::Parser::new(),
-            buf: vec![0u8; 16 << 10].into_boxed_slice(),
-            len: 0,
-            pos: 0,
-        }
-    }
-
-    pub(crate) async fn read_value(&mut self, stream: &mut TcpStream) -> Result<Value, RedisError> {
-        loop {
-            let mut feed = Feed {
-                data: &self.buf[..self.len],
-                pos: &mut self.pos,
-                dry: false,
-            };
-            match self.parser.parse_value(&mut feed) {
-                Ok(v) => return Ok(v),
-                Err(_) if feed.dry => {}
-                Err(e) => return Err(RedisError::Reply(e.to_string())),
-            }
-            self.pos = 0;
-            self.len = 0;
-            let n = stream
-                .read(&mut self.buf)
-                .await
-                .map_err(|e| RedisError::Io(e.to_string()))?;
-            if n == 0 {
-                return Err(RedisError::Io("connection closed by redis".into()));
-            }
-            self.len = n;
-        }
-    }
-}
-
-pub(crate) async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
-    let target = format!("{}:{}", addr.host, addr.port);
-    let mut stream = glommio::timer::timeout(REPLY_TIMEOUT, async {
-        TcpStream::connect(target.as_str())
-            .await
-            .map_err(|e| glommio::GlommioError::IoError(io::Error::other(e.to_string())))
-    })
-    .await
-    .map_err(|e| RedisError::Io(e.to_string()))?;
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
-    let mut reader = RespReader::new();
-    let mut hello = Vec::new();
-    let mut expect = 0;
-    if let Some(pw) = &addr.password {
-        hello.extend(redis::cmd("AUTH").arg(pw).get_packed_command());
-        expect += 1;
-    }
-    if addr.db != 0 {
-        hello.extend(redis::cmd("SELECT").arg(addr.db).get_packed_command());
-        expect += 1;
-    }
-    if expect > 0 {
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(|e| RedisError::Io(e.to_string()))?;
-        for _ in 0..expect {
-            if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
-                return Err(RedisError::Server(format!("{e:?}")));
-            }
-        }
-    }
-    Ok((stream, reader))
+/// A reply that says the server became a replica under us.
+fn demoted(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "READONLY")
 }
 
 struct Request {
@@ -170,7 +106,11 @@ pub struct Redis {
 }
 
 struct Inner {
-    addr: RedisAddr,
+    target: RedisTarget,
+    /// Bumped when the Sentinels switch the master: drop the connection.
+    switch: Rc<Switch>,
+    /// The server reached last, for logs.
+    reached: RefCell<Option<RedisAddr>>,
     up: Cell<bool>,
     epoch: Cell<u64>,
     queue: RefCell<VecDeque<Request>>,
@@ -190,7 +130,8 @@ impl Redis {
     /// packed commands run on every (re)connect (e.g. SCRIPT LOAD), with the
     /// number of replies they produce.
     pub fn new(
-        addr: RedisAddr,
+        target: RedisTarget,
+        switch: Rc<Switch>,
         init: Vec<u8>,
         init_replies: usize,
         metrics: Arc<Metrics>,
@@ -199,7 +140,9 @@ impl Redis {
     ) -> Self {
         Self {
             inner: Rc::new(Inner {
-                addr,
+                target,
+                switch,
+                reached: RefCell::new(None),
                 up: Cell::new(false),
                 epoch: Cell::new(0),
                 queue: RefCell::new(VecDeque::new()),
@@ -334,11 +277,16 @@ impl Redis {
     }
 
     fn target(&self) -> String {
-        format!("{}:{}", self.inner.addr.host, self.inner.addr.port)
+        match (&*self.inner.reached.borrow(), &self.inner.target) {
+            (Some(a), _) | (None, RedisTarget::Single(a)) => a.socket_text(),
+            (None, RedisTarget::Sentinel { master, .. }) => format!("sentinel master {master}"),
+        }
     }
 
     async fn open(&self) -> Result<(TcpStream, RespReader), RedisError> {
-        let (mut stream, mut reader) = connect(&self.inner.addr).await?;
+        let (mut stream, mut reader, addr) =
+            connect_master(&self.inner.target, self.inner.shard).await?;
+        self.inner.reached.replace(Some(addr));
         if self.inner.init_replies > 0 {
             stream
                 .write_all(&self.inner.init)
@@ -360,6 +308,7 @@ enum Idle {
     Work,
     Readable,
     Ping,
+    Switched,
 }
 
 impl Redis {
@@ -379,7 +328,12 @@ impl Redis {
     async fn serve(&self, stream: &mut TcpStream, reader: &mut RespReader) -> RedisError {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
         let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+        let switch = &self.inner.switch;
+        let generation = switch.generation();
         loop {
+            if switch.generation() != generation {
+                return RedisError::Topology("the sentinels switched the master".into());
+            }
             // Redis sends nothing unasked on a command connection, so an idle
             // one that turns readable was closed (a restart, a kill): noticed
             // at once, not by the next request, which would fail on it. A
@@ -394,13 +348,22 @@ impl Redis {
                         let _ = glommio::net::readable(stream.as_raw_fd()).await;
                         Idle::Readable
                     },
-                    async {
-                        glommio::timer::sleep(IDLE_PING).await;
-                        Idle::Ping
-                    },
+                    futures_lite::future::or(
+                        async {
+                            glommio::timer::sleep(IDLE_PING).await;
+                            Idle::Ping
+                        },
+                        async {
+                            switch.after(generation).await;
+                            Idle::Switched
+                        },
+                    ),
                 ),
             )
             .await;
+            if idle == Idle::Switched {
+                continue;
+            }
             if idle == Idle::Readable {
                 return match reader.read_value(stream).await {
                     Err(e) => e,
@@ -434,6 +397,7 @@ impl Redis {
                 return err;
             }
             let mut failed = None;
+            let mut demoted_under_us = false;
             for r in batch.drain(..) {
                 if let Some(err) = &failed {
                     let _ = r.done.send(Err(RedisError::clone(err)));
@@ -451,6 +415,7 @@ impl Redis {
                 }
                 match &failed {
                     None => {
+                        demoted_under_us |= values.iter().any(demoted);
                         let _ = r.done.send(Ok(values));
                     }
                     Some(e) => {
@@ -464,48 +429,11 @@ impl Redis {
             if let Some(e) = failed {
                 return e;
             }
+            if demoted_under_us {
+                // The refused writes were answered as such; the next
+                // connect asks again where the master is.
+                return RedisError::Topology("the server became a replica (READONLY)".into());
+            }
         }
-    }
-}
-
-/// Sum of an integer reply, or of an array of integer-like replies.
-pub fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn feed_says_would_block_when_dry_and_parser_resumes() {
-        let mut parser = redis::Parser::new();
-        let mut pos = 0;
-        let first = b"*2\r\n:1\r\n$3\r\nab";
-        let mut feed = Feed {
-            data: first,
-            pos: &mut pos,
-            dry: false,
-        };
-        assert!(parser.parse_value(&mut feed).is_err());
-        assert!(feed.dry);
-        let mut pos = 0;
-        let mut feed = Feed {
-            data: b"c\r\n:7\r\n",
-            pos: &mut pos,
-            dry: false,
-        };
-        let v = parser.parse_value(&mut feed).unwrap();
-        assert_eq!(
-            v,
-            Value::Array(vec![Value::Int(1), Value::BulkString(b"abc".to_vec())])
-        );
-        let v = parser.parse_value(&mut feed).unwrap();
-        assert_eq!(v, Value::Int(7));
     }
 }
