@@ -17,7 +17,8 @@
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
-//! - [`redis`]: Redis over a shard's own glommio sockets.
+//! - [`redis`]: Redis over a shard's own glommio sockets: the command
+//!   connection, the wire, and the master that Sentinels name.
 //! - [`metrics`]: per-shard cells summed at scrape.
 //! - [`process`]: RSS, CPU, descriptors of this process, read at scrape.
 //! - [`admin`]: the admin listener (/metrics, /healthz, /readyz) that outlives a drain.

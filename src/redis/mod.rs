@@ -9,9 +9,9 @@
 //! matched by position), reconnecting with backoff. The shard's pub/sub
 //! connection, which rides on the same reader, is [`crate::pubsub`].
 //!
-//! - [`wire`]: the RESP reader and a connect to one address;
+//! - `wire`: the RESP reader, a connect to one address, `ROLE`;
 //! - [`sentinel`]: asking Sentinels for the master, and word of a switch;
-//! - [`connect_master`]: a connection to whichever server is master now.
+//! - `connect_master`: a connection to whichever server is master now.
 
 pub mod sentinel;
 pub(crate) mod wire;
