@@ -102,6 +102,12 @@ pub enum Cmd {
     /// Scale-out test of a cluster: fanout, room broadcast, resume on every
     /// node, and a node killed under traffic; exits 1 when an assertion fails.
     Scale(crate::scale::ScaleArgs),
+    /// Prints a duration (10s, 500ms, 1m 30s) in whole milliseconds, for
+    /// scripts that must not parse durations by hand.
+    Millis {
+        #[arg(value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// Internal: one worker process of a run.
     #[command(hide = true)]
     Worker { plan: String },

@@ -46,6 +46,10 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             worker::emit(&worker::Line::Done(Box::new(result)));
             return Ok(ExitCode::SUCCESS);
         }
+        Cmd::Millis { duration } => {
+            println!("{}", duration.as_millis());
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Suite(args) => return suite::main(args),
         Cmd::Scale(args) => return scale_run(&args),
         Cmd::ScaleWorker { plan } => {
