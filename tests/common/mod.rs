@@ -137,26 +137,26 @@ impl Redis {
 
     fn start_with(aof: bool) -> Redis {
         let mut r = Redis {
-            port: free_port(),
+            port: 0,
             dir: temp_dir("redis"),
             aof,
             replica_of: None,
             child: None,
         };
-        r.spawn();
+        r.spawn_on_free_port();
         r
     }
 
     /// A replica of `master`, started and in sync with it.
     pub fn start_replica_of(master: &Redis) -> Redis {
         let mut r = Redis {
-            port: free_port(),
+            port: 0,
             dir: temp_dir("replica"),
             aof: false,
             replica_of: Some(master.port),
             child: None,
         };
-        r.spawn();
+        r.spawn_on_free_port();
         wait_for("the replica to sync", Duration::from_secs(20), || {
             r.cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
@@ -207,9 +207,28 @@ impl Redis {
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("redis-server must be installed"));
-        wait_for("redis to answer PING", Duration::from_secs(10), || {
-            (self.cli(&["PING"]).trim() == "PONG").then_some(())
+        let up = wait_for("redis to answer PING", Duration::from_secs(10), || {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return Some(true);
+            }
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap().is_some();
+            exited.then_some(false)
         });
+        assert!(up, "redis-server exited at start on port {}", self.port);
+    }
+
+    /// Starts on a fresh port, trying another if the one picked was taken
+    /// meanwhile (a free port is only free until someone binds it).
+    fn spawn_on_free_port(&mut self) {
+        for _ in 0..3 {
+            self.port = free_port();
+            let up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn()));
+            if up.is_ok() {
+                return;
+            }
+            self.kill9();
+        }
+        panic!("redis-server would not start on three free ports");
     }
 
     /// SIGKILL, as a crash would.
