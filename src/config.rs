@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 
 /// Exit code for bad configuration (EX_USAGE in sysexits.h).
@@ -47,142 +48,167 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Everything the service can be told. Field docs double as the README's table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything the service can be told, defined once: each field is a flag
+/// (`--field-name`), an environment variable (`SHARDCAST_FIELD_NAME`) and a
+/// TOML key (`field_name`), with its default here. Field docs double as the
+/// README's table and as `--help`.
+#[derive(Debug, Clone, Serialize, Deserialize, Parser)]
 #[serde(default, deny_unknown_fields)]
+#[command(
+    name = "shardcast",
+    version,
+    about = "Sharded thread-per-core WebSocket counter service"
+)]
 pub struct Config {
+    /// TOML file with any of the settings below (flags and env win over it).
+    #[arg(long, env = "SHARDCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Address every shard listens on (SO_REUSEPORT).
+    #[arg(long, env = "SHARDCAST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Admin address for /metrics, /healthz and /readyz, served by a thread
     /// of its own that stays up through a drain (the shards' listeners close
     /// when it starts). None: no admin listener.
+    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
     /// Number of shards; 0 = one per online CPU.
+    #[arg(long, env = "SHARDCAST_SHARDS", default_value_t = 0)]
     pub shards: usize,
     /// Pin each shard to its own CPU.
+    #[arg(long, env = "SHARDCAST_PIN", default_value_t = true, action = ArgAction::Set)]
     pub pin: bool,
     /// Accept backlog per shard (the kernel caps it at net.core.somaxconn).
+    #[arg(long, env = "SHARDCAST_BACKLOG", default_value_t = 4096)]
     pub backlog: u32,
     /// Redis for sessions and pub/sub.
+    #[arg(long, env = "SHARDCAST_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Sentinels (`host:port`) that name the Redis master; when set, the
     /// shards ask them for `redis_master_name` instead of using `redis_url`.
+    #[arg(long, env = "SHARDCAST_REDIS_SENTINELS", value_delimiter = ',')]
     pub redis_sentinels: Vec<String>,
     /// The master's name in the Sentinels' configuration.
+    #[arg(long, env = "SHARDCAST_REDIS_MASTER_NAME", default_value = "")]
     pub redis_master_name: String,
     /// Replicas that must confirm a write (`WAIT`) before it counts as done:
     /// in sync durability before the reply, in async before the flush is
     /// taken as written. 0: a master's own reply is enough.
+    #[arg(long, env = "SHARDCAST_REDIS_MIN_REPLICAS", default_value_t = 0)]
     pub redis_min_replicas: u32,
     /// Deployment color, reported in logs, `/status` and `app_info`.
+    #[arg(long, env = "SHARDCAST_COLOR", default_value = "blue")]
     pub color: String,
     /// `plain` (PUBLISH/SUBSCRIBE) or `sharded` (SPUBLISH/SSUBSCRIBE).
+    #[arg(long, env = "SHARDCAST_PUBSUB", value_enum, default_value = "plain")]
     pub pubsub: PubsubMode,
     /// Rooms with members on one shard (one subscription each); a connect
     /// that would open one more gets `503`. Empty rooms whose subscription
     /// lingers make way first.
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
     /// Interval between heartbeat frames to every socket.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value = "30s")]
     pub heartbeat_interval: Duration,
     /// A socket that sends nothing for half of this gets a Ping; one still
     /// silent after all of it is closed (goodbye with reason `idle`, Close
     /// 1001). Pongs count as activity. 0 turns it off.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "120s")]
     pub idle_timeout: Duration,
     /// A session lives this long after its last activity.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_SESSION_TTL", value_parser = parse_duration, default_value = "1h")]
     pub session_ttl: Duration,
     /// How often each shard writes dirty session counts to Redis.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_FLUSH_INTERVAL", value_parser = parse_duration, default_value = "10ms")]
     pub flush_interval: Duration,
     /// `async`: reply at once; `sync`: reply after Redis has the count.
+    #[arg(
+        long,
+        env = "SHARDCAST_DURABILITY",
+        value_enum,
+        default_value = "async"
+    )]
     pub durability: Durability,
     /// How long a drain may take before the process exits anyway.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,
     /// Largest message (all fragments together) a client may send.
+    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
     pub max_message_bytes: usize,
     /// Open connections per shard; more get `503`.
+    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
     /// Largest HTTP request head; more gets `431`.
+    #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
     pub max_header_bytes: usize,
     /// A request head or upgrade must be complete within this.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     pub handshake_timeout: Duration,
     /// The shard's one receive buffer: the most one read takes from one
     /// socket (messages stream through it, whatever their size).
+    #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES", default_value_t = 64 << 10)]
     pub read_buffer_bytes: usize,
     /// Messages per second per socket (token bucket); 0 turns the limit off.
+    #[arg(long, env = "SHARDCAST_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u32,
     /// Bucket size: messages a socket may send in one burst.
+    #[arg(long, env = "SHARDCAST_RATE_BURST", default_value_t = 2000)]
     pub rate_burst: u32,
     /// Rejected messages in a row before the socket is closed with 1008.
+    #[arg(long, env = "SHARDCAST_RATE_STRIKES", default_value_t = 20)]
     pub rate_strikes: u32,
     /// Frames queued for one socket (heartbeats, broadcasts) before it is
     /// treated as a slow reader and closed with 1008.
+    #[arg(long, env = "SHARDCAST_OUTBOUND_QUEUE", default_value_t = 64)]
     pub outbound_queue: usize,
     /// Origins a browser may open sockets from (`scheme://host[:port]`,
     /// compared without case). Empty: any. A request with no `Origin` header
     /// (not a browser) is always allowed: the check protects browsers from
     /// cross-site socket hijacking, and any other client can send any Origin.
+    #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// HS256 key for upgrade tokens; None: upgrades need no token. Give it
     /// by environment or TOML file, not on the command line (ps shows that).
+    #[arg(long, env = "SHARDCAST_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
     /// For protocol conformance runs only: every upgrade, on any path, is an
     /// echo socket (no session, no count). Never in production.
+    #[arg(long, hide = true, default_value_t = false, action = ArgAction::Set)]
     pub conformance_echo: bool,
     /// Upper bound of the random `retry_after_ms` sent on drain.
     #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_DRAIN_RETRY_AFTER", value_parser = parse_duration, default_value = "1s")]
     pub drain_retry_after: Duration,
     /// Sessions with counts not yet in Redis, per shard, before new sessions
     /// are refused (`503`) until Redis is back.
+    #[arg(
+        long,
+        env = "SHARDCAST_MAX_UNFLUSHED_SESSIONS",
+        default_value_t = 100_000
+    )]
     pub max_unflushed_sessions: usize,
     /// Log format: `json` or `pretty`.
+    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
     /// Log filter, as `RUST_LOG` (e.g. `info`, `shardcast=debug`).
+    #[arg(long, env = "SHARDCAST_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 
 impl Default for Config {
+    /// The defaults the flags declare, with the environment left out.
     fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            admin_listen: None,
-            shards: 0,
-            pin: true,
-            backlog: 4096,
-            redis_url: DEFAULT_REDIS_URL.into(),
-            redis_sentinels: Vec::new(),
-            redis_master_name: String::new(),
-            redis_min_replicas: 0,
-            color: "blue".into(),
-            pubsub: PubsubMode::Plain,
-            max_rooms: 10_000,
-            heartbeat_interval: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(120),
-            session_ttl: Duration::from_secs(3600),
-            flush_interval: Duration::from_millis(10),
-            durability: Durability::Async,
-            shutdown_grace: Duration::from_secs(10),
-            max_message_bytes: 64 << 10,
-            max_connections: 10_000,
-            max_header_bytes: 16 << 10,
-            handshake_timeout: Duration::from_secs(5),
-            read_buffer_bytes: 64 << 10,
-            rate_limit: 1000,
-            rate_burst: 2000,
-            rate_strikes: 20,
-            outbound_queue: 64,
-            allowed_origins: Vec::new(),
-            auth_secret: None,
-            conformance_echo: false,
-            drain_retry_after: Duration::from_secs(1),
-            max_unflushed_sessions: 100_000,
-            log_format: LogFormat::Json,
-            log_level: "info".into(),
-        }
+        let cmd = Config::command().mut_args(|a| a.env(None));
+        let m = cmd
+            .try_get_matches_from(["shardcast"])
+            .expect("the declared defaults parse");
+        Config::from_arg_matches(&m).expect("the declared defaults parse")
     }
 }
 
@@ -206,179 +232,55 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 10ms, 1h)"))
 }
 
-/// Command-line flags. Each also reads `SHARDCAST_<NAME>` from the environment.
-#[derive(Debug, Default, Parser)]
-#[command(
-    name = "shardcast",
-    version,
-    about = "Sharded thread-per-core WebSocket counter service"
-)]
-pub struct Cli {
-    /// TOML file with any of the settings below (flags and env win over it)
-    #[arg(long, env = "SHARDCAST_CONFIG")]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = "SHARDCAST_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Admin listener for /metrics, /healthz, /readyz; stays up while draining
-    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
-    /// Origins browsers may connect from, comma-separated (default: any)
-    #[arg(long, env = "SHARDCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
-    pub allowed_origins: Option<Vec<String>>,
-    /// HS256 secret: upgrades then need a JWT (?token= or Authorization: Bearer)
-    #[arg(long, env = "SHARDCAST_AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
-    /// Conformance runs only: every upgrade, any path, echoes (no counting)
-    #[arg(long, hide = true)]
-    pub conformance_echo: Option<bool>,
-    /// Number of shards (0 = one per CPU)
-    #[arg(long, env = "SHARDCAST_SHARDS")]
-    pub shards: Option<usize>,
-    #[arg(long, env = "SHARDCAST_PIN")]
-    pub pin: Option<bool>,
-    #[arg(long, env = "SHARDCAST_BACKLOG")]
-    pub backlog: Option<u32>,
-    #[arg(long, env = "SHARDCAST_REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Sentinels as host:port, comma-separated (instead of --redis-url)
-    #[arg(long, env = "SHARDCAST_REDIS_SENTINELS", value_delimiter = ',')]
-    pub redis_sentinels: Option<Vec<String>>,
-    /// The master's name in the Sentinels' configuration
-    #[arg(long, env = "SHARDCAST_REDIS_MASTER_NAME")]
-    pub redis_master_name: Option<String>,
-    /// Replicas that must confirm each write (WAIT) before it counts
-    #[arg(long, env = "SHARDCAST_REDIS_MIN_REPLICAS")]
-    pub redis_min_replicas: Option<u32>,
-    #[arg(long, env = "SHARDCAST_COLOR")]
-    pub color: Option<String>,
-    /// Pub/sub commands: plain (PUBLISH) or sharded (SPUBLISH, Redis 7+)
-    #[arg(long, env = "SHARDCAST_PUBSUB", value_enum)]
-    pub pubsub: Option<PubsubMode>,
-    /// Rooms with members per shard
-    #[arg(long, env = "SHARDCAST_MAX_ROOMS")]
-    pub max_rooms: Option<usize>,
-    #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration)]
-    pub heartbeat_interval: Option<Duration>,
-    /// Ping a socket silent for half of this, close it after all of it (0 = off)
-    #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT", value_parser = parse_duration)]
-    pub idle_timeout: Option<Duration>,
-    #[arg(long, env = "SHARDCAST_SESSION_TTL", value_parser = parse_duration)]
-    pub session_ttl: Option<Duration>,
-    #[arg(long, env = "SHARDCAST_FLUSH_INTERVAL", value_parser = parse_duration)]
-    pub flush_interval: Option<Duration>,
-    #[arg(long, env = "SHARDCAST_DURABILITY", value_enum)]
-    pub durability: Option<Durability>,
-    #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE", value_parser = parse_duration)]
-    pub shutdown_grace: Option<Duration>,
-    #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES")]
-    pub max_message_bytes: Option<usize>,
-    /// Open connections per shard
-    #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    #[arg(long, env = "SHARDCAST_MAX_HEADER_BYTES")]
-    pub max_header_bytes: Option<usize>,
-    #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
-    pub handshake_timeout: Option<Duration>,
-    #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES")]
-    pub read_buffer_bytes: Option<usize>,
-    /// Messages per second per socket (0 = off)
-    #[arg(long, env = "SHARDCAST_RATE_LIMIT")]
-    pub rate_limit: Option<u32>,
-    #[arg(long, env = "SHARDCAST_RATE_BURST")]
-    pub rate_burst: Option<u32>,
-    #[arg(long, env = "SHARDCAST_RATE_STRIKES")]
-    pub rate_strikes: Option<u32>,
-    #[arg(long, env = "SHARDCAST_OUTBOUND_QUEUE")]
-    pub outbound_queue: Option<usize>,
-    #[arg(long, env = "SHARDCAST_DRAIN_RETRY_AFTER", value_parser = parse_duration)]
-    pub drain_retry_after: Option<Duration>,
-    #[arg(long, env = "SHARDCAST_MAX_UNFLUSHED_SESSIONS")]
-    pub max_unflushed_sessions: Option<usize>,
-    #[arg(long, env = "SHARDCAST_LOG_FORMAT", value_enum)]
-    pub log_format: Option<LogFormat>,
-    #[arg(long, env = "SHARDCAST_LOG_LEVEL")]
-    pub log_level: Option<String>,
-}
-
 impl Config {
-    /// Builds the configuration from the process's arguments and environment.
+    /// Builds the configuration from the process's arguments and
+    /// environment, over the TOML file they name, over the defaults.
     pub fn from_args<I, T>(args: I) -> Result<Config, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Cli::try_parse_from(args).map_err(|e| ConfigError::Cli(e.to_string()))?;
-        Self::from_cli(cli)
-    }
-
-    /// Layers flags and env (already merged by clap) over the file over defaults.
-    pub fn from_cli(cli: Cli) -> Result<Config, ConfigError> {
-        // Whether `redis_url` was given anywhere, not defaulted: with
-        // sentinels too, which one is meant is not for us to guess.
-        let mut url_given = cli.redis_url.is_some();
-        let mut c = match &cli.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                url_given |= text
-                    .parse::<toml::Table>()
-                    .is_ok_and(|t| t.contains_key("redis_url"));
-                Self::from_toml(&text).map_err(|msg| ConfigError::Toml {
-                    path: path.clone(),
-                    msg,
-                })?
-            }
-            None => Config::default(),
+        let matches = Config::command()
+            .try_get_matches_from(args)
+            .map_err(|e| ConfigError::Cli(e.to_string()))?;
+        let mut c =
+            Config::from_arg_matches(&matches).map_err(|e| ConfigError::Cli(e.to_string()))?;
+        // Given on the command line or in the environment, as opposed to
+        // defaulted: those win over the file.
+        let given = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
         };
-        if let Some(a) = cli.admin_listen {
-            c.admin_listen = Some(a);
+        let mut url_given = given("redis_url");
+        if let Some(path) = c.config.clone() {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let toml_err = |msg: String| ConfigError::Toml {
+                path: path.clone(),
+                msg,
+            };
+            // Unknown keys and bad values are refused by the whole struct.
+            Self::from_toml(&text).map_err(toml_err)?;
+            let file: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| toml_err(e.to_string()))?;
+            url_given |= file.contains_key("redis_url");
+            let mut merged = toml::Table::try_from(&c).expect("a config serializes");
+            for (key, value) in file {
+                if !given(&key) {
+                    merged.insert(key, value);
+                }
+            }
+            c = merged
+                .try_into()
+                .map_err(|e: toml::de::Error| toml_err(e.message().to_string()))?;
+            c.config = Some(path);
         }
-        if let Some(o) = cli.allowed_origins {
-            c.allowed_origins = o;
-        }
-        if let Some(a) = cli.auth_secret {
-            c.auth_secret = Some(a);
-        }
-        if let Some(e) = cli.conformance_echo {
-            c.conformance_echo = e;
-        }
-        macro_rules! overlay {
-            ($($f:ident),*) => { $( if let Some(v) = cli.$f { c.$f = v; } )* };
-        }
-        overlay!(
-            listen,
-            shards,
-            pin,
-            backlog,
-            redis_url,
-            redis_sentinels,
-            redis_master_name,
-            redis_min_replicas,
-            color,
-            pubsub,
-            max_rooms,
-            heartbeat_interval,
-            idle_timeout,
-            session_ttl,
-            flush_interval,
-            durability,
-            shutdown_grace,
-            max_message_bytes,
-            max_connections,
-            max_header_bytes,
-            handshake_timeout,
-            read_buffer_bytes,
-            rate_limit,
-            rate_burst,
-            rate_strikes,
-            outbound_queue,
-            drain_retry_after,
-            max_unflushed_sessions,
-            log_format,
-            log_level
-        );
+        // With sentinels too, which Redis is meant is not for us to guess.
         if url_given && !c.redis_sentinels.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "redis_sentinels",
@@ -767,6 +669,25 @@ mod tests {
         assert_eq!(sentinels[1].port, 26380);
         let c = Config::default();
         assert!(matches!(c.redis_target(), Ok(RedisTarget::Single(_))));
+    }
+
+    #[test]
+    fn one_definition_makes_flags_env_file_and_defaults_agree() {
+        // clap's own consistency checks over the one struct.
+        Config::command().debug_assert();
+        // Every setting survives the file's round trip unchanged, and every
+        // one but `config` is a TOML key.
+        let d = Config::default();
+        let table = toml::Table::try_from(&d).unwrap();
+        let back: Config = table.clone().try_into().unwrap();
+        assert_eq!(format!("{back:?}"), format!("{d:?}"));
+        let flags = Config::command()
+            .get_arguments()
+            .filter(|a| a.get_long().is_some())
+            .count();
+        // admin_listen and auth_secret default to none, so the table lacks them.
+        assert_eq!(table.len() + 2, flags - 1);
+        assert!(Config::from_toml("config = \"x.toml\"").is_err());
     }
 
     #[test]
