@@ -72,9 +72,10 @@ fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn
     }
 }
 
-#[test]
-fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
-    let mut master = Redis::start();
+/// A master, its replica, and three sentinels (quorum 2) that know both
+/// and each other, so a failover can happen.
+fn watched_pair() -> (Redis, Redis, Vec<Sentinel>) {
+    let master = Redis::start();
     let replica = Redis::start_replica_of(&master);
     let sentinels: Vec<Sentinel> = (0..3)
         .map(|_| Sentinel::start(&master, MASTER, 2))
@@ -82,6 +83,12 @@ fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
     for s in &sentinels {
         s.wait_settled(MASTER, 1, 2);
     }
+    (master, replica, sentinels)
+}
+
+#[test]
+fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
+    let (mut master, replica, sentinels) = watched_pair();
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
     let server = Server::builder_sentinels(&addrs, MASTER, true)
         .shards(2)
@@ -180,14 +187,7 @@ fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
 
 #[test]
 fn a_manual_failover_is_followed_with_no_gap() {
-    let master = Redis::start();
-    let replica = Redis::start_replica_of(&master);
-    let sentinels: Vec<Sentinel> = (0..3)
-        .map(|_| Sentinel::start(&master, MASTER, 2))
-        .collect();
-    for s in &sentinels {
-        s.wait_settled(MASTER, 1, 2);
-    }
+    let (master, replica, sentinels) = watched_pair();
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
     let server = Server::builder_sentinels(&addrs, MASTER, true)
         .arg("--durability", "sync")

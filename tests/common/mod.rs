@@ -115,6 +115,16 @@ pub fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// Runs redis-cli against 127.0.0.1:`port` and returns its raw output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A `redis-server` owned by one test.
 pub struct Redis {
     pub port: u16,
@@ -241,12 +251,7 @@ impl Redis {
 
     /// Runs redis-cli and returns its raw output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli must be installed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, args)
     }
 
     /// The stored count of a session: the sum of its writer fields, or None.
@@ -310,12 +315,7 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli must be installed");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        redis_cli(self.port, args)
     }
 
     /// The port of the master this sentinel names now.
