@@ -593,22 +593,30 @@ mod tests {
         assert_eq!(c.flush_interval, Duration::from_millis(10));
     }
 
-    #[test]
-    fn flags_win_over_the_file() {
-        let dir = std::env::temp_dir().join(format!("shardcast-cfg-{}", std::process::id()));
+    /// Parses `flags` after `--config FILE`, FILE holding `toml`; `tag`
+    /// keeps parallel tests' files apart.
+    fn with_file(tag: &str, toml: &str, flags: &[&str]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("shardcast-cfg-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "color = \"green\"\nshards = 4\n").unwrap();
-        let c = Config::from_args(args(&[
-            "--config",
-            file.to_str().unwrap(),
-            "--color",
-            "blue",
-        ]))
+        std::fs::write(&file, toml).unwrap();
+        let mut all = vec!["--config", file.to_str().unwrap()];
+        all.extend_from_slice(flags);
+        let c = Config::from_args(args(&all));
+        std::fs::remove_dir_all(dir).ok();
+        c
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let c = with_file(
+            "win",
+            "color = \"green\"\nshards = 4\n",
+            &["--color", "blue"],
+        )
         .unwrap();
         assert_eq!(c.color, "blue");
         assert_eq!(c.shards, 4);
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
@@ -692,20 +700,17 @@ mod tests {
 
     #[test]
     fn a_file_url_and_sentinel_flags_conflict() {
-        let dir = std::env::temp_dir().join(format!("shardcast-cfg2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
-        std::fs::write(&file, "redis_url = \"redis://10.0.0.5:6379\"\n").unwrap();
-        let err = Config::from_args(args(&[
-            "--config",
-            file.to_str().unwrap(),
-            "--redis-sentinels",
-            "127.0.0.1:26379",
-            "--redis-master-name",
-            "m",
-        ]))
+        let err = with_file(
+            "both",
+            "redis_url = \"redis://10.0.0.5:6379\"\n",
+            &[
+                "--redis-sentinels",
+                "127.0.0.1:26379",
+                "--redis-master-name",
+                "m",
+            ],
+        )
         .unwrap_err();
         assert!(err.to_string().contains("not both"), "{err}");
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -22,6 +22,7 @@ use futures_lite::{future, AsyncWriteExt};
 use crate::config::PubsubMode;
 use crate::config::RedisTarget;
 use crate::metrics::Metrics;
+use crate::redis::backoff::Backoff;
 use crate::redis::sentinel::Switch;
 use crate::redis::{self as rds, Value};
 
@@ -40,8 +41,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// (Redis host gone, no RST) would swallow broadcasts for hours.
 const PING_AFTER: Duration = Duration::from_secs(5);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Why a socket cannot be in the room it asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -381,7 +380,7 @@ pub async fn run(
     on_message: impl Fn(Target<'_>, &[u8]),
 ) {
     let up = |v: bool| sub.metrics.shards[sub.shard].pubsub_up.set(v as u64);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let generation = switch.generation();
         if let Ok((mut stream, mut reader, _)) = rds::connect_master(&target, sub.shard).await {
@@ -432,9 +431,7 @@ pub async fn run(
                     Step::Read(Ok(Value::Array(items) | Value::Push { data: items, .. })) => {
                         heard = Instant::now();
                         pinged = false;
-                        if backoff != BACKOFF_MIN {
-                            backoff = BACKOFF_MIN;
-                        }
+                        backoff.reset();
                         up(true);
                         sub.on_push(&items, &on_message);
                     }
@@ -468,8 +465,7 @@ pub async fn run(
         } else {
             up(false);
         }
-        glommio::timer::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff.wait().await;
     }
 }
 

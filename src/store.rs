@@ -515,10 +515,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::redis::wire::bulk;
 
     #[test]
     fn fields_sum_and_find_our_own() {

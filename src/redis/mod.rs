@@ -13,6 +13,7 @@
 //! - [`sentinel`]: asking Sentinels for the master, and word of a switch;
 //! - `connect_master`: a connection to whichever server is master now.
 
+pub mod backoff;
 pub mod sentinel;
 pub(crate) mod wire;
 
@@ -33,6 +34,7 @@ use std::task::{Poll, Waker};
 use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use backoff::Backoff;
 use sentinel::Switch;
 pub use wire::as_u64;
 pub(crate) use wire::RespReader;
@@ -47,8 +49,6 @@ const QUEUE: usize = 4096;
 const BATCH: usize = 512;
 /// How long a command connection may sit idle before it is checked.
 const IDLE_PING: Duration = Duration::from_secs(1);
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Why a Redis call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -238,12 +238,12 @@ impl Redis {
         }
         let m = &self.inner.metrics.shards[self.inner.shard];
         let ready = self.inner.readiness.shard(self.inner.shard);
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut was_up = true;
         loop {
             match self.open().await {
                 Ok((mut stream, mut reader)) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     self.inner.epoch.set(self.inner.epoch.get() + 1);
                     self.inner.up.set(true);
                     ready.set_redis_up(true);
@@ -270,9 +270,7 @@ impl Redis {
                     m.redis_errors_total.inc();
                 }
             }
-            let jitter = rand::random_range(0..=backoff.as_millis() as u64 / 2);
-            glommio::timer::sleep(backoff + Duration::from_millis(jitter)).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff.wait().await;
         }
     }
 

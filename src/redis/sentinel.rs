@@ -13,17 +13,14 @@ use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 use redis::Value;
 
+use super::backoff::Backoff;
 use super::wire;
 use super::RedisError;
 use crate::config::RedisAddr;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Asks every sentinel, from the `first`th on, where `name`'s master is,
 /// and believes the one with the newest configuration epoch: right after a
@@ -72,19 +69,10 @@ async fn ask(sentinel: &RedisAddr, name: &str) -> Result<(u64, RedisAddr), Redis
 /// Reads a `SENTINEL MASTER` reply: the master's address and the epoch of
 /// the configuration that named it.
 fn parse_master(v: &Value, name: &str) -> Result<(u64, RedisAddr), RedisError> {
-    let field = |items: &[Value], key: &str| -> Option<String> {
-        items
-            .chunks(2)
-            .find(|kv| wire::text(&kv[0]).as_deref() == Some(key))
-            .and_then(|kv| kv.get(1))
-            .and_then(wire::text)
-    };
-    let pairs: Vec<Value> = match v {
-        Value::Array(items) => items.clone(),
-        Value::Map(kv) => kv
-            .iter()
-            .flat_map(|(k, v)| [k.clone(), v.clone()])
-            .collect(),
+    // RESP2 answers a flat array of keys and values, RESP3 a map.
+    let pairs: Vec<(&Value, &Value)> = match v {
+        Value::Array(items) => items.chunks_exact(2).map(|kv| (&kv[0], &kv[1])).collect(),
+        Value::Map(kv) => kv.iter().map(|(k, v)| (k, v)).collect(),
         Value::ServerError(e) if e.details().is_some_and(|d| d.contains("No such master")) => {
             return Err(RedisError::Topology(format!(
                 "the sentinels know no master named {name:?}"
@@ -93,12 +81,16 @@ fn parse_master(v: &Value, name: &str) -> Result<(u64, RedisAddr), RedisError> {
         Value::ServerError(e) => return Err(RedisError::Server(format!("{e:?}"))),
         other => return Err(RedisError::Reply(format!("{other:?}"))),
     };
+    let field = |key: &str| {
+        let (_, v) = pairs
+            .iter()
+            .find(|(k, _)| wire::text(k).as_deref() == Some(key))?;
+        wire::text(v)
+    };
     let bad = || RedisError::Reply(format!("SENTINEL MASTER answered {v:?}"));
-    let host = field(&pairs, "ip").ok_or_else(bad)?;
-    let port = field(&pairs, "port")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(bad)?;
-    let epoch = field(&pairs, "config-epoch")
+    let host = field("ip").ok_or_else(bad)?;
+    let port = field("port").and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let epoch = field("config-epoch")
         .and_then(|e| e.parse().ok())
         .unwrap_or(0);
     Ok((
@@ -169,7 +161,7 @@ fn switched(items: &[Value], name: &str) -> Option<String> {
 /// `switch` when `name`'s master changes. Run it as a shard task.
 pub async fn watch(sentinels: Vec<RedisAddr>, name: String, first: usize, switch: Rc<Switch>) {
     let mut turn = first;
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     loop {
         let s = &sentinels[turn % sentinels.len()];
         turn += 1;
@@ -180,7 +172,7 @@ pub async fn watch(sentinels: Vec<RedisAddr>, name: String, first: usize, switch
                 .arg("+switch-master")
                 .get_packed_command();
             if stream.write_all(&sub).await.is_ok() {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 while let Ok(v) = reader.read_value(&mut stream).await {
                     if let Value::Array(items) | Value::Push { data: items, .. } = &v {
                         if let Some(to) = switched(items, &name) {
@@ -191,18 +183,14 @@ pub async fn watch(sentinels: Vec<RedisAddr>, name: String, first: usize, switch
                 }
             }
         }
-        glommio::timer::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff.wait().await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
+    use crate::redis::wire::bulk;
 
     #[test]
     fn a_master_reply_parses() {

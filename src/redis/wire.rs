@@ -152,6 +152,12 @@ pub(crate) fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// A bulk string reply, for tests of reply readers.
+#[cfg(test)]
+pub(crate) fn bulk(s: &str) -> Value {
+    Value::BulkString(s.as_bytes().to_vec())
+}
+
 /// Sum of an integer reply, or of an array of integer-like replies.
 pub fn as_u64(v: &Value) -> Option<u64> {
     match v {
