@@ -107,6 +107,16 @@ pub struct Config {
     /// lingers make way first.
     #[arg(long, env = "SHARDCAST_MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
+    /// Broadcasts each channel (the global one, each room) keeps in its Redis
+    /// Stream for clients that reconnect with `since`. 0: no history and no
+    /// offsets, the frames of before.
+    #[arg(long, env = "SHARDCAST_HISTORY_SIZE", default_value_t = 100)]
+    pub history_size: usize,
+    /// How long a broadcast stays in history; a channel with no broadcast
+    /// for this long loses its stream.
+    #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_HISTORY_TTL", value_parser = parse_duration, default_value = "5m")]
+    pub history_ttl: Duration,
     /// Interval between heartbeat frames to every socket.
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value = "30s")]
@@ -411,6 +421,15 @@ impl Config {
         }
         if self.max_rooms == 0 {
             return bad("max_rooms", "must be at least 1");
+        }
+        if self.history_size > 100_000 {
+            return bad(
+                "history_size",
+                "must be at most 100000 (0 turns history off)",
+            );
+        }
+        if self.history_size > 0 && self.history_ttl < Duration::from_secs(1) {
+            return bad("history_ttl", "must be at least 1s while history is on");
         }
         if self.outbound_queue == 0 {
             return bad("outbound_queue", "must be at least 1");

@@ -1,5 +1,5 @@
 //! A shard's context: the state that its connections, routes and sockets are
-//! handed (settings, metric cells, session store, rooms, drain state, limits),
+//! handed (settings, metric cells, session store, rooms, history, drain state, limits),
 //! and nothing that runs. The shard's loop (`shard`) builds it and owns the
 //! tasks; everything below the loop sees only this.
 //!
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::history::History;
 use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
 use crate::pubsub::Subscriber;
 use crate::readiness::Readiness;
@@ -36,6 +37,7 @@ pub struct Context {
     pub shared: Arc<Shared>,
     pub store: Store,
     pub pubsub: Rc<Subscriber>,
+    pub history: History,
     /// TCP connections open on this shard, against `max_connections`.
     open: Cell<usize>,
     next_conn: Cell<u64>,
@@ -47,12 +49,19 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(id: usize, shared: Arc<Shared>, store: Store, pubsub: Rc<Subscriber>) -> Self {
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        store: Store,
+        pubsub: Rc<Subscriber>,
+        history: History,
+    ) -> Self {
         Self {
             id,
             shared,
             store,
             pubsub,
+            history,
             open: Cell::new(0),
             next_conn: Cell::new(0),
             draining: Cell::new(false),

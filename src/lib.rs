@@ -15,6 +15,8 @@
 //! - [`protocol`]: the JSON payloads of the wire contract.
 //! - [`readiness`]: whether the process should get traffic (`/readyz`).
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
+//! - [`history`]: broadcast offsets, each channel's stream, and the recovery
+//!   of what a reconnecting socket missed.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
 //! - [`redis`]: Redis over a shard's own glommio sockets: the command
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod context;
+pub mod history;
 pub mod http;
 pub mod logging;
 pub mod metrics;

@@ -142,6 +142,11 @@ pub struct ShardMetrics {
     pub heartbeats_sent_total: Cell,
     pub broadcasts_delivered_total: Cell,
     pub sessions_resumed_total: Cell,
+    /// Upgrades that asked for `since`, those that could not get all they
+    /// missed, and the messages recovered.
+    pub recoveries_total: Cell,
+    pub recoveries_incomplete_total: Cell,
+    pub recovered_messages_total: Cell,
     pub errors: [Cell; ErrorKind::ALL.len()],
     pub closes: [Cell; CLOSE_CODES.len() + 1],
     pub message_duration: Histogram,
@@ -305,6 +310,27 @@ impl Metrics {
             "counter",
             "Sessions resumed by id.",
             self.sum(|s| s.sessions_resumed_total.get()),
+        );
+        single(
+            &mut o,
+            "ws_recoveries_total",
+            "counter",
+            "Upgrades that asked for the broadcasts missed since an offset.",
+            self.sum(|s| s.recoveries_total.get()),
+        );
+        single(
+            &mut o,
+            "ws_recoveries_incomplete_total",
+            "counter",
+            "Recoveries told recovered false: history no longer held all that was missed.",
+            self.sum(|s| s.recoveries_incomplete_total.get()),
+        );
+        single(
+            &mut o,
+            "ws_recovered_messages_total",
+            "counter",
+            "Broadcasts sent to reconnecting sockets from history.",
+            self.sum(|s| s.recovered_messages_total.get()),
         );
         single(
             &mut o,

@@ -5,6 +5,8 @@
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::history::Offset;
+
 /// `{"count":n}` appended to `out`.
 pub fn count(out: &mut Vec<u8>, n: u64) {
     let mut b = itoa::Buffer::new();
@@ -13,8 +15,23 @@ pub fn count(out: &mut Vec<u8>, n: u64) {
     out.push(b'}');
 }
 
-pub fn welcome(id: &Uuid, count: u64, resumed: bool) -> String {
-    json!({ "session_id": id.to_string(), "count": count, "resumed": resumed }).to_string()
+/// What the welcome says about history: the newest offset the server knew
+/// of, and, to a socket that asked with `since`, whether it got everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WelcomeHistory {
+    pub offset: Option<Offset>,
+    pub recovered: Option<bool>,
+}
+
+pub fn welcome(id: &Uuid, count: u64, resumed: bool, history: WelcomeHistory) -> String {
+    let mut w = json!({ "session_id": id.to_string(), "count": count, "resumed": resumed });
+    if let Some(o) = history.offset {
+        w["offset"] = o.to_string().into();
+    }
+    if let Some(r) = history.recovered {
+        w["recovered"] = r.into();
+    }
+    w.to_string()
 }
 
 pub fn heartbeat(ts: &str) -> String {
@@ -41,18 +58,43 @@ pub fn error(kind: &str) -> String {
     json!({ "error": kind }).to_string()
 }
 
-pub fn broadcast(message: &str) -> String {
-    json!({ "broadcast": message }).to_string()
+/// A broadcast frame: with history, its offset, and its room when it went
+/// to one. Live and recovered copies of a message come from here, so they
+/// are the same bytes.
+pub fn broadcast(message: &str, offset: Option<Offset>, room: Option<&str>) -> String {
+    let mut b = json!({ "broadcast": message });
+    if let Some(o) = offset {
+        b["offset"] = o.to_string().into();
+        if let Some(r) = room {
+            b["room"] = r.into();
+        }
+    }
+    b.to_string()
 }
 
-/// What travels on the Redis events channel between shards and processes.
-#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BusEvent {
+/// What travels on Redis channels between shards and processes: a kick
+/// (`{"kick":"<session id>"}`, events channel only) or a broadcast
+/// (`{"broadcast":"…"}`, with `"offset"` when history is on; the publish
+/// script writes that one).
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BusEvent {
     /// Close live sockets of this session (it was deleted).
-    Kick(String),
-    /// Send this text to every socket.
-    Broadcast(String),
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kick: Option<String>,
+    /// Send this text to the channel's sockets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<String>,
+}
+
+impl BusEvent {
+    pub fn kick(id: String) -> Self {
+        Self {
+            kick: Some(id),
+            ..Self::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -69,7 +111,8 @@ mod tests {
     #[test]
     fn payloads_parse_as_the_contract_says() {
         let id = Uuid::new_v4();
-        let w: serde_json::Value = serde_json::from_str(&welcome(&id, 3, true)).unwrap();
+        let w: serde_json::Value =
+            serde_json::from_str(&welcome(&id, 3, true, WelcomeHistory::default())).unwrap();
         assert_eq!(
             w,
             json!({"session_id": id.to_string(), "count": 3, "resumed": true})
@@ -79,9 +122,33 @@ mod tests {
             b,
             json!({"bye": true, "total": 9, "reason": "shutdown", "retry_after_ms": 250})
         );
-        let m: serde_json::Value = serde_json::from_str(&broadcast("a\"b\n")).unwrap();
-        assert_eq!(m["broadcast"], "a\"b\n");
-        let e = serde_json::to_string(&BusEvent::Kick("x".into())).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&broadcast("a\"b\n", None, Some("r"))).unwrap();
+        assert_eq!(
+            m,
+            json!({"broadcast": "a\"b\n"}),
+            "no offset, no room: today's frame"
+        );
+        let at = Offset { ms: 17, seq: 2 };
+        let m: serde_json::Value =
+            serde_json::from_str(&broadcast("x", Some(at), Some("lobby"))).unwrap();
+        assert_eq!(
+            m,
+            json!({"broadcast": "x", "offset": "17-2", "room": "lobby"})
+        );
+        let h = WelcomeHistory {
+            offset: Some(at),
+            recovered: Some(false),
+        };
+        let w: serde_json::Value = serde_json::from_str(&welcome(&id, 0, false, h)).unwrap();
+        assert_eq!(w["offset"], "17-2");
+        assert_eq!(w["recovered"], false);
+        let e = serde_json::to_string(&BusEvent::kick("x".into())).unwrap();
         assert_eq!(e, r#"{"kick":"x"}"#);
+        let b: BusEvent = serde_json::from_str(r#"{"broadcast":"m","offset":"1-0"}"#).unwrap();
+        assert_eq!(
+            (b.broadcast.as_deref(), b.offset.as_deref()),
+            (Some("m"), Some("1-0"))
+        );
     }
 }

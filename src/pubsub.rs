@@ -123,6 +123,9 @@ pub enum Target<'a> {
     Events,
     /// The members of this room on this shard.
     Room(&'a str),
+    /// The value of the head key, read on a fresh connection before it
+    /// subscribes (see [`Subscriber::new`]).
+    Head,
 }
 
 struct Room {
@@ -145,20 +148,26 @@ pub struct Subscriber {
     outbox: RefCell<Vec<u8>>,
     waker: Cell<Option<Waker>>,
     connected: Cell<bool>,
+    head_key: Option<&'static str>,
     metrics: Arc<Metrics>,
     shard: usize,
 }
 
 impl Subscriber {
+    /// `head_key`: a key whose value each fresh connection reads (`GET`)
+    /// before it subscribes, handed on as [`Target::Head`]: whatever it
+    /// names was published before any message this connection receives.
     pub fn new(
         mode: PubsubMode,
         max_rooms: usize,
+        head_key: Option<&'static str>,
         metrics: Arc<Metrics>,
         shard: usize,
     ) -> Rc<Self> {
         Rc::new(Self {
             verbs: Verbs::of(mode),
             max_rooms,
+            head_key,
             rooms: RefCell::new(HashMap::new()),
             outbox: RefCell::new(Vec::new()),
             waker: Cell::new(None),
@@ -238,6 +247,14 @@ impl Subscriber {
                 r.empty_since = Some(Instant::now());
             }
         }
+    }
+
+    /// The shared name of `room`, when this shard holds it.
+    pub fn room_name(&self, room: &str) -> Option<Rc<str>> {
+        self.rooms
+            .borrow()
+            .get_key_value(room)
+            .map(|(k, _)| k.clone())
     }
 
     /// Calls `f` with the connection id of each member of `room` on this shard.
@@ -353,9 +370,15 @@ impl Subscriber {
 
     /// The commands a fresh connection starts with: every channel wanted.
     fn resubscribe_all(&self) -> Vec<u8> {
-        let mut out = redis::cmd(self.verbs.subscribe)
-            .arg(EVENTS_CHANNEL)
-            .get_packed_command();
+        let mut out = match self.head_key {
+            Some(k) => redis::cmd("GET").arg(k).get_packed_command(),
+            None => Vec::new(),
+        };
+        out.extend(
+            redis::cmd(self.verbs.subscribe)
+                .arg(EVENTS_CHANNEL)
+                .get_packed_command(),
+        );
         for (name, r) in self.rooms.borrow_mut().iter_mut() {
             r.confirmed = false;
             out.extend(
@@ -441,6 +464,11 @@ pub async fn run(
                         tracing::warn!(error = ?e, "redis refused a subscription command");
                         heard = Instant::now();
                     }
+                    Step::Read(Ok(Value::BulkString(head))) => {
+                        // Only the head key's GET answers with a bulk string.
+                        heard = Instant::now();
+                        on_message(Target::Head, &head);
+                    }
                     Step::Read(Ok(_)) => heard = Instant::now(),
                     Step::Read(Err(e)) => break e.to_string(),
                     Step::Write => pending = std::mem::take(&mut *sub.outbox.borrow_mut()),
@@ -474,7 +502,13 @@ mod tests {
     use super::*;
 
     fn sub() -> Rc<Subscriber> {
-        Subscriber::new(PubsubMode::Plain, 2, Arc::new(Metrics::new(1, "blue")), 0)
+        Subscriber::new(
+            PubsubMode::Plain,
+            2,
+            None,
+            Arc::new(Metrics::new(1, "blue")),
+            0,
+        )
     }
 
     fn push(kind: &str, channel: &str, payload: &str) -> Vec<Value> {
@@ -548,7 +582,13 @@ mod tests {
 
     #[test]
     fn messages_reach_their_target_and_members_are_per_room() {
-        let s = Subscriber::new(PubsubMode::Sharded, 8, Arc::new(Metrics::new(1, "blue")), 0);
+        let s = Subscriber::new(
+            PubsubMode::Sharded,
+            8,
+            None,
+            Arc::new(Metrics::new(1, "blue")),
+            0,
+        );
         s.join("a", 1).unwrap();
         s.join("a", 2).unwrap();
         s.join("b", 3).unwrap();

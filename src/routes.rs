@@ -113,7 +113,7 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
             Err(_) => http::error(503, "redis_unavailable"),
         },
         "DELETE" => {
-            let event = serde_json::to_string(&BusEvent::Kick(id.to_string())).unwrap_or_default();
+            let event = serde_json::to_string(&BusEvent::kick(id.to_string())).unwrap_or_default();
             let kick = shard.pubsub.verbs().publish(EVENTS_CHANNEL, &event);
             match shard.store.delete(&id, kick).await {
                 Ok(()) => http::response(204, "application/json", &[], b""),
@@ -159,14 +159,20 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
             }
         },
     };
-    let event = serde_json::to_string(&BusEvent::Broadcast(b.message)).unwrap_or_default();
-    match shard.pubsub.publish(shard.redis(), &channel, &event).await {
+    match shard
+        .history
+        .publish(shard.redis(), &channel, &b.message)
+        .await
+    {
         // Subscribers are shards (of any process) that hold the channel:
         // for a room, the shards where it has members.
-        Ok(n) => http::json(
-            202,
-            &json!({ "status": "accepted", "room": b.room, "subscribers": n }),
-        ),
+        Ok((offset, n)) => {
+            let mut body = json!({ "status": "accepted", "room": b.room, "subscribers": n });
+            if let Some(o) = offset {
+                body["offset"] = o.to_string().into();
+            }
+            http::json(202, &body)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "broadcast not published: 503");
             http::error(503, "redis_unavailable")

@@ -16,6 +16,7 @@ use shards::{Control, ShardContext};
 
 use crate::config::RedisTarget;
 use crate::context::{Context, Shared};
+use crate::history::{History, Offset, OFFSET_KEY};
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
@@ -27,30 +28,59 @@ use crate::ws::plane::{Plane, Slice};
 
 /// A broadcast or kick from Redis, delivered to this shard's sockets.
 fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]) {
-    match serde_json::from_slice::<BusEvent>(payload) {
-        Ok(BusEvent::Broadcast(msg)) => {
-            let mut frame = Vec::new();
-            codec::encode_text(&mut frame, protocol::broadcast(&msg).as_bytes());
-            let n = match target {
-                Target::Events => plane.fan_out(&frame),
-                Target::Room(room) => {
-                    let mut members = Vec::new();
-                    ctx.pubsub.for_each_member(room, |c| members.push(c));
-                    plane.send_to(&members, &frame)
-                }
-            };
-            ctx.metrics().broadcasts_delivered_total.add(n);
+    if target == Target::Head {
+        if let Some(o) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            ctx.history.heard(o);
         }
+        return;
+    }
+    let event = match serde_json::from_slice::<BusEvent>(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring malformed event from redis");
+            return;
+        }
+    };
+    if let Some(msg) = event.broadcast {
+        let offset = event.offset.and_then(|o| o.parse::<Offset>().ok());
+        let room = match target {
+            Target::Room(r) => ctx.pubsub.room_name(r),
+            _ => None,
+        };
+        let text = protocol::broadcast(&msg, offset, room.as_deref());
+        let mut frame = Vec::new();
+        codec::encode_text(&mut frame, text.as_bytes());
+        // Sockets that recovered this one already (rare, and brief).
+        let skip = offset.map(|o| ctx.history.skip(o)).unwrap_or_default();
+        let n = match target {
+            Target::Room(r) => {
+                let mut members = Vec::new();
+                ctx.pubsub.for_each_member(r, |c| {
+                    if skip.binary_search(&c).is_err() {
+                        members.push(c)
+                    }
+                });
+                plane.send_to(&members, &frame)
+            }
+            _ => plane.fan_out(&frame, &skip),
+        };
+        if let Some(o) = offset {
+            ctx.history.on_live(o, room.as_ref(), &frame);
+        }
+        ctx.metrics().broadcasts_delivered_total.add(n);
+    } else if let Some(id) = event.kick {
         // Kicks travel on the events channel only.
-        Ok(BusEvent::Kick(_)) if target != Target::Events => {}
-        Ok(BusEvent::Kick(id)) => {
-            let Some(id) = crate::session::parse_id(&id) else {
-                return;
-            };
-            ctx.store.forget(&id);
-            plane.kick(&id);
+        if target != Target::Events {
+            return;
         }
-        Err(e) => tracing::warn!(error = %e, "ignoring malformed event from redis"),
+        let Some(id) = crate::session::parse_id(&id) else {
+            return;
+        };
+        ctx.store.forget(&id);
+        plane.kick(&id);
     }
 }
 
@@ -104,11 +134,13 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         ))
         .detach();
     }
+    let (mut init, scripts) = History::init_commands();
+    init.extend(Store::init_commands());
     let redis = Redis::new(
         target.clone(),
         switch.clone(),
-        Store::init_commands(),
-        1,
+        init,
+        scripts + 1,
         shared.metrics.clone(),
         shared.readiness.clone(),
         ctx.id,
@@ -122,8 +154,26 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         cfg.redis_min_replicas,
         shared.metrics.clone(),
     );
-    let pubsub = Subscriber::new(cfg.pubsub, cfg.max_rooms, shared.metrics.clone(), ctx.id);
-    let shard = Rc::new(Context::new(ctx.id, shared.clone(), store, pubsub.clone()));
+    let history_on = cfg.history_size > 0;
+    let pubsub = Subscriber::new(
+        cfg.pubsub,
+        cfg.max_rooms,
+        history_on.then_some(OFFSET_KEY),
+        shared.metrics.clone(),
+        ctx.id,
+    );
+    let history = History::new(
+        cfg.history_size,
+        cfg.history_ttl.as_millis() as u64,
+        pubsub.verbs().publish,
+    );
+    let shard = Rc::new(Context::new(
+        ctx.id,
+        shared.clone(),
+        store,
+        pubsub.clone(),
+        history,
+    ));
     let gate = Gate::new();
     let plane = match Plane::new(shard.clone()) {
         Ok(p) => p,

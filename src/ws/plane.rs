@@ -612,11 +612,14 @@ impl Plane {
         Ok(())
     }
 
-    /// Sends an encoded frame to every socket; returns how many took it.
-    pub fn fan_out(&self, frame: &[u8]) -> u64 {
+    /// Sends an encoded frame to every socket but those in `skip` (sorted);
+    /// returns how many took it.
+    pub fn fan_out(&self, frame: &[u8], skip: &[u64]) -> u64 {
         let mut n = 0;
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
-            n += u64::from(self.send_frame(conn, sock, frame));
+            if skip.is_empty() || skip.binary_search(&conn).is_err() {
+                n += u64::from(self.send_frame(conn, sock, frame));
+            }
         }
         self.close_ended();
         n

@@ -9,10 +9,11 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::context::Slot;
+use crate::context::{Context, Slot};
+use crate::history::{self, Offset, Recovery};
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
-use crate::protocol;
+use crate::protocol::{self, WelcomeHistory};
 use crate::pubsub;
 use crate::session;
 use crate::store::OpenError;
@@ -109,6 +110,19 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
             }
         },
     };
+    let since = match history::since_from_query(&req.query).map(str::parse::<Offset>) {
+        None => None,
+        Some(Ok(o)) => Some(o),
+        Some(Err(e)) => {
+            m.error(ErrorKind::BadRequest);
+            tracing::info!(
+                since = history::since_from_query(&req.query),
+                "upgrade refused: bad since: 400"
+            );
+            let _ = stream.write_all(&http::error(400, &e.to_string())).await;
+            return;
+        }
+    };
     // Only the bytes after the head live on; the headers go now.
     let rest = std::mem::take(&mut req.rest);
     drop(req);
@@ -162,13 +176,20 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
     if resumed {
         m.sessions_resumed_total.inc();
     }
+    // From the recovery read to `adopt` below there is no await: the
+    // bridge's messages are the socket's up to the moment it joins the plane.
+    let (recovery, said) = recover(&ctx, since, room.as_ref()).await;
+    if since.is_some() && ctx.history.enabled() {
+        ctx.history.set_floor(conn, recovery.has());
+    }
     stream.set_nodelay(true).ok();
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), "ws open");
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), since = ?since.map(|o| o.to_string()), recovered = said.recovered, missed = recovery.messages, "ws open");
     let mut first = handshake::accept_response(&accept);
     codec::encode_text(
         &mut first,
-        protocol::welcome(&session.id, session.count(), resumed).as_bytes(),
+        protocol::welcome(&session.id, session.count(), resumed, said).as_bytes(),
     );
+    first.extend_from_slice(&recovery.frames);
     // The plane owns a copy of the descriptor; glommio's stream, and any
     // poll it had armed, goes with this task.
     // SAFETY: duplicating an open descriptor; the copy is owned below.
@@ -193,4 +214,53 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         rest,
     };
     plane.adopt(up, &first);
+}
+
+/// What a socket that asked for `since` missed, and what its welcome says
+/// about history. Without history the welcome says nothing of it, except
+/// `recovered: false` to a client that asked.
+async fn recover(
+    ctx: &Context,
+    since: Option<Offset>,
+    room: Option<&std::rc::Rc<str>>,
+) -> (Recovery, WelcomeHistory) {
+    let h = &ctx.history;
+    if !h.enabled() {
+        let said = WelcomeHistory {
+            offset: None,
+            recovered: since.map(|_| false),
+        };
+        return (Recovery::default(), said);
+    }
+    let Some(since) = since else {
+        let said = WelcomeHistory {
+            offset: Some(h.head()),
+            recovered: None,
+        };
+        return (Recovery::default(), said);
+    };
+    let m = ctx.metrics();
+    let recovery = match h.recover(ctx.redis(), since, room).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The socket still opens: it is told it may have missed some.
+            tracing::warn!(error = %e, "history not read; welcome says recovered false");
+            Recovery {
+                since: since.min(h.head()),
+                ..Recovery::default()
+            }
+        }
+    };
+    m.recoveries_total.inc();
+    if !recovery.complete {
+        m.recoveries_incomplete_total.inc();
+    }
+    m.recovered_messages_total.add(recovery.messages as u64);
+    // Never below what it has: a client must not be sent back.
+    let offset = h.head().max(recovery.has());
+    let said = WelcomeHistory {
+        offset: Some(offset),
+        recovered: Some(recovery.complete),
+    };
+    (recovery, said)
 }
