@@ -4,7 +4,7 @@
 //! skips, when one is missing.
 //!
 //! The drain step needs a second server on the same port: the script writes
-//! `step4-done` into a handshake directory once the page is connected to
+//! `ready-for-b` into a handshake directory once the page is connected to
 //! server A (alone on the port until then); this test then starts server B on
 //! A's port (SO_REUSEPORT) and writes B's pid into `go`; the script SIGTERMs A
 //! and checks that the page reconnects to B with its session and count.
@@ -161,7 +161,7 @@ fn console_in_a_real_browser() {
         if let Some(status) = node.0.try_wait().unwrap() {
             break status;
         }
-        if b.is_none() && hs.0.join("step4-done").exists() {
+        if b.is_none() && hs.0.join("ready-for-b").exists() {
             let (child, pid) = start_second_server(&redis, a.addr.port());
             println!("[console.rs] server B (pid {pid}) listening on {}", a.addr);
             b = Some(child);

@@ -496,10 +496,12 @@ fn broadcast_is_202_and_reaches_every_socket_on_every_shard() {
     let body = json!({ "message": message }).to_string();
     let r = request(server.addr, "POST", "/api/broadcast", &body);
     assert_eq!(r.status, 202, "{r:?}");
+    let offset = serde_json::from_str::<Value>(&r.body).unwrap()["offset"].clone();
+    assert!(offset.is_string(), "{r:?}");
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(
             c.recv().json(),
-            json!({ "broadcast": message }),
+            json!({ "broadcast": message, "offset": offset }),
             "socket {i}"
         );
         assert_eq!(

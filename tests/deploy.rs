@@ -1,7 +1,8 @@
 //! Blue/green deploys through a real nginx and a real Redis: 300 clients
 //! keep sending while `promote` runs to green and back to blue, and not one
 //! handshake fails, not one close is unexpected, and every count continues
-//! exactly. A new color that never gets ready is refused while the old one
+//! exactly; meanwhile broadcasts stream in, and clients that come back with
+//! `since` end with every one, in order, once. A new color that never gets ready is refused while the old one
 //! keeps serving every client untouched.
 mod common;
 use common::*;
@@ -9,6 +10,8 @@ use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -37,7 +40,7 @@ struct Deploy {
     nginx: u16,
     blue: u16,
     green: u16,
-    _redis: Redis,
+    redis: Redis,
 }
 
 impl Deploy {
@@ -63,6 +66,9 @@ impl Deploy {
             ("GRACE".into(), "5s".into()),
             ("NGINX_WORKERS".into(), "2".into()),
             ("READY_TIMEOUT".into(), "20s".into()),
+            // Room for every broadcast of a run, so the streams are the
+            // record of what was published.
+            ("SHARDCAST_ARGS".into(), "--history-size 20000".into()),
         ];
         Deploy {
             dir,
@@ -71,7 +77,7 @@ impl Deploy {
             nginx,
             blue,
             green,
-            _redis: redis,
+            redis,
         }
     }
 
@@ -99,6 +105,10 @@ impl Deploy {
             self.run(args, &[]).status.success(),
             "deploy {args:?} failed"
         );
+    }
+
+    fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.nginx).parse().unwrap()
     }
 
     fn url(&self) -> String {
@@ -171,6 +181,30 @@ fn promote_there_and_back_under_load_loses_nothing() {
     wait_for("300 sockets on blue", Duration::from_secs(20), || {
         (d.connections(d.blue) >= 300).then_some(())
     });
+    // Followers ride both drains through nginx and come back with `since`,
+    // half of them in a room, while a broadcaster posts every 20 ms.
+    let followers: Vec<_> = (0..10)
+        .map(|i| {
+            let room = (i % 2 == 0).then(|| "deploy".to_string());
+            (room.is_some(), follow(vec![d.addr()], room, None))
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let broadcaster = {
+        let (addr, stop) = (d.addr(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let room = (i % 3 == 2).then_some("deploy");
+                let body = serde_json::json!({ "message": format!("b{i}"), "room": room });
+                // A refusal mid-switch is retried by the next round; the
+                // streams say what was published.
+                let _ = http(addr, "POST", "/api/broadcast", &body.to_string());
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
     let t = Instant::now();
     d.ok(&["promote"]);
     eprintln!("promote to green took {:?}", t.elapsed());
@@ -187,6 +221,39 @@ fn promote_there_and_back_under_load_loses_nothing() {
         (d.connections(d.blue) >= 300).then_some(())
     });
     assert_eq!(d.status(d.green), None, "green is gone after its drain");
+    stop.store(true, Ordering::SeqCst);
+    broadcaster.join().unwrap();
+    wait_for("the end broadcast", Duration::from_secs(10), || {
+        let body = r#"{"message":"end"}"#;
+        (http(d.addr(), "POST", "/api/broadcast", body).0 == 202).then_some(())
+    });
+    let followed: Vec<_> = followers
+        .into_iter()
+        .map(|(in_room, f)| (in_room, f.join().unwrap()))
+        .collect();
+    let mut published: Vec<_> = d
+        .redis
+        .stream_offsets("shardcast:events")
+        .into_iter()
+        .map(|o| (o, false))
+        .collect();
+    published.extend(
+        d.redis
+            .stream_offsets("shardcast:room:deploy")
+            .into_iter()
+            .map(|o| (o, true)),
+    );
+    assert!(published.len() > 100, "{} broadcasts", published.len());
+    let checked = check_followed(&published, &followed);
+    let reconnects: usize = followed.iter().map(|(_, f)| f.reconnects).sum();
+    assert!(
+        reconnects >= 20,
+        "every follower came back twice: {reconnects}"
+    );
+    eprintln!(
+        "broadcasts: {} published, {checked} deliveries checked over {reconnects} reconnects",
+        published.len()
+    );
     let r = finish_load(load, &json);
     assert_eq!(r["fault_total"], 0, "{}", r["faults"]);
     assert_eq!(r["connected"], 300);

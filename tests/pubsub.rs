@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{http, rand_u64, wait_for, Client, Redis, Server};
+use common::{http, next_broadcast, publish, rand_u64, wait_for, Client, Redis, Server};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -20,26 +20,6 @@ fn two_servers(redis: &Redis, mode: &str) -> (Server, Server) {
             .start()
     };
     (start("blue"), start("green"))
-}
-
-fn publish(server: &Server, body: Value) -> Value {
-    let (status, answer) = http(server.addr, "POST", "/api/broadcast", &body.to_string());
-    assert_eq!(status, 202, "broadcast {body}: {answer}");
-    serde_json::from_str(&answer).unwrap()
-}
-
-/// The next broadcast text a socket receives (heartbeats skipped).
-fn next_broadcast(c: &mut Client) -> String {
-    loop {
-        let v = c.recv().json();
-        if v.get("ts").is_some() {
-            continue;
-        }
-        return v["broadcast"]
-            .as_str()
-            .unwrap_or_else(|| panic!("expected a broadcast, got {v}"))
-            .to_string();
-    }
 }
 
 /// Six sockets per room and per process, so each room has members on every

@@ -255,6 +255,17 @@ impl Redis {
     }
 
     /// The stored count of a session: the sum of its writer fields, or None.
+    /// The offsets a stream holds, oldest first.
+    pub fn stream_offsets(&self, key: &str) -> Vec<(u64, u64)> {
+        self.cli(&["XRANGE", key, "-", "+"])
+            .lines()
+            .filter_map(|l| {
+                let (ms, seq) = l.trim().split_once('-')?;
+                Some((ms.parse().ok()?, seq.parse().ok()?))
+            })
+            .collect()
+    }
+
     pub fn session_count(&self, id: &str) -> Option<u64> {
         let out = self.cli(&["HVALS", &format!("shardcast:{{{id}}}:s")]);
         let vals: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
@@ -532,7 +543,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Str
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).unwrap();
@@ -587,6 +598,154 @@ impl Frame {
         (self.opcode == 8 && self.payload.len() >= 2)
             .then(|| u16::from_be_bytes([self.payload[0], self.payload[1]]))
     }
+}
+
+/// `POST /api/broadcast` with `body`; asserts the 202 and returns its JSON.
+pub fn publish(server: &Server, body: Value) -> Value {
+    publish_at(server.addr, body)
+}
+
+/// [`publish`] to an address, for threads that hold no `Server`.
+pub fn publish_at(addr: SocketAddr, body: Value) -> Value {
+    let (status, answer) = http(addr, "POST", "/api/broadcast", &body.to_string());
+    assert_eq!(status, 202, "broadcast {body}: {answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// The next broadcast frame's JSON a socket receives (heartbeats skipped).
+pub fn next_broadcast_frame(c: &mut Client) -> Value {
+    loop {
+        let v = c.recv().json();
+        if v.get("ts").is_some() {
+            continue;
+        }
+        assert!(v["broadcast"].is_string(), "expected a broadcast, got {v}");
+        return v;
+    }
+}
+
+/// The next broadcast text a socket receives (heartbeats skipped).
+pub fn next_broadcast(c: &mut Client) -> String {
+    next_broadcast_frame(c)["broadcast"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A broadcast offset (`ms-seq`), made comparable.
+pub fn offset_of(v: &Value) -> (u64, u64) {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("an offset must be a string: {v}"));
+    let (ms, seq) = s.split_once('-').expect("ms-seq");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// A welcome with its history offset checked (a well-formed `ms-seq`) and
+/// taken out: what is left is PROTOCOL.md's welcome.
+pub fn contract_welcome(w: &Value) -> Value {
+    let mut w = w.clone();
+    let offset = w.as_object_mut().and_then(|o| o.remove("offset"));
+    let offset = offset.unwrap_or_else(|| panic!("a welcome carries an offset: {w}"));
+    offset_of(&offset);
+    w
+}
+
+/// What a [`follow`]er saw: its first welcome's offset, every broadcast
+/// offset in the order received, and how often it came back with `since`.
+#[derive(Debug)]
+pub struct Followed {
+    pub first: (u64, u64),
+    pub got: Vec<(u64, u64)>,
+    pub reconnects: usize,
+}
+
+/// A client on its own thread that follows broadcasts until one whose text
+/// is `end`: when the server closes it (a drain) or after every
+/// `drop_every` broadcasts, it comes back with its session and `since`, on
+/// the next of `addrs`, retrying refused or failed connects for up to 20 s.
+/// Every welcome after the first must say `recovered: true`.
+pub fn follow(
+    addrs: Vec<SocketAddr>,
+    room: Option<String>,
+    drop_every: Option<usize>,
+) -> std::thread::JoinHandle<Followed> {
+    let base = room.map_or(String::new(), |r| format!("room={r}&"));
+    let (mut c, w) = Client::connect(addrs[0], base.trim_end_matches('&'));
+    let first = offset_of(&w["offset"]);
+    let id = session_id(&w);
+    std::thread::spawn(move || {
+        let mut got: Vec<(u64, u64)> = Vec::new();
+        let mut last = w["offset"].as_str().unwrap().to_string();
+        let mut reconnects = 0;
+        let mut since_drop = 0;
+        loop {
+            let gone = match c.try_recv() {
+                None => true,
+                Some(f) if f.opcode == 8 => true,
+                Some(f) if f.opcode != 1 => false,
+                Some(f) => {
+                    let v = f.json();
+                    if let Some(text) = v["broadcast"].as_str() {
+                        got.push(offset_of(&v["offset"]));
+                        last = v["offset"].as_str().unwrap().to_string();
+                        if text == "end" {
+                            return Followed {
+                                first,
+                                got,
+                                reconnects,
+                            };
+                        }
+                        since_drop += 1;
+                    }
+                    // A drain's goodbye: the Close follows; come back now.
+                    v.get("bye").is_some() || drop_every.is_some_and(|n| since_drop >= n)
+                }
+            };
+            if !gone {
+                continue;
+            }
+            drop(c);
+            since_drop = 0;
+            reconnects += 1;
+            let query = format!("{base}session_id={id}&since={last}");
+            c = wait_for("a reconnect with since", Duration::from_secs(20), || {
+                let addr = addrs[reconnects % addrs.len()];
+                let mut c = Client::try_connect(addr, &query).ok()?;
+                let w = c.try_recv()?.json();
+                assert_eq!(w["recovered"], true, "{w}");
+                Some(c)
+            });
+        }
+    })
+}
+
+/// Checks that each follower got every broadcast of `published` (offset,
+/// and whether it went to its room) after its first welcome, in order,
+/// none twice; returns how many deliveries that checked.
+pub fn check_followed(published: &[((u64, u64), bool)], followed: &[(bool, Followed)]) -> usize {
+    let mut order = published.to_vec();
+    order.sort();
+    let mut checked = 0;
+    for (i, (in_room, f)) in followed.iter().enumerate() {
+        let want: Vec<(u64, u64)> = order
+            .iter()
+            .filter(|(o, room)| *o > f.first && (*in_room || !room))
+            .map(|(o, _)| *o)
+            .collect();
+        if f.got != want {
+            let repeated: Vec<_> = f.got.windows(2).filter(|w| w[0] >= w[1]).collect();
+            let missing: Vec<_> = want.iter().filter(|o| !f.got.contains(o)).collect();
+            let extra: Vec<_> = f.got.iter().filter(|o| !want.contains(o)).collect();
+            panic!(
+                "follower {i}: out of order or repeated {repeated:?}, missing {missing:?}, \
+                 extra {extra:?} (first {:?}, {} reconnects)",
+                f.first, f.reconnects
+            );
+        }
+        checked += f.got.len();
+    }
+    checked
 }
 
 /// A raw client: masks what it sends, reads frames one by one.

@@ -2,7 +2,7 @@
 // tests/console.rs. Usage:
 //   node console.test.mjs <base-url> <screenshot-path> <pidA> <handshake-dir>
 // <pidA> is the server the page first connects to (the only one on the port
-// then). After step 4 this script writes <handshake-dir>/step4-done and waits
+// then). After step 5 this script writes <handshake-dir>/ready-for-b and waits
 // for <handshake-dir>/go, whose content is the pid of server B, which the Rust
 // test has started on the same port (SO_REUSEPORT). Then it SIGTERMs A and
 // checks that the page rides the drain over to B with its session intact.
@@ -109,9 +109,30 @@ try {
     throw new Error('a broadcast to another room reached the page');
   }
 
-  step = '5: drain server A and ride over to server B';
+  step = '5: away and back: the page recovers what it missed';
   say(step);
-  writeFileSync(join(dir, 'step4-done'), 'step4-done\n');
+  await page.click('#disconnect');
+  await until('#state = disconnected', is('#state', 'disconnected'));
+  for (const [room, message] of [[null, 'missed one'], ['lobby', 'missed two'], ['elsewhere', 'not mine'], [null, 'missed three']]) {
+    const r = await fetch(base + '/api/broadcast', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(room ? { message, room } : { message }),
+    });
+    if (r.status !== 202) throw new Error(`broadcast while away answered ${r.status}: ${await r.text()}`);
+  }
+  await page.click('#connect');
+  await until('#state = connected', is('#state', 'connected'));
+  await until('#recovered = recovered 3 messages', is('#recovered', 'recovered 3 messages'));
+  const log3 = await text('#log');
+  for (const m of ['missed one', 'missed two', 'missed three']) {
+    if (!log3.includes('recovered broadcast') || !log3.includes(m)) throw new Error(`the log lacks the recovered "${m}"`);
+  }
+  if (log3.includes('not mine')) throw new Error('another room\'s broadcast was recovered');
+
+  step = '6: drain server A and ride over to server B';
+  say(step);
+  writeFileSync(join(dir, 'ready-for-b'), 'ready-for-b\n');
   const go = join(dir, 'go');
   await until('the Rust test to start server B', () => existsSync(go) || 'no go file', 20_000);
   const pidB = readFileSync(go, 'utf8').trim();
@@ -128,7 +149,7 @@ try {
   await send('five');
   await until('#count = 5', is('#count', '5'));
 
-  step = '6: screenshot';
+  step = '7: screenshot';
   say(step);
   const wide = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
   if (wide) throw new Error('the page scrolls horizontally at 390 px');
