@@ -250,3 +250,28 @@ fn without_history_frames_are_as_before_and_since_says_not_recovered() {
     assert_eq!(w["recovered"], false, "{w}");
     assert_eq!(redis.cli(&["EXISTS", "shardcast:events"]).trim(), "0");
 }
+
+/// A process that starts after broadcasts were published reads the newest
+/// offset before it subscribes, so its first welcome does not send a
+/// client back to the start of history.
+#[test]
+fn a_fresh_process_starts_from_the_newest_offset() {
+    let redis = Redis::start();
+    let a = server(&redis, "plain", &[]);
+    let mut last = json!(null);
+    for i in 0..3 {
+        last = publish(&a, json!({ "message": format!("before {i}") }))["offset"].clone();
+    }
+    let b = server(&redis, "plain", &[]);
+    // Every shard has subscribed, so each has read the offset first.
+    wait_for("pub/sub up on every shard", Duration::from_secs(10), || {
+        (b.metric("pubsub_up") == 1.0).then_some(())
+    });
+    let (mut c, w) = b.connect("");
+    assert_eq!(w["offset"], last, "{w}");
+    let r = publish(&a, json!({ "message": "after" }));
+    assert_eq!(
+        next_broadcast_frame(&mut c),
+        json!({ "broadcast": "after", "offset": r["offset"] })
+    );
+}
