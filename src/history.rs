@@ -26,7 +26,6 @@ use std::str::FromStr;
 
 use crate::protocol;
 use crate::redis::{self as rds, RedisError, Value};
-use crate::ws::codec;
 
 /// The key that holds the last offset given out on this Redis.
 pub const OFFSET_KEY: &str = "shardcast:offset";
@@ -193,7 +192,7 @@ struct Kept {
     offset: Offset,
     /// None: the global channel.
     room: Option<Rc<str>>,
-    frame: Box<[u8]>,
+    text: Rc<str>,
 }
 
 /// Live messages that arrived while recoveries ran.
@@ -209,9 +208,8 @@ struct Bridge {
 /// What a reconnecting socket gets before it joins the plane.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Encoded frames, oldest first.
-    pub frames: Vec<u8>,
-    pub messages: usize,
+    /// Broadcast frames' texts, oldest first.
+    pub texts: Vec<Rc<str>>,
     /// Every message after `since` is in `frames`.
     pub complete: bool,
     /// The newest offset in `frames`, if any.
@@ -350,8 +348,8 @@ impl History {
     }
 
     /// A live broadcast the shard received: raises the head and, while
-    /// recoveries run, keeps the frame for them.
-    pub fn on_live(&self, offset: Offset, room: Option<&Rc<str>>, frame: &[u8]) {
+    /// recoveries run, keeps its frame's text for them.
+    pub fn on_live(&self, offset: Offset, room: Option<&Rc<str>>, text: &str) {
         self.heard(offset);
         let mut b = self.bridge.borrow_mut();
         if b.recoveries == 0 {
@@ -367,12 +365,12 @@ impl History {
             seq,
             offset,
             room: room.cloned(),
-            frame: Box::from(frame),
+            text: Rc::from(text),
         });
     }
 
     /// What a socket on the global channel and `room` missed after `since`,
-    /// as frames, with the live messages that arrived meanwhile. Call it
+    /// as frame texts, with the live messages that arrived meanwhile. Call it
     /// after the room's subscription is confirmed, and hand the socket to
     /// the plane in the same loop turn as it returns.
     pub async fn recover(
@@ -440,8 +438,7 @@ impl History {
         };
         for (offset, on, message) in &missed {
             let text = protocol::broadcast(message, Some(*offset), on.map(|r| &**r));
-            codec::encode_text(&mut out.frames, text.as_bytes());
-            out.messages += 1;
+            out.texts.push(Rc::from(text));
             out.last = Some(*offset);
         }
         let after = out.last.unwrap_or(since).max(since);
@@ -457,8 +454,7 @@ impl History {
                 (Some(_), None) => false,
             };
             if mine {
-                out.frames.extend_from_slice(&k.frame);
-                out.messages += 1;
+                out.texts.push(k.text.clone());
                 out.last = Some(k.offset);
             }
         }
@@ -581,7 +577,7 @@ mod tests {
     #[test]
     fn the_bridge_keeps_only_while_recoveries_run_and_drops_at_its_bound() {
         let h = History::new(10, 1000, "PUBLISH");
-        let frame = b"x";
+        let frame = "x";
         h.on_live(Offset { ms: 5, seq: 0 }, None, frame);
         assert_eq!(h.head(), Offset { ms: 5, seq: 0 });
         assert!(

@@ -68,7 +68,7 @@ fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]
             _ => plane.fan_out(&frame, &skip),
         };
         if let Some(o) = offset {
-            ctx.history.on_live(o, room.as_ref(), &frame);
+            ctx.history.on_live(o, room.as_ref(), &text);
         }
         ctx.metrics().broadcasts_delivered_total.add(n);
     } else if let Some(id) = event.kick {

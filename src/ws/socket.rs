@@ -183,13 +183,15 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         ctx.history.set_floor(conn, recovery.has());
     }
     stream.set_nodelay(true).ok();
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), since = ?since.map(|o| o.to_string()), recovered = said.recovered, missed = recovery.messages, "ws open");
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), since = ?since.map(|o| o.to_string()), recovered = said.recovered, missed = recovery.texts.len(), "ws open");
     let mut first = handshake::accept_response(&accept);
     codec::encode_text(
         &mut first,
         protocol::welcome(&session.id, session.count(), resumed, said).as_bytes(),
     );
-    first.extend_from_slice(&recovery.frames);
+    for text in &recovery.texts {
+        codec::encode_text(&mut first, text.as_bytes());
+    }
     // The plane owns a copy of the descriptor; glommio's stream, and any
     // poll it had armed, goes with this task.
     // SAFETY: duplicating an open descriptor; the copy is owned below.
@@ -255,7 +257,7 @@ async fn recover(
     if !recovery.complete {
         m.recoveries_incomplete_total.inc();
     }
-    m.recovered_messages_total.add(recovery.messages as u64);
+    m.recovered_messages_total.add(recovery.texts.len() as u64);
     // Never below what it has: a client must not be sent back.
     let offset = h.head().max(recovery.has());
     let said = WelcomeHistory {
