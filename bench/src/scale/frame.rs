@@ -9,10 +9,17 @@ pub enum Frame {
         session: String,
         count: u64,
         resumed: bool,
+        /// With history: the newest offset, and after a `since`, whether
+        /// every missed broadcast follows.
+        offset: Option<String>,
+        recovered: Option<bool>,
     },
     Count(u64),
     Heartbeat,
-    Broadcast(String),
+    Broadcast {
+        text: String,
+        offset: Option<String>,
+    },
     Bye {
         total: u64,
     },
@@ -27,6 +34,8 @@ struct Any {
     resumed: Option<bool>,
     ts: Option<serde::de::IgnoredAny>,
     broadcast: Option<String>,
+    offset: Option<String>,
+    recovered: Option<bool>,
     bye: Option<bool>,
     total: Option<u64>,
 }
@@ -40,11 +49,15 @@ pub fn parse(text: &str) -> Frame {
             session_id: Some(session),
             count: Some(count),
             resumed: Some(resumed),
+            offset,
+            recovered,
             ..
         } => Frame::Welcome {
             session,
             count,
             resumed,
+            offset,
+            recovered,
         },
         Any {
             bye: Some(true),
@@ -57,8 +70,10 @@ pub fn parse(text: &str) -> Frame {
             ..
         } => Frame::Count(n),
         Any {
-            broadcast: Some(b), ..
-        } => Frame::Broadcast(b),
+            broadcast: Some(text),
+            offset,
+            ..
+        } => Frame::Broadcast { text, offset },
         Any { ts: Some(_), .. } => Frame::Heartbeat,
         _ => Frame::Unknown,
     }
@@ -78,14 +93,38 @@ mod tests {
             Frame::Welcome {
                 session: id.into(),
                 count: 4,
-                resumed: true
+                resumed: true,
+                offset: None,
+                recovered: None,
+            }
+        );
+        assert_eq!(
+            parse(&format!(
+                r#"{{"session_id":"{id}","count":0,"resumed":false,"offset":"5-1","recovered":true}}"#
+            )),
+            Frame::Welcome {
+                session: id.into(),
+                count: 0,
+                resumed: false,
+                offset: Some("5-1".into()),
+                recovered: Some(true),
             }
         );
         assert_eq!(parse(r#"{"count":7}"#), Frame::Count(7));
         assert_eq!(parse(r#"{"ts":"2026-01-01T00:00:00Z"}"#), Frame::Heartbeat);
         assert_eq!(
             parse(r#"{"broadcast":"fanout:1:2"}"#),
-            Frame::Broadcast("fanout:1:2".into())
+            Frame::Broadcast {
+                text: "fanout:1:2".into(),
+                offset: None
+            }
+        );
+        assert_eq!(
+            parse(r#"{"broadcast":"x","offset":"7-0","room":"r"}"#),
+            Frame::Broadcast {
+                text: "x".into(),
+                offset: Some("7-0".into())
+            }
         );
         assert_eq!(parse(r#"{"bye":true,"total":9}"#), Frame::Bye { total: 9 });
         assert_eq!(parse(r#"{"count":"x"}"#), Frame::Unknown);

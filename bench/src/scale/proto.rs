@@ -129,6 +129,49 @@ pub struct Tally {
     pub room_latency: Pairs,
     pub barrier: u64,
     pub barrier_dups: u64,
+    /// Stream broadcasts received in order, received again or out of
+    /// order, and skipped (each run of skipped ones once).
+    pub stream: u64,
+    pub stream_dups: u64,
+    pub stream_gaps: u64,
+    /// Reconnects with `since` whose welcome did not say recovered:true.
+    pub not_recovered: u64,
+}
+
+impl Tally {
+    /// Adds another worker's counts; the latency pairs are merged by the
+    /// caller, which owns the histograms. The destructuring is exhaustive so
+    /// that a new count cannot be left out of the sum.
+    pub fn add_counts(&mut self, o: &Tally) {
+        let Tally {
+            fanout,
+            fanout_dups,
+            fanout_latency: _,
+            room,
+            room_dups,
+            room_strays,
+            room_late,
+            room_latency: _,
+            barrier,
+            barrier_dups,
+            stream,
+            stream_dups,
+            stream_gaps,
+            not_recovered,
+        } = o;
+        self.fanout += fanout;
+        self.fanout_dups += fanout_dups;
+        self.room += room;
+        self.room_dups += room_dups;
+        self.room_strays += room_strays;
+        self.room_late += room_late;
+        self.barrier += barrier;
+        self.barrier_dups += barrier_dups;
+        self.stream += stream;
+        self.stream_dups += stream_dups;
+        self.stream_gaps += stream_gaps;
+        self.not_recovered += not_recovered;
+    }
 }
 
 /// The kill phase as one worker saw it.

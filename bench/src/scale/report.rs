@@ -128,6 +128,17 @@ pub struct KillFigures {
     pub reconnect_ms: Option<Quantiles>,
     /// Messages answered from the start of traffic to its end.
     pub acked: u64,
+    /// Global broadcasts posted through the survivors while the node died,
+    /// those accepted, and each socket's receipts of them: in order, again,
+    /// and past a gap. Victims get the ones they missed through `since`.
+    pub stream_posted: u64,
+    pub stream_accepted: u64,
+    pub stream_expected: u64,
+    pub stream_deliveries: u64,
+    pub stream_duplicates: u64,
+    pub stream_gaps: u64,
+    /// Victims' welcomes after a `since` that did not say recovered:true.
+    pub not_recovered: u64,
     pub faults: BTreeMap<String, u64>,
 }
 
@@ -261,6 +272,19 @@ impl ScaleReport {
                     quantiles(&k.reconnect_ms),
                     k.in_flight,
                     k.in_flight_counted
+                ),
+            );
+            row(
+                "",
+                format!(
+                    "{} broadcasts during the kill: {} of {} deliveries in order, \
+                     {} repeated, {} gaps, {} not recovered",
+                    k.stream_accepted,
+                    k.stream_deliveries,
+                    k.stream_expected,
+                    k.stream_duplicates,
+                    k.stream_gaps,
+                    k.not_recovered
                 ),
             );
         }

@@ -458,14 +458,7 @@ impl Orchestrator<'_> {
             let Outcome::Tally(t) = out else {
                 return Err(unexpected(w, what, &out));
             };
-            sum.fanout += t.fanout;
-            sum.fanout_dups += t.fanout_dups;
-            sum.room += t.room;
-            sum.room_dups += t.room_dups;
-            sum.room_strays += t.room_strays;
-            sum.room_late += t.room_late;
-            sum.barrier += t.barrier;
-            sum.barrier_dups += t.barrier_dups;
+            sum.add_counts(&t);
             stats::merge_pairs(&mut fan, &t.fanout_latency);
             stats::merge_pairs(&mut room, &t.room_latency);
         }
@@ -593,6 +586,16 @@ impl Orchestrator<'_> {
             kill_node: Some(k.node),
         };
         self.ask(cmd, "traffic")?;
+        let stream = Stream::start(
+            self.spec
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != k.node as usize)
+                .map(|(_, n)| n.clone())
+                .collect(),
+            HTTP_LIMIT.min(self.spec.timeout),
+        );
         self.pause(interval * 2, "traffic")?;
         let at = now_ns();
         // SAFETY: kill(2) with a pid and a signal number; no memory involved.
@@ -634,6 +637,25 @@ impl Orchestrator<'_> {
             f.recovered, f.victims
         ));
         self.pause(interval, "traffic")?;
+        let (posted, accepted) = stream.stop();
+        f.stream_posted = posted;
+        f.stream_accepted = accepted;
+        if posted > 0 {
+            let cmd = Command::Await {
+                kind: Kind::Stream,
+                seq: (posted - 1) as u32,
+            };
+            let (got, _, _) = self.delivered(cmd, "the last broadcast of the kill")?;
+            self.note(&format!(
+                "kill: {posted} broadcasts posted meanwhile, the last reached {got} sockets"
+            ));
+        }
+        let t = self.tally("kill tally")?;
+        f.stream_expected = posted * u64::from(self.spec.sockets);
+        f.stream_deliveries = t.stream;
+        f.stream_duplicates = t.stream_dups;
+        f.stream_gaps = t.stream_gaps;
+        f.not_recovered = t.not_recovered;
         // Survivors may still lose their connection after the victims are
         // back, so that figure is read once traffic has stopped.
         for (w, (_, out)) in self.ask(Command::Quiet, "quiet")?.into_iter().enumerate() {
@@ -731,6 +753,22 @@ pub fn assess(r: &ScaleReport) -> Vec<Assertion> {
             "kill.survivors_disconnected",
             k.survivors_disconnected,
         ));
+        a.push(Assertion::equals(
+            "kill.broadcasts_accepted",
+            k.stream_accepted,
+            k.stream_posted,
+        ));
+        a.push(Assertion::equals(
+            "kill.broadcast_deliveries",
+            k.stream_deliveries,
+            k.stream_expected,
+        ));
+        a.push(Assertion::zero(
+            "kill.broadcast_duplicates",
+            k.stream_duplicates,
+        ));
+        a.push(Assertion::zero("kill.broadcast_gaps", k.stream_gaps));
+        a.push(Assertion::zero("kill.not_recovered", k.not_recovered));
     }
     if let Some(c) = &p.close {
         a.push(Assertion::equals("close.goodbyes", c.closed, c.expected));
@@ -739,6 +777,56 @@ pub fn assess(r: &ScaleReport) -> Vec<Assertion> {
     a.push(Assertion::zero("timeouts", r.timeouts.len() as u64));
     a.push(Assertion::zero("faults", r.fault_total));
     a
+}
+
+/// Global broadcasts posted every `STREAM_EVERY` from a thread of their
+/// own, through the nodes that live on, while a node dies.
+/// Dropping it (an early return on a phase error) stops the thread too.
+struct Stream {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+const STREAM_EVERY: Duration = Duration::from_millis(25);
+
+impl Stream {
+    fn start(nodes: Vec<super::node::Node>, limit: Duration) -> Stream {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut posted, mut accepted) = (0u64, 0u64);
+            while !flag.load(Ordering::SeqCst) && !nodes.is_empty() {
+                let node = &nodes[posted as usize % nodes.len()];
+                let seq = posted as u32;
+                if http::broadcast(node, None, |t| tag(Kind::Stream, seq, t), limit).is_ok() {
+                    accepted += 1;
+                }
+                posted += 1;
+                std::thread::sleep(STREAM_EVERY);
+            }
+            (posted, accepted)
+        });
+        Stream {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops posting; returns (posted, accepted).
+    fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or((0, 0))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn tag(kind: Kind, seq: u32, t_ns: u64) -> String {
@@ -808,6 +896,10 @@ mod tests {
                 kill: Some(KillFigures {
                     victims: 10,
                     recovered: 10,
+                    stream_posted: 40,
+                    stream_accepted: 40,
+                    stream_expected: 1200,
+                    stream_deliveries: 1200,
                     ..KillFigures::default()
                 }),
                 close: Some(CloseFigures {
@@ -824,7 +916,7 @@ mod tests {
     fn a_clean_run_passes_every_assertion() {
         let a = assess(&clean());
         assert!(a.iter().all(|a| a.pass), "{a:?}");
-        assert_eq!(a.len(), 23);
+        assert_eq!(a.len(), 28);
         assert_eq!(a.last().unwrap().name, "faults");
     }
 
@@ -847,6 +939,20 @@ mod tests {
         r.phases.kill.as_mut().unwrap().lost = 1;
         r.fault_total = 1;
         assert_eq!(failing(&r), vec!["kill.recovered", "kill.lost", "faults"]);
+
+        let mut r = clean();
+        let k = r.phases.kill.as_mut().unwrap();
+        k.stream_deliveries = 1199;
+        k.stream_gaps = 1;
+        k.not_recovered = 1;
+        assert_eq!(
+            failing(&r),
+            vec![
+                "kill.broadcast_deliveries",
+                "kill.broadcast_gaps",
+                "kill.not_recovered"
+            ]
+        );
 
         let mut r = clean();
         r.phases.fanout.as_mut().unwrap().per_broadcast[1].accepted = false;

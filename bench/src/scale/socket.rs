@@ -41,6 +41,16 @@ struct Welcome {
     session: String,
     count: u64,
     resumed: bool,
+    offset: Option<Offset>,
+    recovered: Option<bool>,
+}
+
+/// A broadcast offset, `ms-seq`, as numbers, so the newest is told apart.
+type Offset = (u64, u64);
+
+fn parse_offset(s: &str) -> Option<Offset> {
+    let (ms, seq) = s.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// Who a socket is and which broadcasts it has seen; apart from the stream
@@ -52,6 +62,18 @@ struct Marks {
     fanout: Vec<u64>,
     room_seen: bool,
     barrier_seen: bool,
+    /// The stream broadcast this socket must get next.
+    stream_next: u32,
+    /// The newest broadcast offset it has: its `since` after a node dies.
+    offset: Option<Offset>,
+}
+
+impl Marks {
+    fn saw(&mut self, offset: Option<Offset>) {
+        if offset > self.offset {
+            self.offset = offset;
+        }
+    }
 }
 
 struct Sock {
@@ -91,6 +113,8 @@ pub async fn run(wk: Rc<Wk>, i: u32) {
             fanout: vec![0; (wk.plan.broadcasts as usize).div_ceil(64)],
             room_seen: false,
             barrier_seen: false,
+            stream_next: 0,
+            offset: None,
         },
         alive: false,
         moved: false,
@@ -217,8 +241,9 @@ async fn connect(wk: &Wk, s: &mut Sock) -> Result<(), Fail> {
         .await
         .map_err(|_| Fail(Fault::ConnectTimeout, "no connect slot in time"))?;
     let t0 = now_ns();
-    let (ws, w) = open(wk, s.node, None, s.marks.room, deadline).await?;
+    let (ws, w) = open(wk, s.node, None, s.marks.room, None, deadline).await?;
     drop(permit);
+    s.marks.saw(w.offset);
     let took = now_ns() - t0;
     if w.resumed || w.count != 0 {
         return Err(Fail(
@@ -250,10 +275,14 @@ async fn open(
     node: u32,
     session: Option<&str>,
     room: u32,
+    since: Option<Offset>,
     deadline: Instant,
 ) -> Result<(Ws, Welcome), Fail> {
     let n = &wk.plan.nodes[node as usize];
-    let url = n.ws_url(session, &room_name(room));
+    let mut url = n.ws_url(session, &room_name(room));
+    if let Some((ms, seq)) = since {
+        url.push_str(&format!("&since={ms}-{seq}"));
+    }
     let tcp = match timeout_at(deadline, TcpStream::connect(n.addr)).await {
         Err(_) => return Err(Fail(Fault::ConnectTimeout, "TCP connect")),
         Ok(Err(e)) => return Err(Fail(Fault::Connect, os_reason(&e))),
@@ -280,6 +309,8 @@ async fn open(
                     session,
                     count,
                     resumed,
+                    offset,
+                    recovered,
                 } => {
                     return Ok((
                         ws,
@@ -287,6 +318,8 @@ async fn open(
                             session,
                             count,
                             resumed,
+                            offset: offset.as_deref().and_then(parse_offset),
+                            recovered,
                         },
                     ))
                 }
@@ -365,7 +398,7 @@ async fn close_clean(wk: &Wk, s: &mut Sock, deadline: Instant) -> Result<(), Fai
             Some(Ok(Message::Text(t))) => match frame::parse(&t) {
                 Frame::Bye { total } => bye = Some(total),
                 Frame::Heartbeat => {}
-                Frame::Broadcast(b) => note(wk, &mut s.marks, &b),
+                Frame::Broadcast { text, offset } => note(wk, &mut s.marks, &text, offset),
                 _ => return Err(Fail(Fault::BadFrame, "unexpected text while closing")),
             },
             Some(Ok(Message::Binary(_))) => {
@@ -395,7 +428,8 @@ async fn tour(wk: &Wk, s: &mut Sock) -> Result<(), Fail> {
         for hop in wk.layout.hops() {
             close_clean(wk, s, deadline).await?;
             let session = s.session.clone().unwrap_or_default();
-            let (ws, w) = open(wk, hop, Some(&session), s.marks.room, deadline).await?;
+            let (ws, w) = open(wk, hop, Some(&session), s.marks.room, None, deadline).await?;
+            s.marks.saw(w.offset);
             if !w.resumed || w.count != s.acked {
                 return Err(Fail(
                     Fault::WelcomeMismatch,
@@ -543,7 +577,7 @@ async fn recover(
         let r = tokio::select! {
             biased;
             _ = rx.changed() => return Err(last),
-            r = open(wk, target, Some(&session), s.marks.room, attempt) => r,
+            r = open(wk, target, Some(&session), s.marks.room, s.marks.offset, attempt) => r,
         };
         let (ws, w) = match r {
             Ok(x) => x,
@@ -562,6 +596,15 @@ async fn recover(
         };
         let now = now_ns();
         let mut st = wk.st.borrow_mut();
+        if s.marks.offset.is_some() && w.recovered != Some(true) {
+            st.tally.not_recovered += 1;
+            st.fault(
+                Fault::WelcomeMismatch,
+                s.marks.i,
+                "a reconnect with since was not told recovered:true",
+            );
+        }
+        s.marks.saw(w.offset);
         if !w.resumed {
             st.fault(
                 Fault::WelcomeMismatch,
@@ -618,8 +661,8 @@ fn take(wk: &Wk, m: &mut Marks, msg: Option<Result<Message, WsError>>) -> Got {
         Some(Err(_)) => Got::Ended("protocol error"),
         Some(Ok(Message::Text(t))) => match frame::parse(&t) {
             Frame::Heartbeat => Got::Nothing,
-            Frame::Broadcast(b) => {
-                note(wk, m, &b);
+            Frame::Broadcast { text, offset } => {
+                note(wk, m, &text, offset);
                 Got::Nothing
             }
             Frame::Count(n) => Got::Count(n),
@@ -634,8 +677,9 @@ fn take(wk: &Wk, m: &mut Marks, msg: Option<Result<Message, WsError>>) -> Got {
 }
 
 /// Tallies one broadcast receipt against what this socket has seen.
-fn note(wk: &Wk, m: &mut Marks, text: &str) {
+fn note(wk: &Wk, m: &mut Marks, text: &str, offset: Option<String>) {
     let now = now_ns();
+    m.saw(offset.as_deref().and_then(parse_offset));
     let mut st = wk.st.borrow_mut();
     let Some(tag) = tag::parse(text) else {
         st.fault(Fault::BadFrame, m.i, "a broadcast this run did not send");
@@ -667,6 +711,24 @@ fn note(wk: &Wk, m: &mut Marks, text: &str) {
             st.tally.room += 1;
             st.room_last = st.room_last.max(now);
             st.room_latency.saturating_record(latency);
+        }
+        Kind::Stream => {
+            let j = tag.seq;
+            if j < m.stream_next {
+                st.tally.stream_dups += 1;
+                return;
+            }
+            if j > m.stream_next {
+                // Counted once; the order is checked on from here.
+                st.tally.stream_gaps += 1;
+            }
+            m.stream_next = j + 1;
+            let k = j as usize;
+            if st.stream_got.len() <= k {
+                st.stream_got.resize(k + 1, 0);
+            }
+            st.stream_got[k] += 1;
+            st.tally.stream += 1;
         }
         Kind::Barrier if m.barrier_seen => st.tally.barrier_dups += 1,
         Kind::Barrier => {

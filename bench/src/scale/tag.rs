@@ -16,6 +16,9 @@ pub enum Kind {
     /// A global broadcast published after a room one: its arrival proves the
     /// room one would have arrived already.
     Barrier,
+    /// A global broadcast posted steadily while a node dies: every socket
+    /// must get each one, once, in order, its node's victims through `since`.
+    Stream,
 }
 
 impl Kind {
@@ -24,6 +27,7 @@ impl Kind {
             Kind::Fanout => "fanout",
             Kind::Room => "room",
             Kind::Barrier => "barrier",
+            Kind::Stream => "stream",
         }
     }
 }
@@ -48,6 +52,7 @@ pub fn parse(text: &str) -> Option<Tag> {
         "fanout" => Kind::Fanout,
         "room" => Kind::Room,
         "barrier" => Kind::Barrier,
+        "stream" => Kind::Stream,
         _ => return None,
     };
     let seq = digits(parts.next()?)?;
@@ -92,6 +97,7 @@ mod tests {
             })
         );
         assert_eq!(parse("barrier:0:9").map(|t| t.kind), Some(Kind::Barrier));
+        assert_eq!(parse("stream:4:9").map(|t| t.kind), Some(Kind::Stream));
     }
 
     #[test]

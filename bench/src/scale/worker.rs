@@ -87,6 +87,8 @@ pub struct State {
     pub last_open_ns: u64,
     pub connect: Histogram<u64>,
     pub fanout_got: Vec<u64>,
+    /// Sockets that got each stream broadcast (in order, or past a gap).
+    pub stream_got: Vec<u64>,
     pub fanout_last: Vec<u64>,
     pub room_last: u64,
     pub barrier_last: u64,
@@ -121,6 +123,7 @@ impl State {
             last_open_ns: 0,
             connect: stats::histogram(),
             fanout_got: vec![0; b],
+            stream_got: Vec::new(),
             fanout_last: vec![0; b],
             room_last: 0,
             barrier_last: 0,
@@ -352,6 +355,7 @@ fn progress(wk: &Wk, p: &Pending) -> (u64, u64) {
 fn got(st: &State, kind: Kind, seq: u32) -> u64 {
     match kind {
         Kind::Fanout => st.fanout_got.get(seq as usize).copied().unwrap_or(0),
+        Kind::Stream => st.stream_got.get(seq as usize).copied().unwrap_or(0),
         Kind::Room => st.tally.room,
         Kind::Barrier => st.tally.barrier,
     }
@@ -384,6 +388,8 @@ fn outcome(wk: &Wk, p: &Pending) -> Outcome {
                 Kind::Fanout => st.fanout_last.get(seq as usize).copied().unwrap_or(0),
                 Kind::Room => st.room_last,
                 Kind::Barrier => st.barrier_last,
+                // Its figure is the order check, not the timing.
+                Kind::Stream => 0,
             },
         },
         Wait::Resume => Outcome::Resumed {
