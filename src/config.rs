@@ -91,6 +91,23 @@ pub struct Config {
     /// The master's name in the Sentinels' configuration.
     #[arg(long, env = "SHARDCAST_REDIS_MASTER_NAME", default_value = "")]
     pub redis_master_name: String,
+    /// The Redis servers' password (`AUTH`), for a URL that should not
+    /// carry it, and for the master the Sentinels name. Give it here or in
+    /// `redis_url`, not both.
+    #[arg(long, env = "SHARDCAST_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// The database of the master the Sentinels name (with `redis_url`, the
+    /// database is the URL's path).
+    #[arg(long, env = "SHARDCAST_REDIS_DB", default_value_t = 0)]
+    pub redis_db: u32,
+    /// The Sentinels' own password (`requirepass` in their configuration),
+    /// which is not the master's.
+    #[arg(
+        long,
+        env = "SHARDCAST_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_sentinel_password: Option<String>,
     /// Replicas that must confirm a write (`WAIT`) before it counts as done:
     /// in sync durability before the reply, in async before the flush is
     /// taken as written. 0: a master's own reply is enough.
@@ -303,8 +320,16 @@ impl Config {
 
     /// Where the shards find Redis. Valid once `validate` passed.
     pub fn redis_target(&self) -> Result<RedisTarget, String> {
+        let password = self.redis_password.clone().filter(|p| !p.is_empty());
         if self.redis_sentinels.is_empty() {
-            return RedisAddr::parse(&self.redis_url).map(RedisTarget::Single);
+            let mut addr = RedisAddr::parse(&self.redis_url)?;
+            if password.is_some() {
+                if addr.password.is_some() {
+                    return Err("give the password in redis_url or redis_password, not both".into());
+                }
+                addr.password = password;
+            }
+            return Ok(RedisTarget::Single(addr));
         }
         let sentinels = self
             .redis_sentinels
@@ -316,7 +341,13 @@ impl Config {
                         if s.contains('@') || s.contains('/') {
                             Err(format!("sentinel {s:?} must be host:port"))
                         } else {
-                            Ok(a)
+                            Ok(RedisAddr {
+                                password: self
+                                    .redis_sentinel_password
+                                    .clone()
+                                    .filter(|p| !p.is_empty()),
+                                ..a
+                            })
                         }
                     })
             })
@@ -324,6 +355,8 @@ impl Config {
         Ok(RedisTarget::Sentinel {
             sentinels,
             master: self.redis_master_name.clone(),
+            password,
+            db: self.redis_db,
         })
     }
 
@@ -356,6 +389,20 @@ impl Config {
             }
             self.redis_target().map_err(|msg| ConfigError::Invalid {
                 field: "redis_sentinels",
+                msg,
+            })?;
+        } else {
+            if self.redis_db != 0 {
+                return bad(
+                    "redis_db",
+                    "is for redis_sentinels; with redis_url the database is the URL's path (redis://host:port/db)",
+                );
+            }
+            if self.redis_sentinel_password.is_some() {
+                return bad("redis_sentinel_password", "is for redis_sentinels");
+            }
+            self.redis_target().map_err(|msg| ConfigError::Invalid {
+                field: "redis_password",
                 msg,
             })?;
         }
@@ -475,16 +522,32 @@ pub enum RedisTarget {
     Sentinel {
         sentinels: Vec<RedisAddr>,
         master: String,
+        /// The master's password and database (a replica promoted shares
+        /// them), not the Sentinels'.
+        password: Option<String>,
+        db: u32,
     },
 }
 
-/// Where Redis is, parsed from `redis://[:password@]host:port[/db]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Redis is, parsed from `redis://[:password@]host:port[/db]`. Its
+/// `Debug` hides the password, so an address can be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisAddr {
     pub host: String,
     pub port: u16,
     pub password: Option<String>,
     pub db: u32,
+}
+
+impl std::fmt::Debug for RedisAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAddr")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("db", &self.db)
+            .finish()
+    }
 }
 
 impl RedisAddr {
@@ -688,14 +751,76 @@ mod tests {
             "main",
         ]))
         .unwrap();
-        let RedisTarget::Sentinel { sentinels, master } = c.redis_target().unwrap() else {
+        let RedisTarget::Sentinel {
+            sentinels,
+            master,
+            password,
+            db,
+        } = c.redis_target().unwrap()
+        else {
             panic!("expected sentinels");
         };
         assert_eq!(master, "main");
         assert_eq!(sentinels.len(), 2);
         assert_eq!(sentinels[1].port, 26380);
+        assert_eq!(
+            (password, db, sentinels[0].password.clone()),
+            (None, 0, None)
+        );
         let c = Config::default();
         assert!(matches!(c.redis_target(), Ok(RedisTarget::Single(_))));
+    }
+
+    #[test]
+    fn passwords_and_the_database_go_where_they_belong() {
+        let c = Config::from_args(args(&[
+            "--redis-sentinels",
+            "127.0.0.1:26379",
+            "--redis-master-name",
+            "main",
+            "--redis-password",
+            "data-pw",
+            "--redis-db",
+            "3",
+            "--redis-sentinel-password",
+            "sentinel-pw",
+        ]))
+        .unwrap();
+        let RedisTarget::Sentinel {
+            sentinels,
+            password,
+            db,
+            ..
+        } = c.redis_target().unwrap()
+        else {
+            panic!("expected sentinels");
+        };
+        assert_eq!(password.as_deref(), Some("data-pw"));
+        assert_eq!(db, 3);
+        assert_eq!(sentinels[0].password.as_deref(), Some("sentinel-pw"));
+        assert_eq!(sentinels[0].db, 0);
+        // Logs may show an address, never its password.
+        assert!(!format!("{:?}", sentinels[0]).contains("sentinel-pw"));
+
+        let c = Config::from_args(args(&["--redis-password", "pw"])).unwrap();
+        let Ok(RedisTarget::Single(a)) = c.redis_target() else {
+            panic!("expected one server");
+        };
+        assert_eq!(a.password.as_deref(), Some("pw"));
+
+        let refused = |flags: &[&str], field: &str| {
+            let err = Config::from_args(args(flags)).unwrap_err().to_string();
+            assert!(err.contains(field), "{flags:?}: {err}");
+        };
+        refused(
+            &["--redis-url", "redis://:a@h:1", "--redis-password", "b"],
+            "not both",
+        );
+        refused(&["--redis-db", "2"], "URL's path");
+        refused(
+            &["--redis-sentinel-password", "x"],
+            "redis_sentinel_password",
+        );
     }
 
     #[test]
@@ -712,8 +837,9 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some())
             .count();
-        // admin_listen and auth_secret default to none, so the table lacks them.
-        assert_eq!(table.len() + 2, flags - 1);
+        // admin_listen, auth_secret and the two passwords default to none,
+        // so the table lacks them.
+        assert_eq!(table.len() + 4, flags - 1);
         assert!(Config::from_toml("config = \"x.toml\"").is_err());
     }
 

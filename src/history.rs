@@ -25,6 +25,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use crate::protocol;
+use crate::redis::replicas::Replicas;
 use crate::redis::{self as rds, RedisError, Value};
 
 /// The key that holds the last offset given out on this Redis.
@@ -232,6 +233,9 @@ pub struct History {
     size: usize,
     ttl_ms: u64,
     publish_verb: &'static str,
+    /// A broadcast is accepted once the replicas asked for hold it, so a
+    /// failover cannot hand its offset out again.
+    replicas: Rc<Replicas>,
     publish: redis::Script,
     recover: redis::Script,
     bridge: RefCell<Bridge>,
@@ -246,11 +250,17 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(size: usize, ttl_ms: u64, publish_verb: &'static str) -> Self {
+    pub fn new(
+        size: usize,
+        ttl_ms: u64,
+        publish_verb: &'static str,
+        replicas: Rc<Replicas>,
+    ) -> Self {
         Self {
             size,
             ttl_ms,
             publish_verb,
+            replicas,
             publish: redis::Script::new(PUBLISH_SCRIPT),
             recover: redis::Script::new(RECOVER_SCRIPT),
             bridge: RefCell::new(Bridge::default()),
@@ -334,7 +344,11 @@ impl History {
             .arg(self.ttl_ms)
             .arg(self.publish_verb)
             .arg(lit);
-        match redis.query(&cmd).await? {
+        let mut replies = self
+            .replicas
+            .write(redis, cmd.get_packed_command(), 1)
+            .await?;
+        match replies.pop().unwrap_or(Value::Nil) {
             Value::Array(v) if v.len() == 2 => {
                 let offset = text(&v[0]).and_then(|s| s.parse().ok());
                 let Some(offset) = offset else {
@@ -563,7 +577,7 @@ mod tests {
 
     #[test]
     fn floors_skip_what_a_socket_has_and_go_once_passed() {
-        let h = History::new(10, 1000, "PUBLISH");
+        let h = History::new(10, 1000, "PUBLISH", Rc::new(Replicas::new(0)));
         let at = |ms| Offset { ms, seq: 0 };
         assert!(h.skip(at(1)).is_empty());
         h.set_floor(7, at(5));
@@ -576,7 +590,7 @@ mod tests {
 
     #[test]
     fn the_bridge_keeps_only_while_recoveries_run_and_drops_at_its_bound() {
-        let h = History::new(10, 1000, "PUBLISH");
+        let h = History::new(10, 1000, "PUBLISH", Rc::new(Replicas::new(0)));
         let frame = "x";
         h.on_live(Offset { ms: 5, seq: 0 }, None, frame);
         assert_eq!(h.head(), Offset { ms: 5, seq: 0 });

@@ -10,6 +10,7 @@ use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::readiness::State;
+use crate::redis::RedisError;
 
 /// The web console served at `/`: one self-contained page (see its top comment).
 const CONSOLE_HTML: &str = include_str!("console.html");
@@ -117,7 +118,10 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
             let kick = shard.pubsub.verbs().publish(EVENTS_CHANNEL, &event);
             match shard.store.delete(&id, kick).await {
                 Ok(()) => http::response(204, "application/json", &[], b""),
-                Err(_) => http::error(503, "redis_unavailable"),
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "session not deleted: 503");
+                    unavailable(&e)
+                }
             }
         }
         _ => http::response(
@@ -175,7 +179,18 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "broadcast not published: 503");
-            http::error(503, "redis_unavailable")
+            unavailable(&e)
         }
+    }
+}
+
+/// The `503` for a write Redis did not take. `replicas_unconfirmed`: the
+/// master took it (a broadcast went out, a tombstone is there) but fewer
+/// replicas than `redis_min_replicas` hold it, so a failover may undo it;
+/// both writes are safe to repeat.
+fn unavailable(e: &RedisError) -> Vec<u8> {
+    match e {
+        RedisError::Replicas { .. } => http::error(503, "replicas_unconfirmed"),
+        _ => http::error(503, "redis_unavailable"),
     }
 }

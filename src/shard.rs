@@ -20,6 +20,7 @@ use crate::history::{History, Offset, OFFSET_KEY};
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
+use crate::redis::replicas::Replicas;
 use crate::redis::sentinel::{self, Switch};
 use crate::redis::Redis;
 use crate::store::Store;
@@ -125,7 +126,10 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         .redis_target()
         .expect("the redis settings were validated");
     let switch = Rc::new(Switch::default());
-    if let RedisTarget::Sentinel { sentinels, master } = &target {
+    if let RedisTarget::Sentinel {
+        sentinels, master, ..
+    } = &target
+    {
         glommio::spawn_local(sentinel::watch(
             sentinels.clone(),
             master.clone(),
@@ -145,13 +149,14 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         shared.readiness.clone(),
         ctx.id,
     );
+    let replicas = Rc::new(Replicas::new(cfg.redis_min_replicas));
     let store = Store::new(
         redis.clone(),
         &shared.run_id,
         ctx.id,
         cfg.session_ttl.as_millis() as u64,
         cfg.max_unflushed_sessions,
-        cfg.redis_min_replicas,
+        replicas.clone(),
         shared.metrics.clone(),
     );
     let history_on = cfg.history_size > 0;
@@ -166,6 +171,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         cfg.history_size,
         cfg.history_ttl.as_millis() as u64,
         pubsub.verbs().publish,
+        replicas,
     );
     let shard = Rc::new(Context::new(
         ctx.id,

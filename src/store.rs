@@ -7,7 +7,7 @@
 //! - `shardcast:{<id>}:del`: tombstone left by DELETE, so a late flush from
 //!   another shard cannot bring a deleted session back.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::redis::replicas::Replicas;
 use crate::redis::{as_u64, Redis, RedisError, Value};
 use crate::session::Session;
 
@@ -51,11 +52,6 @@ return out
 /// call the rate figure's RTT p99 was 3.5-4 ms, with 32 it is 0.4-0.7 ms, for
 /// about the same server CPU per reply.
 const FLUSH_BATCH: usize = 32;
-
-/// How long a write waits for its replicas (`WAIT`) before it is taken as
-/// not durable. Well under the command connection's reply timeout, since
-/// WAIT holds the connection's later commands too.
-const WAIT_TIMEOUT_MS: u64 = 1000;
 
 /// Longest key: the prefix, a hyphenated UUID, the suffix.
 const KEY_MAX: usize = 64;
@@ -144,11 +140,9 @@ pub struct Store {
     writer: String,
     ttl_ms: u64,
     max_unflushed: usize,
-    /// Replicas that must confirm a write; 0: the master's reply is enough.
-    min_replicas: u32,
-    /// Whether the last write found too few replicas, so that is logged
-    /// once when it starts and once when it ends, not every flush.
-    replicas_short: Cell<bool>,
+    /// Replicas that must confirm a write (`WAIT`), shared with the
+    /// shard's other writers.
+    replicas: Rc<Replicas>,
     script: redis::Script,
     cache: RefCell<HashMap<Uuid, Rc<Session>>>,
     queue: RefCell<Vec<Rc<Session>>>,
@@ -163,7 +157,7 @@ impl Store {
         shard: usize,
         ttl_ms: u64,
         max_unflushed: usize,
-        min_replicas: u32,
+        replicas: Rc<Replicas>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -171,8 +165,7 @@ impl Store {
             writer: format!("w:{run_id}:{shard}"),
             ttl_ms,
             max_unflushed,
-            min_replicas,
-            replicas_short: Cell::new(false),
+            replicas,
             script: redis::Script::new(FLUSH_SCRIPT),
             cache: RefCell::new(HashMap::new()),
             queue: RefCell::new(Vec::new()),
@@ -311,29 +304,14 @@ impl Store {
 
     /// Writes `batch` in one script call and applies each session's answer.
     /// Returns each session's outcome; a failed call, or an error reply,
-    /// fails the whole batch. With `min_replicas`, a `WAIT` follows in the
-    /// same round trip, and a batch too few replicas confirmed fails whole:
-    /// nothing in it counts as written, so it is written again.
+    /// fails the whole batch. A batch too few replicas confirmed fails
+    /// whole too: nothing in it counts as written, so it is written again.
     async fn write(
         &self,
         batch: &[(Rc<Session>, u64)],
     ) -> Result<Vec<Result<(), RedisError>>, RedisError> {
-        let mut cmd = self.flush_cmd(batch).get_packed_command();
-        if self.min_replicas > 0 {
-            cmd.extend(
-                redis::cmd("WAIT")
-                    .arg(self.min_replicas)
-                    .arg(WAIT_TIMEOUT_MS)
-                    .get_packed_command(),
-            );
-        }
-        let replies = self
-            .redis
-            .exec(cmd, 1 + (self.min_replicas > 0) as usize)
-            .await?;
-        if self.min_replicas > 0 {
-            self.check_replicas(&replies[1])?;
-        }
+        let cmd = self.flush_cmd(batch).get_packed_command();
+        let replies = self.replicas.write(&self.redis, cmd, 1).await?;
         match &replies[0] {
             Value::Array(items) if items.len() == batch.len() => Ok(batch
                 .iter()
@@ -343,31 +321,6 @@ impl Store {
             Value::ServerError(e) => Err(RedisError::Server(format!("{e:?}"))),
             other => Err(RedisError::Reply(format!("{other:?}"))),
         }
-    }
-
-    fn check_replicas(&self, reply: &Value) -> Result<(), RedisError> {
-        let wanted = self.min_replicas;
-        let acked = match reply {
-            Value::Int(n) => (*n).clamp(0, u32::MAX as i64) as u32,
-            Value::ServerError(e) => return Err(RedisError::Server(format!("{e:?}"))),
-            other => return Err(RedisError::Reply(format!("WAIT answered {other:?}"))),
-        };
-        let short = acked < wanted;
-        if short != self.replicas_short.replace(short) {
-            if short {
-                tracing::warn!(
-                    acked,
-                    wanted,
-                    "too few redis replicas confirm writes; counts wait"
-                );
-            } else {
-                tracing::info!(acked, wanted, "redis replicas confirm writes again");
-            }
-        }
-        if short {
-            return Err(RedisError::Replicas { acked, wanted });
-        }
-        Ok(())
     }
 
     fn apply_reply(&self, s: &Session, value: u64, reply: &Value) -> Result<(), RedisError> {
@@ -403,7 +356,8 @@ impl Store {
 
     /// Deletes session `id` for good: a tombstone for one TTL (so no writer
     /// brings it back), the hash gone, and `then` (the kick that closes its
-    /// live sockets) in the same pipeline.
+    /// live sockets) in the same pipeline; done once the replicas asked for
+    /// hold the tombstone, so a failover cannot bring the session back.
     pub async fn delete(&self, id: &Uuid, then: redis::Cmd) -> Result<(), RedisError> {
         let mut p = redis::pipe();
         p.cmd("SET")
@@ -414,8 +368,8 @@ impl Store {
             .cmd("DEL")
             .arg(session_key(id))
             .add_command(then);
-        self.redis
-            .exec(p.get_packed_pipeline(), 3)
+        self.replicas
+            .write(&self.redis, p.get_packed_pipeline(), 3)
             .await
             .map(|_| ())
     }

@@ -335,3 +335,55 @@ fn past_the_unwritten_bound_new_sessions_are_refused_and_nothing_is_lost() {
     let (mut again, _) = server.connect("");
     assert_eq!(again.count("x"), 1, "new sessions are welcome again");
 }
+
+/// With `--redis-min-replicas 1`, a DELETE and a broadcast are answered
+/// only once a replica holds them; with the replica gone, both are a `503`
+/// that says so (the master took the write, a failover could undo it).
+#[test]
+fn deletes_and_broadcasts_wait_for_the_replicas_asked_for() {
+    let master = Redis::start();
+    let mut replica = Redis::start_replica_of(&master);
+    let server = Server::builder(&master)
+        .arg("--redis-min-replicas", "1")
+        .start();
+    let (mut c, welcome) = server.connect("");
+    let id = session_id(&welcome);
+    assert_eq!(c.count("x"), 1);
+
+    let (status, body) = http(server.addr, "DELETE", &format!("/api/sessions/{id}"), "");
+    assert_eq!(status, 204, "{body}");
+    // WAIT returned before the 204, so the replica already has it: no poll.
+    let tombstone = format!("shardcast:{{{id}}}:del");
+    assert_eq!(replica.cli(&["EXISTS", &tombstone]).trim(), "1");
+    let sent = publish(&server, serde_json::json!({ "message": "held" }));
+    let stream = replica.cli(&["XRANGE", "shardcast:events", "-", "+"]);
+    assert!(stream.contains("held"), "{sent}: replica has {stream:?}");
+
+    replica.kill9();
+    let (mut other, welcome) = server.connect("");
+    let other_id = session_id(&welcome);
+    assert_eq!(other.count("y"), 1);
+    let (status, body) = http(
+        server.addr,
+        "DELETE",
+        &format!("/api/sessions/{other_id}"),
+        "",
+    );
+    assert_eq!(
+        (status, body.contains("replicas_unconfirmed")),
+        (503, true),
+        "{body}"
+    );
+    let (status, body) = http(server.addr, "POST", "/api/broadcast", r#"{"message":"m"}"#);
+    assert_eq!(
+        (status, body.contains("replicas_unconfirmed")),
+        (503, true),
+        "{body}"
+    );
+    let logs = server.log_lines();
+    assert!(
+        logs.iter().any(|l| l["msg"] == "session not deleted: 503"
+            && l["error"] == "only 0 of 1 replicas confirmed the write"),
+        "no log line for the refused delete"
+    );
+}

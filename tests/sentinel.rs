@@ -75,10 +75,14 @@ fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn
 /// A master, its replica, and three sentinels (quorum 2) that know both
 /// and each other, so a failover can happen.
 fn watched_pair() -> (Redis, Redis, Vec<Sentinel>) {
-    let master = Redis::start();
+    watched_pair_with(Redis::start(), None)
+}
+
+/// The same around `master`, with sentinels that ask for `password`.
+fn watched_pair_with(master: Redis, password: Option<&str>) -> (Redis, Redis, Vec<Sentinel>) {
     let replica = Redis::start_replica_of(&master);
     let sentinels: Vec<Sentinel> = (0..3)
-        .map(|_| Sentinel::start(&master, MASTER, 2))
+        .map(|_| Sentinel::start_with_password(&master, MASTER, 2, password))
         .collect();
     for s in &sentinels {
         s.wait_settled(MASTER, 1, 2);
@@ -185,17 +189,31 @@ fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
     );
 }
 
+/// Also with passwords on the servers and on the sentinels (different
+/// ones), and a database other than 0: the promoted replica is reached
+/// with the same password and database.
 #[test]
 fn a_manual_failover_is_followed_with_no_gap() {
-    let (master, replica, sentinels) = watched_pair();
+    let (master, replica, sentinels) =
+        watched_pair_with(Redis::start_with_password("data-pw"), Some("sentinel-pw"));
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
     let server = Server::builder_sentinels(&addrs, MASTER, true)
         .arg("--durability", "sync")
         .arg("--redis-min-replicas", "1")
+        .arg("--redis-db", "2")
+        .arg("--redis-password", "data-pw")
+        .arg("--redis-sentinel-password", "sentinel-pw")
         .start();
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Counter> = (0..4).map(|_| counter(&server, stop.clone())).collect();
     wait_counts(&counters, 20, "counts before the failover", String::new);
+    let first = &counters[0];
+    let seen = first.acked.load(Ordering::Relaxed);
+    assert!(
+        master.session_count_in(2, &first.id) >= Some(seen),
+        "the counts are not in database 2"
+    );
+    assert_eq!(master.session_count_in(0, &first.id), None);
 
     // Both servers stay up: the old master is demoted, not killed.
     assert!(sentinels[0]
@@ -219,7 +237,7 @@ fn a_manual_failover_is_followed_with_no_gap() {
     for c in counters {
         c.handle.join().expect("a counter saw a gap or a repeat");
         assert_eq!(
-            replica.session_count(&c.id),
+            replica.session_count_in(2, &c.id),
             Some(c.acked.load(Ordering::Relaxed))
         );
     }

@@ -11,9 +11,11 @@
 //!
 //! - `wire`: the RESP reader, a connect to one address, `ROLE`;
 //! - [`sentinel`]: asking Sentinels for the master, and word of a switch;
+//! - [`replicas`]: the `WAIT` after a write, for `--redis-min-replicas`;
 //! - `connect_master`: a connection to whichever server is master now.
 
 pub mod backoff;
+pub mod replicas;
 pub mod sentinel;
 pub(crate) mod wire;
 
@@ -79,9 +81,16 @@ pub(crate) async fn connect_master(
 ) -> Result<(TcpStream, RespReader, RedisAddr), RedisError> {
     let addr = match target {
         RedisTarget::Single(a) => a.clone(),
-        RedisTarget::Sentinel { sentinels, master } => {
-            sentinel::master_addr(sentinels, master, turn).await?
-        }
+        RedisTarget::Sentinel {
+            sentinels,
+            master,
+            password,
+            db,
+        } => RedisAddr {
+            password: password.clone(),
+            db: *db,
+            ..sentinel::master_addr(sentinels, master, turn).await?
+        },
     };
     let (mut stream, mut reader) = wire::connect(&addr).await?;
     wire::expect_master(&mut stream, &mut reader, &addr).await?;

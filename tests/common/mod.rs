@@ -117,8 +117,17 @@ pub fn rand_u64() -> u64 {
 
 /// Runs redis-cli against 127.0.0.1:`port` and returns its raw output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+    redis_cli_as(port, None, args)
+}
+
+/// redis-cli with `AUTH password` first, when there is one.
+pub fn redis_cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(pw) = password {
+        cmd.args(["--no-auth-warning", "-a", pw]);
+    }
+    let out = cmd
         .args(args)
         .output()
         .expect("redis-cli must be installed");
@@ -132,6 +141,8 @@ pub struct Redis {
     aof: bool,
     /// The master's port, for a replica.
     replica_of: Option<u16>,
+    /// `requirepass` (and, for a replica, `masterauth`).
+    pub password: Option<String>,
     child: Option<Child>,
 }
 
@@ -151,6 +162,21 @@ impl Redis {
             dir: temp_dir("redis"),
             aof,
             replica_of: None,
+            password: None,
+            child: None,
+        };
+        r.spawn_on_free_port();
+        r
+    }
+
+    /// One that asks clients for `password`.
+    pub fn start_with_password(password: &str) -> Redis {
+        let mut r = Redis {
+            port: 0,
+            dir: temp_dir("redis"),
+            aof: false,
+            replica_of: None,
+            password: Some(password.into()),
             child: None,
         };
         r.spawn_on_free_port();
@@ -164,6 +190,7 @@ impl Redis {
             dir: temp_dir("replica"),
             aof: false,
             replica_of: Some(master.port),
+            password: master.password.clone(),
             child: None,
         };
         r.spawn_on_free_port();
@@ -187,6 +214,7 @@ impl Redis {
             dir: temp_dir("redis"),
             aof: false,
             replica_of: None,
+            password: None,
             child: None,
         }
     }
@@ -214,6 +242,9 @@ impl Redis {
         }
         if let Some(m) = self.replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
+        }
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw, "--masterauth", pw]);
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("redis-server must be installed"));
@@ -251,10 +282,9 @@ impl Redis {
 
     /// Runs redis-cli and returns its raw output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli_as(self.port, self.password.as_deref(), args)
     }
 
-    /// The stored count of a session: the sum of its writer fields, or None.
     /// The offsets a stream holds, oldest first.
     pub fn stream_offsets(&self, key: &str) -> Vec<(u64, u64)> {
         self.cli(&["XRANGE", key, "-", "+"])
@@ -266,8 +296,16 @@ impl Redis {
             .collect()
     }
 
+    /// The stored count of a session: the sum of its writer fields, or None.
     pub fn session_count(&self, id: &str) -> Option<u64> {
-        let out = self.cli(&["HVALS", &format!("shardcast:{{{id}}}:s")]);
+        self.session_count_in(0, id)
+    }
+
+    /// The same, in database `db`.
+    pub fn session_count_in(&self, db: u32, id: &str) -> Option<u64> {
+        let db = db.to_string();
+        let key = format!("shardcast:{{{id}}}:s");
+        let out = self.cli(&["-n", &db, "HVALS", &key]);
         let vals: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
         (!vals.is_empty()).then(|| vals.iter().sum())
     }
@@ -283,6 +321,8 @@ impl Drop for Redis {
 /// A `redis-server --sentinel` watching one master, named `master`.
 pub struct Sentinel {
     pub port: u16,
+    /// Its own `requirepass`, which other sentinels use too.
+    password: Option<String>,
     dir: PathBuf,
     child: Child,
 }
@@ -291,22 +331,36 @@ impl Sentinel {
     /// Starts a sentinel with a quorum of `quorum` and a 1 s down-after, so
     /// a killed master is failed over within a few seconds.
     pub fn start(master: &Redis, name: &str, quorum: u32) -> Sentinel {
+        Self::start_with_password(master, name, quorum, None)
+    }
+
+    /// The same, asking its clients (and the other sentinels) for
+    /// `password`; it authenticates to the master with the master's own.
+    pub fn start_with_password(
+        master: &Redis,
+        name: &str,
+        quorum: u32,
+        password: Option<&str>,
+    ) -> Sentinel {
         let port = free_port();
         let dir = temp_dir("sentinel");
         let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
-                 sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
-                 sentinel down-after-milliseconds {name} 1000\n\
-                 sentinel failover-timeout {name} 5000\n\
-                 sentinel parallel-syncs {name} 1\n",
-                dir.display(),
-                master.port
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+             sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n",
+            dir.display(),
+            master.port
+        );
+        if let Some(pw) = &master.password {
+            text.push_str(&format!("sentinel auth-pass {name} {pw}\n"));
+        }
+        if let Some(pw) = password {
+            text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+        }
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
@@ -314,7 +368,12 @@ impl Sentinel {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed");
-        let s = Sentinel { port, dir, child };
+        let s = Sentinel {
+            port,
+            password: password.map(String::from),
+            dir,
+            child,
+        };
         wait_for("the sentinel to answer", Duration::from_secs(10), || {
             (s.cli(&["PING"]).trim() == "PONG").then_some(())
         });
@@ -326,7 +385,7 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli(self.port, args)
+        redis_cli_as(self.port, self.password.as_deref(), args)
     }
 
     /// The port of the master this sentinel names now.
