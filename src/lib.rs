@@ -22,7 +22,6 @@
 //! - [`redis`]: Redis over a shard's own glommio sockets: the command
 //!   connection, the wire, and the master that Sentinels name.
 //! - [`metrics`]: per-shard cells summed at scrape.
-//! - [`process`]: RSS, CPU, descriptors of this process, read at scrape.
 //! - [`admin`]: the admin listener (/metrics, /healthz, /readyz) that outlives a drain.
 //! - [`alloc`]: mimalloc set up for many idle sockets.
 //! - [`auth`]: HS256 tokens for upgrades (`--auth-secret`).
@@ -37,7 +36,6 @@ pub mod history;
 pub mod http;
 pub mod logging;
 pub mod metrics;
-pub mod process;
 pub mod protocol;
 pub mod pubsub;
 pub mod readiness;

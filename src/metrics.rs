@@ -1,5 +1,6 @@
 //! Metrics: one block of cells per shard, written only by that shard, summed
-//! into Prometheus text exposition (0.0.4) when `/metrics` is scraped.
+//! into Prometheus text exposition (0.0.4) by the `prometheus` crate when
+//! `/metrics` is scraped.
 //!
 //! Each cell is an `AtomicU64` that only its own shard writes, with a plain
 //! load + store (no read-modify-write, so no locked instruction and no cache
@@ -7,9 +8,16 @@
 //! with relaxed loads: it never takes a lock the hot path takes, and a value
 //! it reads is at worst one increment old.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::process_collector::ProcessCollector;
+use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::TextEncoder;
+
+const COUNTER: MetricType = MetricType::COUNTER;
+const GAUGE: MetricType = MetricType::GAUGE;
 
 /// A counter or gauge written by one shard only.
 #[derive(Debug, Default)]
@@ -197,13 +205,13 @@ pub struct AppMetrics {
 }
 
 /// All shards' metrics plus the process's own.
-#[derive(Debug)]
 pub struct Metrics {
     pub shards: Box<[ShardMetrics]>,
     pub app: AppMetrics,
     pub version: &'static str,
     pub color: String,
     born: Instant,
+    process: Process,
 }
 
 impl Metrics {
@@ -214,6 +222,7 @@ impl Metrics {
             version: env!("CARGO_PKG_VERSION"),
             color: color.to_string(),
             born: Instant::now(),
+            process: Process(ProcessCollector::for_self()),
         }
     }
 
@@ -237,259 +246,434 @@ impl Metrics {
         }
     }
 
+    /// The text exposition (0.0.4) of the whole process, drawn by the
+    /// `prometheus` crate's encoder; `redis_up` comes from readiness.
+    pub fn render(&self, redis_up: bool) -> String {
+        let mut families = Scrape {
+            metrics: self,
+            redis_up,
+        }
+        .collect();
+        families.extend(self.process.collect());
+        let mut out = String::with_capacity(16 << 10);
+        if let Err(e) = TextEncoder::new().encode_utf8(&families, &mut out) {
+            // Only a malformed family fails, which the unit tests rule out.
+            tracing::error!(error = %e, "metrics not rendered");
+        }
+        out
+    }
+}
+
+/// Summed over shards, one series each: name, type, help, the cell.
+type Single = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&ShardMetrics) -> u64,
+);
+
+const SUMMED: [Single; 16] = [
+    (
+        "ws_connections_active",
+        GAUGE,
+        "Open WebSocket connections.",
+        |s| s.connections_active.get(),
+    ),
+    (
+        "ws_connections_total",
+        COUNTER,
+        "WebSocket connections accepted.",
+        |s| s.connections_total.get(),
+    ),
+    (
+        "ws_messages_total",
+        COUNTER,
+        "Client text messages counted.",
+        |s| s.messages_total.get(),
+    ),
+    (
+        "ws_heartbeats_sent_total",
+        COUNTER,
+        "Heartbeat frames sent.",
+        |s| s.heartbeats_sent_total.get(),
+    ),
+    (
+        "ws_broadcasts_delivered_total",
+        COUNTER,
+        "Broadcast frames delivered to sockets.",
+        |s| s.broadcasts_delivered_total.get(),
+    ),
+    (
+        "ws_rooms_active",
+        GAUGE,
+        "Rooms with a subscription, summed over shards (a room on two shards counts twice).",
+        |s| s.rooms_active.get(),
+    ),
+    (
+        "pubsub_messages_total",
+        COUNTER,
+        "Messages received from Redis pub/sub (broadcasts, room broadcasts, kicks).",
+        |s| s.pubsub_messages_total.get(),
+    ),
+    (
+        "ws_sessions_resumed_total",
+        COUNTER,
+        "Sessions resumed by id.",
+        |s| s.sessions_resumed_total.get(),
+    ),
+    (
+        "ws_recoveries_total",
+        COUNTER,
+        "Upgrades that asked for the broadcasts missed since an offset.",
+        |s| s.recoveries_total.get(),
+    ),
+    (
+        "ws_recoveries_incomplete_total",
+        COUNTER,
+        "Recoveries told recovered false: history no longer held all that was missed.",
+        |s| s.recoveries_incomplete_total.get(),
+    ),
+    (
+        "ws_recovered_messages_total",
+        COUNTER,
+        "Broadcasts sent to reconnecting sockets from history.",
+        |s| s.recovered_messages_total.get(),
+    ),
+    (
+        "redis_commands_total",
+        COUNTER,
+        "Redis commands sent.",
+        |s| s.redis_commands_total.get(),
+    ),
+    (
+        "redis_errors_total",
+        COUNTER,
+        "Redis connection and command errors.",
+        |s| s.redis_errors_total.get(),
+    ),
+    (
+        "redis_unflushed_sessions",
+        GAUGE,
+        "Sessions whose latest count Redis does not have yet.",
+        |s| s.redis_unflushed_sessions.get(),
+    ),
+    (
+        "redis_unflushed_increments",
+        GAUGE,
+        "Counted messages Redis does not have yet.",
+        |s| s.redis_unflushed_increments.get(),
+    ),
+    (
+        "ws_sessions_cached",
+        GAUGE,
+        "Sessions held in shard caches.",
+        |s| s.sessions_cached.get(),
+    ),
+];
+
+/// Process series whose HELP predates the crate's collector; the texts stay
+/// as dashboards and the monitoring tests know them.
+const PROCESS_HELP: [(&str, &str); 5] = [
+    (
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+    ),
+    (
+        "process_cpu_seconds_total",
+        "User and system CPU time spent, in seconds.",
+    ),
+    ("process_open_fds", "Open file descriptors."),
+    ("process_max_fds", "The open file descriptor limit."),
+    (
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch, in seconds.",
+    ),
+];
+
+/// One scrape of the shards' cells, as a `prometheus` collector: the cells
+/// stay plain per-shard atomics on the hot path, and the crate does the
+/// families, escaping and encoding.
+struct Scrape<'a> {
+    metrics: &'a Metrics,
+    redis_up: bool,
+}
+
+impl Scrape<'_> {
     fn sum(&self, f: impl Fn(&ShardMetrics) -> u64) -> u64 {
-        self.shards.iter().map(f).sum()
+        self.metrics.shards.iter().map(f).sum()
     }
 
-    /// Prometheus text exposition of the whole process.
-    /// The text exposition; `redis_up` comes from the process's readiness.
-    pub fn render(&self, redis_up: bool) -> String {
-        let mut o = String::with_capacity(8 << 10);
-        let single = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        single(
-            &mut o,
-            "ws_connections_active",
-            "gauge",
-            "Open WebSocket connections.",
-            self.sum(|s| s.connections_active.get()),
-        );
-        single(
-            &mut o,
-            "ws_connections_total",
-            "counter",
-            "WebSocket connections accepted.",
-            self.sum(|s| s.connections_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_messages_total",
-            "counter",
-            "Client text messages counted.",
-            self.sum(|s| s.messages_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_heartbeats_sent_total",
-            "counter",
-            "Heartbeat frames sent.",
-            self.sum(|s| s.heartbeats_sent_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_broadcasts_delivered_total",
-            "counter",
-            "Broadcast frames delivered to sockets.",
-            self.sum(|s| s.broadcasts_delivered_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_rooms_active",
-            "gauge",
-            "Rooms with a subscription, summed over shards (a room on two shards counts twice).",
-            self.sum(|s| s.rooms_active.get()),
-        );
-        single(
-            &mut o,
-            "pubsub_messages_total",
-            "counter",
-            "Messages received from Redis pub/sub (broadcasts, room broadcasts, kicks).",
-            self.sum(|s| s.pubsub_messages_total.get()),
-        );
-        single(
-            &mut o,
-            "pubsub_up",
-            "gauge",
-            "1 when every shard's pub/sub connection is up.",
-            self.shards.iter().all(|s| s.pubsub_up.get() == 1) as u64,
-        );
-        single(
-            &mut o,
-            "ws_sessions_resumed_total",
-            "counter",
-            "Sessions resumed by id.",
-            self.sum(|s| s.sessions_resumed_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_recoveries_total",
-            "counter",
-            "Upgrades that asked for the broadcasts missed since an offset.",
-            self.sum(|s| s.recoveries_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_recoveries_incomplete_total",
-            "counter",
-            "Recoveries told recovered false: history no longer held all that was missed.",
-            self.sum(|s| s.recoveries_incomplete_total.get()),
-        );
-        single(
-            &mut o,
-            "ws_recovered_messages_total",
-            "counter",
-            "Broadcasts sent to reconnecting sockets from history.",
-            self.sum(|s| s.recovered_messages_total.get()),
-        );
-        single(
-            &mut o,
-            "redis_commands_total",
-            "counter",
-            "Redis commands sent.",
-            self.sum(|s| s.redis_commands_total.get()),
-        );
-        single(
-            &mut o,
-            "redis_errors_total",
-            "counter",
-            "Redis connection and command errors.",
-            self.sum(|s| s.redis_errors_total.get()),
-        );
-        // Up only when every shard's command connection is up.
-        let up = redis_up as u64;
-        single(
-            &mut o,
-            "redis_up",
-            "gauge",
-            "1 when every shard is connected to Redis.",
-            up,
-        );
-        single(
-            &mut o,
-            "redis_unflushed_sessions",
-            "gauge",
-            "Sessions whose latest count Redis does not have yet.",
-            self.sum(|s| s.redis_unflushed_sessions.get()),
-        );
-        single(
-            &mut o,
-            "redis_unflushed_increments",
-            "gauge",
-            "Counted messages Redis does not have yet.",
-            self.sum(|s| s.redis_unflushed_increments.get()),
-        );
-        single(
-            &mut o,
-            "ws_sessions_cached",
-            "gauge",
-            "Sessions held in shard caches.",
-            self.sum(|s| s.sessions_cached.get()),
-        );
+    /// A family summed over shards, per label value: `pick` reads the
+    /// cell for the `i`th value.
+    fn labelled(
+        &self,
+        name: &str,
+        kind: MetricType,
+        help: &str,
+        label: &str,
+        values: impl Iterator<Item = String>,
+        pick: impl Fn(&ShardMetrics, usize) -> u64,
+    ) -> MetricFamily {
+        let series = values
+            .enumerate()
+            .map(|(i, v)| sample(kind, &[(label, v)], self.sum(|s| pick(s, i)) as f64))
+            .collect();
+        family(name, kind, help, series)
+    }
 
-        let _ = writeln!(
-            o,
-            "# HELP ws_errors_total Errors by kind.\n# TYPE ws_errors_total counter"
-        );
-        for (i, k) in ErrorKind::ALL.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ws_errors_total{{kind=\"{}\"}} {}",
-                k.as_str(),
-                self.sum(|s| s.errors[i].get())
-            );
-        }
-        let _ = writeln!(o, "# HELP ws_closes_total Closes by WebSocket close code.\n# TYPE ws_closes_total counter");
-        for i in 0..=CLOSE_CODES.len() {
-            let label = CLOSE_CODES
-                .get(i)
-                .map_or_else(|| "other".to_string(), |c| c.to_string());
-            let _ = writeln!(
-                o,
-                "ws_closes_total{{code=\"{label}\"}} {}",
-                self.sum(|s| s.closes[i].get())
-            );
-        }
-        let _ = writeln!(o, "# HELP ws_shard_connections_active Open connections per shard.\n# TYPE ws_shard_connections_active gauge");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ws_shard_connections_active{{shard=\"{i}\"}} {}",
-                s.connections_active.get()
-            );
-        }
-
-        self.histogram(
-            &mut o,
-            "ws_message_duration_seconds",
-            "Time from a message's arrival to its reply being queued.",
-            |s| &s.message_duration,
-        );
-        self.histogram(
-            &mut o,
-            "redis_command_duration_seconds",
-            "Round trip of a Redis request, from its queue to its reply.",
-            |s| &s.redis_duration,
-        );
-        let _ = writeln!(o, "# HELP ws_shard_messages_total Client text messages counted, per shard.\n# TYPE ws_shard_messages_total counter");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ws_shard_messages_total{{shard=\"{i}\"}} {}",
-                s.messages_total.get()
-            );
-        }
-        let _ = writeln!(o, "# HELP ws_shard_loop_lag_seconds How late the shard's event loop last ran a 100 ms timer.\n# TYPE ws_shard_loop_lag_seconds gauge");
-        for (i, s) in self.shards.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "ws_shard_loop_lag_seconds{{shard=\"{i}\"}} {}",
-                s.loop_lag_ns.get() as f64 / 1e9
-            );
-        }
-        single(
-            &mut o,
-            "ws_connections_limit",
-            "gauge",
-            "Connections the process accepts at most (max_connections per shard, all shards).",
-            self.app.connections_limit.get(),
-        );
-        let drain = self.drain_seconds();
-        single(
-            &mut o,
-            "app_draining",
-            "gauge",
-            "1 from the start of a drain until the process exits.",
-            drain.is_some() as u64,
-        );
-        let _ = writeln!(o, "# HELP app_drain_seconds Seconds since the drain began; 0 while not draining.\n# TYPE app_drain_seconds gauge\napp_drain_seconds {}", drain.unwrap_or(0.0));
-        let p = crate::process::read();
-        let _ = writeln!(o, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}", p.resident_bytes);
-        let _ = writeln!(o, "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {}", p.cpu_seconds);
-        let _ = writeln!(o, "# HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {}", p.open_fds);
-        let _ = writeln!(o, "# HELP process_max_fds The open file descriptor limit.\n# TYPE process_max_fds gauge\nprocess_max_fds {}", p.max_fds);
-        let _ = writeln!(o, "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}", p.start_time_seconds);
-
-        let secs = |c: &Cell| c.get() as f64 / 1e6;
-        let _ = writeln!(o, "# HELP app_startup_seconds Time from process start to all shards serving.\n# TYPE app_startup_seconds gauge\napp_startup_seconds {}", secs(&self.app.startup_micros));
-        let _ = writeln!(o, "# HELP app_shutdown_seconds Time the last drain took.\n# TYPE app_shutdown_seconds gauge\napp_shutdown_seconds {}", secs(&self.app.shutdown_micros));
-        let _ = writeln!(o, "# HELP app_info Build and deployment.\n# TYPE app_info gauge\napp_info{{version=\"{}\",color=\"{}\"}} 1", self.version, self.color);
-        o
+    fn per_shard(
+        &self,
+        name: &str,
+        kind: MetricType,
+        help: &str,
+        read: impl Fn(&ShardMetrics) -> f64,
+    ) -> MetricFamily {
+        let series = self
+            .metrics
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| sample(kind, &[("shard", i.to_string())], read(s)))
+            .collect();
+        family(name, kind, help, series)
     }
 
     /// A histogram summed over shards, cumulative as the format wants.
     fn histogram(
         &self,
-        o: &mut String,
         name: &str,
         help: &str,
         pick: impl Fn(&ShardMetrics) -> &Histogram,
-    ) {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} histogram");
+    ) -> MetricFamily {
         let mut cumulative = 0u64;
-        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += self.sum(|s| pick(s).buckets[i].get());
-            let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-        }
+        let buckets = DURATION_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, le)| {
+                cumulative += self.sum(|s| pick(s).buckets[i].get());
+                let mut b = Bucket::default();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
         cumulative += self.sum(|s| pick(s).buckets[DURATION_BUCKETS.len()].get());
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-        let sum_ns = self.sum(|s| pick(s).sum_ns.get());
-        let _ = writeln!(
-            o,
-            "{name}_sum {}\n{name}_count {cumulative}",
-            sum_ns as f64 / 1e9
-        );
+        let mut h = proto::Histogram::default();
+        h.set_bucket(buckets);
+        h.set_sample_count(cumulative);
+        h.set_sample_sum(self.sum(|s| pick(s).sum_ns.get()) as f64 / 1e9);
+        let mut m = Metric::default();
+        m.set_histogram(h);
+        family(name, MetricType::HISTOGRAM, help, vec![m])
     }
+}
+
+impl Collector for Scrape<'_> {
+    /// None: an unchecked collector, as the Go client calls it. Its
+    /// families are made per scrape and never registered; the unit tests
+    /// hold their names, types and HELP lines.
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let m = self.metrics;
+        let mut out: Vec<MetricFamily> = SUMMED
+            .iter()
+            .map(|(name, kind, help, read)| {
+                family(
+                    name,
+                    *kind,
+                    help,
+                    vec![sample(*kind, &[], self.sum(read) as f64)],
+                )
+            })
+            .collect();
+        let one = |name: &str, kind, help: &str, v: f64| {
+            family(name, kind, help, vec![sample(kind, &[], v)])
+        };
+        out.push(one(
+            "pubsub_up",
+            GAUGE,
+            "1 when every shard's pub/sub connection is up.",
+            m.shards.iter().all(|s| s.pubsub_up.get() == 1) as u64 as f64,
+        ));
+        out.push(one(
+            "redis_up",
+            GAUGE,
+            "1 when every shard is connected to Redis.",
+            self.redis_up as u64 as f64,
+        ));
+        out.push(self.labelled(
+            "ws_errors_total",
+            COUNTER,
+            "Errors by kind.",
+            "kind",
+            ErrorKind::ALL.iter().map(|k| k.as_str().to_string()),
+            |s, i| s.errors[i].get(),
+        ));
+        out.push(
+            self.labelled(
+                "ws_closes_total",
+                COUNTER,
+                "Closes by WebSocket close code.",
+                "code",
+                CLOSE_CODES
+                    .iter()
+                    .map(|c| c.to_string())
+                    .chain(std::iter::once("other".to_string())),
+                |s, i| s.closes[i].get(),
+            ),
+        );
+        out.push(self.per_shard(
+            "ws_shard_connections_active",
+            GAUGE,
+            "Open connections per shard.",
+            |s| s.connections_active.get() as f64,
+        ));
+        out.push(self.per_shard(
+            "ws_shard_messages_total",
+            COUNTER,
+            "Client text messages counted, per shard.",
+            |s| s.messages_total.get() as f64,
+        ));
+        out.push(self.per_shard(
+            "ws_shard_loop_lag_seconds",
+            GAUGE,
+            "How late the shard's event loop last ran a 100 ms timer.",
+            |s| s.loop_lag_ns.get() as f64 / 1e9,
+        ));
+        out.push(self.histogram(
+            "ws_message_duration_seconds",
+            "Time from a message's arrival to its reply being queued.",
+            |s| &s.message_duration,
+        ));
+        out.push(self.histogram(
+            "redis_command_duration_seconds",
+            "Round trip of a Redis request, from its queue to its reply.",
+            |s| &s.redis_duration,
+        ));
+        out.push(one(
+            "ws_connections_limit",
+            GAUGE,
+            "Connections the process accepts at most (max_connections per shard, all shards).",
+            m.app.connections_limit.get() as f64,
+        ));
+        let drain = m.drain_seconds();
+        out.push(one(
+            "app_draining",
+            GAUGE,
+            "1 from the start of a drain until the process exits.",
+            drain.is_some() as u64 as f64,
+        ));
+        out.push(one(
+            "app_drain_seconds",
+            GAUGE,
+            "Seconds since the drain began; 0 while not draining.",
+            drain.unwrap_or(0.0),
+        ));
+        let secs = |c: &Cell| c.get() as f64 / 1e6;
+        out.push(one(
+            "app_startup_seconds",
+            GAUGE,
+            "Time from process start to all shards serving.",
+            secs(&m.app.startup_micros),
+        ));
+        out.push(one(
+            "app_shutdown_seconds",
+            GAUGE,
+            "Time the last drain took.",
+            secs(&m.app.shutdown_micros),
+        ));
+        out.push(family(
+            "app_info",
+            GAUGE,
+            "Build and deployment.",
+            vec![sample(
+                GAUGE,
+                &[
+                    ("version", m.version.to_string()),
+                    ("color", m.color.clone()),
+                ],
+                1.0,
+            )],
+        ));
+        out
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("shards", &self.shards.len())
+            .field("color", &self.color)
+            .finish_non_exhaustive()
+    }
+}
+
+/// This process as the kernel sees it: the crate's process collector, with
+/// CPU time to the clock tick (the crate's counts whole seconds) and the
+/// HELP texts of `PROCESS_HELP`.
+struct Process(ProcessCollector);
+
+impl Process {
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = self.0.collect();
+        if let Some(cpu) = cpu_seconds() {
+            for f in out
+                .iter_mut()
+                .filter(|f| f.name() == "process_cpu_seconds_total")
+            {
+                f.set_metric(vec![sample(COUNTER, &[], cpu)]);
+            }
+        }
+        for f in &mut out {
+            if let Some((_, help)) = PROCESS_HELP.iter().find(|(n, _)| *n == f.name()) {
+                f.set_help(help.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// User plus system CPU time of this process, in seconds.
+fn cpu_seconds() -> Option<f64> {
+    let stat = procfs::process::Process::myself().ok()?.stat().ok()?;
+    Some((stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64)
+}
+
+fn family(name: &str, kind: MetricType, help: &str, series: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    f.set_metric(series);
+    f
+}
+
+fn sample(kind: MetricType, labels: &[(&str, String)], v: f64) -> Metric {
+    let mut m = Metric::default();
+    m.set_label(
+        labels
+            .iter()
+            .map(|(k, v)| {
+                let mut l = LabelPair::default();
+                l.set_name(k.to_string());
+                l.set_value(v.clone());
+                l
+            })
+            .collect(),
+    );
+    if kind == COUNTER {
+        let mut c = proto::Counter::default();
+        c.set_value(v);
+        m.set_counter(c);
+    } else {
+        let mut g = proto::Gauge::default();
+        g.set_value(v);
+        m.set_gauge(g);
+    }
+    m
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@ use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::readiness::State;
-use crate::redis::RedisError;
 
 /// The web console served at `/`: one self-contained page (see its top comment).
 const CONSOLE_HTML: &str = include_str!("console.html");
@@ -120,7 +119,7 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
                 Ok(()) => http::response(204, "application/json", &[], b""),
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "session not deleted: 503");
-                    unavailable(&e)
+                    unavailable(e.unconfirmed())
                 }
             }
         }
@@ -179,7 +178,7 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "broadcast not published: 503");
-            unavailable(&e)
+            unavailable(e.unconfirmed())
         }
     }
 }
@@ -188,9 +187,10 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
 /// master took it (a broadcast went out, a tombstone is there) but fewer
 /// replicas than `redis_min_replicas` hold it, so a failover may undo it;
 /// both writes are safe to repeat.
-fn unavailable(e: &RedisError) -> Vec<u8> {
-    match e {
-        RedisError::Replicas { .. } => http::error(503, "replicas_unconfirmed"),
-        _ => http::error(503, "redis_unavailable"),
+fn unavailable(unconfirmed: bool) -> Vec<u8> {
+    if unconfirmed {
+        http::error(503, "replicas_unconfirmed")
+    } else {
+        http::error(503, "redis_unavailable")
     }
 }

@@ -320,6 +320,25 @@ fn every_shard_scrapes_the_same_shape_and_totals_are_sums() {
     assert_eq!(value(&m, "ws_connections_limit"), 20_000.0);
     assert!(value(&m, "redis_command_duration_seconds_count") > 0.0);
     assert!(value(&m, "process_open_fds") > 0.0);
+
+    // Every family, HELP and TYPE line is the one the rules and dashboards
+    // were written against, no more and no fewer.
+    let listed = std::fs::read_to_string(monitoring_dir().join("metrics.txt")).unwrap();
+    let listed: BTreeSet<&str> = listed
+        .lines()
+        .filter(|l| l.starts_with("# HELP ") || l.starts_with("# TYPE "))
+        .collect();
+    let scraped: BTreeSet<&str> = m.lines().filter(|l| l.starts_with("# ")).collect();
+    assert_eq!(
+        scraped.difference(&listed).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "families or HELP lines missing from deploy/monitoring/metrics.txt"
+    );
+    assert_eq!(
+        listed.difference(&scraped).collect::<Vec<_>>(),
+        Vec::<&&str>::new(),
+        "families or HELP lines /metrics no longer has"
+    );
 }
 
 #[test]

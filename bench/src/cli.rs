@@ -102,6 +102,15 @@ pub enum Cmd {
     /// Scale-out test of a cluster: fanout, room broadcast, resume on every
     /// node, and a node killed under traffic; exits 1 when an assertion fails.
     Scale(crate::scale::ScaleArgs),
+    /// Times `/metrics` rendering in-process: SHARDS shards' cells with
+    /// traffic in them, rendered ROUNDS times; prints the median, p99 and
+    /// worst time per scrape and the body's size.
+    Scrape {
+        #[arg(long, default_value_t = 64)]
+        shards: usize,
+        #[arg(long, default_value_t = 2000)]
+        rounds: usize,
+    },
     /// Prints a duration (10s, 500ms, 1m 30s) in whole milliseconds, for
     /// scripts that must not parse durations by hand.
     Millis {

@@ -50,6 +50,10 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             println!("{}", duration.as_millis());
             return Ok(ExitCode::SUCCESS);
         }
+        Cmd::Scrape { shards, rounds } => {
+            scrape(shards, rounds.max(1));
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::Suite(args) => return suite::main(args),
         Cmd::Scale(args) => return scale_run(&args),
         Cmd::ScaleWorker { plan } => {
@@ -173,4 +177,38 @@ fn one_run(spec: &RunSpec, common: &Common) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_FAULTS)
     })
+}
+
+/// `shardcast-bench scrape`: the service's own renderer, timed in-process.
+fn scrape(shards: usize, rounds: usize) {
+    let m = shardcast::metrics::Metrics::new(shards, "blue");
+    for (i, s) in m.shards.iter().enumerate() {
+        s.messages_total.add(1_000_000 + i as u64);
+        s.connections_active.set(150);
+        s.close(1000);
+        s.error(shardcast::metrics::ErrorKind::Protocol);
+        for ns in [5_000, 80_000, 2_000_000] {
+            s.message_duration.observe_ns(ns);
+            s.redis_duration.observe_ns(ns);
+        }
+    }
+    let mut times = Vec::with_capacity(rounds);
+    let mut bytes = 0;
+    for round in 0..rounds {
+        let t = std::time::Instant::now();
+        let body = m.render(true);
+        times.push(t.elapsed());
+        bytes = body.len();
+        if round > 0 && round % (rounds / 4).max(1) == 0 {
+            eprintln!("scrape: {round} of {rounds} rounds");
+        }
+    }
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    println!(
+        "scrape: {shards} shards, {rounds} rounds, {bytes} bytes: median {:?}, p99 {:?}, worst {:?}",
+        at(0.5),
+        at(0.99),
+        times[times.len() - 1]
+    );
 }

@@ -72,6 +72,13 @@ pub enum RedisError {
     Replicas { acked: u32, wanted: u32 },
 }
 
+impl RedisError {
+    /// The master took the write but too few replicas confirmed it.
+    pub fn unconfirmed(&self) -> bool {
+        matches!(self, RedisError::Replicas { .. })
+    }
+}
+
 /// Opens a connection to the server that is master now: the one `target`
 /// names, or the one its Sentinels name (asked from the `turn`th on), after
 /// it said `ROLE` master. Returns the address it reached, for logs.
