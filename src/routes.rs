@@ -94,6 +94,9 @@ fn status(shard: &Context) -> serde_json::Value {
         "redis": redis,
         "pubsub": s.cfg.pubsub,
         "rooms_per_shard": s.metrics.shards.iter().map(|m| m.rooms_active.get()).collect::<Vec<_>>(),
+        // Running totals; the console charts their rates.
+        "messages_per_shard": s.metrics.shards.iter().map(|m| m.messages_total.get()).collect::<Vec<_>>(),
+        "broadcasts_per_shard": s.metrics.shards.iter().map(|m| m.broadcasts_delivered_total.get()).collect::<Vec<_>>(),
         "ready": s.readiness.state().as_str(),
         "pid": std::process::id(),
     })

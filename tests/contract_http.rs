@@ -388,7 +388,14 @@ fn status_reports_version_color_shards_connections_uptime_and_redis() {
         .shards(2)
         .arg("--color", "green")
         .start();
-    let _clients: Vec<Client> = (0..3).map(|_| server.connect("").0).collect();
+    let mut clients: Vec<Client> = (0..3).map(|_| server.connect("").0).collect();
+    for c in &mut clients {
+        c.count("x");
+    }
+    publish(&server, serde_json::json!({ "message": "to all three" }));
+    for c in &mut clients {
+        next_broadcast(c);
+    }
     let v = wait_for("/status to count 3 connections", LIMIT, || {
         let r = request(server.addr, "GET", "/status", "");
         assert_eq!(r.status, 200);
@@ -406,6 +413,18 @@ fn status_reports_version_color_shards_connections_uptime_and_redis() {
         .collect();
     assert_eq!(per_shard.len(), 2);
     assert_eq!(per_shard.iter().sum::<u64>(), 3);
+    // Running totals per shard, which the console charts as rates.
+    let totals = |key: &str| -> Vec<u64> {
+        v[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key} is an array"))
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(totals("messages_per_shard").iter().sum::<u64>(), 3);
+    assert_eq!(totals("broadcasts_per_shard").iter().sum::<u64>(), 3);
+    assert_eq!(totals("messages_per_shard").len(), 2);
     assert_eq!(v["redis"], "up");
     let first = v["uptime_s"].as_u64().expect("uptime_s is a number");
     wait_for("uptime to advance", LIMIT, || {

@@ -71,6 +71,30 @@ try {
   for (const m of ['one', 'two', 'three']) await send(m);
   await until('#count = 3', is('#count', '3'));
 
+  step = '2b: the live charts draw and move';
+  say(step);
+  const chart = (name) => page.locator('#chart-' + name).evaluate((svg) => ({
+    points: Number(svg.dataset.points || 0),
+    last: Number(svg.dataset.last || 0),
+    peak: Number(svg.dataset.peak || 0),
+    lines: svg.querySelectorAll('polyline.total').length,
+    down: svg.querySelectorAll('rect.down').length,
+  }));
+  await until('the sockets chart to show this socket', async () => {
+    const c = await chart('sockets');
+    return (c.lines === 1 && c.points >= 2 && c.last >= 1) || c;
+  });
+  await until('the messages chart to show the 3 messages as a rate', async () => {
+    const c = await chart('messages');
+    return (c.lines === 1 && c.peak > 0) || c;
+  });
+  const first = (await chart('messages')).points;
+  await until('the charts to move on', async () => {
+    const c = await chart('messages');
+    return c.points > first || c;
+  }, 5_000);
+  if ((await chart('sockets')).down !== 0) throw new Error('Redis marked down while it was up');
+
   step = '3: reload and resume, in room lobby';
   say(step);
   await page.reload();
@@ -105,6 +129,10 @@ try {
   }
   await until('#log to show the lobby broadcast', async () =>
     (await text('#log')).includes('for the lobby') || 'not yet');
+  await until('the broadcasts chart to show the delivered frames', async () => {
+    const c = await chart('broadcasts');
+    return c.peak > 0 || c;
+  });
   if ((await text('#log')).includes('not for this page')) {
     throw new Error('a broadcast to another room reached the page');
   }
