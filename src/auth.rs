@@ -58,9 +58,7 @@ pub fn token_of(req: &Request) -> Option<&str> {
         let (scheme, rest) = v.trim().split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
     }
-    req.query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
+    req.param(&["token"])
 }
 
 /// Checks `token` against `secret` at `now` (Unix seconds).

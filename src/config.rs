@@ -383,15 +383,9 @@ impl Config {
             field: "redis_url",
             msg,
         })?;
-        if !self.redis_sentinels.is_empty() {
-            if self.redis_master_name.is_empty() {
-                return bad("redis_master_name", "is needed with redis_sentinels");
-            }
-            self.redis_target().map_err(|msg| ConfigError::Invalid {
-                field: "redis_sentinels",
-                msg,
-            })?;
-        } else {
+        // What redis_target can still refuse: a sentinel address, or a
+        // password given twice.
+        let target_field = if self.redis_sentinels.is_empty() {
             if self.redis_db != 0 {
                 return bad(
                     "redis_db",
@@ -401,11 +395,17 @@ impl Config {
             if self.redis_sentinel_password.is_some() {
                 return bad("redis_sentinel_password", "is for redis_sentinels");
             }
-            self.redis_target().map_err(|msg| ConfigError::Invalid {
-                field: "redis_password",
-                msg,
-            })?;
-        }
+            "redis_password"
+        } else {
+            if self.redis_master_name.is_empty() {
+                return bad("redis_master_name", "is needed with redis_sentinels");
+            }
+            "redis_sentinels"
+        };
+        self.redis_target().map_err(|msg| ConfigError::Invalid {
+            field: target_field,
+            msg,
+        })?;
         if self.redis_min_replicas > 16 {
             return bad("redis_min_replicas", "must be at most 16");
         }

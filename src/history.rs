@@ -72,13 +72,8 @@ impl FromStr for Offset {
     }
 }
 
-/// The `since` a query string carries (`since=OFFSET`), unparsed.
-pub fn since_from_query(query: &str) -> Option<&str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "since").then_some(v)
-    })
-}
+/// The query parameter that asks for what was missed since an offset.
+pub const SINCE_PARAM: &str = "since";
 
 /// Appends a broadcast to its channel's stream and publishes it with its
 /// offset, atomically: offsets then follow publish order on every
@@ -553,11 +548,6 @@ mod tests {
         let b: Offset = "10-0".parse().unwrap();
         let c: Offset = "10-2".parse().unwrap();
         assert!(a < b && b < c);
-        assert_eq!(
-            since_from_query("session_id=x&since=5-1&room=a"),
-            Some("5-1")
-        );
-        assert_eq!(since_from_query("sinced=5-1"), None);
     }
 
     #[test]

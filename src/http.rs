@@ -27,6 +27,16 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first query parameter named one of `names`, as sent (not
+    /// percent-decoded: every value the service reads is a plain token); a
+    /// bare `name` reads as an empty value, which its reader refuses.
+    pub fn param(&self, names: &[&str]) -> Option<&str> {
+        self.query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            names.contains(&k).then_some(v)
+        })
+    }
+
     /// Whether a comma-separated header holds `token` (case-insensitive).
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers
@@ -170,6 +180,23 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_params_by_name_and_alias() {
+        let req = |q: &str| Request {
+            query: q.into(),
+            ..Request::default()
+        };
+        let ids = ["session_id", "session_uuid", "session"];
+        assert_eq!(req("a=1&session_id=x").param(&ids), Some("x"));
+        assert_eq!(req("session_uuid=y&session_id=x").param(&ids), Some("y"));
+        assert_eq!(req("session=z&b").param(&ids), Some("z"));
+        assert_eq!(req("sessionx=z&xsession=w").param(&ids), None);
+        assert_eq!(req("room=").param(&["room"]), Some(""));
+        // A bare name is an empty value: its reader refuses it, loudly.
+        assert_eq!(req("since&room=a").param(&["since"]), Some(""));
+        assert_eq!(req("").param(&["token"]), None);
+    }
 
     #[test]
     fn parses_path_query_headers_and_rest() {

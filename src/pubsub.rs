@@ -67,13 +67,8 @@ pub fn check_room(name: &str) -> Result<(), RoomError> {
     }
 }
 
-/// The room a query string asks for (`room=NAME`); None when it names none.
-pub fn room_from_query(query: &str) -> Option<&str> {
-    query.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == "room").then_some(v)
-    })
-}
+/// The query parameter that names a socket's room.
+pub const ROOM_PARAM: &str = "room";
 
 pub fn room_channel(room: &str) -> String {
     format!("{ROOM_PREFIX}{room}")
@@ -527,9 +522,6 @@ mod tests {
         for bad in ["", "a b", "a%20b", "é", "a/b", "a*", &"r".repeat(65)] {
             assert_eq!(check_room(bad), Err(RoomError::Invalid), "{bad}");
         }
-        assert_eq!(room_from_query("session_id=x&room=lobby"), Some("lobby"));
-        assert_eq!(room_from_query("room="), Some(""));
-        assert_eq!(room_from_query("rooms=a&xroom=b"), None);
     }
 
     #[test]

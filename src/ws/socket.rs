@@ -97,8 +97,8 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         let _ = stream.write_all(&http::error(503, "draining")).await;
         return;
     }
-    let requested = session::id_from_query(&req.query).and_then(session::parse_id);
-    let room = match pubsub::room_from_query(&req.query) {
+    let requested = req.param(&session::ID_PARAMS).and_then(session::parse_id);
+    let room = match req.param(&[pubsub::ROOM_PARAM]) {
         None => None,
         Some(r) => match pubsub::check_room(r) {
             Ok(()) => Some(r.to_string()),
@@ -110,15 +110,13 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
             }
         },
     };
-    let since = match history::since_from_query(&req.query).map(str::parse::<Offset>) {
+    let raw_since = req.param(&[history::SINCE_PARAM]);
+    let since = match raw_since.map(str::parse::<Offset>) {
         None => None,
         Some(Ok(o)) => Some(o),
         Some(Err(e)) => {
             m.error(ErrorKind::BadRequest);
-            tracing::info!(
-                since = history::since_from_query(&req.query),
-                "upgrade refused: bad since: 400"
-            );
+            tracing::info!(since = raw_since, "upgrade refused: bad since: 400");
             let _ = stream.write_all(&http::error(400, &e.to_string())).await;
             return;
         }
