@@ -88,6 +88,11 @@ pub struct Config {
     /// shards ask them for `redis_master_name` instead of using `redis_url`.
     #[arg(long, env = "SHARDCAST_REDIS_SENTINELS", value_delimiter = ',')]
     pub redis_sentinels: Vec<String>,
+    /// Seed nodes (`host:port`) of a Redis Cluster; when set, the shards
+    /// route each request to the master of its keys' slot instead of using
+    /// `redis_url`.
+    #[arg(long, env = "SHARDCAST_REDIS_CLUSTER", value_delimiter = ',')]
+    pub redis_cluster: Vec<String>,
     /// The master's name in the Sentinels' configuration.
     #[arg(long, env = "SHARDCAST_REDIS_MASTER_NAME", default_value = "")]
     pub redis_master_name: String,
@@ -308,11 +313,17 @@ impl Config {
             c.config = Some(path);
         }
         // With sentinels too, which Redis is meant is not for us to guess.
+        let either = |field| {
+            Err(ConfigError::Invalid {
+                field,
+                msg: "give one of redis_url, redis_sentinels and redis_cluster".into(),
+            })
+        };
         if url_given && !c.redis_sentinels.is_empty() {
-            return Err(ConfigError::Invalid {
-                field: "redis_sentinels",
-                msg: "give either redis_url or redis_sentinels, not both".into(),
-            });
+            return either("redis_sentinels");
+        }
+        if (url_given || !c.redis_sentinels.is_empty()) && !c.redis_cluster.is_empty() {
+            return either("redis_cluster");
         }
         c.validate()?;
         Ok(c)
@@ -321,6 +332,30 @@ impl Config {
     /// Where the shards find Redis. Valid once `validate` passed.
     pub fn redis_target(&self) -> Result<RedisTarget, String> {
         let password = self.redis_password.clone().filter(|p| !p.is_empty());
+        // `host:port` lists: the sentinels' and the cluster seeds'.
+        let nodes = |list: &[String], what: &str, password: Option<String>| {
+            list.iter()
+                .map(|s| {
+                    RedisAddr::parse(&format!("redis://{s}"))
+                        .map_err(|e| format!("{what} {s:?}: {e}"))
+                        .and_then(|a| {
+                            if s.contains('@') || s.contains('/') {
+                                Err(format!("{what} {s:?} must be host:port"))
+                            } else {
+                                Ok(RedisAddr {
+                                    password: password.clone(),
+                                    ..a
+                                })
+                            }
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if !self.redis_cluster.is_empty() {
+            return Ok(RedisTarget::Cluster {
+                seeds: nodes(&self.redis_cluster, "cluster node", password)?,
+            });
+        }
         if self.redis_sentinels.is_empty() {
             let mut addr = RedisAddr::parse(&self.redis_url)?;
             if password.is_some() {
@@ -331,27 +366,13 @@ impl Config {
             }
             return Ok(RedisTarget::Single(addr));
         }
-        let sentinels = self
-            .redis_sentinels
-            .iter()
-            .map(|s| {
-                RedisAddr::parse(&format!("redis://{s}"))
-                    .map_err(|e| format!("sentinel {s:?}: {e}"))
-                    .and_then(|a| {
-                        if s.contains('@') || s.contains('/') {
-                            Err(format!("sentinel {s:?} must be host:port"))
-                        } else {
-                            Ok(RedisAddr {
-                                password: self
-                                    .redis_sentinel_password
-                                    .clone()
-                                    .filter(|p| !p.is_empty()),
-                                ..a
-                            })
-                        }
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let sentinels = nodes(
+            &self.redis_sentinels,
+            "sentinel",
+            self.redis_sentinel_password
+                .clone()
+                .filter(|p| !p.is_empty()),
+        )?;
         Ok(RedisTarget::Sentinel {
             sentinels,
             master: self.redis_master_name.clone(),
@@ -385,7 +406,21 @@ impl Config {
         })?;
         // What redis_target can still refuse: a sentinel address, or a
         // password given twice.
-        let target_field = if self.redis_sentinels.is_empty() {
+        let target_field = if !self.redis_cluster.is_empty() {
+            if self.redis_db != 0 {
+                return bad("redis_db", "a Redis Cluster has only database 0");
+            }
+            if self.redis_sentinel_password.is_some() {
+                return bad("redis_sentinel_password", "is for redis_sentinels");
+            }
+            if self.pubsub == PubsubMode::Sharded {
+                return bad(
+                    "pubsub",
+                    "sharded is not supported with redis_cluster yet; use plain (PUBLISH reaches every node of a cluster)",
+                );
+            }
+            "redis_cluster"
+        } else if self.redis_sentinels.is_empty() {
             if self.redis_db != 0 {
                 return bad(
                     "redis_db",
@@ -527,11 +562,14 @@ pub enum RedisTarget {
         password: Option<String>,
         db: u32,
     },
+    /// A Redis Cluster, found through these seed nodes (which carry the
+    /// nodes' password); its slot map says where each key lives.
+    Cluster { seeds: Vec<RedisAddr> },
 }
 
 /// Where Redis is, parsed from `redis://[:password@]host:port[/db]`. Its
 /// `Debug` hides the password, so an address can be logged.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct RedisAddr {
     pub host: String,
     pub port: u16,
@@ -725,8 +763,21 @@ mod tests {
                     "--redis-master-name",
                     "m",
                 ],
-                "not both",
+                "give one of redis_url, redis_sentinels and redis_cluster",
             ),
+            (
+                vec!["--redis-url", "redis://h:1", "--redis-cluster", "h:2"],
+                "invalid redis_cluster: give one of",
+            ),
+            (
+                vec!["--redis-cluster", "h:2", "--pubsub", "sharded"],
+                "invalid pubsub",
+            ),
+            (
+                vec!["--redis-cluster", "h:2", "--redis-db", "3"],
+                "only database 0",
+            ),
+            (vec!["--redis-cluster", "h:x"], "cluster node \"h:x\""),
             (
                 vec!["--redis-sentinels", "127.0.0.1:26379"],
                 "redis_master_name",
@@ -856,6 +907,23 @@ mod tests {
             ],
         )
         .unwrap_err();
-        assert!(err.to_string().contains("not both"), "{err}");
+        assert!(err.to_string().contains("give one of"), "{err}");
+    }
+
+    #[test]
+    fn cluster_seeds_share_the_password() {
+        let c = Config::from_args(args(&[
+            "--redis-cluster",
+            "10.0.0.1:7000,10.0.0.2:7001",
+            "--redis-password",
+            "pw",
+        ]))
+        .unwrap();
+        let Ok(RedisTarget::Cluster { seeds }) = c.redis_target() else {
+            panic!("expected a cluster");
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].port, 7001);
+        assert!(seeds.iter().all(|s| s.password.as_deref() == Some("pw")));
     }
 }

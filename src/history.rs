@@ -3,11 +3,13 @@
 //! what a reconnecting socket missed, and the shard's bridge between that
 //! read and live delivery.
 //!
-//! A channel's stream is the key of the channel's own name, so in a Redis
-//! Cluster the two share a hash slot. Offsets are stream ids (`ms-seq`),
-//! taken from one counter key per Redis (`shardcast:offset`) rather than
-//! from each stream, so that a socket's channels (the global one and its
-//! room) share one order and a client needs one `since`, not one per channel.
+//! A channel's stream is the key of the channel's own name. Offsets are
+//! stream ids (`ms-seq`), taken from one counter key per Redis
+//! (`shardcast:offset`) rather than from each stream, so that a socket's
+//! channels (the global one and its room) share one order and a client
+//! needs one `since`, not one per channel. On a Redis Cluster a script's
+//! keys must share a slot, so there every history key carries one hash tag
+//! ([`Keys`]): history lives on one node, and its one order stays.
 //!
 //! The seam between history and live: a recovering socket is not in the
 //! plane yet, so live messages pass it by. While any recovery runs, the
@@ -26,10 +28,41 @@ use std::str::FromStr;
 
 use crate::protocol;
 use crate::redis::replicas::Replicas;
-use crate::redis::{self as rds, RedisError, Value};
+use crate::redis::{self as rds, RedisError, Slot, Value};
 
 /// The key that holds the last offset given out on this Redis.
 pub const OFFSET_KEY: &str = "shardcast:offset";
+/// On a cluster, every history key starts with this: one slot for all.
+const CLUSTER_TAG: &str = "{shardcast:history}:";
+
+/// Where history lives: the offset key and each channel's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    cluster: bool,
+}
+
+impl Keys {
+    pub fn new(cluster: bool) -> Keys {
+        Keys { cluster }
+    }
+
+    pub fn offset(&self) -> String {
+        self.stream(OFFSET_KEY)
+    }
+
+    pub fn stream(&self, channel: &str) -> String {
+        if self.cluster {
+            format!("{CLUSTER_TAG}{channel}")
+        } else {
+            channel.to_string()
+        }
+    }
+
+    /// The slot every history request goes to.
+    pub fn slot(&self) -> Slot {
+        Slot::of(self.offset())
+    }
+}
 /// Live messages a shard keeps while recoveries run. A recovery that
 /// outlives this many arrivals reports `recovered: false`, never a gap.
 const BRIDGE_MAX: usize = 8192;
@@ -77,8 +110,8 @@ pub const SINCE_PARAM: &str = "since";
 
 /// Appends a broadcast to its channel's stream and publishes it with its
 /// offset, atomically: offsets then follow publish order on every
-/// subscriber. KEYS: the stream (named as the channel), the offset key.
-/// ARGV: max length, ttl ms, publish verb, the message as a JSON string.
+/// subscriber. KEYS: the channel's stream, the offset key. ARGV: max
+/// length, ttl ms, publish verb, the message as a JSON string, the channel.
 /// Returns the offset and the subscriber count.
 ///
 /// Trimming is exact (`MAXLEN =`, `MINID =`), not `~`, and the newest entry
@@ -132,7 +165,7 @@ if gone then
   redis.call('XSETID', key, id, 'MAXDELETEDID', gone)
 end
 redis.call('PEXPIRE', key, ttl)
-local n = redis.call(ARGV[3], key, '{"broadcast":' .. ARGV[4] .. ',"offset":"' .. id .. '"}')
+local n = redis.call(ARGV[3], ARGV[5], '{"broadcast":' .. ARGV[4] .. ',"offset":"' .. id .. '"}')
 return {id, n}
 "#;
 
@@ -233,6 +266,7 @@ pub struct History {
     replicas: Rc<Replicas>,
     publish: redis::Script,
     recover: redis::Script,
+    keys: Keys,
     bridge: RefCell<Bridge>,
     /// The newest offset this shard has heard of: the counter read before
     /// its subscriptions, then each message received. A welcome carries it.
@@ -250,8 +284,10 @@ impl History {
         ttl_ms: u64,
         publish_verb: &'static str,
         replicas: Rc<Replicas>,
+        keys: Keys,
     ) -> Self {
         Self {
+            keys,
             size,
             ttl_ms,
             publish_verb,
@@ -327,21 +363,23 @@ impl History {
                 .arg(channel)
                 .arg(payload)
                 .clone();
-            let v = redis.query(&cmd).await?;
+            // PUBLISH reaches every node of a cluster from any.
+            let v = redis.query(None, &cmd).await?;
             return Ok((None, rds::as_u64(&v).unwrap_or(0)));
         }
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.publish.get_hash())
             .arg(2)
-            .arg(channel)
-            .arg(OFFSET_KEY)
+            .arg(self.keys.stream(channel))
+            .arg(self.keys.offset())
             .arg(self.size)
             .arg(self.ttl_ms)
             .arg(self.publish_verb)
-            .arg(lit);
+            .arg(lit)
+            .arg(channel);
         let mut replies = self
             .replicas
-            .write(redis, cmd.get_packed_command(), 1)
+            .write(redis, Some(self.keys.slot()), cmd.get_packed_command(), 1)
             .await?;
         match replies.pop().unwrap_or(Value::Nil) {
             Value::Array(v) if v.len() == 2 => {
@@ -405,16 +443,16 @@ impl History {
         let keys = if room.is_some() { 2 } else { 1 };
         cmd.arg(self.recover.get_hash())
             .arg(keys + 1)
-            .arg(OFFSET_KEY)
-            .arg(crate::pubsub::EVENTS_CHANNEL);
+            .arg(self.keys.offset())
+            .arg(self.keys.stream(crate::pubsub::EVENTS_CHANNEL));
         if let Some(r) = room {
-            cmd.arg(crate::pubsub::room_channel(r));
+            cmd.arg(self.keys.stream(&crate::pubsub::room_channel(r)));
         }
         cmd.arg(since.ms)
             .arg(since.seq)
             .arg(self.ttl_ms)
             .arg(self.size);
-        let reply = redis.query(&cmd).await?;
+        let reply = redis.query(Some(self.keys.slot()), &cmd).await?;
         let (complete, newest, streams) = match &reply {
             Value::Array(v) if v.len() == keys + 2 => (
                 rds::as_u64(&v[0]) == Some(1),
@@ -567,7 +605,13 @@ mod tests {
 
     #[test]
     fn floors_skip_what_a_socket_has_and_go_once_passed() {
-        let h = History::new(10, 1000, "PUBLISH", Rc::new(Replicas::new(0)));
+        let h = History::new(
+            10,
+            1000,
+            "PUBLISH",
+            Rc::new(Replicas::new(0)),
+            Keys::new(false),
+        );
         let at = |ms| Offset { ms, seq: 0 };
         assert!(h.skip(at(1)).is_empty());
         h.set_floor(7, at(5));
@@ -580,7 +624,13 @@ mod tests {
 
     #[test]
     fn the_bridge_keeps_only_while_recoveries_run_and_drops_at_its_bound() {
-        let h = History::new(10, 1000, "PUBLISH", Rc::new(Replicas::new(0)));
+        let h = History::new(
+            10,
+            1000,
+            "PUBLISH",
+            Rc::new(Replicas::new(0)),
+            Keys::new(false),
+        );
         let frame = "x";
         h.on_live(Offset { ms: 5, seq: 0 }, None, frame);
         assert_eq!(h.head(), Offset { ms: 5, seq: 0 });

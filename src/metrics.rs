@@ -160,6 +160,8 @@ pub struct ShardMetrics {
     pub message_duration: Histogram,
     pub redis_commands_total: Cell,
     pub redis_errors_total: Cell,
+    /// Cluster redirects followed, by [`REDIRECTS`] kind.
+    pub redis_redirects: [Cell; REDIRECTS.len()],
     /// Sessions whose count Redis does not have yet.
     pub redis_unflushed_sessions: Cell,
     /// Increments Redis does not have yet (summed over those sessions).
@@ -191,6 +193,9 @@ impl ShardMetrics {
         self.closes[i].inc();
     }
 }
+
+/// The kinds of cluster redirect, as `redis_redirects_total` labels them.
+pub const REDIRECTS: [&str; 3] = ["moved", "ask", "tryagain"];
 
 /// Process-wide figures, written by the control thread.
 #[derive(Debug, Default)]
@@ -503,6 +508,14 @@ impl Collector for Scrape<'_> {
             GAUGE,
             "1 when every shard is connected to Redis.",
             self.redis_up as u64 as f64,
+        ));
+        out.push(self.labelled(
+            "redis_redirects_total",
+            COUNTER,
+            "Redis Cluster redirects followed, by kind.",
+            "kind",
+            REDIRECTS.iter().map(|k| k.to_string()),
+            |s, i| s.redis_redirects[i].get(),
         ));
         out.push(self.labelled(
             "ws_errors_total",

@@ -104,6 +104,13 @@ impl Verbs {
         }
     }
 
+    /// Where a publish on `channel` goes in a cluster: its slot's master
+    /// for a sharded channel; any node for a plain one, which PUBLISH
+    /// carries to all.
+    pub fn slot(&self, channel: &str) -> Option<rds::Slot> {
+        (self.publish == "SPUBLISH").then(|| rds::Slot::of(channel))
+    }
+
     /// The publish command for `channel`, ready to queue on the command
     /// connection.
     pub fn publish(&self, channel: &str, payload: &str) -> redis::Cmd {
@@ -143,7 +150,7 @@ pub struct Subscriber {
     outbox: RefCell<Vec<u8>>,
     waker: Cell<Option<Waker>>,
     connected: Cell<bool>,
-    head_key: Option<&'static str>,
+    head_key: Option<String>,
     metrics: Arc<Metrics>,
     shard: usize,
 }
@@ -155,7 +162,7 @@ impl Subscriber {
     pub fn new(
         mode: PubsubMode,
         max_rooms: usize,
-        head_key: Option<&'static str>,
+        head_key: Option<String>,
         metrics: Arc<Metrics>,
         shard: usize,
     ) -> Rc<Self> {
@@ -270,7 +277,12 @@ impl Subscriber {
         channel: &str,
         payload: &str,
     ) -> Result<u64, rds::RedisError> {
-        let v = redis.query(&self.verbs.publish(channel, payload)).await?;
+        let v = redis
+            .query(
+                self.verbs.slot(channel),
+                &self.verbs.publish(channel, payload),
+            )
+            .await?;
         Ok(rds::as_u64(&v).unwrap_or(0))
     }
 
@@ -365,7 +377,7 @@ impl Subscriber {
 
     /// The commands a fresh connection starts with: every channel wanted.
     fn resubscribe_all(&self) -> Vec<u8> {
-        let mut out = match self.head_key {
+        let mut out = match &self.head_key {
             Some(k) => redis::cmd("GET").arg(k).get_packed_command(),
             None => Vec::new(),
         };
@@ -401,7 +413,13 @@ pub async fn run(
     let mut backoff = Backoff::default();
     loop {
         let generation = switch.generation();
-        if let Ok((mut stream, mut reader, _)) = rds::connect_master(&target, sub.shard).await {
+        // On a cluster: the node of the head key, which the connection
+        // reads first (PUBLISH reaches every node, so any node would do
+        // for the channels themselves).
+        let slot = rds::Slot::of(sub.head_key.as_deref().unwrap_or(EVENTS_CHANNEL));
+        if let Ok((mut stream, mut reader, _)) =
+            rds::connect_master(&target, sub.shard, Some(slot)).await
+        {
             // Pushes come when they come: liveness is the PING below.
             stream.set_read_timeout(None).ok();
             let first = sub.resubscribe_all();

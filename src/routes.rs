@@ -117,8 +117,13 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
         },
         "DELETE" => {
             let event = serde_json::to_string(&BusEvent::kick(id.to_string())).unwrap_or_default();
-            let kick = shard.pubsub.verbs().publish(EVENTS_CHANNEL, &event);
-            match shard.store.delete(&id, kick).await {
+            let verbs = shard.pubsub.verbs();
+            let kick = verbs.publish(EVENTS_CHANNEL, &event);
+            match shard
+                .store
+                .delete(&id, kick, verbs.slot(EVENTS_CHANNEL))
+                .await
+            {
                 Ok(()) => http::response(204, "application/json", &[], b""),
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "session not deleted: 503");

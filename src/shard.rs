@@ -16,7 +16,7 @@ use shards::{Control, ShardContext};
 
 use crate::config::RedisTarget;
 use crate::context::{Context, Shared};
-use crate::history::{History, Offset, OFFSET_KEY};
+use crate::history::{self, History, Offset};
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
@@ -143,8 +143,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     let redis = Redis::new(
         target.clone(),
         switch.clone(),
-        init,
-        scripts + 1,
+        (init, scripts + 1),
         shared.metrics.clone(),
         shared.readiness.clone(),
         ctx.id,
@@ -160,10 +159,11 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         shared.metrics.clone(),
     );
     let history_on = cfg.history_size > 0;
+    let keys = history::Keys::new(redis.is_cluster());
     let pubsub = Subscriber::new(
         cfg.pubsub,
         cfg.max_rooms,
-        history_on.then_some(OFFSET_KEY),
+        history_on.then(|| keys.offset()),
         shared.metrics.clone(),
         ctx.id,
     );
@@ -172,6 +172,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         cfg.history_ttl.as_millis() as u64,
         pubsub.verbs().publish,
         replicas,
+        keys,
     );
     let shard = Rc::new(Context::new(
         ctx.id,

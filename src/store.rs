@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::redis::replicas::Replicas;
-use crate::redis::{as_u64, Redis, RedisError, Value};
+use crate::redis::{as_u64, Redis, RedisError, Slot, Value};
 use crate::session::Session;
 
 /// Writes a batch of sessions in one call. KEYS holds each session's hash and
@@ -72,6 +72,12 @@ fn write_key<'a>(buf: &'a mut [u8; KEY_MAX], id: &Uuid, suffix: &str) -> &'a [u8
 fn key(id: &Uuid, suffix: &str) -> String {
     let mut buf = [0; KEY_MAX];
     String::from_utf8_lossy(write_key(&mut buf, id, suffix)).into_owned()
+}
+
+/// The cluster slot of both of a session's keys.
+pub fn session_slot(id: &Uuid) -> Slot {
+    let mut buf = [0; KEY_MAX];
+    Slot::of(write_key(&mut buf, id, "s"))
 }
 
 pub fn session_key(id: &Uuid) -> String {
@@ -224,7 +230,7 @@ impl Store {
             return cached.map(Some).ok_or(OpenError::RedisUnavailable);
         }
         let cmd = redis::cmd("HGETALL").arg(session_key(&id)).clone();
-        let reply = match self.redis.query(&cmd).await {
+        let reply = match self.redis.query(Some(session_slot(&id)), &cmd).await {
             Ok(v) => v,
             Err(_) => return cached.map(Some).ok_or(OpenError::RedisUnavailable),
         };
@@ -311,7 +317,8 @@ impl Store {
         batch: &[(Rc<Session>, u64)],
     ) -> Result<Vec<Result<(), RedisError>>, RedisError> {
         let cmd = self.flush_cmd(batch).get_packed_command();
-        let replies = self.replicas.write(&self.redis, cmd, 1).await?;
+        let slot = batch.first().map(|(s, _)| session_slot(&s.id));
+        let replies = self.replicas.write(&self.redis, slot, cmd, 1).await?;
         match &replies[0] {
             Value::Array(items) if items.len() == batch.len() => Ok(batch
                 .iter()
@@ -346,7 +353,10 @@ impl Store {
             .arg(session_key(id))
             .cmd("PTTL")
             .arg(session_key(id));
-        let v = self.redis.exec(p.get_packed_pipeline(), 2).await?;
+        let v = self
+            .redis
+            .exec(Some(session_slot(id)), p.get_packed_pipeline(), 2)
+            .await?;
         let ttl_ms = match &v[1] {
             Value::Int(ms) if *ms > 0 => *ms as u64,
             _ => 0,
@@ -355,10 +365,16 @@ impl Store {
     }
 
     /// Deletes session `id` for good: a tombstone for one TTL (so no writer
-    /// brings it back), the hash gone, and `then` (the kick that closes its
-    /// live sockets) in the same pipeline; done once the replicas asked for
-    /// hold the tombstone, so a failover cannot bring the session back.
-    pub async fn delete(&self, id: &Uuid, then: redis::Cmd) -> Result<(), RedisError> {
+    /// brings it back) and the hash gone, done once the replicas asked for
+    /// hold the tombstone, so a failover cannot bring the session back;
+    /// then `kick` (which closes its live sockets), to `kick_slot`: on a
+    /// cluster the kick's channel is not in the session's slot.
+    pub async fn delete(
+        &self,
+        id: &Uuid,
+        kick: redis::Cmd,
+        kick_slot: Option<Slot>,
+    ) -> Result<(), RedisError> {
         let mut p = redis::pipe();
         p.cmd("SET")
             .arg(tombstone_key(id))
@@ -366,12 +382,16 @@ impl Store {
             .arg("PX")
             .arg(self.ttl_ms)
             .cmd("DEL")
-            .arg(session_key(id))
-            .add_command(then);
+            .arg(session_key(id));
         self.replicas
-            .write(&self.redis, p.get_packed_pipeline(), 3)
-            .await
-            .map(|_| ())
+            .write(
+                &self.redis,
+                Some(session_slot(id)),
+                p.get_packed_pipeline(),
+                2,
+            )
+            .await?;
+        self.redis.query(kick_slot, &kick).await.map(|_| ())
     }
 
     /// Writes this session's count now and waits for Redis (close, sync mode).
@@ -403,7 +423,7 @@ impl Store {
             return true;
         }
         let mut clean = true;
-        let pending: Vec<(Rc<Session>, u64)> = std::mem::take(&mut *self.queue.borrow_mut())
+        let mut pending: Vec<(Rc<Session>, u64)> = std::mem::take(&mut *self.queue.borrow_mut())
             .into_iter()
             .map(|s| {
                 s.set_queued(false);
@@ -411,7 +431,17 @@ impl Store {
                 (s, value)
             })
             .collect();
-        for batch in pending.chunks(FLUSH_BATCH) {
+        // On a cluster a script's keys share a slot: a batch is one slot's.
+        let batches: Vec<&[(Rc<Session>, u64)]> = if self.redis.is_cluster() {
+            pending.sort_by_key(|(s, _)| session_slot(&s.id).number());
+            pending
+                .chunk_by(|a, b| session_slot(&a.0.id) == session_slot(&b.0.id))
+                .flat_map(|same| same.chunks(FLUSH_BATCH))
+                .collect()
+        } else {
+            pending.chunks(FLUSH_BATCH).collect()
+        };
+        for batch in batches {
             let oks: Vec<bool> = match self.write(batch).await {
                 Ok(each) => each.iter().map(Result::is_ok).collect(),
                 Err(e) => {

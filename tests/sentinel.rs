@@ -5,72 +5,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const MASTER: &str = "main";
-
-/// A client counting in a loop on its own thread. Every count it is
-/// answered must be the previous plus one; an error reply (Redis away) is
-/// retried; it stops once told to.
-struct Counter {
-    id: String,
-    /// The last count the server acknowledged.
-    acked: Arc<AtomicU64>,
-    errors: Arc<AtomicU64>,
-    handle: thread::JoinHandle<()>,
-}
-
-fn counter(server: &Server, stop: Arc<AtomicBool>) -> Counter {
-    let (mut c, welcome) = server.connect("");
-    let id = session_id(&welcome);
-    let acked = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let handle = thread::spawn({
-        let (acked, errors) = (acked.clone(), errors.clone());
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                c.send_text("tick");
-                let v = c.recv_skipping_heartbeats().json();
-                if let Some(n) = v["count"].as_u64() {
-                    let last = acked.load(Ordering::Relaxed);
-                    assert_eq!(n, last + 1, "count after {last} was {n}: a gap or a repeat");
-                    acked.store(n, Ordering::Relaxed);
-                } else {
-                    assert_eq!(v["error"], "redis_unavailable", "unexpected reply {v}");
-                    errors.fetch_add(1, Ordering::Relaxed);
-                    // Redis is away: the client backs off, as a real one would.
-                    thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    });
-    Counter {
-        id,
-        acked,
-        errors,
-        handle,
-    }
-}
-
-fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !counters
-        .iter()
-        .all(|c| c.acked.load(Ordering::Relaxed) >= at_least)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; {}",
-            why_not()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// A master, its replica, and three sentinels (quorum 2) that know both
 /// and each other, so a failover can happen.
@@ -97,6 +38,7 @@ fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
     let server = Server::builder_sentinels(&addrs, MASTER, true)
         .shards(2)
         .arg("--durability", "sync")
+        .arg("--rate-limit", "0")
         .arg("--redis-min-replicas", "1")
         .start();
 
@@ -199,6 +141,7 @@ fn a_manual_failover_is_followed_with_no_gap() {
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
     let server = Server::builder_sentinels(&addrs, MASTER, true)
         .arg("--durability", "sync")
+        .arg("--rate-limit", "0")
         .arg("--redis-min-replicas", "1")
         .arg("--redis-db", "2")
         .arg("--redis-password", "data-pw")

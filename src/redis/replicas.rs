@@ -5,7 +5,7 @@
 
 use std::cell::Cell;
 
-use super::{Redis, RedisError, Value};
+use super::{Redis, RedisError, Slot, Value};
 
 /// How long a write waits for its replicas before it is taken as
 /// unconfirmed. Short, because a shard has one command connection and
@@ -35,11 +35,12 @@ impl Replicas {
     pub async fn write(
         &self,
         redis: &Redis,
+        slot: Option<Slot>,
         mut packed: Vec<u8>,
         replies: usize,
     ) -> Result<Vec<Value>, RedisError> {
         if self.wanted == 0 {
-            return redis.exec(packed, replies).await;
+            return redis.exec(slot, packed, replies).await;
         }
         packed.extend(
             redis::cmd("WAIT")
@@ -47,7 +48,7 @@ impl Replicas {
                 .arg(WAIT_TIMEOUT_MS)
                 .get_packed_command(),
         );
-        let mut v = redis.exec(packed, replies + 1).await?;
+        let mut v = redis.exec(slot, packed, replies + 1).await?;
         let wait = v.pop().unwrap_or(Value::Nil);
         self.check(&wait)?;
         Ok(v)

@@ -81,6 +81,25 @@ impl RespReader {
     }
 }
 
+/// Every RESP value in `bytes`, which must end where a value ends.
+pub(crate) fn values(bytes: &[u8]) -> Result<Vec<Value>, RedisError> {
+    let mut parser = redis::Parser::new();
+    let mut pos = 0;
+    let mut feed = Feed {
+        data: bytes,
+        pos: &mut pos,
+        dry: false,
+    };
+    let mut out = Vec::new();
+    loop {
+        match parser.parse_value(&mut feed) {
+            Ok(v) => out.push(v),
+            Err(_) if feed.dry && *feed.pos == bytes.len() => return Ok(out),
+            Err(e) => return Err(RedisError::Reply(e.to_string())),
+        }
+    }
+}
+
 pub(crate) async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
     let target = addr.socket_text();
     let mut stream = glommio::timer::timeout(REPLY_TIMEOUT, async {

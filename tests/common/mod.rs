@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -143,6 +145,8 @@ pub struct Redis {
     replica_of: Option<u16>,
     /// `requirepass` (and, for a replica, `masterauth`).
     pub password: Option<String>,
+    /// A cluster node's bus port (0: pick one at start).
+    cluster_bus: Option<u16>,
     child: Option<Child>,
 }
 
@@ -163,6 +167,7 @@ impl Redis {
             aof,
             replica_of: None,
             password: None,
+            cluster_bus: None,
             child: None,
         };
         r.spawn_on_free_port();
@@ -177,6 +182,7 @@ impl Redis {
             aof: false,
             replica_of: None,
             password: Some(password.into()),
+            cluster_bus: None,
             child: None,
         };
         r.spawn_on_free_port();
@@ -191,6 +197,7 @@ impl Redis {
             aof: false,
             replica_of: Some(master.port),
             password: master.password.clone(),
+            cluster_bus: None,
             child: None,
         };
         r.spawn_on_free_port();
@@ -199,6 +206,22 @@ impl Redis {
                 .contains("master_link_status:up")
                 .then_some(())
         });
+        r
+    }
+
+    /// A Redis Cluster node with no slots yet (see [`RedisCluster`]). A
+    /// node killed and spawned again rejoins from its `nodes.conf`.
+    pub fn start_cluster_node() -> Redis {
+        let mut r = Redis {
+            port: 0,
+            dir: temp_dir("cluster"),
+            aof: false,
+            replica_of: None,
+            password: None,
+            cluster_bus: Some(0),
+            child: None,
+        };
+        r.spawn_on_free_port();
         r
     }
 
@@ -215,6 +238,7 @@ impl Redis {
             aof: false,
             replica_of: None,
             password: None,
+            cluster_bus: None,
             child: None,
         }
     }
@@ -246,6 +270,19 @@ impl Redis {
         if let Some(pw) = &self.password {
             cmd.args(["--requirepass", pw, "--masterauth", pw]);
         }
+        if let Some(bus) = self.cluster_bus {
+            // A short node timeout, so a failover takes seconds.
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-port",
+                &bus.to_string(),
+            ]);
+        }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         self.child = Some(cmd.spawn().expect("redis-server must be installed"));
         let up = wait_for("redis to answer PING", Duration::from_secs(10), || {
@@ -263,6 +300,9 @@ impl Redis {
     fn spawn_on_free_port(&mut self) {
         for _ in 0..3 {
             self.port = free_port();
+            if self.cluster_bus.is_some() {
+                self.cluster_bus = Some(free_port());
+            }
             let up = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.spawn()));
             if up.is_ok() {
                 return;
@@ -315,6 +355,123 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of real nodes: masters with a replica each, made with
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Three masters and three replicas, every slot served and every
+    /// replica in sync.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_cluster_node()).collect();
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["--cluster", "create"]);
+        cmd.args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        cmd.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = cmd.output().expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every live node says the cluster is ok and every
+    /// master has a replica in sync.
+    pub fn wait_ok(&self) {
+        wait_for("the cluster to be ok", Duration::from_secs(60), || {
+            self.live()
+                .all(|n| {
+                    let info = n.cli(&["CLUSTER", "INFO"]);
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+                .then_some(())
+        });
+        wait_for("every replica in sync", Duration::from_secs(60), || {
+            self.masters()
+                .iter()
+                .all(|m| {
+                    m.cli(&["INFO", "replication"])
+                        .contains("connected_slaves:1")
+                })
+                .then_some(())
+        });
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Redis> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// `host:port` of every node, for `--redis-cluster`.
+    pub fn seeds(&self) -> String {
+        let all: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        all.join(",")
+    }
+
+    pub fn masters(&self) -> Vec<&Redis> {
+        self.live().filter(|n| n.role() == "master").collect()
+    }
+
+    /// redis-cli in cluster mode (it follows redirects) on a live node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let n = self.live().next().expect("a live node");
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        n.cli(&all)
+    }
+
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The live master that serves `slot`, as `CLUSTER NODES` says:
+    /// `<id> <ip:port@bus> <flags> <master> ... <slot ranges>`.
+    pub fn owner(&self, slot: u16) -> &Redis {
+        let serves = |range: &str| match range.split_once('-') {
+            Some((a, b)) => {
+                a.parse().is_ok_and(|a: u16| a <= slot) && b.parse().is_ok_and(|b: u16| slot <= b)
+            }
+            None => range.parse() == Ok(slot),
+        };
+        let port = wait_for("a master for the slot", Duration::from_secs(30), || {
+            self.cli(&["CLUSTER", "NODES"]).lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let flags = f.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port: u16 = f[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                f.iter().skip(8).any(|r| serves(r)).then_some(port)
+            })
+        });
+        self.nodes.iter().find(|n| n.port == port).unwrap()
+    }
+
+    pub fn node_id(node: &Redis) -> String {
+        node.cli(&["CLUSTER", "MYID"]).trim().to_string()
+    }
+
+    /// A session's stored count, found wherever its slot lives.
+    pub fn session_count(&self, id: &str) -> Option<u64> {
+        let key = format!("shardcast:{{{id}}}:s");
+        let out = self.cli(&["HVALS", &key]);
+        let vals: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (!vals.is_empty()).then(|| vals.iter().sum())
     }
 }
 
@@ -518,6 +675,20 @@ impl Server {
                 name.into(),
             ],
             redis_live: master_live,
+        }
+    }
+
+    /// A server on the Redis Cluster `cluster`.
+    pub fn builder_cluster(cluster: &RedisCluster) -> ServerBuilder {
+        Self::builder_seeds(&cluster.seeds(), true)
+    }
+
+    /// A server given `seeds` as its cluster; `live` says whether they are
+    /// one, so it can become ready.
+    pub fn builder_seeds(seeds: &str, live: bool) -> ServerBuilder {
+        ServerBuilder {
+            args: vec!["--redis-cluster".into(), seeds.into()],
+            redis_live: live,
         }
     }
 
@@ -1012,4 +1183,63 @@ fn parse_frame(b: &[u8]) -> Option<(Frame, usize)> {
         },
         at,
     ))
+}
+
+/// A client counting in a loop on its own thread, for failover tests. Every
+/// count it is answered must be the previous plus one; an error reply
+/// (Redis away) is retried; it stops once told to. It counts as fast as
+/// the server answers, so the server runs with `--rate-limit 0`.
+pub struct Counter {
+    pub id: String,
+    /// The last count the server acknowledged.
+    pub acked: Arc<AtomicU64>,
+    pub errors: Arc<AtomicU64>,
+    pub handle: thread::JoinHandle<()>,
+}
+
+pub fn counter(server: &Server, stop: Arc<AtomicBool>) -> Counter {
+    let (mut c, welcome) = server.connect("");
+    let id = session_id(&welcome);
+    let acked = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let handle = thread::spawn({
+        let (acked, errors) = (acked.clone(), errors.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                c.send_text("tick");
+                let v = c.recv_skipping_heartbeats().json();
+                if let Some(n) = v["count"].as_u64() {
+                    let last = acked.load(Ordering::Relaxed);
+                    assert_eq!(n, last + 1, "count after {last} was {n}: a gap or a repeat");
+                    acked.store(n, Ordering::Relaxed);
+                } else {
+                    assert_eq!(v["error"], "redis_unavailable", "unexpected reply {v}");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    // Redis is away: the client backs off, as a real one would.
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    });
+    Counter {
+        id,
+        acked,
+        errors,
+        handle,
+    }
+}
+
+pub fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !counters
+        .iter()
+        .all(|c| c.acked.load(Ordering::Relaxed) >= at_least)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; {}",
+            why_not()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -1,0 +1,625 @@
+//! Redis Cluster from one shard: which master holds each hash slot (from
+//! `CLUSTER SLOTS`), one [`Link`] per master, and requests routed by slot,
+//! following `MOVED` (the map was stale), `ASK` (a slot half-way through a
+//! migration) and `TRYAGAIN` (a multi-key call that met a migration).
+//!
+//! Every request names one slot: the callers keep each request's keys in
+//! one slot (a session's keys share its `{id}` tag; history's keys share
+//! one tag), which is what makes a pipeline or a script valid on a cluster.
+//!
+//! The map is asked again when a link breaks or a redirect says it is
+//! stale, and every few seconds otherwise, so a failover (a replica
+//! promoted) and a reshard are followed without a restart. Links open for
+//! every master in the map at once rather than on first use: the shard's
+//! `redis_up` then means what it says, that every slot's master answers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
+use redis::{ServerError, ServerErrorKind};
+
+use super::link::{Link, LinkState};
+use super::sentinel::Switch;
+use super::{wire, RedisError, Value};
+use crate::config::{RedisAddr, RedisTarget};
+use crate::metrics::Metrics;
+use crate::readiness::Readiness;
+
+/// Hash slots in a cluster.
+pub const SLOTS: u16 = 16384;
+/// Redirects one request may follow before it is failed.
+const REDIRECTS: usize = 8;
+/// Pause before a `TRYAGAIN` is tried again: a migration moves keys in
+/// batches, so a few milliseconds usually see it through.
+const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
+/// How often the map is asked again while all is well, and while not.
+const REFRESH_CALM: Duration = Duration::from_secs(5);
+const REFRESH_TROUBLED: Duration = Duration::from_millis(250);
+
+/// A key's hash slot: the `redis` crate computes it (CRC16 of the key, or
+/// of its `{tag}`), this keeps its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot(u16);
+
+/// The crate's slot type does not give its number away; every slot is
+/// hashed once into this table to read it back.
+static NUMBERS: LazyLock<HashMap<redis::cluster_routing::Slot, u16>> = LazyLock::new(|| {
+    (0..SLOTS)
+        .filter_map(|n| Some((redis::cluster_routing::Slot::new(n)?, n)))
+        .collect()
+});
+
+impl Slot {
+    pub fn of(key: impl AsRef<[u8]>) -> Slot {
+        Slot(NUMBERS[&redis::cluster_routing::Slot::for_key(key)])
+    }
+
+    pub fn number(self) -> u16 {
+        self.0
+    }
+}
+
+/// Which master holds each slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotMap {
+    /// Per slot, an index into `masters`; `NONE` for a slot no one serves.
+    owner: Box<[u16]>,
+    masters: Vec<RedisAddr>,
+}
+
+const NONE: u16 = u16::MAX;
+
+impl SlotMap {
+    /// Reads a `CLUSTER SLOTS` reply from `asked`: ranges of slots, each
+    /// with its master first. An empty host means the node that answered.
+    /// The masters get `password`, which a cluster's nodes share.
+    pub fn parse(v: &Value, asked: &RedisAddr) -> Result<SlotMap, RedisError> {
+        let bad = || RedisError::Reply(format!("CLUSTER SLOTS answered {v:?}"));
+        let ranges = match v {
+            Value::Array(r) => r,
+            Value::ServerError(e) => {
+                return Err(RedisError::Topology(format!(
+                    "{} is not a cluster node: {e:?}",
+                    asked.socket_text()
+                )))
+            }
+            _ => return Err(bad()),
+        };
+        let mut map = SlotMap {
+            owner: vec![NONE; SLOTS as usize].into_boxed_slice(),
+            masters: Vec::new(),
+        };
+        for range in ranges {
+            let Value::Array(parts) = range else {
+                return Err(bad());
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (parts.first(), parts.get(1), parts.get(2))
+            else {
+                return Err(bad());
+            };
+            let host = master.first().and_then(wire::text).ok_or_else(bad)?;
+            let port = match master.get(1) {
+                Some(Value::Int(p)) => u16::try_from(*p).map_err(|_| bad())?,
+                _ => return Err(bad()),
+            };
+            let addr = RedisAddr {
+                host: if host.is_empty() || host == "?" {
+                    asked.host.clone()
+                } else {
+                    host
+                },
+                port,
+                password: asked.password.clone(),
+                db: 0,
+            };
+            let start = usize::try_from(*start).map_err(|_| bad())?;
+            let end = usize::try_from(*end).map_err(|_| bad())?;
+            if start > end || end >= SLOTS as usize {
+                return Err(bad());
+            }
+            let index = map.index_of(addr);
+            map.owner[start..=end].fill(index);
+        }
+        if map.masters.is_empty() {
+            return Err(RedisError::Topology(format!(
+                "{} serves no slots: the cluster is not set up",
+                asked.socket_text()
+            )));
+        }
+        Ok(map)
+    }
+
+    fn index_of(&mut self, addr: RedisAddr) -> u16 {
+        match self.masters.iter().position(|m| *m == addr) {
+            Some(i) => i as u16,
+            None => {
+                self.masters.push(addr);
+                (self.masters.len() - 1) as u16
+            }
+        }
+    }
+
+    pub fn owner(&self, slot: Slot) -> Option<&RedisAddr> {
+        self.masters.get(self.owner[slot.0 as usize] as usize)
+    }
+
+    pub fn masters(&self) -> &[RedisAddr] {
+        &self.masters
+    }
+
+    /// Slots no master serves.
+    pub fn uncovered(&self) -> usize {
+        self.owner.iter().filter(|&&o| o == NONE).count()
+    }
+
+    /// What a `MOVED` said: `slot` is `addr`'s now.
+    fn moved(&mut self, slot: u16, addr: RedisAddr) {
+        let index = self.index_of(addr);
+        self.owner[slot as usize] = index;
+    }
+}
+
+/// Where a reply sends its request instead.
+#[derive(Debug, PartialEq, Eq)]
+enum Redirect {
+    Moved(u16, String),
+    Ask(String),
+    TryAgain,
+}
+
+/// The first redirect among a request's replies. A request's keys share a
+/// slot, so its keyed commands are all redirected or none is.
+fn redirect(values: &[Value]) -> Option<Redirect> {
+    values.iter().find_map(|v| {
+        let Value::ServerError(e) = v else {
+            return None;
+        };
+        match e.kind()? {
+            ServerErrorKind::TryAgain => Some(Redirect::TryAgain),
+            kind @ (ServerErrorKind::Moved | ServerErrorKind::Ask) => {
+                let err = redis::RedisError::from(ServerError::clone(e));
+                let (addr, slot) = err.redirect_node()?;
+                Some(match kind {
+                    ServerErrorKind::Moved => Redirect::Moved(slot, addr.to_string()),
+                    _ => Redirect::Ask(addr.to_string()),
+                })
+            }
+            _ => None,
+        }
+    })
+}
+
+/// `packed` with `ASKING` before each of its commands, which an `ASK`
+/// redirect needs (it lasts one command). The commands are taken back
+/// apart with the crate's parser (each is an array of bulk strings) and
+/// packed again.
+fn with_asking(packed: &[u8]) -> Result<(Vec<u8>, usize), RedisError> {
+    let asking = redis::cmd("ASKING").get_packed_command();
+    let mut out = Vec::with_capacity(packed.len() * 2);
+    let mut n = 0;
+    for v in wire::values(packed)? {
+        let Value::Array(parts) = v else {
+            return Err(RedisError::Reply("a packed command is not an array".into()));
+        };
+        let mut cmd = redis::Cmd::new();
+        for p in parts {
+            match p {
+                Value::BulkString(b) => cmd.arg(b),
+                other => return Err(RedisError::Reply(format!("a command part {other:?}"))),
+            };
+        }
+        out.extend_from_slice(&asking);
+        out.extend(cmd.get_packed_command());
+        n += 2;
+    }
+    Ok((out, n))
+}
+
+/// Parses `host:port` from a redirect.
+fn addr_of(text: &str, password: Option<&String>) -> Option<RedisAddr> {
+    let (host, port) = text.rsplit_once(':')?;
+    Some(RedisAddr {
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        port: port.parse().ok()?,
+        password: password.cloned(),
+        db: 0,
+    })
+}
+
+/// One shard's view of a cluster and its links to the masters.
+pub struct Cluster {
+    seeds: Vec<RedisAddr>,
+    password: Option<String>,
+    map: RefCell<Option<SlotMap>>,
+    links: RefCell<HashMap<RedisAddr, Link>>,
+    /// Bumped when the map should be asked again now.
+    stale: Switch,
+    /// Bumped on every link's connect, so the store knows to write again.
+    epoch: Cell<u64>,
+    up: Cell<bool>,
+    init: Rc<[u8]>,
+    init_replies: usize,
+    /// Itself, for the links' callbacks.
+    me: Weak<Cluster>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shard: usize,
+}
+
+impl Cluster {
+    /// Seeds carry the password the cluster's nodes share.
+    pub fn new(
+        seeds: Vec<RedisAddr>,
+        (init, init_replies): (Rc<[u8]>, usize),
+        metrics: Arc<Metrics>,
+        readiness: Arc<Readiness>,
+        shard: usize,
+    ) -> Rc<Cluster> {
+        Rc::new_cyclic(|me| Cluster {
+            password: seeds.first().and_then(|s| s.password.clone()),
+            seeds,
+            map: RefCell::new(None),
+            links: RefCell::new(HashMap::new()),
+            stale: Switch::default(),
+            epoch: Cell::new(0),
+            up: Cell::new(false),
+            init,
+            init_replies,
+            me: me.clone(),
+            metrics,
+            readiness,
+            shard,
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.get()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    /// Sends a request whose keys are all in `slot` (any master for none)
+    /// and follows the cluster's redirects.
+    pub async fn exec(
+        &self,
+        slot: Option<Slot>,
+        bytes: Vec<u8>,
+        replies: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        let mut to = self.route(slot)?;
+        let mut ask = false;
+        for _ in 0..REDIRECTS {
+            let link = self.link(&to);
+            let mut values = if ask {
+                let (wrapped, n) = with_asking(&bytes)?;
+                let v = link.exec(wrapped, n).await?;
+                // Drop the ASKINGs' OKs.
+                v.into_iter().skip(1).step_by(2).collect()
+            } else {
+                link.exec(bytes.clone(), replies).await?
+            };
+            let Some(r) = redirect(&values) else {
+                return Ok(values);
+            };
+            ask = false;
+            let kind = match r {
+                Redirect::Moved(..) => 0,
+                Redirect::Ask(_) => 1,
+                Redirect::TryAgain => 2,
+            };
+            self.metrics.shards[self.shard].redis_redirects[kind].inc();
+            match r {
+                Redirect::Moved(n, addr) => {
+                    let addr = addr_of(&addr, self.password.as_ref())
+                        .ok_or_else(|| RedisError::Reply(format!("MOVED to {addr:?}")))?;
+                    if let Some(m) = self.map.borrow_mut().as_mut() {
+                        m.moved(n, addr.clone());
+                    }
+                    self.stale.bump();
+                    to = addr;
+                }
+                Redirect::Ask(addr) => {
+                    to = addr_of(&addr, self.password.as_ref())
+                        .ok_or_else(|| RedisError::Reply(format!("ASK to {addr:?}")))?;
+                    ask = true;
+                }
+                Redirect::TryAgain => {
+                    glommio::timer::sleep(TRYAGAIN_PAUSE).await;
+                    to = self.route(slot)?;
+                }
+            }
+            values.clear();
+        }
+        Err(RedisError::Topology(format!(
+            "more than {REDIRECTS} redirects for one request"
+        )))
+    }
+
+    fn route(&self, slot: Option<Slot>) -> Result<RedisAddr, RedisError> {
+        let map = self.map.borrow();
+        let map = map.as_ref().ok_or(RedisError::Unavailable)?;
+        match slot {
+            Some(s) => map.owner(s).cloned().ok_or_else(|| {
+                RedisError::Topology(format!("no master serves slot {}", s.number()))
+            }),
+            None => map
+                .masters()
+                .first()
+                .cloned()
+                .ok_or(RedisError::Unavailable),
+        }
+    }
+
+    /// The link to `addr`, opened (and its task started) if there is none.
+    fn link(&self, addr: &RedisAddr) -> Link {
+        if let Some(l) = self.links.borrow().get(addr) {
+            return l.clone();
+        }
+        let me = self.me.clone();
+        let link = Link::new(
+            RedisTarget::Single(addr.clone()),
+            Rc::new(Switch::default()),
+            (self.init.clone(), self.init_replies),
+            Rc::new(move |state| {
+                if let Some(c) = me.upgrade() {
+                    c.on_link(state)
+                }
+            }),
+            self.metrics.clone(),
+            self.shard,
+        );
+        self.links.borrow_mut().insert(addr.clone(), link.clone());
+        glommio::spawn_local(link.clone().run()).detach();
+        link
+    }
+
+    fn on_link(&self, state: LinkState) {
+        let ready = self.readiness.shard(self.shard);
+        match state {
+            LinkState::Up => self.epoch.set(self.epoch.get() + 1),
+            LinkState::Lost | LinkState::Unreachable => {
+                // A master gone may be a failover under way.
+                ready.set_redis_synced(false);
+                self.stale.bump();
+            }
+        }
+        self.update_up();
+    }
+
+    /// Up when there is a map, it covers every slot, and every master's
+    /// link is connected.
+    fn update_up(&self) {
+        let up = self.map.borrow().as_ref().is_some_and(|m| {
+            m.uncovered() == 0 && {
+                let links = self.links.borrow();
+                m.masters()
+                    .iter()
+                    .all(|a| links.get(a).is_some_and(Link::is_up))
+            }
+        });
+        if self.up.replace(up) != up {
+            self.readiness.shard(self.shard).set_redis_up(up);
+        }
+    }
+
+    /// Asks the known masters, then the seeds, for the slot map.
+    async fn ask_map(&self) -> Result<SlotMap, RedisError> {
+        let mut nodes: Vec<RedisAddr> = self
+            .map
+            .borrow()
+            .as_ref()
+            .map(|m| m.masters().to_vec())
+            .unwrap_or_default();
+        nodes.extend(self.seeds.iter().cloned());
+        let mut last = RedisError::Topology("no cluster seeds given".into());
+        // Each shard starts from a different node.
+        for i in 0..nodes.len() {
+            match slots_of(&nodes[(i + self.shard) % nodes.len()]).await {
+                Ok(m) => return Ok(m),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Keeps the map fresh and a link open to every master in it; runs for
+    /// the shard's life. Run it as a shard task.
+    pub async fn run(self: Rc<Self>) {
+        let mut told: Option<String> = None;
+        loop {
+            let seen = self.stale.generation();
+            // A link that cannot connect says so (and marks the map stale),
+            // so a good map is asked again only when calm.
+            let pause = match self.ask_map().await {
+                Ok(map) => {
+                    told = None;
+                    let whole = map.uncovered() == 0;
+                    self.apply(map);
+                    if whole {
+                        REFRESH_CALM
+                    } else {
+                        REFRESH_TROUBLED
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if told.as_deref() != Some(&why) {
+                        tracing::warn!(error = %why, "redis cluster: cannot read the slot map; retrying");
+                        told = Some(why);
+                    }
+                    self.readiness.shard(self.shard).set_redis_synced(false);
+                    REFRESH_TROUBLED
+                }
+            };
+            self.update_up();
+            futures_lite::future::or(glommio::timer::sleep(pause), async {
+                self.stale.after(seen).await;
+                // Redirects come in bursts: one refresh for the burst.
+                glommio::timer::sleep(REFRESH_TROUBLED).await;
+            })
+            .await;
+        }
+    }
+
+    fn apply(&self, map: SlotMap) {
+        let changed = self.map.borrow().as_ref() != Some(&map);
+        if changed {
+            let masters: Vec<String> = map.masters().iter().map(RedisAddr::socket_text).collect();
+            tracing::info!(masters = ?masters, uncovered = map.uncovered(), "redis cluster slot map");
+        }
+        for a in map.masters() {
+            self.link(a);
+        }
+        self.links.borrow_mut().retain(|a, l| {
+            let keep = map.masters().contains(a);
+            if !keep {
+                l.stop();
+            }
+            keep
+        });
+        self.map.replace(Some(map));
+    }
+}
+
+/// Asks one node for the slot map.
+async fn slots_of(node: &RedisAddr) -> Result<SlotMap, RedisError> {
+    let (mut stream, mut reader) = wire::connect(node).await?;
+    stream
+        .write_all(&redis::cmd("CLUSTER").arg("SLOTS").get_packed_command())
+        .await
+        .map_err(|e| RedisError::Io(e.to_string()))?;
+    SlotMap::parse(&reader.read_value(&mut stream).await?, node)
+}
+
+/// The master that serves `slot` now, asked of the seeds: for a connection
+/// that must sit on one node (the subscription).
+pub async fn owner_of(
+    seeds: &[RedisAddr],
+    slot: Slot,
+    first: usize,
+) -> Result<RedisAddr, RedisError> {
+    let mut last = RedisError::Topology("no cluster seeds given".into());
+    for i in 0..seeds.len() {
+        match slots_of(&seeds[(first + i) % seeds.len()]).await {
+            Ok(m) => {
+                return m.owner(slot).cloned().ok_or_else(|| {
+                    RedisError::Topology(format!("no master serves slot {}", slot.number()))
+                })
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::wire::bulk;
+
+    #[test]
+    fn slots_are_the_clusters() {
+        // Values from the Redis Cluster specification and redis-cli.
+        assert_eq!(Slot::of("123456789").number(), 12739);
+        assert_eq!(Slot::of("foo").number(), 12182);
+        assert_eq!(Slot::of("{user1000}.following"), Slot::of("user1000"));
+        assert_eq!(
+            Slot::of("shardcast:{a}:s"),
+            Slot::of("shardcast:{a}:del"),
+            "a session's keys share a slot"
+        );
+    }
+
+    fn node(host: &str, port: i64) -> Value {
+        Value::Array(vec![bulk(host), Value::Int(port), bulk("id")])
+    }
+
+    #[test]
+    fn a_slots_reply_maps_every_slot_to_its_master() {
+        let asked = RedisAddr::parse("redis://:pw@10.0.0.1:7000").unwrap();
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8191),
+                node("", 7000),
+                node("10.0.0.2", 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(8192),
+                Value::Int(16383),
+                node("10.0.0.3", 7001),
+            ]),
+        ]);
+        let map = SlotMap::parse(&reply, &asked).unwrap();
+        assert_eq!(map.masters().len(), 2);
+        let first = map.owner(Slot(0)).unwrap();
+        assert_eq!((first.host.as_str(), first.port), ("10.0.0.1", 7000));
+        assert_eq!(first.password.as_deref(), Some("pw"));
+        assert_eq!(map.owner(Slot(16383)).unwrap().port, 7001);
+        assert_eq!(map.uncovered(), 0);
+        let half = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(99),
+            node("h", 1),
+        ])]);
+        assert_eq!(SlotMap::parse(&half, &asked).unwrap().uncovered(), 16284);
+        let not_cluster =
+            redis::parse_redis_value(b"-ERR This instance has cluster support disabled\r\n")
+                .unwrap();
+        let e = SlotMap::parse(&not_cluster, &asked).unwrap_err();
+        assert!(e.to_string().contains("not a cluster node"), "{e}");
+        let empty = Value::Array(vec![]);
+        assert!(SlotMap::parse(&empty, &asked).is_err());
+    }
+
+    #[test]
+    fn redirects_are_read_from_error_replies() {
+        let v = |s: &[u8]| redis::parse_redis_value(s).unwrap();
+        assert_eq!(
+            redirect(&[v(b"-MOVED 3999 127.0.0.1:6381\r\n")]),
+            Some(Redirect::Moved(3999, "127.0.0.1:6381".into()))
+        );
+        assert_eq!(
+            redirect(&[Value::Okay, v(b"-ASK 3999 127.0.0.1:6382\r\n")]),
+            Some(Redirect::Ask("127.0.0.1:6382".into()))
+        );
+        assert_eq!(
+            redirect(&[v(
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"
+            )]),
+            Some(Redirect::TryAgain)
+        );
+        assert_eq!(redirect(&[v(b"-ERR no\r\n"), Value::Int(1)]), None);
+        let a = addr_of("127.0.0.1:6381", None).unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 6381));
+        assert_eq!(addr_of("[::1]:7000", None).unwrap().host, "::1");
+    }
+
+    #[test]
+    fn asking_goes_before_every_command() {
+        let mut p = redis::pipe();
+        p.cmd("SET").arg("k").arg("v").cmd("WAIT").arg(1).arg(10);
+        let (out, n) = with_asking(&p.get_packed_pipeline()).unwrap();
+        assert_eq!(n, 4);
+        let mut want = redis::pipe();
+        want.cmd("ASKING")
+            .cmd("SET")
+            .arg("k")
+            .arg("v")
+            .cmd("ASKING")
+            .cmd("WAIT")
+            .arg(1)
+            .arg(10);
+        assert_eq!(out, want.get_packed_pipeline());
+    }
+}

@@ -1,0 +1,403 @@
+//! One pipelined command connection to one Redis server (the one a
+//! `RedisTarget` names now), reconnecting with backoff. Requests that queue
+//! while a batch is in flight go out together as the next batch; Redis
+//! answers in order, so replies are matched by position. What the link's
+//! state means (readiness of a single Redis, or one node of a cluster) is
+//! its owner's business: the link only reports it.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+use super::backoff::Backoff;
+use super::sentinel::Switch;
+use super::wire::{RespReader, REPLY_TIMEOUT};
+use super::{connect_master, RedisError, Value};
+use crate::config::{RedisAddr, RedisTarget};
+use crate::metrics::Metrics;
+
+/// Requests queued or in flight, per link. A caller past this waits for a
+/// slot (a storm of 10,000 resumes is a burst, not an outage) for at most
+/// `REPLY_TIMEOUT`, then fails as if Redis were down: a stalled Redis must
+/// not grow memory, and it is reconnected within that time anyway.
+const QUEUE: usize = 4096;
+/// Requests written to Redis in one batch.
+const BATCH: usize = 512;
+/// How long a command connection may sit idle before it is checked.
+const IDLE_PING: Duration = Duration::from_secs(1);
+
+/// A reply that says the server became a replica under us.
+fn demoted(v: &Value) -> bool {
+    matches!(v, Value::ServerError(e) if e.code() == "READONLY")
+}
+
+/// What a link tells its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connected (again), and `ROLE` said master.
+    Up,
+    /// A connection that was up broke.
+    Lost,
+    /// A connect failed.
+    Unreachable,
+}
+
+/// Told of every state change of a link.
+pub type OnState = Rc<dyn Fn(LinkState)>;
+
+struct Request {
+    bytes: Vec<u8>,
+    replies: usize,
+    done: oneshot::Sender<Result<Vec<Value>, RedisError>>,
+}
+
+/// One command connection of a shard. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    target: RedisTarget,
+    /// Bumped when the Sentinels switch the master: drop the connection.
+    switch: Rc<Switch>,
+    /// The server reached last, for logs.
+    reached: RefCell<Option<RedisAddr>>,
+    up: Cell<bool>,
+    epoch: Cell<u64>,
+    queue: RefCell<VecDeque<Request>>,
+    /// One permit per request queued or in flight.
+    slots: glommio::sync::Semaphore,
+    waker: Cell<Option<Waker>>,
+    running: Cell<bool>,
+    /// Set once the owner no longer wants this server (a cluster node
+    /// that left the slot map): `run` returns at its next turn.
+    stopped: Cell<bool>,
+    init: Rc<[u8]>,
+    init_replies: usize,
+    on_state: OnState,
+    metrics: Arc<Metrics>,
+    shard: usize,
+}
+
+impl Link {
+    /// A link that is down until [`Link::run`] connects it. `init` is
+    /// packed commands run on every (re)connect (e.g. SCRIPT LOAD), with the
+    /// number of replies they produce.
+    pub fn new(
+        target: RedisTarget,
+        switch: Rc<Switch>,
+        (init, init_replies): (Rc<[u8]>, usize),
+        on_state: OnState,
+        metrics: Arc<Metrics>,
+        shard: usize,
+    ) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                target,
+                switch,
+                reached: RefCell::new(None),
+                up: Cell::new(false),
+                epoch: Cell::new(0),
+                queue: RefCell::new(VecDeque::new()),
+                slots: glommio::sync::Semaphore::new(QUEUE as u64),
+                waker: Cell::new(None),
+                running: Cell::new(false),
+                stopped: Cell::new(false),
+                init,
+                init_replies,
+                on_state,
+                metrics,
+                shard,
+            }),
+        }
+    }
+
+    /// Counts successful connects; a change means Redis may have restarted.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.get()
+    }
+
+    /// Whether the command connection is up now.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.get()
+    }
+
+    /// Sends packed commands and returns their `replies` replies in order.
+    /// Fails at once with `Unavailable` while the connection is down, so
+    /// callers can fall back to their cache instead of waiting.
+    pub async fn exec(&self, bytes: Vec<u8>, replies: usize) -> Result<Vec<Value>, RedisError> {
+        if !self.is_up() {
+            return Err(RedisError::Unavailable);
+        }
+        let m = &self.inner.metrics.shards[self.inner.shard];
+        let _slot = match self.inner.slots.try_acquire_permit(1) {
+            Ok(p) => p,
+            Err(_) => {
+                let wait = glommio::timer::timeout(REPLY_TIMEOUT, async {
+                    Ok(self.inner.slots.acquire_permit(1).await)
+                });
+                match wait.await {
+                    Ok(Ok(p)) if self.is_up() => p,
+                    _ => {
+                        m.redis_errors_total.inc();
+                        return Err(RedisError::Unavailable);
+                    }
+                }
+            }
+        };
+        let (done, wait) = oneshot::channel();
+        m.redis_commands_total.add(replies as u64);
+        {
+            let mut q = self.inner.queue.borrow_mut();
+            q.push_back(Request {
+                bytes,
+                replies,
+                done,
+            });
+        }
+        if let Some(w) = self.inner.waker.take() {
+            w.wake();
+        }
+        let queued = std::time::Instant::now();
+        let out = wait.await.unwrap_or(Err(RedisError::Unavailable));
+        m.redis_duration
+            .observe_ns(queued.elapsed().as_nanos() as u64);
+        if out.is_err() {
+            m.redis_errors_total.inc();
+        }
+        out
+    }
+
+    /// Asks `run` to return and the connection to close; what is queued
+    /// fails as if the server were down.
+    pub fn stop(&self) {
+        self.inner.stopped.set(true);
+        self.inner.switch.bump();
+        if let Some(w) = self.inner.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Keeps the connection up, reconnecting with backoff; runs until the
+    /// shard's executor ends. Run it as a shard task.
+    pub async fn run(self) {
+        if self.inner.running.replace(true) {
+            return;
+        }
+        let m = &self.inner.metrics.shards[self.inner.shard];
+        let report = &self.inner.on_state;
+        let mut backoff = Backoff::default();
+        let mut was_up = true;
+        while !self.inner.stopped.get() {
+            match self.open().await {
+                Ok((mut stream, mut reader)) => {
+                    backoff.reset();
+                    self.inner.epoch.set(self.inner.epoch.get() + 1);
+                    self.inner.up.set(true);
+                    report(LinkState::Up);
+                    tracing::info!(redis = %self.target(), "redis connected");
+                    let err = self.serve(&mut stream, &mut reader).await;
+                    self.inner.up.set(false);
+                    report(LinkState::Lost);
+                    m.redis_errors_total.inc();
+                    tracing::warn!(redis = %self.target(), error = %err, "redis connection lost");
+                    // Whatever queued while the connection broke fails fast.
+                    for req in self.inner.queue.borrow_mut().drain(..) {
+                        let _ = req.done.send(Err(RedisError::Unavailable));
+                    }
+                    was_up = true;
+                }
+                Err(e) => {
+                    report(LinkState::Unreachable);
+                    if was_up {
+                        tracing::warn!(redis = %self.target(), error = %e, "redis unreachable; retrying with backoff");
+                        was_up = false;
+                    }
+                    m.redis_errors_total.inc();
+                }
+            }
+            if self.inner.stopped.get() {
+                break;
+            }
+            backoff.wait().await;
+        }
+        for req in self.inner.queue.borrow_mut().drain(..) {
+            let _ = req.done.send(Err(RedisError::Unavailable));
+        }
+    }
+
+    fn target(&self) -> String {
+        match (&*self.inner.reached.borrow(), &self.inner.target) {
+            (Some(a), _) | (None, RedisTarget::Single(a)) => a.socket_text(),
+            (None, RedisTarget::Sentinel { master, .. }) => format!("sentinel master {master}"),
+            (None, RedisTarget::Cluster { .. }) => "a cluster node".into(),
+        }
+    }
+
+    async fn open(&self) -> Result<(TcpStream, RespReader), RedisError> {
+        let (mut stream, mut reader, addr) =
+            connect_master(&self.inner.target, self.inner.shard, None).await?;
+        self.inner.reached.replace(Some(addr));
+        if self.inner.init_replies > 0 {
+            stream
+                .write_all(&self.inner.init)
+                .await
+                .map_err(|e| RedisError::Io(e.to_string()))?;
+            for _ in 0..self.inner.init_replies {
+                if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
+                    return Err(RedisError::Server(format!("{e:?}")));
+                }
+            }
+        }
+        Ok((stream, reader))
+    }
+}
+
+/// What ended a command connection's idle wait.
+#[derive(Debug, PartialEq, Eq)]
+enum Idle {
+    Work,
+    Readable,
+    Ping,
+    Switched,
+}
+
+impl Link {
+    /// Waits until at least one request is queued.
+    async fn wait_for_work(&self) {
+        poll_fn(|cx| {
+            if self.inner.queue.borrow().is_empty() {
+                self.inner.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+
+    async fn serve(&self, stream: &mut TcpStream, reader: &mut RespReader) -> RedisError {
+        let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
+        let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+        let switch = &self.inner.switch;
+        let generation = switch.generation();
+        loop {
+            if self.inner.stopped.get() {
+                return RedisError::Topology("the node left the cluster's slot map".into());
+            }
+            if switch.generation() != generation {
+                return RedisError::Topology("the sentinels switched the master".into());
+            }
+            // Redis sends nothing unasked on a command connection, so an idle
+            // one that turns readable was closed (a restart, a kill): noticed
+            // at once, not by the next request, which would fail on it. A
+            // PING after IDLE_PING catches a peer that vanished silently.
+            let idle = futures_lite::future::or(
+                async {
+                    self.wait_for_work().await;
+                    Idle::Work
+                },
+                futures_lite::future::or(
+                    async {
+                        let _ = glommio::net::readable(stream.as_raw_fd()).await;
+                        Idle::Readable
+                    },
+                    futures_lite::future::or(
+                        async {
+                            glommio::timer::sleep(IDLE_PING).await;
+                            Idle::Ping
+                        },
+                        async {
+                            switch.after(generation).await;
+                            Idle::Switched
+                        },
+                    ),
+                ),
+            )
+            .await;
+            if idle == Idle::Switched {
+                continue;
+            }
+            if idle == Idle::Readable {
+                return match reader.read_value(stream).await {
+                    Err(e) => e,
+                    Ok(v) => RedisError::Reply(format!("unasked reply {v:?}")),
+                };
+            }
+            if idle == Idle::Ping {
+                let ping = redis::cmd("PING").get_packed_command();
+                if let Err(e) = stream.write_all(&ping).await {
+                    return RedisError::Io(e.to_string());
+                }
+                if let Err(e) = reader.read_value(stream).await {
+                    return e;
+                }
+                continue;
+            }
+            {
+                let mut q = self.inner.queue.borrow_mut();
+                let n = q.len().min(BATCH);
+                batch.extend(q.drain(..n));
+            }
+            out.clear();
+            for r in &batch {
+                out.extend_from_slice(&r.bytes);
+            }
+            if let Err(e) = stream.write_all(&out).await {
+                let err = RedisError::Io(e.to_string());
+                for r in batch.drain(..) {
+                    let _ = r.done.send(Err(err.clone()));
+                }
+                return err;
+            }
+            let mut failed = None;
+            let mut demoted_under_us = false;
+            for r in batch.drain(..) {
+                if let Some(err) = &failed {
+                    let _ = r.done.send(Err(RedisError::clone(err)));
+                    continue;
+                }
+                let mut values = Vec::with_capacity(r.replies);
+                for _ in 0..r.replies {
+                    match reader.read_value(stream).await {
+                        Ok(v) => values.push(v),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match &failed {
+                    None => {
+                        demoted_under_us |= values.iter().any(demoted);
+                        let _ = r.done.send(Ok(values));
+                    }
+                    Some(e) => {
+                        let _ = r.done.send(Err(e.clone()));
+                    }
+                }
+            }
+            if out.capacity() > 1 << 20 {
+                out = Vec::with_capacity(16 << 10);
+            }
+            if let Some(e) = failed {
+                return e;
+            }
+            if demoted_under_us {
+                // The refused writes were answered as such; the next
+                // connect asks again where the master is.
+                return RedisError::Topology("the server became a replica (READONLY)".into());
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Redis Cluster: six real `redis-server` nodes (three masters, three
+//! replicas) made with `redis-cli --cluster create`; sessions on every
+//! master, resumed on another process; broadcasts and their history through
+//! the cluster; a slot migrated under live counting (`ASK`, then `MOVED`),
+//! a bulk `redis-cli --cluster reshard`, and a master killed and replaced by
+//! its replica, with no acknowledged count lost.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn redirects(server: &Server, kind: &str) -> f64 {
+    server.metric(&format!("redis_redirects_total{{kind=\"{kind}\"}}"))
+}
+
+#[test]
+fn sessions_on_every_master_resume_elsewhere_and_broadcasts_reach_every_process() {
+    let cluster = RedisCluster::start();
+    let a = Server::builder_cluster(&cluster).shards(2).start();
+    let b = Server::builder_cluster(&cluster).shards(2).start();
+
+    // Sessions land on random slots, so on every master.
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let (mut c, w) = a.connect("");
+        for n in 1..=3 {
+            assert_eq!(c.count("x"), n);
+        }
+        ids.push(session_id(&w));
+    }
+    wait_for(
+        "every count in the cluster",
+        Duration::from_secs(10),
+        || {
+            ids.iter()
+                .all(|id| cluster.session_count(id) == Some(3))
+                .then_some(())
+        },
+    );
+    for m in cluster.masters() {
+        let keys: u64 = m.cli(&["DBSIZE"]).trim().parse().unwrap();
+        assert!(keys > 0, "master {} holds no session", m.port);
+    }
+    // Resumed on the other process, each goes on from 3.
+    for id in &ids {
+        let (mut c, w) = b.connect(&format!("session_id={id}"));
+        assert_eq!(w["resumed"], true, "{w}");
+        assert_eq!(c.count("x"), 4);
+    }
+
+    // Broadcasts, global and to a room, reach both processes, with offsets
+    // from history (one slot of the cluster holds it).
+    let (mut on_a, _) = a.connect("room=lobby");
+    let (mut on_b, w) = b.connect("room=lobby");
+    let id = session_id(&w);
+    let r = publish(&a, json!({ "message": "hello" }));
+    for c in [&mut on_a, &mut on_b] {
+        let f = next_broadcast_frame(c);
+        assert_eq!(f, json!({ "broadcast": "hello", "offset": r["offset"] }));
+    }
+    let r = publish(&b, json!({ "message": "to the lobby", "room": "lobby" }));
+    for c in [&mut on_a, &mut on_b] {
+        let f = next_broadcast_frame(c);
+        assert_eq!(f["offset"], r["offset"], "{f}");
+        assert_eq!(f["room"], "lobby");
+    }
+    let last = r["offset"].as_str().unwrap().to_string();
+    drop(on_b);
+    let missed: Vec<_> = (0..3)
+        .map(|i| publish(&a, json!({ "message": format!("m{i}"), "room": "lobby" })))
+        .collect();
+    let (mut back, w) = a.connect(&format!("session_id={id}&room=lobby&since={last}"));
+    assert_eq!(w["recovered"], true, "{w}");
+    for r in &missed {
+        assert_eq!(next_broadcast_frame(&mut back)["offset"], r["offset"]);
+    }
+    assert_eq!(
+        redirects(&a, "moved"),
+        0.0,
+        "a steady cluster redirects nothing"
+    );
+}
+
+/// Clients count in sync mode while slots move: one by hand, step by step
+/// (a resume meets `ASK` half-way, counts meet `MOVED` after), then 500 by
+/// `redis-cli --cluster reshard`.
+#[test]
+fn slots_migrated_under_counting_lose_nothing() {
+    let cluster = RedisCluster::start();
+    let a = Server::builder_cluster(&cluster)
+        .shards(2)
+        .arg("--durability", "sync")
+        .arg("--rate-limit", "0")
+        .start();
+    let b = Server::builder_cluster(&cluster)
+        .shards(2)
+        .arg("--durability", "sync")
+        .arg("--rate-limit", "0")
+        .start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Counter> = (0..6).map(|_| counter(&a, stop.clone())).collect();
+    wait_counts(&counters, 10, "counts before the migration", String::new);
+
+    // One idle session's slot, moved by hand to another master.
+    let (mut idle, w) = a.connect("");
+    assert_eq!(idle.count("x"), 1);
+    let id = session_id(&w);
+    drop(idle);
+    let key = format!("shardcast:{{{id}}}:s");
+    let slot = cluster.slot_of(&key);
+    let from = cluster.owner(slot);
+    let to = *cluster
+        .masters()
+        .iter()
+        .find(|m| m.port != from.port)
+        .unwrap();
+    let (from_id, to_id) = (RedisCluster::node_id(from), RedisCluster::node_id(to));
+    let slot_s = slot.to_string();
+    assert!(to
+        .cli(&["CLUSTER", "SETSLOT", &slot_s, "IMPORTING", &from_id])
+        .contains("OK"));
+    assert!(from
+        .cli(&["CLUSTER", "SETSLOT", &slot_s, "MIGRATING", &to_id])
+        .contains("OK"));
+    let moved = from.cli(&[
+        "MIGRATE",
+        "127.0.0.1",
+        &to.port.to_string(),
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        &key,
+    ]);
+    assert!(moved.contains("OK"), "MIGRATE: {moved}");
+    // Half-way: the key is on the new master, the slot still the old one's.
+    let (resumed, w) = b.connect(&format!("session_id={id}"));
+    assert_eq!(w["resumed"], true, "{w}");
+    assert!(redirects(&b, "ask") >= 1.0, "the resume did not follow ASK");
+    drop(resumed);
+    // A process whose map was read before the move ends and is not due
+    // for its periodic refresh: its first request meets MOVED.
+    let c = Server::builder_cluster(&cluster)
+        .arg("--durability", "sync")
+        .start();
+    for m in cluster.masters() {
+        m.cli(&["CLUSTER", "SETSLOT", &slot_s, "NODE", &to_id]);
+    }
+    let (mut resumed, w) = c.connect(&format!("session_id={id}"));
+    assert_eq!(w["resumed"], true, "{w}");
+    assert_eq!(resumed.count("x"), 2, "the count goes on after the move");
+    assert!(redirects(&c, "moved") >= 1.0, "no request followed MOVED");
+    assert_eq!(cluster.session_count(&id), Some(2));
+
+    // In bulk, with every counter counting through it.
+    let before = counters
+        .iter()
+        .map(|c| c.acked.load(Ordering::Relaxed))
+        .max()
+        .unwrap();
+    let src = cluster.masters()[0];
+    let dst = cluster.masters()[1];
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", src.port),
+            "--cluster-from",
+            &RedisCluster::node_id(src),
+            "--cluster-to",
+            &RedisCluster::node_id(dst),
+            "--cluster-slots",
+            "500",
+            "--cluster-yes",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reshard: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_counts(&counters, before + 20, "counts after the reshard", || {
+        format!("redirects: {}", a.metric("redis_redirects_total"))
+    });
+    stop.store(true, Ordering::Relaxed);
+    for c in counters {
+        c.handle.join().expect("a counter saw a gap or a repeat");
+        // Sync durability: what was acknowledged is in the cluster.
+        assert_eq!(
+            cluster.session_count(&c.id),
+            Some(c.acked.load(Ordering::Relaxed)),
+            "session {}",
+            c.id
+        );
+    }
+}
+
+#[test]
+fn a_killed_master_is_replaced_by_its_replica_and_no_acknowledged_count_is_lost() {
+    let mut cluster = RedisCluster::start();
+    let server = Server::builder_cluster(&cluster)
+        .shards(2)
+        .arg("--durability", "sync")
+        .arg("--rate-limit", "0")
+        .arg("--redis-min-replicas", "1")
+        .start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<Counter> = (0..6).map(|_| counter(&server, stop.clone())).collect();
+    wait_counts(&counters, 10, "counts before the kill", String::new);
+
+    // The master of the first counter's session.
+    let slot = cluster.slot_of(&format!("shardcast:{{{}}}:s", counters[0].id));
+    let port = cluster.owner(slot).port;
+    let victim = cluster.nodes.iter().position(|n| n.port == port).unwrap();
+    let before = counters[0].acked.load(Ordering::Relaxed);
+    let killed_at = Instant::now();
+    cluster.nodes[victim].kill9();
+    let promoted = wait_for(
+        "a replica to take the slot",
+        Duration::from_secs(30),
+        || {
+            let owner = cluster.owner(slot).port;
+            (owner != port).then_some(owner)
+        },
+    );
+    let promoted_after = killed_at.elapsed();
+    // The promoted replica has no replica of its own until the old master
+    // comes back as one: until then no write there can be confirmed.
+    cluster.nodes[victim].spawn();
+    cluster.wait_ok();
+    wait_counts(
+        &counters[..1],
+        before + 5,
+        "counts on the promoted replica",
+        String::new,
+    );
+    let resumed_after = killed_at.elapsed();
+    server.wait_ready_state("ready", Duration::from_secs(20));
+    assert_eq!(
+        cluster.nodes[victim].role(),
+        "slave",
+        "the old master came back as a replica"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    let (mut total, mut errors) = (0, 0);
+    for c in counters {
+        c.handle.join().expect("a counter saw a gap or a repeat");
+        let acked = c.acked.load(Ordering::Relaxed);
+        total += acked;
+        errors += c.errors.load(Ordering::Relaxed);
+        assert_eq!(
+            cluster.session_count(&c.id),
+            Some(acked),
+            "session {} after the failover",
+            c.id
+        );
+    }
+    eprintln!(
+        "cluster failover: replica on port {promoted} took the slot {:.1} s after the kill, \
+         counts confirmed again after {:.1} s; {total} counts acknowledged, {errors} refused \
+         meanwhile, 0 lost",
+        promoted_after.as_secs_f64(),
+        resumed_after.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_seed_that_is_not_a_cluster_is_one_clear_line_and_the_node_keeps_serving() {
+    let plain = Redis::start();
+    let server = Server::builder_seeds(&format!("127.0.0.1:{}", plain.port), false).start();
+    let line = wait_for("the error line", Duration::from_secs(20), || {
+        server
+            .log_lines()
+            .into_iter()
+            .find(|l| l["msg"] == "redis cluster: cannot read the slot map; retrying")
+    });
+    let error = line["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("is not a cluster node"),
+        "unclear error: {line}"
+    );
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    let (mut c, _) = server.connect("");
+    assert_eq!(c.count("hello"), 1);
+}
