@@ -38,7 +38,7 @@ bench: ## Standard suite against fresh release servers and the tt baseline; appe
 	$(CARGO) build --release --workspace
 	target/release/shardcast-bench suite $(ARGS)
 
-scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 nodes, PUBSUB=plain|sharded (needs root)
+scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 nodes, PUBSUB=plain|sharded, REDIS=single|cluster (needs root)
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	N=$(if $(filter file,$(origin N)),12000,$(N)) scripts/scale-test $(ARGS)
 
