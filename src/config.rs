@@ -90,7 +90,7 @@ pub struct Config {
     pub redis_sentinels: Vec<String>,
     /// Seed nodes (`host:port`) of a Redis Cluster; when set, the shards
     /// route each request to the master of its keys' slot instead of using
-    /// `redis_url`.
+    /// `redis_url`. Sharded pub/sub on a cluster needs `history_size` 0.
     #[arg(long, env = "SHARDCAST_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
     /// The master's name in the Sentinels' configuration.
@@ -413,10 +413,10 @@ impl Config {
             if self.redis_sentinel_password.is_some() {
                 return bad("redis_sentinel_password", "is for redis_sentinels");
             }
-            if self.pubsub == PubsubMode::Sharded {
+            if self.pubsub == PubsubMode::Sharded && self.history_size > 0 {
                 return bad(
                     "pubsub",
-                    "sharded is not supported with redis_cluster yet; use plain (PUBLISH reaches every node of a cluster)",
+                    "sharded on redis_cluster needs history_size 0: history keeps one order in one slot, and a room's channel is in its own; use plain (PUBLISH reaches every node) to keep history",
                 );
             }
             "redis_cluster"
@@ -771,7 +771,7 @@ mod tests {
             ),
             (
                 vec!["--redis-cluster", "h:2", "--pubsub", "sharded"],
-                "invalid pubsub",
+                "needs history_size 0",
             ),
             (
                 vec!["--redis-cluster", "h:2", "--redis-db", "3"],

@@ -363,8 +363,10 @@ impl History {
                 .arg(channel)
                 .arg(payload)
                 .clone();
-            // PUBLISH reaches every node of a cluster from any.
-            let v = redis.query(None, &cmd).await?;
+            // PUBLISH reaches every node of a cluster from any; a sharded
+            // channel lives on its slot's master.
+            let slot = (self.publish_verb == "SPUBLISH").then(|| Slot::of(channel));
+            let v = redis.query(slot, &cmd).await?;
             return Ok((None, rds::as_u64(&v).unwrap_or(0)));
         }
         let mut cmd = redis::cmd("EVALSHA");

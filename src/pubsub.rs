@@ -20,9 +20,10 @@ use futures_channel::oneshot;
 use futures_lite::{future, AsyncWriteExt};
 
 use crate::config::PubsubMode;
-use crate::config::RedisTarget;
+use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
 use crate::redis::backoff::Backoff;
+use crate::redis::cluster::Cluster;
 use crate::redis::sentinel::Switch;
 use crate::redis::{self as rds, Value};
 
@@ -82,6 +83,7 @@ pub struct Verbs {
     unsubscribe: &'static str,
     message: &'static [u8],
     subscribed: &'static [u8],
+    unsubscribed: &'static [u8],
 }
 
 impl Verbs {
@@ -93,6 +95,7 @@ impl Verbs {
                 unsubscribe: "UNSUBSCRIBE",
                 message: b"message",
                 subscribed: b"subscribe",
+                unsubscribed: b"unsubscribe",
             },
             PubsubMode::Sharded => Verbs {
                 publish: "SPUBLISH",
@@ -100,6 +103,7 @@ impl Verbs {
                 unsubscribe: "SUNSUBSCRIBE",
                 message: b"smessage",
                 subscribed: b"ssubscribe",
+                unsubscribed: b"sunsubscribe",
             },
         }
     }
@@ -132,6 +136,8 @@ pub enum Target<'a> {
 
 struct Room {
     members: HashSet<u64>,
+    /// The lane its subscription was sent on; None: not sent anywhere yet.
+    lane: Option<LaneKey>,
     /// Redis has confirmed the subscription on the current connection.
     confirmed: bool,
     /// When the last member left.
@@ -140,16 +146,36 @@ struct Room {
     waiters: Vec<oneshot::Sender<()>>,
 }
 
-/// A shard's rooms and its subscription connection's state. Shared by the
-/// socket tasks (join, leave, fan-out) and the connection task ([`run`]).
-pub struct Subscriber {
-    verbs: Verbs,
-    max_rooms: usize,
-    rooms: RefCell<HashMap<Rc<str>, Room>>,
+/// Which subscription connection: the shard's one (`None`), or, in sharded
+/// mode on a Redis Cluster, the one to this master.
+type LaneKey = Option<RedisAddr>;
+
+/// One subscription connection's state, shared with its task.
+#[derive(Default)]
+struct Lane {
     /// Packed commands for the connection task to write.
     outbox: RefCell<Vec<u8>>,
     waker: Cell<Option<Waker>>,
     connected: Cell<bool>,
+    /// Its master left the cluster's slot map: the task ends.
+    stopped: Cell<bool>,
+}
+
+/// A shard's rooms and its subscription connections' state. Shared by the
+/// socket tasks (join, leave, fan-out) and the connection tasks ([`run`]).
+///
+/// Sharded channels on a Redis Cluster live on their slot's master, so there
+/// the shard holds one connection (a lane) per master and each channel
+/// rides the lane of its slot, moving when its slot does.
+pub struct Subscriber {
+    verbs: Verbs,
+    max_rooms: usize,
+    rooms: RefCell<HashMap<Rc<str>, Room>>,
+    lanes: RefCell<HashMap<LaneKey, Rc<Lane>>>,
+    /// The lane the events channel is subscribed on.
+    events_lane: RefCell<Option<LaneKey>>,
+    /// Set in sharded mode on a cluster: whose slot map routes channels.
+    cluster: Option<Rc<Cluster>>,
     head_key: Option<String>,
     metrics: Arc<Metrics>,
     shard: usize,
@@ -163,20 +189,36 @@ impl Subscriber {
         mode: PubsubMode,
         max_rooms: usize,
         head_key: Option<String>,
+        cluster: Option<Rc<Cluster>>,
         metrics: Arc<Metrics>,
         shard: usize,
     ) -> Rc<Self> {
+        // Plain channels reach every node of a cluster: one lane will do.
+        let cluster = cluster.filter(|_| mode == PubsubMode::Sharded);
         Rc::new(Self {
             verbs: Verbs::of(mode),
             max_rooms,
             head_key,
             rooms: RefCell::new(HashMap::new()),
-            outbox: RefCell::new(Vec::new()),
-            waker: Cell::new(None),
-            connected: Cell::new(false),
+            lanes: RefCell::new(HashMap::new()),
+            events_lane: RefCell::new(None),
+            cluster,
             metrics,
             shard,
         })
+    }
+
+    /// The lane `channel` belongs on now; None while the cluster's map
+    /// does not know (the next tick places it).
+    fn lane_of(&self, channel: &str) -> Option<LaneKey> {
+        match &self.cluster {
+            None => Some(None),
+            Some(c) => c.owner(rds::Slot::of(channel)).map(Some),
+        }
+    }
+
+    fn lane(&self, key: &LaneKey) -> Option<Rc<Lane>> {
+        self.lanes.borrow().get(key).cloned()
     }
 
     pub fn verbs(&self) -> Verbs {
@@ -215,17 +257,23 @@ impl Subscriber {
             let Some(empty) = empty else {
                 return Err(RoomError::TooMany);
             };
-            rooms.remove(&empty);
-            if self.connected.get() {
-                self.send(self.verbs.unsubscribe, &room_channel(&empty));
+            if let Some(r) = rooms.remove(&empty) {
+                self.send(
+                    r.lane.as_ref(),
+                    self.verbs.unsubscribe,
+                    &room_channel(&empty),
+                );
             }
         }
         let name: Rc<str> = Rc::from(room);
         let (tx, rx) = oneshot::channel();
+        let channel = room_channel(room);
+        let lane = self.lane_of(&channel);
         rooms.insert(
             name.clone(),
             Room {
                 members: HashSet::from([conn]),
+                lane: lane.clone(),
                 confirmed: false,
                 empty_since: None,
                 waiters: vec![tx],
@@ -234,9 +282,7 @@ impl Subscriber {
         self.gauge(rooms.len());
         drop(rooms);
         // While disconnected, the reconnect subscribes every room there is.
-        if self.connected.get() {
-            self.send(self.verbs.subscribe, &room_channel(room));
-        }
+        self.send(lane.as_ref(), self.verbs.subscribe, &channel);
         Ok((name, Some(rx)))
     }
 
@@ -297,27 +343,72 @@ impl Subscriber {
             .set(rooms as u64);
     }
 
-    fn send(&self, verb: &str, channel: &str) {
+    /// Queues `verb channel` on `lane` if it is connected (a lane that
+    /// connects later subscribes what it should then).
+    fn send(&self, lane: Option<&LaneKey>, verb: &str, channel: &str) {
+        let Some(lane) = lane.and_then(|k| self.lane(k)) else {
+            return;
+        };
+        if !lane.connected.get() {
+            return;
+        }
         // One channel per command: a cluster wants every channel of an
         // SSUBSCRIBE in one slot, and rooms are in different slots.
         let cmd = redis::cmd(verb).arg(channel).get_packed_command();
-        self.outbox.borrow_mut().extend_from_slice(&cmd);
-        if let Some(w) = self.waker.take() {
+        lane.outbox.borrow_mut().extend_from_slice(&cmd);
+        if let Some(w) = lane.waker.take() {
             w.wake();
         }
     }
 
-    /// Waits until there is something to write.
-    async fn outgoing(&self) {
-        poll_fn(|cx| {
-            if self.outbox.borrow().is_empty() {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            } else {
-                Poll::Ready(())
+    /// Moves every channel whose slot moved to its master's lane (and
+    /// places those the map did not know before). Cluster only.
+    fn rehome(&self) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let events = self.lane_of(EVENTS_CHANNEL);
+        if events.is_some() && *self.events_lane.borrow() != events {
+            let old = self.events_lane.replace(events.clone());
+            self.send(old.as_ref(), self.verbs.unsubscribe, EVENTS_CHANNEL);
+            self.send(events.as_ref(), self.verbs.subscribe, EVENTS_CHANNEL);
+        }
+        let mut moves = Vec::new();
+        for (name, r) in self.rooms.borrow_mut().iter_mut() {
+            let channel = room_channel(name);
+            let now = self.lane_of(&channel);
+            if now.is_some() && r.lane != now {
+                let old = std::mem::replace(&mut r.lane, now.clone());
+                r.confirmed = false;
+                moves.push((old, now, channel));
             }
-        })
-        .await
+        }
+        for (old, now, channel) in moves {
+            self.send(old.as_ref(), self.verbs.unsubscribe, &channel);
+            self.send(now.as_ref(), self.verbs.subscribe, &channel);
+        }
+    }
+
+    /// The channels in `slot` that were sent to `lane` are not there: the
+    /// next tick places them where the map says.
+    fn unplace(&self, slot: rds::Slot, lane: &LaneKey) {
+        let here = Some(lane.clone());
+        if rds::Slot::of(EVENTS_CHANNEL) == slot && *self.events_lane.borrow() == here {
+            self.events_lane.replace(None);
+        }
+        for (name, r) in self.rooms.borrow_mut().iter_mut() {
+            if r.lane == here && rds::Slot::of(room_channel(name)) == slot {
+                r.lane = None;
+                r.confirmed = false;
+            }
+        }
+    }
+
+    /// 1 while every lane is connected.
+    fn update_up(&self) {
+        let lanes = self.lanes.borrow();
+        let up = !lanes.is_empty() && lanes.values().all(|l| l.connected.get());
+        self.metrics.shards[self.shard].pubsub_up.set(up as u64);
     }
 
     /// Drops rooms empty for `LINGER`, and unsubscribes them.
@@ -328,7 +419,7 @@ impl Subscriber {
                 .empty_since
                 .is_none_or(|t| now.saturating_duration_since(t) < LINGER);
             if !keep {
-                gone.push(name.clone());
+                gone.push((name.clone(), r.lane.clone()));
             }
             keep
         });
@@ -336,15 +427,15 @@ impl Subscriber {
             return;
         }
         self.gauge(self.rooms.borrow().len());
-        if self.connected.get() {
-            for name in gone {
-                self.send(self.verbs.unsubscribe, &room_channel(&name));
-            }
+        for (name, lane) in gone {
+            self.send(lane.as_ref(), self.verbs.unsubscribe, &room_channel(&name));
         }
     }
 
     /// A push from Redis: a message for `on_message`, or a confirmation.
-    fn on_push(&self, items: &[Value], on_message: &impl Fn(Target<'_>, &[u8])) {
+    /// A push from Redis on `lane`: a message for `on_message`, or a
+    /// confirmation, or word that Redis dropped a subscription.
+    fn on_push(&self, items: &[Value], lane: &LaneKey, on_message: &impl Fn(Target<'_>, &[u8])) {
         let [Value::BulkString(kind), Value::BulkString(channel), rest] = items else {
             return;
         };
@@ -372,25 +463,58 @@ impl Subscriber {
                     }
                 }
             }
+        } else if kind.as_slice() == self.verbs.unsubscribed {
+            // Ours are sent after the channel left the lane; one for a
+            // channel still on it is Redis's: its slot moved away (a
+            // cluster drops a moved slot's shard channels). The next tick
+            // subscribes it where the slot is now.
+            let here = Some(lane.clone());
+            match target {
+                Target::Events if *self.events_lane.borrow() == here => {
+                    self.events_lane.replace(None);
+                }
+                Target::Room(room) => {
+                    if let Some(r) = self.rooms.borrow_mut().get_mut(room) {
+                        if r.lane == here {
+                            r.lane = None;
+                            r.confirmed = false;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(c) = &self.cluster {
+                c.mark_stale();
+            }
         }
     }
 
-    /// The commands a fresh connection starts with: every channel wanted.
-    fn resubscribe_all(&self) -> Vec<u8> {
+    /// The commands a fresh connection on `lane` starts with: every channel
+    /// wanted there.
+    fn resubscribe_all(&self, lane: &LaneKey) -> Vec<u8> {
+        let here = Some(lane.clone());
         let mut out = match &self.head_key {
             Some(k) => redis::cmd("GET").arg(k).get_packed_command(),
             None => Vec::new(),
         };
-        out.extend(
-            redis::cmd(self.verbs.subscribe)
-                .arg(EVENTS_CHANNEL)
-                .get_packed_command(),
-        );
+        if self.lane_of(EVENTS_CHANNEL) == here {
+            self.events_lane.replace(here.clone());
+            out.extend(
+                redis::cmd(self.verbs.subscribe)
+                    .arg(EVENTS_CHANNEL)
+                    .get_packed_command(),
+            );
+        }
         for (name, r) in self.rooms.borrow_mut().iter_mut() {
+            let channel = room_channel(name);
+            if self.lane_of(&channel) != here {
+                continue;
+            }
+            r.lane = here.clone();
             r.confirmed = false;
             out.extend(
                 redis::cmd(self.verbs.subscribe)
-                    .arg(room_channel(name))
+                    .arg(channel)
                     .get_packed_command(),
             );
         }
@@ -398,20 +522,71 @@ impl Subscriber {
     }
 }
 
-/// Holds the shard's subscription connection for the shard's life: connects,
-/// subscribes to the events channel and every room, then reads pushes and
-/// writes (un)subscribe commands as sockets come and go. Reconnects with
-/// backoff; messages published while it is away are lost (pub/sub keeps
-/// nothing), which is why kicks also write a tombstone that resumes check.
+/// Holds the shard's subscription connection(s) for the shard's life:
+/// connects, subscribes to the events channel and every room, then reads
+/// pushes and writes (un)subscribe commands as sockets come and go.
+/// Reconnects with backoff; messages published while it is away are lost
+/// (pub/sub keeps nothing), which is why kicks also write a tombstone that
+/// resumes check. In sharded mode on a cluster, one connection per master.
 pub async fn run(
     sub: Rc<Subscriber>,
     target: RedisTarget,
     switch: Rc<Switch>,
-    on_message: impl Fn(Target<'_>, &[u8]),
+    on_message: impl Fn(Target<'_>, &[u8]) + 'static,
 ) {
-    let up = |v: bool| sub.metrics.shards[sub.shard].pubsub_up.set(v as u64);
+    let on_message = Rc::new(on_message);
+    match sub.cluster.clone() {
+        None => {
+            sub.lanes.borrow_mut().insert(None, Rc::default());
+            run_lane(sub, None, target, switch, on_message).await
+        }
+        Some(cluster) => loop {
+            let masters = cluster.masters();
+            for m in &masters {
+                let key = Some(m.clone());
+                if sub.lanes.borrow().contains_key(&key) {
+                    continue;
+                }
+                sub.lanes.borrow_mut().insert(key.clone(), Rc::default());
+                glommio::spawn_local(run_lane(
+                    sub.clone(),
+                    key,
+                    RedisTarget::Single(m.clone()),
+                    Rc::new(Switch::default()),
+                    on_message.clone(),
+                ))
+                .detach();
+            }
+            sub.lanes.borrow_mut().retain(|k, lane| {
+                let keep = k.as_ref().is_some_and(|a| masters.contains(a));
+                if !keep {
+                    lane.stopped.set(true);
+                    if let Some(w) = lane.waker.take() {
+                        w.wake();
+                    }
+                }
+                keep
+            });
+            sub.rehome();
+            sub.update_up();
+            glommio::timer::sleep(TICK).await;
+        },
+    }
+}
+
+/// One subscription connection, to `target`, for the channels of `key`.
+async fn run_lane(
+    sub: Rc<Subscriber>,
+    key: LaneKey,
+    target: RedisTarget,
+    switch: Rc<Switch>,
+    on_message: Rc<impl Fn(Target<'_>, &[u8])>,
+) {
+    let Some(lane) = sub.lane(&key) else {
+        return;
+    };
     let mut backoff = Backoff::default();
-    loop {
+    while !lane.stopped.get() {
         let generation = switch.generation();
         // On a cluster: the node of the head key, which the connection
         // reads first (PUBLISH reaches every node, so any node would do
@@ -422,13 +597,16 @@ pub async fn run(
         {
             // Pushes come when they come: liveness is the PING below.
             stream.set_read_timeout(None).ok();
-            let first = sub.resubscribe_all();
-            sub.outbox.borrow_mut().clear();
-            sub.connected.set(true);
+            let first = sub.resubscribe_all(&key);
+            lane.outbox.borrow_mut().clear();
+            lane.connected.set(true);
             let mut pending = first;
             let mut heard = Instant::now();
             let mut pinged = false;
             let why = loop {
+                if lane.stopped.get() {
+                    break "its master left the cluster's slot map".to_string();
+                }
                 if !pending.is_empty() {
                     if let Err(e) = stream.write_all(&pending).await {
                         break e.to_string();
@@ -445,7 +623,7 @@ pub async fn run(
                     async { Step::Read(reader.read_value(&mut stream).await) },
                     future::or(
                         async {
-                            sub.outgoing().await;
+                            lane.outgoing().await;
                             Step::Write
                         },
                         future::or(
@@ -468,23 +646,33 @@ pub async fn run(
                         heard = Instant::now();
                         pinged = false;
                         backoff.reset();
-                        up(true);
-                        sub.on_push(&items, &on_message);
+                        sub.update_up();
+                        sub.on_push(&items, &key, on_message.as_ref());
                     }
-                    Step::Read(Ok(Value::ServerError(e))) => {
-                        // A refused (S)SUBSCRIBE, e.g. a cluster's MOVED:
-                        // say so, and keep what does work.
-                        tracing::warn!(error = ?e, "redis refused a subscription command");
+                    Step::Read(Ok(v @ Value::ServerError(_))) => {
+                        // A refused (S)SUBSCRIBE, e.g. a cluster's MOVED
+                        // while the map was stale: say so, keep what does
+                        // work, and place that slot's channels again.
+                        tracing::warn!(error = ?v, "redis refused a subscription command");
+                        if let Some(slot) = sub.cluster.as_ref().and_then(|c| c.moved(&v)) {
+                            sub.unplace(slot, &key);
+                        }
                         heard = Instant::now();
+                        pinged = false;
                     }
                     Step::Read(Ok(Value::BulkString(head))) => {
                         // Only the head key's GET answers with a bulk string.
                         heard = Instant::now();
+                        pinged = false;
                         on_message(Target::Head, &head);
                     }
-                    Step::Read(Ok(_)) => heard = Instant::now(),
+                    // A PONG on a connection with no subscriptions.
+                    Step::Read(Ok(_)) => {
+                        heard = Instant::now();
+                        pinged = false;
+                    }
                     Step::Read(Err(e)) => break e.to_string(),
-                    Step::Write => pending = std::mem::take(&mut *sub.outbox.borrow_mut()),
+                    Step::Write => pending = std::mem::take(&mut *lane.outbox.borrow_mut()),
                     Step::Switched => break "the sentinels switched the master".to_string(),
                     Step::Tick => {
                         let now = Instant::now();
@@ -500,13 +688,32 @@ pub async fn run(
                     }
                 }
             };
-            sub.connected.set(false);
-            up(false);
-            tracing::warn!(error = %why, "redis subscription lost; resubscribing");
+            lane.connected.set(false);
+            sub.update_up();
+            if !lane.stopped.get() {
+                tracing::warn!(error = %why, "redis subscription lost; resubscribing");
+            }
         } else {
-            up(false);
+            sub.update_up();
         }
-        backoff.wait().await;
+        if !lane.stopped.get() {
+            backoff.wait().await;
+        }
+    }
+}
+
+impl Lane {
+    /// Waits until there is something to write, or the lane is stopped.
+    async fn outgoing(&self) {
+        poll_fn(|cx| {
+            if self.outbox.borrow().is_empty() && !self.stopped.get() {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
     }
 }
 
@@ -515,13 +722,16 @@ mod tests {
     use super::*;
 
     fn sub() -> Rc<Subscriber> {
-        Subscriber::new(
+        let s = Subscriber::new(
             PubsubMode::Plain,
             2,
             None,
+            None,
             Arc::new(Metrics::new(1, "blue")),
             0,
-        )
+        );
+        s.lanes.borrow_mut().insert(None, Rc::default());
+        s
     }
 
     fn push(kind: &str, channel: &str, payload: &str) -> Vec<Value> {
@@ -549,13 +759,21 @@ mod tests {
         assert_eq!(&*name, "lobby");
         let mut wait = wait.expect("the first join waits");
         assert_eq!(wait.try_recv(), Ok(None));
-        s.on_push(&push("subscribe", "shardcast:room:lobby", ""), &|_, _| {});
+        s.on_push(
+            &push("subscribe", "shardcast:room:lobby", ""),
+            &None,
+            &|_, _| {},
+        );
         assert_eq!(wait.try_recv(), Ok(Some(())));
         let (_, wait) = s.join("lobby", 2).unwrap();
         assert!(wait.is_none(), "a confirmed room needs no wait");
         // A subscribe confirmation of the other mode means nothing here.
         let (_, wait) = s.join("other", 3).unwrap();
-        s.on_push(&push("ssubscribe", "shardcast:room:other", ""), &|_, _| {});
+        s.on_push(
+            &push("ssubscribe", "shardcast:room:other", ""),
+            &None,
+            &|_, _| {},
+        );
         assert_eq!(wait.unwrap().try_recv(), Ok(None));
     }
 
@@ -596,6 +814,7 @@ mod tests {
             PubsubMode::Sharded,
             8,
             None,
+            None,
             Arc::new(Metrics::new(1, "blue")),
             0,
         );
@@ -607,10 +826,14 @@ mod tests {
             seen.borrow_mut()
                 .push(format!("{t:?} {}", String::from_utf8_lossy(p)))
         };
-        s.on_push(&push("smessage", "shardcast:events", "e"), &record);
-        s.on_push(&push("smessage", "shardcast:room:a", "r"), &record);
-        s.on_push(&push("message", "shardcast:room:a", "plain"), &record);
-        s.on_push(&push("smessage", "elsewhere", "x"), &record);
+        s.on_push(&push("smessage", "shardcast:events", "e"), &None, &record);
+        s.on_push(&push("smessage", "shardcast:room:a", "r"), &None, &record);
+        s.on_push(
+            &push("message", "shardcast:room:a", "plain"),
+            &None,
+            &record,
+        );
+        s.on_push(&push("smessage", "elsewhere", "x"), &None, &record);
         assert_eq!(*seen.borrow(), ["Events e", "Room(\"a\") r"]);
         let mut n = 0;
         s.for_each_member("a", |_| n += 1);

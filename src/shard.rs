@@ -164,6 +164,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         cfg.pubsub,
         cfg.max_rooms,
         history_on.then(|| keys.offset()),
+        redis.cluster(),
         shared.metrics.clone(),
         ctx.id,
     );

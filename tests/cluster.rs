@@ -291,3 +291,92 @@ fn a_seed_that_is_not_a_cluster_is_one_clear_line_and_the_node_keeps_serving() {
     let (mut c, _) = server.connect("");
     assert_eq!(c.count("hello"), 1);
 }
+
+/// Sharded pub/sub on a cluster: each room's channel lives on its slot's
+/// master, every shard subscribes it there, and when the slot moves the
+/// subscription follows.
+#[test]
+fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
+    let cluster = RedisCluster::start();
+    let start = || {
+        Server::builder_cluster(&cluster)
+            .shards(2)
+            .arg("--pubsub", "sharded")
+            .arg("--history-size", "0")
+            .start()
+    };
+    let (a, b) = (start(), start());
+    // Two rooms on each master.
+    let masters: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
+    let mut rooms: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let room = format!("r{i}");
+        let owner = cluster
+            .owner(cluster.slot_of(&format!("shardcast:room:{room}")))
+            .port;
+        if rooms.iter().filter(|(_, o)| *o == owner).count() < 2 {
+            rooms.push((room, owner));
+        }
+        if rooms.len() == 2 * masters.len() {
+            break;
+        }
+    }
+    let mut members: Vec<(Client, Client)> = rooms
+        .iter()
+        .map(|(room, _)| {
+            let q = format!("room={room}");
+            (a.connect(&q).0, b.connect(&q).0)
+        })
+        .collect();
+    let subscribers = |room: &str, port: u16| -> u64 {
+        let node = cluster.nodes.iter().find(|n| n.port == port).unwrap();
+        let out = node.cli(&["PUBSUB", "SHARDNUMSUB", &format!("shardcast:room:{room}")]);
+        out.lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    for (i, (room, owner)) in rooms.iter().enumerate() {
+        assert_eq!(subscribers(room, *owner), 2, "room {room} on its master");
+        let r = publish(&a, json!({ "message": format!("to {room}"), "room": room }));
+        assert_eq!(r["subscribers"], 2, "{r}");
+        let (on_a, on_b) = &mut members[i];
+        for c in [on_a, on_b] {
+            let f = next_broadcast_frame(c);
+            assert_eq!(f["broadcast"], format!("to {room}"), "{f}");
+        }
+    }
+    // A global broadcast reaches everyone: no room's message went astray
+    // before it.
+    publish(&b, json!({ "message": "everyone" }));
+    for (on_a, on_b) in &mut members {
+        for c in [on_a, on_b] {
+            assert_eq!(next_broadcast_frame(c)["broadcast"], "everyone");
+        }
+    }
+
+    // The first room's slot moves to another master (no keys live there).
+    let (room, from) = rooms[0].clone();
+    let slot = cluster
+        .slot_of(&format!("shardcast:room:{room}"))
+        .to_string();
+    let to = *masters.iter().find(|&&p| p != from).unwrap();
+    let to_node = cluster.nodes.iter().find(|n| n.port == to).unwrap();
+    let to_id = RedisCluster::node_id(to_node);
+    for m in cluster.masters() {
+        assert!(m
+            .cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])
+            .contains("OK"));
+    }
+    wait_for(
+        "both shards to subscribe the room on its new master",
+        Duration::from_secs(20),
+        || (subscribers(&room, to) == 2).then_some(()),
+    );
+    let r = publish(&b, json!({ "message": "after the move", "room": room }));
+    assert_eq!(r["subscribers"], 2, "{r}");
+    let (on_a, on_b) = &mut members[0];
+    for c in [on_a, on_b] {
+        assert_eq!(next_broadcast_frame(c)["broadcast"], "after the move");
+    }
+}

@@ -288,6 +288,40 @@ impl Cluster {
         self.epoch.get()
     }
 
+    /// The master that serves `slot`, as the map says now.
+    pub fn owner(&self, slot: Slot) -> Option<RedisAddr> {
+        self.map.borrow().as_ref()?.owner(slot).cloned()
+    }
+
+    /// The masters in the map now.
+    pub fn masters(&self) -> Vec<RedisAddr> {
+        self.map
+            .borrow()
+            .as_ref()
+            .map(|m| m.masters().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Takes in a `MOVED` that came back some other way than through
+    /// [`Cluster::exec`] (a refused subscription): the map learns the
+    /// slot's master, is read again soon, and the slot is returned.
+    pub fn moved(&self, reply: &Value) -> Option<Slot> {
+        let Some(Redirect::Moved(n, addr)) = redirect(std::slice::from_ref(reply)) else {
+            return None;
+        };
+        let addr = addr_of(&addr, self.password.as_ref())?;
+        if let Some(m) = self.map.borrow_mut().as_mut() {
+            m.moved(n, addr);
+        }
+        self.stale.bump();
+        Some(Slot(n))
+    }
+
+    /// Has the map read again soon: something said it is out of date.
+    pub fn mark_stale(&self) {
+        self.stale.bump();
+    }
+
     /// Sends a request whose keys are all in `slot` (any master for none)
     /// and follows the cluster's redirects.
     pub async fn exec(

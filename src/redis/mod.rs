@@ -189,6 +189,15 @@ impl Redis {
         matches!(self.kind, Kind::Cluster(_))
     }
 
+    /// The cluster, when Redis is one: for what must follow its slot map
+    /// (sharded subscriptions).
+    pub fn cluster(&self) -> Option<Rc<Cluster>> {
+        match &self.kind {
+            Kind::One(_) => None,
+            Kind::Cluster(c) => Some(c.clone()),
+        }
+    }
+
     /// Sends packed commands whose keys are all in `slot` (`None`: keyless)
     /// and returns their `replies` replies in order. Fails at once with
     /// `Unavailable` while the connection is down, so callers can fall back
