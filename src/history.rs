@@ -605,15 +605,20 @@ mod tests {
         assert_eq!(entry(&bulk("12-3")), None);
     }
 
-    #[test]
-    fn floors_skip_what_a_socket_has_and_go_once_passed() {
-        let h = History::new(
+    /// Ten entries a channel, one Redis, no replicas.
+    fn history() -> History {
+        History::new(
             10,
             1000,
             "PUBLISH",
             Rc::new(Replicas::new(0)),
             Keys::new(false),
-        );
+        )
+    }
+
+    #[test]
+    fn floors_skip_what_a_socket_has_and_go_once_passed() {
+        let h = history();
         let at = |ms| Offset { ms, seq: 0 };
         assert!(h.skip(at(1)).is_empty());
         h.set_floor(7, at(5));
@@ -626,13 +631,7 @@ mod tests {
 
     #[test]
     fn the_bridge_keeps_only_while_recoveries_run_and_drops_at_its_bound() {
-        let h = History::new(
-            10,
-            1000,
-            "PUBLISH",
-            Rc::new(Replicas::new(0)),
-            Keys::new(false),
-        );
+        let h = history();
         let frame = "x";
         h.on_live(Offset { ms: 5, seq: 0 }, None, frame);
         assert_eq!(h.head(), Offset { ms: 5, seq: 0 });

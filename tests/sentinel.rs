@@ -202,12 +202,7 @@ fn an_unknown_master_name_is_one_clear_line_and_the_node_keeps_serving() {
     let master = Redis::start();
     let sentinel = Sentinel::start(&master, MASTER, 1);
     let server = Server::builder_sentinels(&[sentinel.addr()], "nosuchmaster", false).start();
-    let line = wait_for("the error line", Duration::from_secs(20), || {
-        server
-            .log_lines()
-            .into_iter()
-            .find(|l| l["msg"] == "redis unreachable; retrying with backoff")
-    });
+    let line = server.wait_log("redis unreachable; retrying with backoff");
     let error = line["error"].as_str().unwrap_or_default().to_string();
     assert!(
         error.contains("no master named \"nosuchmaster\""),
@@ -225,12 +220,7 @@ fn an_unknown_master_name_is_one_clear_line_and_the_node_keeps_serving() {
 fn unreachable_sentinels_are_named_in_the_error() {
     let nobody = format!("127.0.0.1:{}", free_port());
     let server = Server::builder_sentinels(std::slice::from_ref(&nobody), MASTER, false).start();
-    let line = wait_for("the error line", Duration::from_secs(20), || {
-        server
-            .log_lines()
-            .into_iter()
-            .find(|l| l["msg"] == "redis unreachable; retrying with backoff")
-    });
+    let line = server.wait_log("redis unreachable; retrying with backoff");
     let error = line["error"].as_str().unwrap_or_default();
     assert!(
         error.contains(&format!("sentinel {nobody} unreachable")),

@@ -730,6 +730,15 @@ impl Server {
             .collect()
     }
 
+    /// Waits (up to 20 s) for the first log line whose `msg` is `msg`.
+    pub fn wait_log(&self, msg: &str) -> Value {
+        wait_for(
+            &format!("the log line {msg:?}"),
+            Duration::from_secs(20),
+            || self.log_lines().into_iter().find(|l| l["msg"] == msg),
+        )
+    }
+
     pub fn get(&self, path: &str) -> (u16, String) {
         http(self.addr, "GET", path, "")
     }
