@@ -6,7 +6,8 @@
 //! - [`run`]: the coordinator: worker processes, progress, /proc samples, the report.
 //! - [`worker`]: one process's sockets on one epoll loop, every answer checked.
 //! - [`plan`]: what a worker is told to do, and how a run is split over workers.
-//! - [`wire`]: client-side WebSocket framing and the upgrade, hand-rolled.
+//! - [`wire`]: client-side WebSocket framing and the upgrade (the `shardcast-kit` crate's,
+//!   shared with the tests and the fuzz targets).
 //! - [`reply`]: what the server's text frames mean.
 //! - [`stats`]: counters, fault kinds and histograms that merge across workers.
 //! - [`report`]: the summary table, JSON and the HTML page with plots.
@@ -24,5 +25,5 @@ pub mod scale;
 pub mod stats;
 pub mod suite;
 pub mod sys;
-pub mod wire;
+pub use shardcast_kit::wire;
 pub mod worker;

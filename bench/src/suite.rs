@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +17,8 @@ use crate::plan::{Load, OnGo, Plan};
 use crate::report::{bytes, Report};
 use crate::run::{self, Mode, RunSpec};
 use crate::sys;
+use shardcast_kit::process::free_port;
+use shardcast_kit::redis::Redis;
 
 #[derive(Debug, clap::Args)]
 pub struct SuiteArgs {
@@ -106,10 +108,11 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(&args.raw).ok();
     let started = Instant::now();
-    let redis = Redis::start(&args.redis_server)?;
+    // The suite's own Redis on CPU 0, the generator's.
+    let redis = Redis::start_pinned(args.redis_server.clone(), 0).map_err(anyhow::Error::msg)?;
     let mut s = Suite {
         args: &args,
-        redis_url: format!("redis://{}", redis.addr),
+        redis_url: format!("redis://127.0.0.1:{}", redis.port),
         uws,
         faults: 0,
         baseline_faults: 0,
@@ -522,7 +525,7 @@ impl Suite<'_> {
         place: Placement,
         mut spec: RunSpec,
     ) -> anyhow::Result<Report> {
-        let port = free_port()?;
+        let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut child = self.start_server(server, place, addr)?;
         spec.plan.addr = addr;
@@ -647,12 +650,6 @@ fn server_label(s: Server) -> String {
     }
 }
 
-/// A port the kernel just handed out and took back. Another process could
-/// take it in between; on a machine running the bench that is rare enough.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Polls until `path` answers 200 (or, with no path, until the port accepts).
 fn wait_ready(addr: SocketAddr, path: &str, limit: Duration) -> bool {
     let end = Instant::now() + limit;
@@ -686,68 +683,6 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::io::Result<()> 
     }
     child.kill()?;
     child.wait().map(|_| ())
-}
-
-/// A redis-server of the suite's own, on a free port, pinned to CPU 0 (the
-/// generator's), gone when dropped.
-struct Redis {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Redis {
-    fn start(bin: &PathBuf) -> anyhow::Result<Redis> {
-        let port = free_port()?;
-        let hint = || {
-            format!(
-                "starting {} on CPU 0 (apt-get install -y redis-server)",
-                bin.display()
-            )
-        };
-        let mut child = Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(hint)?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let end = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < end {
-            // taskset itself starts even when redis-server is missing.
-            if let Some(status) = child.try_wait()? {
-                bail!("{}: exited with {status}", hint());
-            }
-            if let Ok(mut s) = TcpStream::connect(addr) {
-                let mut pong = [0u8; 7];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read_exact(&mut pong).is_ok()
-                    && &pong == b"+PONG\r\n"
-                {
-                    return Ok(Redis { child, addr });
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("redis-server did not answer on {addr}")
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub fn median(v: &[f64]) -> Option<f64> {

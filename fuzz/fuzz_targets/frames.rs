@@ -28,6 +28,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardcast::ws::codec::{Decoder, Event};
+use shardcast_kit::wire::masked;
 
 const MAX_MESSAGE: [usize; 8] = [0, 1, 7, 125, 126, 1024, 4096, 65536];
 const HEADER: usize = 5;
@@ -174,24 +175,6 @@ fn drive(stream: &[u8], cuts: &[usize], max_message: usize) -> Outcome {
     }
 }
 
-/// A client frame: FIN/opcode byte, minimal length encoding, mask, payload.
-fn frame(out: &mut Vec<u8>, first: u8, mask: [u8; 4], payload: &[u8]) {
-    out.push(first);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-}
-
 /// Builds a valid text message from the recipe in `body`, and the outcome the
 /// decoder must give for it.
 ///
@@ -236,7 +219,7 @@ fn build(body: &[u8], max_message: usize) -> (Vec<u8>, Outcome) {
         let opcode = if i == 0 { 0x01 } else { 0x00 };
         let fin = if last { 0x80 } else { 0x00 };
         let key = mask.map(|b| b ^ i as u8);
-        frame(&mut stream, fin | opcode, key, part);
+        masked(&mut stream, fin | opcode, part, key);
         total += part.len();
         if end.is_none() && total > max_message {
             end = Some(End::Error(1009));
@@ -245,7 +228,7 @@ fn build(body: &[u8], max_message: usize) -> (Vec<u8>, Outcome) {
             events.push(Ev::Text);
         }
         if !last && flags & (4 << i) != 0 {
-            frame(&mut stream, 0x89, key.map(|b| !b), &ping);
+            masked(&mut stream, 0x89, &ping, key.map(|b| !b));
             if end.is_none() {
                 events.push(Ev::Ping(ping.clone()));
             }
@@ -255,7 +238,7 @@ fn build(body: &[u8], max_message: usize) -> (Vec<u8>, Outcome) {
         let code = [1000u16, 1001, 3000, 4999][(mask[0] & 3) as usize];
         let mut p = code.to_be_bytes().to_vec();
         p.extend_from_slice("bye ✓".as_bytes());
-        frame(&mut stream, 0x88, mask, &p);
+        masked(&mut stream, 0x88, &p, mask);
         if end.is_none() {
             events.push(Ev::Close(Some(code)));
             end = Some(End::Close);

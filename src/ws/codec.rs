@@ -361,22 +361,8 @@ mod tests {
     const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
 
     fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![first];
-        match payload.len() {
-            n if n < 126 => v.push(0x80 | n as u8),
-            n if n < 65536 => {
-                v.push(0x80 | 126);
-                v.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                v.push(0x80 | 127);
-                v.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        v.extend_from_slice(&MASK);
-        let mut p = payload.to_vec();
-        unmask(&mut p, MASK, 0);
-        v.extend(p);
+        let mut v = Vec::new();
+        shardcast_kit::wire::masked(&mut v, first, payload, MASK);
         v
     }
 

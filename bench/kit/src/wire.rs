@@ -1,6 +1,7 @@
 //! The client side of RFC 6455, hand-rolled for the generator's hot path: the
 //! upgrade request and its answer, masked frames out, unmasked frames in. No
-//! call here allocates; callers hand in the buffers they reuse.
+//! call here allocates; callers hand in the buffers they reuse. Tests use
+//! the same calls with buffers of their own.
 
 use std::fmt::Write as _;
 
@@ -79,21 +80,24 @@ pub fn parse_upgrade(buf: &[u8], accept: &str) -> Result<Option<usize>, WireErro
 
 /// Appends one masked, final text frame carrying `payload`.
 pub fn text_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
-    frame(out, 0x1, payload, mask);
+    masked(out, 0x81, payload, mask);
 }
 
 /// Appends a masked Close frame with `code` and no reason.
 pub fn close_frame(out: &mut Vec<u8>, code: u16, mask: [u8; 4]) {
-    frame(out, 0x8, &code.to_be_bytes(), mask);
+    masked(out, 0x88, &code.to_be_bytes(), mask);
 }
 
 /// Appends a masked Pong echoing `payload`.
 pub fn pong_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
-    frame(out, 0xA, payload, mask);
+    masked(out, 0x8A, payload, mask);
 }
 
-fn frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    out.push(0x80 | opcode);
+/// Appends a masked frame with the first byte `first` (FIN, reserved bits,
+/// opcode: whatever the caller wants the server to see) and the shortest
+/// length encoding.
+pub fn masked(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: [u8; 4]) {
+    out.push(first);
     let n = payload.len();
     if n < 126 {
         out.push(0x80 | n as u8);
@@ -119,21 +123,24 @@ pub enum Frame<'a> {
     Pong,
 }
 
-/// Parses the frame at the front of `buf`: `Ok(None)` until it is complete,
-/// then the frame and the bytes it used. Servers never mask (RFC 6455 5.1),
-/// and the contract's server never fragments a message.
-pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError> {
+/// A server frame as it came: its first byte (FIN, reserved bits, opcode)
+/// and its payload.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawFrame<'a> {
+    pub first: u8,
+    pub payload: &'a [u8],
+}
+
+/// The unmasked frame at the front of `buf`, whatever its first byte:
+/// `Ok(None)` until it is complete, then the frame and the bytes it used.
+pub fn raw_frame(buf: &[u8]) -> Result<Option<(RawFrame<'_>, usize)>, WireError> {
     if buf.len() < 2 {
         return Ok(None);
     }
-    let (b0, b1) = (buf[0], buf[1]);
-    if b1 & 0x80 != 0 {
+    if buf[1] & 0x80 != 0 {
         return Err(WireError::Masked);
     }
-    if b0 & 0x70 != 0 {
-        return Err(WireError::Reserved);
-    }
-    let (len, head) = match b1 & 0x7F {
+    let (len, head) = match buf[1] & 0x7F {
         126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
         127 if buf.len() >= 10 => {
             let mut b = [0u8; 8];
@@ -153,7 +160,24 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError> {
     if buf.len() < head + len {
         return Ok(None);
     }
-    let payload = &buf[head..head + len];
+    let frame = RawFrame {
+        first: buf[0],
+        payload: &buf[head..head + len],
+    };
+    Ok(Some((frame, head + len)))
+}
+
+/// Parses the frame at the front of `buf`: `Ok(None)` until it is complete,
+/// then the frame and the bytes it used. Servers never mask (RFC 6455 5.1),
+/// and the contract's server never fragments a message.
+pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError> {
+    let Some((RawFrame { first: b0, payload }, used)) = raw_frame(buf)? else {
+        return Ok(None);
+    };
+    if b0 & 0x70 != 0 {
+        return Err(WireError::Reserved);
+    }
+    let len = payload.len();
     let fin = b0 & 0x80 != 0;
     let frame = match b0 & 0x0F {
         0x1 if fin => Frame::Text(payload),
@@ -164,7 +188,7 @@ pub fn next_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, WireError> {
         0xA => Frame::Pong,
         _ => return Err(WireError::Reserved),
     };
-    Ok(Some((frame, head + len)))
+    Ok(Some((frame, used)))
 }
 
 #[cfg(test)]

@@ -1,0 +1,538 @@
+//! Real Redis processes for tests and bench runs: a server (plain, with
+//! AOF, with a password, a replica), a Redis Cluster made with `redis-cli
+//! --cluster create`, and Sentinels, each on free ports and gone when
+//! dropped; and `redis-cli` to look inside them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::{free_port, temp_dir, wait_for};
+
+/// Runs redis-cli against 127.0.0.1:`port` and returns its raw output.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    redis_cli_as(port, None, args)
+}
+
+/// redis-cli with `AUTH password` first, when there is one.
+pub fn redis_cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(pw) = password {
+        cmd.args(["--no-auth-warning", "-a", pw]);
+    }
+    let out = cmd
+        .args(args)
+        .output()
+        .expect("redis-cli must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `redis-server` owned by one test (or one bench run), killed and its
+/// directory removed when dropped.
+pub struct Redis {
+    pub port: u16,
+    /// The binary, `redis-server` on the PATH unless told otherwise.
+    bin: PathBuf,
+    /// A CPU to pin it to (`taskset`), so a run can keep it off the CPUs
+    /// it measures.
+    cpu: Option<usize>,
+    dir: PathBuf,
+    aof: bool,
+    /// The master's port, for a replica.
+    replica_of: Option<u16>,
+    /// `requirepass` (and, for a replica, `masterauth`).
+    pub password: Option<String>,
+    /// A cluster node's bus port (0: pick one at start).
+    cluster_bus: Option<u16>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(false)
+    }
+
+    /// With AOF on and `appendfsync always`, as production runs it.
+    pub fn start_aof() -> Redis {
+        Self::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> Redis {
+        let mut r = Redis {
+            port: 0,
+            bin: PathBuf::from("redis-server"),
+            cpu: None,
+            dir: temp_dir("redis"),
+            aof,
+            replica_of: None,
+            password: None,
+            cluster_bus: None,
+            child: None,
+        };
+        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
+        r
+    }
+
+    /// One that asks clients for `password`.
+    pub fn start_with_password(password: &str) -> Redis {
+        let mut r = Redis {
+            port: 0,
+            bin: PathBuf::from("redis-server"),
+            cpu: None,
+            dir: temp_dir("redis"),
+            aof: false,
+            replica_of: None,
+            password: Some(password.into()),
+            cluster_bus: None,
+            child: None,
+        };
+        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
+        r
+    }
+
+    /// A replica of `master`, started and in sync with it.
+    pub fn start_replica_of(master: &Redis) -> Redis {
+        let mut r = Redis {
+            port: 0,
+            bin: PathBuf::from("redis-server"),
+            cpu: None,
+            dir: temp_dir("replica"),
+            aof: false,
+            replica_of: Some(master.port),
+            password: master.password.clone(),
+            cluster_bus: None,
+            child: None,
+        };
+        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
+        wait_for("the replica to sync", Duration::from_secs(20), || {
+            r.cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+                .then_some(())
+        });
+        r
+    }
+
+    /// A Redis Cluster node with no slots yet (see [`RedisCluster`]). A
+    /// node killed and spawned again rejoins from its `nodes.conf`.
+    pub fn start_cluster_node() -> Redis {
+        let mut r = Redis {
+            port: 0,
+            bin: PathBuf::from("redis-server"),
+            cpu: None,
+            dir: temp_dir("cluster"),
+            aof: false,
+            replica_of: None,
+            password: None,
+            cluster_bus: Some(0),
+            child: None,
+        };
+        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
+        r
+    }
+
+    /// One on a free port, started from `bin` and pinned to `cpu`: for a
+    /// bench run, which reports an error instead of panicking.
+    pub fn start_pinned(bin: PathBuf, cpu: usize) -> Result<Redis, String> {
+        let mut r = Redis {
+            port: 0,
+            bin,
+            cpu: Some(cpu),
+            dir: temp_dir("bench-redis"),
+            aof: false,
+            replica_of: None,
+            password: None,
+            cluster_bus: None,
+            child: None,
+        };
+        r.spawn_on_free_port()?;
+        Ok(r)
+    }
+
+    /// Whether it was started and not killed.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The first word `ROLE` answers: master, slave or sentinel.
+    pub fn role(&self) -> String {
+        self.cli(&["ROLE"]).lines().next().unwrap_or("").to_string()
+    }
+
+    /// A Redis that is not running yet (its port is reserved by number only).
+    pub fn not_started() -> Redis {
+        Redis {
+            port: free_port(),
+            bin: PathBuf::from("redis-server"),
+            cpu: None,
+            dir: temp_dir("redis"),
+            aof: false,
+            replica_of: None,
+            password: None,
+            cluster_bus: None,
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it on its port, and waits for PING; panics if it will not.
+    pub fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts it on its port, and waits for PING.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.arg("--port").arg(self.port.to_string());
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ]);
+        cmd.arg("--dir").arg(&self.dir);
+        if self.aof {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(m) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
+        }
+        if let Some(pw) = &self.password {
+            cmd.args(["--requirepass", pw, "--masterauth", pw]);
+        }
+        if let Some(bus) = self.cluster_bus {
+            // A short node timeout, so a failover takes seconds.
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-port",
+                &bus.to_string(),
+            ]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let hint = format!(
+            "starting {} (apt-get install -y redis-server)",
+            self.bin.display()
+        );
+        self.child = Some(cmd.spawn().map_err(|e| format!("{hint}: {e}"))?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.cli(&["PING"]).trim() == "PONG" {
+                return Ok(());
+            }
+            // taskset itself starts even when the binary is missing.
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!(
+                    "{hint}: exited with {status} on port {}",
+                    self.port
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{hint}: no PONG on port {} in 10 s", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Starts on a fresh port, trying another if the one picked was taken
+    /// meanwhile (a free port is only free until someone binds it).
+    fn spawn_on_free_port(&mut self) -> Result<(), String> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            self.port = free_port();
+            if self.cluster_bus.is_some() {
+                self.cluster_bus = Some(free_port());
+            }
+            match self.try_spawn() {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            self.kill9();
+        }
+        Err(format!(
+            "redis-server would not start on three free ports: {last}"
+        ))
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs redis-cli and returns its raw output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli_as(self.port, self.password.as_deref(), args)
+    }
+
+    /// The offsets a stream holds, oldest first.
+    pub fn stream_offsets(&self, key: &str) -> Vec<(u64, u64)> {
+        self.cli(&["XRANGE", key, "-", "+"])
+            .lines()
+            .filter_map(|l| {
+                let (ms, seq) = l.trim().split_once('-')?;
+                Some((ms.parse().ok()?, seq.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The stored count of a session: the sum of its writer fields, or None.
+    pub fn session_count(&self, id: &str) -> Option<u64> {
+        self.session_count_in(0, id)
+    }
+
+    /// The same, in database `db`.
+    pub fn session_count_in(&self, db: u32, id: &str) -> Option<u64> {
+        let db = db.to_string();
+        let key = format!("shardcast:{{{id}}}:s");
+        let out = self.cli(&["-n", &db, "HVALS", &key]);
+        let vals: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (!vals.is_empty()).then(|| vals.iter().sum())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of real nodes: masters with a replica each, made with
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Three masters and three replicas, every slot served and every
+    /// replica in sync.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..6).map(|_| Redis::start_cluster_node()).collect();
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["--cluster", "create"]);
+        cmd.args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        cmd.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = cmd.output().expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every live node says the cluster is ok and every
+    /// master has a replica in sync.
+    pub fn wait_ok(&self) {
+        wait_for("the cluster to be ok", Duration::from_secs(60), || {
+            self.live()
+                .all(|n| {
+                    let info = n.cli(&["CLUSTER", "INFO"]);
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+                .then_some(())
+        });
+        wait_for("every replica in sync", Duration::from_secs(60), || {
+            self.masters()
+                .iter()
+                .all(|m| {
+                    m.cli(&["INFO", "replication"])
+                        .contains("connected_slaves:1")
+                })
+                .then_some(())
+        });
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Redis> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// `host:port` of every node, for `--redis-cluster`.
+    pub fn seeds(&self) -> String {
+        let all: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        all.join(",")
+    }
+
+    pub fn masters(&self) -> Vec<&Redis> {
+        self.live().filter(|n| n.role() == "master").collect()
+    }
+
+    /// redis-cli in cluster mode (it follows redirects) on a live node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let n = self.live().next().expect("a live node");
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        n.cli(&all)
+    }
+
+    pub fn slot_of(&self, key: &str) -> u16 {
+        self.cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The live master that serves `slot`, as `CLUSTER NODES` says:
+    /// `<id> <ip:port@bus> <flags> <master> ... <slot ranges>`.
+    pub fn owner(&self, slot: u16) -> &Redis {
+        let serves = |range: &str| match range.split_once('-') {
+            Some((a, b)) => {
+                a.parse().is_ok_and(|a: u16| a <= slot) && b.parse().is_ok_and(|b: u16| slot <= b)
+            }
+            None => range.parse() == Ok(slot),
+        };
+        let port = wait_for("a master for the slot", Duration::from_secs(30), || {
+            self.cli(&["CLUSTER", "NODES"]).lines().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let flags = f.get(2)?;
+                if !flags.contains("master") || flags.contains("fail") {
+                    return None;
+                }
+                let port: u16 = f[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                f.iter().skip(8).any(|r| serves(r)).then_some(port)
+            })
+        });
+        self.nodes.iter().find(|n| n.port == port).unwrap()
+    }
+
+    pub fn node_id(node: &Redis) -> String {
+        node.cli(&["CLUSTER", "MYID"]).trim().to_string()
+    }
+
+    /// A session's stored count, found wherever its slot lives.
+    pub fn session_count(&self, id: &str) -> Option<u64> {
+        let key = format!("shardcast:{{{id}}}:s");
+        let out = self.cli(&["HVALS", &key]);
+        let vals: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        (!vals.is_empty()).then(|| vals.iter().sum())
+    }
+}
+
+/// A `redis-server --sentinel` watching one master, named `master`.
+pub struct Sentinel {
+    pub port: u16,
+    /// Its own `requirepass`, which other sentinels use too.
+    password: Option<String>,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Sentinel {
+    /// Starts a sentinel with a quorum of `quorum` and a 1 s down-after, so
+    /// a killed master is failed over within a few seconds.
+    pub fn start(master: &Redis, name: &str, quorum: u32) -> Sentinel {
+        Self::start_with_password(master, name, quorum, None)
+    }
+
+    /// The same, asking its clients (and the other sentinels) for
+    /// `password`; it authenticates to the master with the master's own.
+    pub fn start_with_password(
+        master: &Redis,
+        name: &str,
+        quorum: u32,
+        password: Option<&str>,
+    ) -> Sentinel {
+        let port = free_port();
+        let dir = temp_dir("sentinel");
+        let conf = dir.join("sentinel.conf");
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+             sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n",
+            dir.display(),
+            master.port
+        );
+        if let Some(pw) = &master.password {
+            text.push_str(&format!("sentinel auth-pass {name} {pw}\n"));
+        }
+        if let Some(pw) = password {
+            text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+        }
+        std::fs::write(&conf, text).unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let s = Sentinel {
+            port,
+            password: password.map(String::from),
+            dir,
+            child,
+        };
+        wait_for("the sentinel to answer", Duration::from_secs(10), || {
+            (s.cli(&["PING"]).trim() == "PONG").then_some(())
+        });
+        s
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> String {
+        redis_cli_as(self.port, self.password.as_deref(), args)
+    }
+
+    /// The port of the master this sentinel names now.
+    pub fn master_port(&self, name: &str) -> Option<u16> {
+        let out = self.cli(&["SENTINEL", "get-master-addr-by-name", name]);
+        out.lines().nth(1)?.trim().parse().ok()
+    }
+
+    /// Waits until this sentinel knows the master's replicas and `others`
+    /// other sentinels: before that, a failover cannot reach its quorum.
+    pub fn wait_settled(&self, name: &str, replicas: usize, others: usize) {
+        let count = |what: &str| {
+            self.cli(&["SENTINEL", what, name])
+                .lines()
+                .filter(|l| l.trim() == "name")
+                .count()
+        };
+        wait_for("the sentinels to settle", Duration::from_secs(30), || {
+            (count("replicas") >= replicas && count("sentinels") >= others).then_some(())
+        });
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
