@@ -1,6 +1,10 @@
 //! What the server's text frames mean under the contract. `{"count":n}` is
 //! nearly every frame a run sees, so it is read by hand without a JSON parser;
-//! everything else goes through serde_json with borrowed fields.
+//! everything else goes through serde_json with borrowed fields. A
+//! broadcast's text and offset are kept (borrowed): the scale run's tags
+//! are in them.
+
+use std::borrow::Cow;
 
 use serde::Deserialize;
 
@@ -8,15 +12,22 @@ use serde::Deserialize;
 pub const ID_LEN: usize = 36;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
+pub enum Reply<'a> {
     Welcome {
         session: [u8; ID_LEN],
         count: u64,
         resumed: bool,
+        /// With history: the newest offset, and after a `since`, whether
+        /// every missed broadcast follows.
+        offset: Option<&'a str>,
+        recovered: Option<bool>,
     },
     Count(u64),
     Heartbeat,
-    Broadcast,
+    Broadcast {
+        text: Cow<'a, str>,
+        offset: Option<&'a str>,
+    },
     Bye {
         total: u64,
         /// `retry_after_ms` of a drain goodbye; None for a plain goodbye.
@@ -34,7 +45,10 @@ struct Any<'a> {
     count: Option<u64>,
     resumed: Option<bool>,
     ts: Option<serde::de::IgnoredAny>,
-    broadcast: Option<serde::de::IgnoredAny>,
+    #[serde(borrow)]
+    broadcast: Option<Cow<'a, str>>,
+    offset: Option<&'a str>,
+    recovered: Option<bool>,
     bye: Option<bool>,
     total: Option<u64>,
     reason: Option<&'a str>,
@@ -42,7 +56,7 @@ struct Any<'a> {
     error: Option<&'a str>,
 }
 
-pub fn parse(text: &[u8]) -> Reply {
+pub fn parse(text: &[u8]) -> Reply<'_> {
     if let Some(n) = fast_count(text) {
         return Reply::Count(n);
     }
@@ -54,6 +68,8 @@ pub fn parse(text: &[u8]) -> Reply {
             session_id: Some(id),
             count: Some(count),
             resumed: Some(resumed),
+            offset,
+            recovered,
             ..
         } if id.len() == ID_LEN => {
             let mut session = [0u8; ID_LEN];
@@ -62,6 +78,8 @@ pub fn parse(text: &[u8]) -> Reply {
                 session,
                 count,
                 resumed,
+                offset,
+                recovered,
             }
         }
         Any {
@@ -82,8 +100,10 @@ pub fn parse(text: &[u8]) -> Reply {
         } => Reply::Count(n),
         Any { ts: Some(_), .. } => Reply::Heartbeat,
         Any {
-            broadcast: Some(_), ..
-        } => Reply::Broadcast,
+            broadcast: Some(text),
+            offset,
+            ..
+        } => Reply::Broadcast { text, offset },
         Any {
             error: Some("rate_limited"),
             ..
@@ -126,10 +146,21 @@ mod tests {
                 session,
                 count,
                 resumed,
+                offset,
+                recovered,
             } => {
                 assert_eq!(&session, ID.as_bytes());
-                assert_eq!((count, resumed), (5, true));
+                assert_eq!((count, resumed, offset, recovered), (5, true, None, None));
             }
+            other => panic!("{other:?}"),
+        }
+        let w = format!(
+            "{{\"session_id\":\"{ID}\",\"count\":0,\"resumed\":false,\"offset\":\"5-1\",\"recovered\":true}}"
+        );
+        match parse(w.as_bytes()) {
+            Reply::Welcome {
+                offset, recovered, ..
+            } => assert_eq!((offset, recovered), (Some("5-1"), Some(true))),
             other => panic!("{other:?}"),
         }
     }
@@ -156,7 +187,20 @@ mod tests {
             parse(b"{\"ts\":\"2026-01-01T00:00:00.000Z\"}"),
             Reply::Heartbeat
         );
-        assert_eq!(parse(b"{\"broadcast\":\"hi \\\"x\\\"\"}"), Reply::Broadcast);
+        assert_eq!(
+            parse(b"{\"broadcast\":\"hi \\\"x\\\"\"}"),
+            Reply::Broadcast {
+                text: "hi \"x\"".into(),
+                offset: None
+            }
+        );
+        assert_eq!(
+            parse(b"{\"broadcast\":\"x\",\"offset\":\"7-0\",\"room\":\"r\"}"),
+            Reply::Broadcast {
+                text: "x".into(),
+                offset: Some("7-0")
+            }
+        );
         assert_eq!(parse(b"{\"error\":\"rate_limited\"}"), Reply::RateLimited);
         assert_eq!(parse(b"{\"what\":1}"), Reply::Unknown);
         assert_eq!(parse(b"not json"), Reply::Unknown);

@@ -728,6 +728,7 @@ impl Worker {
                 session,
                 count,
                 resumed,
+                ..
             } if st == St::Welcoming => {
                 let c = &mut self.conns[i];
                 let want = if c.resuming { c.acked } else { 0 };
@@ -770,7 +771,7 @@ impl Worker {
             }
             Reply::Count(n) => self.on_count(i, n),
             Reply::Heartbeat => self.c.heartbeats += 1,
-            Reply::Broadcast => {}
+            Reply::Broadcast { .. } => {}
             Reply::Bye {
                 total,
                 retry_after_ms,

@@ -12,12 +12,12 @@
 //! - [`report`]: figures, assertions, the summary table and the JSON.
 //! - [`layout`]: which node and room a socket belongs to, and where it flees.
 //! - [`check`]: the verdict on a count resumed after a node died.
-//! - [`tag`], [`frame`], [`node`], [`http`]: broadcast tags, server frames,
-//!   node addresses and the broadcast POST.
+//! - [`tag`], [`node`], [`http`]: broadcast tags, node addresses and the
+//!   broadcast POST. Server frames are read by [`crate::reply`], as in every
+//!   other run.
 
 pub mod args;
 pub mod check;
-pub mod frame;
 pub mod http;
 pub mod layout;
 pub mod node;

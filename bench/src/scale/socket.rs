@@ -17,10 +17,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::check::{self, Resume};
-use super::frame::{self, Frame};
 use super::layout::room_name;
 use super::tag::{self, Kind};
 use super::worker::{Step, StepKind, Wk};
+use crate::reply::{self, Reply};
 use crate::stats::Fault;
 use crate::sys::now_ns;
 
@@ -304,8 +304,8 @@ async fn open(
             .await
             .map_err(|_| Fail(Fault::ReplyTimeout, "no welcome"))?;
         match m {
-            Some(Ok(Message::Text(t))) => match frame::parse(&t) {
-                Frame::Welcome {
+            Some(Ok(Message::Text(t))) => match reply::parse(t.as_bytes()) {
+                Reply::Welcome {
                     session,
                     count,
                     resumed,
@@ -315,15 +315,15 @@ async fn open(
                     return Ok((
                         ws,
                         Welcome {
-                            session,
+                            session: String::from_utf8_lossy(&session).into_owned(),
                             count,
                             resumed,
-                            offset: offset.as_deref().and_then(parse_offset),
+                            offset: offset.and_then(parse_offset),
                             recovered,
                         },
                     ))
                 }
-                Frame::Heartbeat => {}
+                Reply::Heartbeat => {}
                 _ => return Err(Fail(Fault::BadFrame, "the first frame is not a welcome")),
             },
             Some(Ok(Message::Binary(_))) => {
@@ -395,10 +395,10 @@ async fn close_clean(wk: &Wk, s: &mut Sock, deadline: Instant) -> Result<(), Fai
         match m {
             // The handshake is complete; the TCP end is the server's business.
             Some(Ok(Message::Close(_))) => break,
-            Some(Ok(Message::Text(t))) => match frame::parse(&t) {
-                Frame::Bye { total } => bye = Some(total),
-                Frame::Heartbeat => {}
-                Frame::Broadcast { text, offset } => note(wk, &mut s.marks, &text, offset),
+            Some(Ok(Message::Text(t))) => match reply::parse(t.as_bytes()) {
+                Reply::Bye { total, .. } => bye = Some(total),
+                Reply::Heartbeat => {}
+                Reply::Broadcast { text, offset } => note(wk, &mut s.marks, &text, offset),
                 _ => return Err(Fail(Fault::BadFrame, "unexpected text while closing")),
             },
             Some(Ok(Message::Binary(_))) => {
@@ -659,16 +659,17 @@ fn take(wk: &Wk, m: &mut Marks, msg: Option<Result<Message, WsError>>) -> Got {
         }
         Some(Err(WsError::Io(e))) => Got::Ended(os_reason(&e)),
         Some(Err(_)) => Got::Ended("protocol error"),
-        Some(Ok(Message::Text(t))) => match frame::parse(&t) {
-            Frame::Heartbeat => Got::Nothing,
-            Frame::Broadcast { text, offset } => {
+        Some(Ok(Message::Text(t))) => match reply::parse(t.as_bytes()) {
+            Reply::Heartbeat => Got::Nothing,
+            Reply::Broadcast { text, offset } => {
                 note(wk, m, &text, offset);
                 Got::Nothing
             }
-            Frame::Count(n) => Got::Count(n),
-            Frame::Bye { .. } => Got::Bye,
-            Frame::Welcome { .. } => Got::Bad("a welcome on an open socket"),
-            Frame::Unknown => Got::Bad("text the contract does not name"),
+            Reply::Count(n) => Got::Count(n),
+            Reply::Bye { .. } => Got::Bye,
+            Reply::Welcome { .. } => Got::Bad("a welcome on an open socket"),
+            Reply::RateLimited => Got::Bad("rate limited"),
+            Reply::Unknown => Got::Bad("text the contract does not name"),
         },
         Some(Ok(Message::Close(_))) => Got::Ended("the server sent Close"),
         Some(Ok(Message::Binary(_))) => Got::Bad("binary frame"),
@@ -677,9 +678,9 @@ fn take(wk: &Wk, m: &mut Marks, msg: Option<Result<Message, WsError>>) -> Got {
 }
 
 /// Tallies one broadcast receipt against what this socket has seen.
-fn note(wk: &Wk, m: &mut Marks, text: &str, offset: Option<String>) {
+fn note(wk: &Wk, m: &mut Marks, text: &str, offset: Option<&str>) {
     let now = now_ns();
-    m.saw(offset.as_deref().and_then(parse_offset));
+    m.saw(offset.and_then(parse_offset));
     let mut st = wk.st.borrow_mut();
     let Some(tag) = tag::parse(text) else {
         st.fault(Fault::BadFrame, m.i, "a broadcast this run did not send");
