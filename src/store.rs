@@ -433,7 +433,7 @@ impl Store {
             .collect();
         // On a cluster a script's keys share a slot: a batch is one slot's.
         let batches: Vec<&[(Rc<Session>, u64)]> = if self.redis.is_cluster() {
-            pending.sort_by_key(|(s, _)| session_slot(&s.id).number());
+            pending.sort_by_cached_key(|(s, _)| session_slot(&s.id).number());
             pending
                 .chunk_by(|a, b| session_slot(&a.0.id) == session_slot(&b.0.id))
                 .flat_map(|same| same.chunks(FLUSH_BATCH))

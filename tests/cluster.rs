@@ -94,13 +94,11 @@ fn slots_migrated_under_counting_lose_nothing() {
     let cluster = RedisCluster::start();
     let a = Server::builder_cluster(&cluster)
         .shards(2)
-        .arg("--durability", "sync")
-        .arg("--rate-limit", "0")
+        .for_counters()
         .start();
     let b = Server::builder_cluster(&cluster)
         .shards(2)
-        .arg("--durability", "sync")
-        .arg("--rate-limit", "0")
+        .for_counters()
         .start();
     let stop = Arc::new(AtomicBool::new(false));
     let counters: Vec<Counter> = (0..6).map(|_| counter(&a, stop.clone())).collect();
@@ -206,8 +204,7 @@ fn a_killed_master_is_replaced_by_its_replica_and_no_acknowledged_count_is_lost(
     let mut cluster = RedisCluster::start();
     let server = Server::builder_cluster(&cluster)
         .shards(2)
-        .arg("--durability", "sync")
-        .arg("--rate-limit", "0")
+        .for_counters()
         .arg("--redis-min-replicas", "1")
         .start();
     let stop = Arc::new(AtomicBool::new(false));

@@ -37,8 +37,7 @@ fn a_killed_master_is_followed_and_no_acknowledged_count_is_lost() {
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
     let server = Server::builder_sentinels(&addrs, MASTER, true)
         .shards(2)
-        .arg("--durability", "sync")
-        .arg("--rate-limit", "0")
+        .for_counters()
         .arg("--redis-min-replicas", "1")
         .start();
 
@@ -140,8 +139,7 @@ fn a_manual_failover_is_followed_with_no_gap() {
         watched_pair_with(Redis::start_with_password("data-pw"), Some("sentinel-pw"));
     let addrs: Vec<String> = sentinels.iter().map(Sentinel::addr).collect();
     let server = Server::builder_sentinels(&addrs, MASTER, true)
-        .arg("--durability", "sync")
-        .arg("--rate-limit", "0")
+        .for_counters()
         .arg("--redis-min-replicas", "1")
         .arg("--redis-db", "2")
         .arg("--redis-password", "data-pw")

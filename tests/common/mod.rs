@@ -79,6 +79,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Sync durability and no rate limit: a server for [`counter`]s, whose
+    /// every acknowledged count must be in Redis, counting as fast as it
+    /// answers.
+    pub fn for_counters(self) -> Self {
+        self.arg("--durability", "sync").arg("--rate-limit", "0")
+    }
+
     pub fn shards(self, n: usize) -> Self {
         self.arg("--shards", &n.to_string())
     }
@@ -659,8 +666,8 @@ fn parse_frame(b: &[u8]) -> Option<(Frame, usize)> {
 
 /// A client counting in a loop on its own thread, for failover tests. Every
 /// count it is answered must be the previous plus one; an error reply
-/// (Redis away) is retried; it stops once told to. It counts as fast as
-/// the server answers, so the server runs with `--rate-limit 0`.
+/// (Redis away) is retried; it stops once told to. Start the server with
+/// [`ServerBuilder::for_counters`].
 pub struct Counter {
     pub id: String,
     /// The last count the server acknowledged.
