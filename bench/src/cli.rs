@@ -1,7 +1,7 @@
 //! The command line: one subcommand per mode, the options every mode shares,
 //! and the translation of both into a [`RunSpec`].
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -187,16 +187,7 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     if authority.is_empty() {
         return Err(format!("`{url}`: no host"));
     }
-    let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
-    } else {
-        authority.to_string()
-    };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("`{url}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{url}`: the host has no address"))?;
+    let addr = crate::scale::node::resolve(authority).map_err(|e| format!("`{url}`: {e}"))?;
     Ok(Target {
         addr,
         host: authority.to_string(),

@@ -28,6 +28,20 @@ pub enum NodeError {
     Resolve(String, String),
 }
 
+/// The address of `host[:port]` (port 80 when none is given), resolved once.
+pub fn resolve(authority: &str) -> Result<SocketAddr, String> {
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:80")
+    } else {
+        authority.to_string()
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "the host has no address".to_string())
+}
+
 /// Takes `http://host:port`, with or without a trailing `/`; `host:port`
 /// alone is accepted too.
 pub fn parse(s: &str) -> Result<Node, NodeError> {
@@ -43,16 +57,7 @@ pub fn parse(s: &str) -> Result<Node, NodeError> {
     if authority.is_empty() {
         return Err(NodeError::NoHost(s.into()));
     }
-    let with_port = if authority.ends_with(']') || !authority.contains(':') {
-        format!("{authority}:80")
-    } else {
-        authority.to_string()
-    };
-    let addr = with_port
-        .to_socket_addrs()
-        .map_err(|e| NodeError::Resolve(s.into(), e.to_string()))?
-        .next()
-        .ok_or_else(|| NodeError::Resolve(s.into(), "the host has no address".into()))?;
+    let addr = resolve(authority).map_err(|e| NodeError::Resolve(s.into(), e))?;
     Ok(Node {
         addr,
         authority: authority.to_string(),
