@@ -20,6 +20,7 @@
 //! than the read's last, and joins the plane in the same loop turn: nothing
 //! twice, nothing missing.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -46,21 +47,22 @@ impl Keys {
         Keys { cluster }
     }
 
-    pub fn offset(&self) -> String {
+    pub fn offset(&self) -> Cow<'static, str> {
         self.stream(OFFSET_KEY)
     }
 
-    pub fn stream(&self, channel: &str) -> String {
+    /// A channel's stream: the channel's own name on one Redis (no copy).
+    pub fn stream<'a>(&self, channel: &'a str) -> Cow<'a, str> {
         if self.cluster {
-            format!("{CLUSTER_TAG}{channel}")
+            Cow::Owned(format!("{CLUSTER_TAG}{channel}"))
         } else {
-            channel.to_string()
+            Cow::Borrowed(channel)
         }
     }
 
     /// The slot every history request goes to.
     pub fn slot(&self) -> Slot {
-        Slot::of(self.offset())
+        Slot::of(self.offset().as_bytes())
     }
 }
 /// Live messages a shard keeps while recoveries run. A recovery that
@@ -372,8 +374,8 @@ impl History {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.publish.get_hash())
             .arg(2)
-            .arg(self.keys.stream(channel))
-            .arg(self.keys.offset())
+            .arg(self.keys.stream(channel).as_ref())
+            .arg(self.keys.offset().as_ref())
             .arg(self.size)
             .arg(self.ttl_ms)
             .arg(self.publish_verb)
@@ -445,10 +447,10 @@ impl History {
         let keys = if room.is_some() { 2 } else { 1 };
         cmd.arg(self.recover.get_hash())
             .arg(keys + 1)
-            .arg(self.keys.offset())
-            .arg(self.keys.stream(crate::pubsub::EVENTS_CHANNEL));
+            .arg(self.keys.offset().as_ref())
+            .arg(self.keys.stream(crate::pubsub::EVENTS_CHANNEL).as_ref());
         if let Some(r) = room {
-            cmd.arg(self.keys.stream(&crate::pubsub::room_channel(r)));
+            cmd.arg(self.keys.stream(&crate::pubsub::room_channel(r)).as_ref());
         }
         cmd.arg(since.ms)
             .arg(since.seq)

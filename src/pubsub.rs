@@ -567,6 +567,7 @@ pub async fn run(
                 }
                 keep
             });
+            sub.sweep(Instant::now());
             sub.rehome();
             sub.update_up();
             glommio::timer::sleep(TICK).await;
@@ -676,7 +677,10 @@ async fn run_lane(
                     Step::Switched => break "the sentinels switched the master".to_string(),
                     Step::Tick => {
                         let now = Instant::now();
-                        sub.sweep(now);
+                        // With lanes, the cluster loop sweeps, once a tick.
+                        if sub.cluster.is_none() {
+                            sub.sweep(now);
+                        }
                         let silent = now.saturating_duration_since(heard);
                         if pinged && silent >= PING_AFTER + REPLY_TIMEOUT {
                             break "no answer to PING".to_string();

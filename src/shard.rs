@@ -163,7 +163,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     let pubsub = Subscriber::new(
         cfg.pubsub,
         cfg.max_rooms,
-        history_on.then(|| keys.offset()),
+        history_on.then(|| keys.offset().into_owned()),
         redis.cluster(),
         shared.metrics.clone(),
         ctx.id,

@@ -49,62 +49,51 @@ pub struct Redis {
 }
 
 impl Redis {
-    pub fn start() -> Redis {
-        Self::start_with(false)
-    }
-
-    /// With AOF on and `appendfsync always`, as production runs it.
-    pub fn start_aof() -> Redis {
-        Self::start_with(true)
-    }
-
-    fn start_with(aof: bool) -> Redis {
-        let mut r = Redis {
+    /// Everything at its default, nothing started, in a fresh directory.
+    fn unstarted(tag: &str) -> Redis {
+        Redis {
             port: 0,
             bin: PathBuf::from("redis-server"),
             cpu: None,
-            dir: temp_dir("redis"),
-            aof,
+            dir: temp_dir(tag),
+            aof: false,
             replica_of: None,
             password: None,
             cluster_bus: None,
             child: None,
-        };
-        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
-        r
+        }
+    }
+
+    /// Started on a free port; panics if it will not start.
+    fn started(mut self) -> Redis {
+        self.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
+        self
+    }
+
+    pub fn start() -> Redis {
+        Self::unstarted("redis").started()
+    }
+
+    /// With AOF on and `appendfsync always`, as production runs it.
+    pub fn start_aof() -> Redis {
+        let mut r = Self::unstarted("redis");
+        r.aof = true;
+        r.started()
     }
 
     /// One that asks clients for `password`.
     pub fn start_with_password(password: &str) -> Redis {
-        let mut r = Redis {
-            port: 0,
-            bin: PathBuf::from("redis-server"),
-            cpu: None,
-            dir: temp_dir("redis"),
-            aof: false,
-            replica_of: None,
-            password: Some(password.into()),
-            cluster_bus: None,
-            child: None,
-        };
-        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
-        r
+        let mut r = Self::unstarted("redis");
+        r.password = Some(password.into());
+        r.started()
     }
 
     /// A replica of `master`, started and in sync with it.
     pub fn start_replica_of(master: &Redis) -> Redis {
-        let mut r = Redis {
-            port: 0,
-            bin: PathBuf::from("redis-server"),
-            cpu: None,
-            dir: temp_dir("replica"),
-            aof: false,
-            replica_of: Some(master.port),
-            password: master.password.clone(),
-            cluster_bus: None,
-            child: None,
-        };
-        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
+        let mut r = Self::unstarted("replica");
+        r.replica_of = Some(master.port);
+        r.password = master.password.clone();
+        let r = r.started();
         wait_for("the replica to sync", Duration::from_secs(20), || {
             r.cli(&["INFO", "replication"])
                 .contains("master_link_status:up")
@@ -116,37 +105,26 @@ impl Redis {
     /// A Redis Cluster node with no slots yet (see [`RedisCluster`]). A
     /// node killed and spawned again rejoins from its `nodes.conf`.
     pub fn start_cluster_node() -> Redis {
-        let mut r = Redis {
-            port: 0,
-            bin: PathBuf::from("redis-server"),
-            cpu: None,
-            dir: temp_dir("cluster"),
-            aof: false,
-            replica_of: None,
-            password: None,
-            cluster_bus: Some(0),
-            child: None,
-        };
-        r.spawn_on_free_port().unwrap_or_else(|e| panic!("{e}"));
-        r
+        let mut r = Self::unstarted("cluster");
+        r.cluster_bus = Some(0);
+        r.started()
     }
 
     /// One on a free port, started from `bin` and pinned to `cpu`: for a
     /// bench run, which reports an error instead of panicking.
     pub fn start_pinned(bin: PathBuf, cpu: usize) -> Result<Redis, String> {
-        let mut r = Redis {
-            port: 0,
-            bin,
-            cpu: Some(cpu),
-            dir: temp_dir("bench-redis"),
-            aof: false,
-            replica_of: None,
-            password: None,
-            cluster_bus: None,
-            child: None,
-        };
+        let mut r = Self::unstarted("bench-redis");
+        r.bin = bin;
+        r.cpu = Some(cpu);
         r.spawn_on_free_port()?;
         Ok(r)
+    }
+
+    /// A Redis that is not running yet (its port is reserved by number only).
+    pub fn not_started() -> Redis {
+        let mut r = Self::unstarted("redis");
+        r.port = free_port();
+        r
     }
 
     /// Whether it was started and not killed.
@@ -157,21 +135,6 @@ impl Redis {
     /// The first word `ROLE` answers: master, slave or sentinel.
     pub fn role(&self) -> String {
         self.cli(&["ROLE"]).lines().next().unwrap_or("").to_string()
-    }
-
-    /// A Redis that is not running yet (its port is reserved by number only).
-    pub fn not_started() -> Redis {
-        Redis {
-            port: free_port(),
-            bin: PathBuf::from("redis-server"),
-            cpu: None,
-            dir: temp_dir("redis"),
-            aof: false,
-            replica_of: None,
-            password: None,
-            cluster_bus: None,
-            child: None,
-        }
     }
 
     pub fn url(&self) -> String {
