@@ -16,6 +16,7 @@
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
 pub mod cli;
+pub mod engine;
 pub mod epoll;
 pub mod plan;
 pub mod reply;

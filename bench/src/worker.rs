@@ -1,28 +1,21 @@
-//! One worker process: its share of the sockets on one thread and one epoll
-//! set, non-blocking, with no allocation per message. It checks every answer
-//! against what the socket expects, prints a tick line every 250 ms and a
-//! result line at the end on stdout, and takes `go` and `stop` from stdin.
+//! The single-node runs' handler on the [`crate::engine`]: this worker's
+//! share of the sockets and of the load (closed loop, open loop, mix, idle,
+//! storm, drain), every answer checked against what the socket expects. It
+//! prints a tick line every 250 ms and a result line at the end on stdout,
+//! and takes `go` and `stop` from stdin.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
-use std::io::{self, Read, Write};
-use std::mem::MaybeUninit;
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::collections::VecDeque;
+use std::io::{self, Write};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use socket2::{Domain, Socket, Type};
 
-use crate::epoll::{self, Epoll};
+use crate::engine::{self, End, Handler, Io};
 use crate::plan::{Load, OnGo, Plan};
-use crate::reply::{self, Reply, ID_LEN};
+use crate::reply::{Reply, ID_LEN};
 use crate::stats::{self, Counters, Fault, Faults, WorkerResult};
-use crate::sys::now_ns;
-use crate::wire::{self, Frame};
 
-const STDIN: u64 = u64::MAX;
 const TICK_NS: u64 = 250_000_000;
 /// Most open-loop sends in one pass, so replies keep being read when behind.
 const BATCH: u32 = 1024;
@@ -51,11 +44,9 @@ pub enum Line {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
-    /// Not started, or waiting to reconnect at `due`.
+    /// Not started, or waiting to reconnect at its timer.
     Waiting,
-    Connecting,
-    Upgrading,
-    /// Upgraded, waiting for the welcome.
+    /// Connecting, upgrading, or upgraded and waiting for the welcome.
     Welcoming,
     Open,
     /// A Close is out (ours or our echo of the server's); waiting for the end.
@@ -64,13 +55,7 @@ enum St {
 }
 
 struct Conn {
-    sock: Option<Socket>,
     st: St,
-    mask: [u8; 4],
-    /// Input not yet parsed: an unfinished upgrade answer or frame.
-    inbuf: Vec<u8>,
-    /// Output the socket has not taken yet.
-    pending: Vec<u8>,
     session: Option<[u8; ID_LEN]>,
     resuming: bool,
     welcomed: bool,
@@ -79,8 +64,6 @@ struct Conn {
     inflight: VecDeque<u64>,
     /// When the current state began.
     since: u64,
-    /// Next mix send or reconnect.
-    due: u64,
     chatter: bool,
     bye: Option<(bool, Option<u64>)>,
     echoed: bool,
@@ -95,20 +78,15 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(mask: [u8; 4], chatter: bool) -> Conn {
+    fn new(chatter: bool) -> Conn {
         Conn {
-            sock: None,
             st: St::Waiting,
-            mask,
-            inbuf: Vec::new(),
-            pending: Vec::new(),
             session: None,
             resuming: false,
             welcomed: false,
             acked: 0,
             inflight: VecDeque::new(),
             since: 0,
-            due: u64::MAX,
             chatter,
             bye: None,
             echoed: false,
@@ -135,15 +113,10 @@ impl OpenLoop {
 
 pub struct Worker {
     plan: Plan,
-    ep: Epoll,
     conns: Vec<Conn>,
+    masks: Vec<[u8; 4]>,
     rng: SmallRng,
     payload: Vec<u8>,
-    accept: String,
-    out: Vec<u8>,
-    scratch: Vec<u8>,
-    heap: BinaryHeap<Reverse<(u64, u32)>>,
-    now: u64,
     next_tick: u64,
     ramp: Option<OpenLoop>,
     open: Option<OpenLoop>,
@@ -166,7 +139,6 @@ pub struct Worker {
     stopping: bool,
     stop_deadline: u64,
     done: u32,
-    stdin_buf: Vec<u8>,
 }
 
 impl Worker {
@@ -176,20 +148,18 @@ impl Worker {
             Load::Mix { chatter_share, .. } => chatter_share,
             _ => 1.0,
         };
-        let conns = (0..plan.sockets)
-            .map(|_| Conn::new(rng.random(), rng.random_bool(share.clamp(0.0, 1.0))))
-            .collect();
+        let (masks, conns) = (0..plan.sockets)
+            .map(|_| {
+                let mask: [u8; 4] = rng.random();
+                (mask, Conn::new(rng.random_bool(share.clamp(0.0, 1.0))))
+            })
+            .unzip();
         let payload = (0..plan.payload).map(|i| b'a' + (i % 26) as u8).collect();
         Ok(Worker {
-            ep: Epoll::new()?,
             conns,
+            masks,
             rng,
             payload,
-            accept: wire::expected_accept(),
-            out: Vec::with_capacity(64 << 10),
-            scratch: vec![0; 64 << 10],
-            heap: BinaryHeap::new(),
-            now: now_ns(),
             next_tick: 0,
             ramp: None,
             open: None,
@@ -211,23 +181,20 @@ impl Worker {
             stopping: false,
             stop_deadline: u64::MAX,
             done: 0,
-            stdin_buf: Vec::new(),
             plan,
         })
     }
 
     /// Runs until `stop` (or stdin closing) and every socket is finished.
     pub fn run(mut self) -> io::Result<WorkerResult> {
-        set_nonblocking(0)?;
-        self.ep.add_input(0, STDIN)?;
-        self.now = now_ns();
-        self.next_tick = self.now + TICK_NS;
+        let mut io = Io::new(std::mem::take(&mut self.masks).into_iter())?;
+        self.next_tick = io.now + TICK_NS;
         // "All at once" still goes in bursts with the event loop between
         // them: a connect() on loopback runs the whole TCP handshake inside
         // the syscall, and 10,000 of them in one go would hold back every
         // upgrade request until the last one, timing the generator.
         self.ramp = Some(OpenLoop {
-            t0: self.now,
+            t0: io.now,
             interval_ns: if self.plan.connect_rate > 0.0 {
                 1e9 / self.plan.connect_rate
             } else {
@@ -235,33 +202,14 @@ impl Worker {
             },
             k: 0,
         });
-        let mut events = Vec::with_capacity(1024);
-        loop {
-            self.now = now_ns();
-            self.run_schedules();
-            if self.now >= self.next_tick {
-                self.tick();
-            }
-            if self.stopping
-                && (self.done as usize == self.conns.len() || self.now >= self.stop_deadline)
-            {
-                break;
-            }
-            let timeout = self.next_deadline().saturating_sub(self.now);
-            self.ep.wait(&mut events, Some(timeout))?;
-            self.now = now_ns();
-            for ev in events.iter() {
-                let (token, bits) = (ev.u64, ev.events);
-                if token == STDIN {
-                    self.read_commands();
-                } else {
-                    self.on_event(token as usize, bits);
-                }
-            }
-        }
+        engine::run(&mut io, &mut self)?;
         for i in 0..self.conns.len() {
             if self.conns[i].st != St::Done {
-                self.finish(i, Some((Fault::CloseTimeout, "still open at the end")));
+                self.finish(
+                    &mut io,
+                    i,
+                    Some((Fault::CloseTimeout, "still open at the end")),
+                );
             }
         }
         Ok(self.result())
@@ -283,25 +231,14 @@ impl Worker {
         }
     }
 
-    fn next_deadline(&self) -> u64 {
-        let mut t = self.next_tick;
-        if let Some(Reverse((due, _))) = self.heap.peek() {
-            t = t.min(*due);
-        }
-        if let Some(o) = &self.open {
-            t = t.min(o.due());
-        }
-        if let Some(r) = &self.ramp {
-            t = t.min(r.due());
-        }
-        t
-    }
-
-    fn run_schedules(&mut self) {
+    /// The connect ramp and the open-loop schedule; returns the earliest of
+    /// their next dues and the tick.
+    fn run_schedules(&mut self, io: &mut Io) -> u64 {
+        let now = io.now;
         if let Some(mut r) = self.ramp.take() {
             let mut burst = 0;
-            while r.k < self.conns.len() as u64 && r.due() <= self.now && burst < CONNECT_BURST {
-                self.start_connect(r.k as usize);
+            while r.k < self.conns.len() as u64 && r.due() <= now && burst < CONNECT_BURST {
+                self.start_connect(io, r.k as usize);
                 r.k += 1;
                 burst += 1;
             }
@@ -312,11 +249,11 @@ impl Worker {
         if let Some(mut o) = self.open.take() {
             let n = self.conns.len() as u64;
             let mut sent = 0;
-            while sent < BATCH && o.due() <= self.now {
+            while sent < BATCH && o.due() <= now {
                 let i = (o.k % n) as usize;
                 if self.conns[i].st == St::Open {
                     let at = o.due();
-                    self.send(i, 1, at);
+                    self.send(io, i, 1, at);
                 } else {
                     self.c.skipped += 1;
                 }
@@ -325,42 +262,17 @@ impl Worker {
             }
             self.open = Some(o);
         }
-        while let Some(&Reverse((due, i))) = self.heap.peek() {
-            if due > self.now {
-                break;
-            }
-            self.heap.pop();
-            let i = i as usize;
-            if self.conns[i].due != due {
-                continue;
-            }
-            self.conns[i].due = u64::MAX;
-            match self.conns[i].st {
-                St::Waiting if !self.stopping => self.start_connect(i),
-                St::Open if self.loading && !self.stopping => {
-                    self.send(i, 1, self.now);
-                    let churn = match self.plan.load {
-                        Load::Mix { churn, .. } => churn,
-                        _ => 0.0,
-                    };
-                    if churn > 0.0 && self.rng.random_bool(churn.min(1.0)) {
-                        // Closes once this send is answered; on_eof brings it back.
-                        let c = &mut self.conns[i];
-                        c.close_when_idle = true;
-                        c.churning = true;
-                    } else {
-                        self.schedule_mix(i, false);
-                    }
-                }
-                _ => {}
-            }
+        let mut t = self.next_tick;
+        for s in [&self.open, &self.ramp].into_iter().flatten() {
+            t = t.min(s.due());
         }
+        t
     }
 
     /// Schedules a mix socket's next send: chatters every 2-10 s, lurkers
     /// every 30-120 s. The first send lands anywhere in the socket's interval,
     /// so a ramp does not turn into synchronized waves.
-    fn schedule_mix(&mut self, i: usize, first: bool) {
+    fn schedule_mix(&mut self, io: &mut Io, i: usize, first: bool) {
         let (lo, hi) = if self.conns[i].chatter {
             (2_000, 10_000)
         } else {
@@ -368,22 +280,18 @@ impl Worker {
         };
         let lo = if first { 0 } else { lo };
         let ms: u64 = self.rng.random_range(lo..=hi);
-        self.schedule(i, self.now + ms * 1_000_000);
+        io.schedule(i, io.now + ms * 1_000_000);
     }
 
-    fn schedule(&mut self, i: usize, at: u64) {
-        self.conns[i].due = at;
-        self.heap.push(Reverse((at, i as u32)));
-    }
-
-    fn tick(&mut self) {
-        self.next_tick = self.now + TICK_NS;
+    fn tick(&mut self, io: &mut Io) {
+        let now = io.now;
+        self.next_tick = now + TICK_NS;
         let timeout = self.plan.timeout_ms * 1_000_000;
         for i in 0..self.conns.len() {
             let c = &self.conns[i];
-            let late = |t: u64| self.now.saturating_sub(t) > timeout;
+            let late = |t: u64| now.saturating_sub(t) > timeout;
             let fault = match c.st {
-                St::Connecting | St::Upgrading | St::Welcoming if late(c.since) => {
+                St::Welcoming if late(c.since) => {
                     Some((Fault::ConnectTimeout, "no welcome in time"))
                 }
                 St::Open if c.inflight.front().is_some_and(|&t| late(t)) => {
@@ -395,7 +303,7 @@ impl Worker {
                 _ => None,
             };
             if let Some(f) = fault {
-                self.finish(i, Some(f));
+                self.finish(io, i, Some(f));
             }
         }
         emit(&Line::Tick {
@@ -405,53 +313,26 @@ impl Worker {
         });
     }
 
-    fn read_commands(&mut self) {
-        let mut buf = [0u8; 256];
-        loop {
-            match io::stdin().lock().read(&mut buf) {
-                Ok(0) => {
-                    self.stop();
-                    return;
-                }
-                Ok(n) => self.stdin_buf.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.stop();
-                    return;
-                }
-            }
-        }
-        while let Some(pos) = self.stdin_buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.stdin_buf.drain(..=pos).collect();
-            match line.trim_ascii() {
-                b"go" => self.go(),
-                b"stop" => self.stop(),
-                _ => {}
-            }
-        }
-    }
-
-    fn go(&mut self) {
+    fn go(&mut self, io: &mut Io) {
         self.window = Some((self.c.replies, self.c.sent));
         match self.plan.on_go {
             OnGo::Measure => {
                 if let Load::Open { rate } = self.plan.load {
                     if rate > 0.0 && !self.conns.is_empty() {
                         self.open = Some(OpenLoop {
-                            t0: self.now,
+                            t0: io.now,
                             interval_ns: 1e9 / rate,
                             k: 0,
                         });
                     }
                 }
             }
-            OnGo::DropAndResume => self.drop_all(),
+            OnGo::DropAndResume => self.drop_all(io),
             OnGo::ExpectDrain => {}
         }
     }
 
-    fn stop(&mut self) {
+    fn stop(&mut self, io: &mut Io) {
         if self.stopping {
             return;
         }
@@ -462,563 +343,246 @@ impl Worker {
         self.loading = false;
         self.open = None;
         self.ramp = None;
-        self.stop_deadline = self.now + self.plan.timeout_ms * 1_000_000 + 1_000_000_000;
+        self.stop_deadline = io.now + self.plan.timeout_ms * 1_000_000 + 1_000_000_000;
         for i in 0..self.conns.len() {
             match self.conns[i].st {
-                St::Open if self.conns[i].inflight.is_empty() => self.begin_close(i),
+                St::Open if self.conns[i].inflight.is_empty() => self.begin_close(io, i),
                 St::Open => self.conns[i].close_when_idle = true,
                 St::Closing | St::Done => {}
                 // A socket still on its way in when the run ends is not the
                 // server's fault: ramps and reconnects are cut short.
-                _ => self.finish(i, None),
+                _ => self.finish(io, i, None),
             }
         }
     }
 
     /// Storm: every socket goes at once, without a Close, as a network blip
-    /// would take them. RST rather than FIN leaves no TIME_WAIT behind.
-    fn drop_all(&mut self) {
+    /// would take them.
+    fn drop_all(&mut self, io: &mut Io) {
         self.unsettled = 0;
         for i in 0..self.conns.len() {
             let c = &mut self.conns[i];
             if c.st != St::Open {
                 continue;
             }
-            if let Some(s) = c.sock.take() {
-                let _ = s.set_linger(Some(std::time::Duration::ZERO));
-            }
+            io.reset(i);
             c.st = St::Waiting;
             c.welcomed = false;
             c.resuming = true;
             c.settled = false;
             c.inflight.clear();
-            c.inbuf.clear();
-            c.pending.clear();
             self.c.live -= 1;
             self.unsettled += 1;
         }
         for i in 0..self.conns.len() {
             if self.conns[i].st == St::Waiting && self.conns[i].resuming {
-                self.start_connect(i);
+                self.start_connect(io, i);
             }
         }
         if self.unsettled == 0 {
-            emit(&Line::Ready { at_ns: self.now });
+            emit(&Line::Ready { at_ns: io.now });
         }
     }
 
-    fn settle(&mut self, i: usize) {
+    fn settle(&mut self, now: u64, i: usize) {
         if !self.conns[i].settled {
             self.conns[i].settled = true;
             self.unsettled -= 1;
             if self.unsettled == 0 {
-                emit(&Line::Ready { at_ns: self.now });
+                emit(&Line::Ready { at_ns: now });
             }
         }
     }
 
-    fn start_connect(&mut self, i: usize) {
+    fn start_connect(&mut self, io: &mut Io, i: usize) {
         if self.first_connect_ns == 0 {
-            self.first_connect_ns = self.now;
+            self.first_connect_ns = io.now;
         }
-        match self.open_socket(i) {
-            Ok(sock) => {
-                if let Err(e) = self.ep.add(sock.as_raw_fd(), i as u64) {
-                    self.conns[i].st = St::Connecting;
-                    self.finish(i, Some((Fault::Connect, leak_msg(&e))));
-                    return;
-                }
-                let c = &mut self.conns[i];
-                c.sock = Some(sock);
-                c.st = St::Connecting;
-                c.since = self.now;
-                c.bye = None;
-                c.echoed = false;
-            }
-            Err(e) => {
-                self.conns[i].st = St::Connecting;
-                self.finish(i, Some((Fault::Connect, leak_msg(&e))));
-            }
-        }
-    }
-
-    fn open_socket(&self, i: usize) -> io::Result<Socket> {
-        let addr = self.plan.addr;
-        let sock = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
-        sock.set_nodelay(true)?;
-        if let Some(src) = self.plan.source(i as u32) {
-            // Ports are then picked at connect() per 4-tuple, not at bind()
-            // per address, so each source gets the whole ephemeral range.
-            let one: libc::c_int = 1;
-            // SAFETY: a valid fd and a c_int option value.
-            unsafe {
-                libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    &one as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-            sock.bind(&SocketAddr::new(src.into(), 0).into())?;
-        }
-        match sock.connect(&addr.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-        Ok(sock)
-    }
-
-    fn on_event(&mut self, i: usize, bits: u32) {
-        if i >= self.conns.len() {
-            return;
-        }
-        if self.conns[i].st == St::Connecting && bits & (epoll::OUT | epoll::ERR | epoll::HUP) != 0
-        {
-            let err = self.conns[i].sock.as_ref().map(|s| s.take_error());
-            match err {
-                Some(Ok(None)) => {
-                    self.out.clear();
-                    let session = self.conns[i]
-                        .session
-                        .filter(|_| self.conns[i].resuming)
-                        .map(|s| String::from_utf8_lossy(&s).into_owned());
-                    wire::upgrade_request(
-                        &mut self.out,
-                        &self.plan.host,
-                        &self.plan.path,
-                        session.as_deref(),
-                    );
-                    self.conns[i].st = St::Upgrading;
-                    let out = std::mem::take(&mut self.out);
-                    self.write(i, &out);
-                    self.out = out;
-                }
-                Some(Ok(Some(e))) | Some(Err(e)) => {
-                    self.finish(i, Some((Fault::Connect, leak_msg(&e))));
-                    return;
-                }
-                None => return,
-            }
-        }
-        if bits & epoll::OUT != 0 && !self.conns[i].pending.is_empty() {
-            self.flush(i);
-        }
-        if bits & (epoll::IN | epoll::HUP | epoll::ERR) != 0 {
-            self.on_readable(i, bits & epoll::HUP != 0);
-        }
-    }
-
-    fn on_readable(&mut self, i: usize, peer_closed: bool) {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        loop {
-            let st = self.conns[i].st;
-            if matches!(st, St::Done | St::Waiting | St::Connecting) {
-                break;
-            }
-            let Some(sock) = self.conns[i].sock.as_ref() else {
-                break;
-            };
-            // SAFETY: u8 has no invalid bit patterns; recv only writes into it.
-            let buf =
-                unsafe { &mut *(scratch.as_mut_slice() as *mut [u8] as *mut [MaybeUninit<u8>]) };
-            match sock.recv(buf) {
-                Ok(0) => {
-                    self.on_eof(i);
-                    break;
-                }
-                Ok(n) => {
-                    if self.conns[i].inbuf.is_empty() {
-                        let used = self.on_bytes(i, &scratch[..n]);
-                        if used < n && self.conns[i].st != St::Done {
-                            self.conns[i].inbuf.extend_from_slice(&scratch[used..n]);
-                        }
-                    } else {
-                        let mut inbuf = std::mem::take(&mut self.conns[i].inbuf);
-                        inbuf.extend_from_slice(&scratch[..n]);
-                        let used = self.on_bytes(i, &inbuf);
-                        inbuf.drain(..used);
-                        if self.conns[i].st != St::Done {
-                            self.conns[i].inbuf = inbuf;
-                        }
-                    }
-                    if n < scratch.len() && !peer_closed {
-                        // A short read drained the socket, and with edge
-                        // triggers the next event says when there is more. A
-                        // FIN that came before this event has no event of its
-                        // own, so then reading goes on until it shows.
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.on_eof(i);
-                    break;
-                }
-            }
-        }
-        self.scratch = scratch;
-    }
-
-    /// Parses what arrived; returns the bytes used (the rest is incomplete).
-    fn on_bytes(&mut self, i: usize, data: &[u8]) -> usize {
-        let mut used = 0;
-        if self.conns[i].st == St::Upgrading {
-            match wire::parse_upgrade(data, &self.accept) {
-                Ok(None) => return 0,
-                Ok(Some(n)) => {
-                    used = n;
-                    self.conns[i].st = St::Welcoming;
-                }
-                Err(wire::WireError::Status(code)) => {
-                    let why = if code == 503 {
-                        "upgrade answered 503"
-                    } else {
-                        "upgrade answered non-101"
-                    };
-                    self.finish(i, Some((Fault::Refused, why)));
-                    return data.len();
-                }
-                Err(_) => {
-                    self.finish(i, Some((Fault::Handshake, "bad upgrade answer")));
-                    return data.len();
-                }
-            }
-        }
-        while self.conns[i].st != St::Done {
-            match wire::next_frame(&data[used..]) {
-                Ok(Some((frame, n))) => {
-                    used += n;
-                    self.on_frame(i, frame);
-                }
-                Ok(None) => break,
-                Err(_) => {
-                    self.finish(i, Some((Fault::BadFrame, "frame breaks RFC 6455")));
-                    return data.len();
-                }
-            }
-        }
-        used
-    }
-
-    fn on_frame(&mut self, i: usize, frame: Frame<'_>) {
-        match frame {
-            Frame::Text(text) => self.on_text(i, reply::parse(text)),
-            Frame::Binary => {
-                self.finish(i, Some((Fault::BadFrame, "binary frame from the server")))
-            }
-            Frame::Ping(p) => {
-                self.out.clear();
-                wire::pong_frame(&mut self.out, p, self.conns[i].mask);
-                let out = std::mem::take(&mut self.out);
-                self.write(i, &out);
-                self.out = out;
-            }
-            Frame::Pong => {}
-            Frame::Close(code) => self.on_close(i, code),
-        }
-    }
-
-    fn on_text(&mut self, i: usize, r: Reply) {
-        let st = self.conns[i].st;
-        match r {
-            Reply::Welcome {
-                session,
-                count,
-                resumed,
-                ..
-            } if st == St::Welcoming => {
-                let c = &mut self.conns[i];
-                let want = if c.resuming { c.acked } else { 0 };
-                let ok = count == want && resumed == c.resuming;
-                c.session = Some(session);
-                c.acked = count;
-                c.st = St::Open;
-                c.welcomed = true;
-                let took = self.now - c.since;
-                let resuming = c.resuming;
-                self.c.opened += 1;
-                self.c.live += 1;
-                if !ok {
-                    self.finish(
-                        i,
-                        Some((
-                            Fault::WelcomeMismatch,
-                            "welcome count or resumed flag wrong",
-                        )),
-                    );
-                    return;
-                }
-                if resuming {
-                    let drained_at = std::mem::take(&mut self.conns[i].drained_at);
-                    if drained_at > 0 {
-                        self.reconnect
-                            .saturating_record(self.now.saturating_sub(drained_at).max(1));
-                    }
-                    self.conns[i].verifying = true;
-                    self.send(i, 1, self.now);
-                    return;
-                }
-                self.connect.saturating_record(took.max(1));
-                self.last_open_ns = self.now;
-                self.on_open(i);
-            }
-            Reply::Welcome { .. } => self.finish(i, Some((Fault::BadFrame, "a second welcome"))),
-            _ if st == St::Welcoming => {
-                self.finish(i, Some((Fault::BadFrame, "first frame is not a welcome")))
-            }
-            Reply::Count(n) => self.on_count(i, n),
-            Reply::Heartbeat => self.c.heartbeats += 1,
-            Reply::Broadcast { .. } => {}
-            Reply::Bye {
-                total,
-                retry_after_ms,
-                shutdown,
-            } => {
-                let c = &mut self.conns[i];
-                c.bye = Some((shutdown, retry_after_ms));
-                if total != c.acked {
-                    self.finish(
-                        i,
-                        Some((Fault::ByeMismatch, "goodbye total is not the last count")),
-                    );
-                }
-            }
-            Reply::RateLimited => self.finish(i, Some((Fault::RateLimited, "rate limited"))),
-            Reply::Unknown => self.finish(
-                i,
-                Some((Fault::BadFrame, "text that is no reply of the contract")),
-            ),
+        let c = &self.conns[i];
+        let session = c.session.as_ref().filter(|_| c.resuming);
+        let session = session.and_then(|s| std::str::from_utf8(s).ok());
+        let p = &self.plan;
+        let r = io.connect(i, p.addr, p.source(i as u32), &p.host, &p.path, session);
+        let c = &mut self.conns[i];
+        c.st = St::Welcoming;
+        c.since = io.now;
+        c.bye = None;
+        c.echoed = false;
+        if let Err(why) = r {
+            self.finish(io, i, Some((Fault::Connect, why)));
         }
     }
 
     /// A socket welcomed for the first time starts its load.
-    fn on_open(&mut self, i: usize) {
+    fn on_open(&mut self, io: &mut Io, i: usize) {
         if self.plan.prime > 0 {
-            self.send(i, self.plan.prime, self.now);
+            self.send(io, i, self.plan.prime, io.now);
             return;
         }
-        self.settle(i);
+        self.settle(io.now, i);
         if self.stopping {
-            self.begin_close(i);
+            self.begin_close(io, i);
             return;
         }
         match self.plan.load {
-            Load::Closed { window } => self.send(i, window, self.now),
-            Load::Mix { .. } => self.schedule_mix(i, true),
+            Load::Closed { window } => self.send(io, i, window, io.now),
+            Load::Mix { .. } => self.schedule_mix(io, i, true),
             Load::Idle | Load::Open { .. } => {}
         }
     }
 
-    fn on_count(&mut self, i: usize, n: u64) {
+    fn on_welcome(
+        &mut self,
+        io: &mut Io,
+        i: usize,
+        session: [u8; ID_LEN],
+        count: u64,
+        resumed: bool,
+    ) {
+        let now = io.now;
+        let c = &mut self.conns[i];
+        let want = if c.resuming { c.acked } else { 0 };
+        let ok = count == want && resumed == c.resuming;
+        c.session = Some(session);
+        c.acked = count;
+        c.st = St::Open;
+        c.welcomed = true;
+        let took = now - c.since;
+        let resuming = c.resuming;
+        self.c.opened += 1;
+        self.c.live += 1;
+        if !ok {
+            let f = (
+                Fault::WelcomeMismatch,
+                "welcome count or resumed flag wrong",
+            );
+            return self.finish(io, i, Some(f));
+        }
+        if resuming {
+            let drained_at = std::mem::take(&mut self.conns[i].drained_at);
+            if drained_at > 0 {
+                self.reconnect
+                    .saturating_record(now.saturating_sub(drained_at).max(1));
+            }
+            self.conns[i].verifying = true;
+            return self.send(io, i, 1, now);
+        }
+        self.connect.saturating_record(took.max(1));
+        self.last_open_ns = now;
+        self.on_open(io, i);
+    }
+
+    fn on_count(&mut self, io: &mut Io, i: usize, n: u64) {
+        let now = io.now;
         let c = &mut self.conns[i];
         let Some(sent_at) = c.inflight.pop_front() else {
-            self.finish(i, Some((Fault::CountMismatch, "a count nobody asked for")));
-            return;
+            return self.finish(
+                io,
+                i,
+                Some((Fault::CountMismatch, "a count nobody asked for")),
+            );
         };
         if n != c.acked + 1 {
-            self.finish(
-                i,
-                Some((Fault::CountMismatch, "count is not the previous plus one")),
-            );
-            return;
+            let f = (Fault::CountMismatch, "count is not the previous plus one");
+            return self.finish(io, i, Some(f));
         }
         c.acked = n;
         self.c.replies += 1;
-        let rtt = self.now.saturating_sub(sent_at).max(1);
+        let rtt = now.saturating_sub(sent_at).max(1);
         self.rtt.saturating_record(rtt);
         self.rtt_max_ns = self.rtt_max_ns.max(rtt);
         let c = &mut self.conns[i];
         if c.verifying {
             c.verifying = false;
             self.c.resumed += 1;
-            self.last_resume_ns = self.now;
-            self.settle(i);
-            self.resume_load(i);
-            return;
+            self.last_resume_ns = now;
+            self.settle(now, i);
+            return self.resume_load(io, i);
         }
         if self.plan.prime > 0 && !c.settled && c.inflight.is_empty() {
-            self.settle(i);
-            return;
+            return self.settle(now, i);
         }
         if c.close_when_idle || self.stopping {
             if c.inflight.is_empty() {
-                self.begin_close(i);
+                self.begin_close(io, i);
             }
             return;
         }
         if let Load::Closed { .. } = self.plan.load {
             if self.loading {
-                self.send(i, 1, self.now);
+                self.send(io, i, 1, now);
             }
         }
     }
 
     /// After a verified resume, the socket goes back to its load.
-    fn resume_load(&mut self, i: usize) {
+    fn resume_load(&mut self, io: &mut Io, i: usize) {
         if self.stopping {
-            self.begin_close(i);
-            return;
+            return self.begin_close(io, i);
         }
         match self.plan.load {
-            Load::Closed { window } if self.loading => self.send(i, window, self.now),
-            Load::Mix { .. } if self.loading => self.schedule_mix(i, false),
+            Load::Closed { window } if self.loading => self.send(io, i, window, io.now),
+            Load::Mix { .. } if self.loading => self.schedule_mix(io, i, false),
             _ => {}
         }
     }
 
-    fn on_close(&mut self, i: usize, code: Option<u16>) {
-        let c = &mut self.conns[i];
-        if c.st == St::Closing {
-            // The echo of our Close, or a late one after our echo.
-            if !c.echoed && self.plan.expect_bye && c.bye.is_none() {
-                c.echoed = true;
-                self.finish(
-                    i,
-                    Some((Fault::ByeMismatch, "no goodbye before the Close echo")),
-                );
-                return;
-            }
-            c.echoed = true;
-            return;
-        }
-        let drain_ok = code == Some(1001) && matches!(c.bye, Some((true, _)));
-        if drain_ok && (matches!(self.plan.on_go, OnGo::ExpectDrain) || self.plan.reconnect) {
-            self.c.goodbyes += 1;
-            self.conns[i].drained_at = self.now;
-            self.out.clear();
-            wire::close_frame(&mut self.out, 1001, self.conns[i].mask);
-            let out = std::mem::take(&mut self.out);
-            self.write(i, &out);
-            self.out = out;
-            let c = &mut self.conns[i];
-            c.st = St::Closing;
-            c.echoed = true;
-            c.since = self.now;
-            return;
-        }
-        let why = if code == Some(1001) {
-            (Fault::BadDrain, "Close 1001 without the shutdown goodbye")
-        } else {
-            (Fault::UnexpectedClose, "the server sent Close")
-        };
-        self.finish(i, Some(why));
-    }
-
-    fn on_eof(&mut self, i: usize) {
+    /// The connection ended after our Close was echoed: the socket is done,
+    /// or comes back with its session after a drain or a churn.
+    fn on_closed(&mut self, io: &mut Io, i: usize) {
         let c = &self.conns[i];
-        if c.st == St::Closing && c.echoed {
-            let retry = match c.bye {
-                Some((true, retry)) if self.plan.reconnect && !self.stopping => {
-                    Some(retry.unwrap_or(0))
-                }
-                Some((false, _)) if c.churning && !self.stopping => {
-                    Some(self.rng.random_range(500..=2_000))
-                }
-                _ => None,
-            };
-            self.conns[i].churning = false;
-            self.finish(i, None);
-            if let Some(ms) = retry {
-                let c = &mut self.conns[i];
-                c.st = St::Waiting;
-                c.resuming = true;
-                self.done -= 1;
-                self.schedule(i, self.now + ms * 1_000_000);
+        let retry = match c.bye {
+            Some((true, retry)) if self.plan.reconnect && !self.stopping => {
+                Some(retry.unwrap_or(0))
             }
-            return;
+            Some((false, _)) if c.churning && !self.stopping => {
+                Some(self.rng.random_range(500..=2_000))
+            }
+            _ => None,
+        };
+        self.conns[i].churning = false;
+        self.finish(io, i, None);
+        if let Some(ms) = retry {
+            let c = &mut self.conns[i];
+            c.st = St::Waiting;
+            c.resuming = true;
+            self.done -= 1;
+            io.schedule(i, io.now + ms * 1_000_000);
         }
-        self.finish(
-            i,
-            Some((Fault::UnexpectedClose, "connection ended without a Close")),
-        );
     }
 
-    fn begin_close(&mut self, i: usize) {
-        self.out.clear();
-        wire::close_frame(&mut self.out, 1000, self.conns[i].mask);
-        let out = std::mem::take(&mut self.out);
+    fn begin_close(&mut self, io: &mut Io, i: usize) {
         let c = &mut self.conns[i];
         c.st = St::Closing;
-        c.since = self.now;
+        c.since = io.now;
         c.close_when_idle = false;
-        self.write(i, &out);
-        self.out = out;
+        io.send_close(i, 1000);
     }
 
     /// Sends `k` messages in one write; `at` is the stamp their RTT counts from.
-    fn send(&mut self, i: usize, k: u32, at: u64) {
-        self.out.clear();
+    fn send(&mut self, io: &mut Io, i: usize, k: u32, at: u64) {
         let c = &mut self.conns[i];
-        for _ in 0..k {
-            wire::text_frame(&mut self.out, &self.payload, c.mask);
-            c.inflight.push_back(at);
-        }
+        c.inflight.extend(std::iter::repeat_n(at, k as usize));
         self.c.sent += u64::from(k);
-        let out = std::mem::take(&mut self.out);
-        self.write(i, &out);
-        self.out = out;
-    }
-
-    fn write(&mut self, i: usize, bytes: &[u8]) {
-        let c = &mut self.conns[i];
-        let Some(sock) = c.sock.as_ref() else { return };
-        if !c.pending.is_empty() {
-            c.pending.extend_from_slice(bytes);
-            return;
-        }
-        let mut off = 0;
-        while off < bytes.len() {
-            match sock.send(&bytes[off..]) {
-                Ok(n) => off += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    c.pending.extend_from_slice(&bytes[off..]);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.on_write_error(i);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn flush(&mut self, i: usize) {
-        let pending = std::mem::take(&mut self.conns[i].pending);
-        self.write(i, &pending);
-    }
-
-    fn on_write_error(&mut self, i: usize) {
-        if self.conns[i].st == St::Closing {
-            self.finish(i, None);
-        } else {
-            self.finish(
-                i,
-                Some((Fault::UnexpectedClose, "write failed: connection reset")),
-            );
-        }
+        io.send_text(i, &self.payload, k);
     }
 
     /// Ends a socket for good (or until a scheduled reconnect).
-    fn finish(&mut self, i: usize, fault: Option<(Fault, &'static str)>) {
+    fn finish(&mut self, io: &mut Io, i: usize, fault: Option<(Fault, &'static str)>) {
         let c = &mut self.conns[i];
         if c.st == St::Done {
             return;
         }
-        c.sock = None;
+        io.close(i);
+        io.unschedule(i);
         c.st = St::Done;
         c.inflight.clear();
-        c.inbuf = Vec::new();
-        c.pending = Vec::new();
         if c.welcomed {
             c.welcomed = false;
             self.c.live -= 1;
         }
         self.done += 1;
-        self.last_close_ns = self.now;
+        self.last_close_ns = io.now;
         if let Some((f, why)) = fault {
             self.faults.bump(f);
             self.c.faults += 1;
@@ -1030,7 +594,128 @@ impl Worker {
                 );
             }
         }
-        self.settle(i);
+        self.settle(io.now, i);
+    }
+}
+
+impl Handler for Worker {
+    fn on_text(&mut self, io: &mut Io, i: usize, r: Reply<'_>) {
+        let st = self.conns[i].st;
+        match r {
+            Reply::Welcome {
+                session,
+                count,
+                resumed,
+                ..
+            } if st == St::Welcoming => self.on_welcome(io, i, session, count, resumed),
+            Reply::Welcome { .. } => {
+                self.finish(io, i, Some((Fault::BadFrame, "a second welcome")))
+            }
+            _ if st == St::Welcoming => {
+                let f = (Fault::BadFrame, "first frame is not a welcome");
+                self.finish(io, i, Some(f))
+            }
+            Reply::Count(n) => self.on_count(io, i, n),
+            Reply::Heartbeat => self.c.heartbeats += 1,
+            Reply::Broadcast { .. } => {}
+            Reply::Bye {
+                total,
+                retry_after_ms,
+                shutdown,
+            } => {
+                let c = &mut self.conns[i];
+                c.bye = Some((shutdown, retry_after_ms));
+                if total != c.acked {
+                    let f = (Fault::ByeMismatch, "goodbye total is not the last count");
+                    self.finish(io, i, Some(f));
+                }
+            }
+            Reply::RateLimited => self.finish(io, i, Some((Fault::RateLimited, "rate limited"))),
+            Reply::Unknown => {
+                let f = (Fault::BadFrame, "text that is no reply of the contract");
+                self.finish(io, i, Some(f))
+            }
+        }
+    }
+
+    fn on_close(&mut self, io: &mut Io, i: usize, code: Option<u16>) {
+        let c = &mut self.conns[i];
+        if c.st == St::Closing {
+            // The echo of our Close, or a late one after our echo.
+            if !c.echoed && self.plan.expect_bye && c.bye.is_none() {
+                c.echoed = true;
+                let f = (Fault::ByeMismatch, "no goodbye before the Close echo");
+                return self.finish(io, i, Some(f));
+            }
+            c.echoed = true;
+            return;
+        }
+        let drain_ok = code == Some(1001) && matches!(c.bye, Some((true, _)));
+        if drain_ok && (matches!(self.plan.on_go, OnGo::ExpectDrain) || self.plan.reconnect) {
+            self.c.goodbyes += 1;
+            c.drained_at = io.now;
+            c.st = St::Closing;
+            c.echoed = true;
+            c.since = io.now;
+            return io.send_close(i, 1001);
+        }
+        let why = if code == Some(1001) {
+            (Fault::BadDrain, "Close 1001 without the shutdown goodbye")
+        } else {
+            (Fault::UnexpectedClose, "the server sent Close")
+        };
+        self.finish(io, i, Some(why));
+    }
+
+    fn on_end(&mut self, io: &mut Io, i: usize, end: End) {
+        let c = &self.conns[i];
+        match end {
+            End::Eof | End::Reset(_) if c.st == St::Closing && c.echoed => self.on_closed(io, i),
+            End::Reset(_) if c.st == St::Closing => self.finish(io, i, None),
+            _ => self.finish(io, i, Some(end.fault())),
+        }
+    }
+
+    fn on_due(&mut self, io: &mut Io, i: usize) {
+        match self.conns[i].st {
+            St::Waiting if !self.stopping => self.start_connect(io, i),
+            St::Open if self.loading && !self.stopping => {
+                self.send(io, i, 1, io.now);
+                let churn = match self.plan.load {
+                    Load::Mix { churn, .. } => churn,
+                    _ => 0.0,
+                };
+                if churn > 0.0 && self.rng.random_bool(churn.min(1.0)) {
+                    // Closes once this send is answered; on_closed brings it back.
+                    let c = &mut self.conns[i];
+                    c.close_when_idle = true;
+                    c.churning = true;
+                } else {
+                    self.schedule_mix(io, i, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_line(&mut self, io: &mut Io, line: Option<&[u8]>) {
+        match line {
+            Some(b"go") => self.go(io),
+            Some(b"stop") | None => self.stop(io),
+            Some(_) => {}
+        }
+    }
+
+    fn poll(&mut self, io: &mut Io) -> Option<u64> {
+        let next = self.run_schedules(io);
+        if io.now >= self.next_tick {
+            self.tick(io);
+        }
+        if self.stopping && (self.done as usize == self.conns.len() || io.now >= self.stop_deadline)
+        {
+            return None;
+        }
+        Some(next.min(self.next_tick))
     }
 }
 
@@ -1041,28 +726,5 @@ pub fn emit(line: &Line) {
     if serde_json::to_writer(&mut out, line).is_ok() {
         let _ = out.write_all(b"\n");
         let _ = out.flush();
-    }
-}
-
-fn set_nonblocking(fd: i32) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we were given; flags are read then extended.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Fault details are static strings; an OS error picks the closest one.
-fn leak_msg(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::ECONNREFUSED) => "connection refused",
-        Some(libc::EADDRNOTAVAIL) => "no free source port (add --sources)",
-        Some(libc::EMFILE) | Some(libc::ENFILE) => "out of file descriptors (add --procs)",
-        Some(libc::ECONNRESET) => "connection reset",
-        Some(libc::ETIMEDOUT) => "connect timed out",
-        _ => "connect failed",
     }
 }
