@@ -4,7 +4,9 @@
 //! Map:
 //! - [`cli`]: subcommands and options, turned into a [`run::RunSpec`].
 //! - [`run`]: the coordinator: worker processes, progress, /proc samples, the report.
-//! - [`worker`]: one process's sockets on one epoll loop, every answer checked.
+//! - [`engine`]: the load engine: one process's sockets on one epoll loop, the
+//!   transport; what the sockets do is a handler's.
+//! - [`worker`]: the single-node runs' handler, every answer checked.
 //! - [`plan`]: what a worker is told to do, and how a run is split over workers.
 //! - [`wire`]: client-side WebSocket framing and the upgrade (the `shardcast-kit` crate's,
 //!   shared with the tests and the fuzz targets).
@@ -12,7 +14,7 @@
 //! - [`stats`]: counters, fault kinds and histograms that merge across workers.
 //! - [`report`]: the summary table, JSON and the HTML page with plots.
 //! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
-//! - [`scale`]: the multi-node scale-out test (its own tokio workers and phases).
+//! - [`scale`]: the multi-node scale-out test: its phases, on the same engine.
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
 pub mod cli;

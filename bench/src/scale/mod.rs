@@ -6,8 +6,9 @@
 //! Map:
 //! - [`args`]: the options and their check, into a [`args::ScaleSpec`].
 //! - [`run`]: the orchestrator: workers, phases, broadcasts, the kill, the assertions.
-//! - [`worker`]: one worker process: tokio, one task per socket, the counters.
-//! - [`socket`]: one socket's life through every phase, every answer checked.
+//! - [`worker`]: one worker process: the scale run's handler on the load
+//!   engine ([`crate::engine`]), each socket's life through every phase, every
+//!   answer checked, broadcast texts tallied, the counters.
 //! - [`proto`]: the JSON lines between the orchestrator and its workers.
 //! - [`report`]: figures, assertions, the summary table and the JSON.
 //! - [`layout`]: which node and room a socket belongs to, and where it flees.
@@ -24,7 +25,6 @@ pub mod node;
 pub mod proto;
 pub mod report;
 pub mod run;
-pub mod socket;
 pub mod tag;
 pub mod worker;
 

@@ -1,7 +1,8 @@
 //! A node of the cluster as `--node` names it (`http://host:port`): the
-//! address to dial, the Host header to send, and the WebSocket URL of a
-//! socket that joins a room and maybe resumes a session.
+//! address to dial, the Host header to send, and the upgrade target of a
+//! socket that joins a room and maybe recovers missed broadcasts.
 
+use std::fmt::Write as _;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use serde::{Deserialize, Serialize};
@@ -64,17 +65,15 @@ pub fn parse(s: &str) -> Result<Node, NodeError> {
     })
 }
 
-impl Node {
-    /// The upgrade URL: the room always, the session when resuming. Both
-    /// are URL-safe as generated (UUIDs, `room-N`), so nothing is escaped.
-    pub fn ws_url(&self, session: Option<&str>, room: &str) -> String {
-        match session {
-            Some(id) => format!(
-                "ws://{}{WS_PATH}?session_id={id}&room={room}",
-                self.authority
-            ),
-            None => format!("ws://{}{WS_PATH}?room={room}", self.authority),
-        }
+/// Writes the upgrade target of a socket of `room` into `out`: the room
+/// always, and `since` after a node died. The session id, when resuming, is
+/// added by the upgrade request. All are URL-safe as generated (UUIDs,
+/// `room-N`, `ms-seq`), so nothing is escaped.
+pub fn ws_path(out: &mut String, room: u32, since: Option<(u64, u64)>) {
+    out.clear();
+    let _ = write!(out, "{WS_PATH}?room={}", super::layout::room_name(room));
+    if let Some((ms, seq)) = since {
+        let _ = write!(out, "&since={ms}-{seq}");
     }
 }
 
@@ -101,15 +100,11 @@ mod tests {
     }
 
     #[test]
-    fn urls_carry_room_and_session() {
-        let n = parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!(
-            n.ws_url(None, "room-2"),
-            "ws://127.0.0.1:9000/ws/chat/?room=room-2"
-        );
-        assert_eq!(
-            n.ws_url(Some("abc"), "room-0"),
-            "ws://127.0.0.1:9000/ws/chat/?session_id=abc&room=room-0"
-        );
+    fn paths_carry_room_and_since() {
+        let mut p = String::from("old");
+        ws_path(&mut p, 2, None);
+        assert_eq!(p, "/ws/chat/?room=room-2");
+        ws_path(&mut p, 0, Some((1_700_000_000_000, 3)));
+        assert_eq!(p, "/ws/chat/?room=room-0&since=1700000000000-3");
     }
 }
