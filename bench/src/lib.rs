@@ -8,6 +8,7 @@
 //!   transport; what the sockets do is a handler's.
 //! - [`worker`]: the single-node runs' handler, every answer checked.
 //! - [`plan`]: what a worker is told to do, and how a run is split over workers.
+//! - [`pool`]: the worker processes of a run (single-node or scale) and their lines.
 //! - [`wire`]: client-side WebSocket framing and the upgrade (the `shardcast-kit` crate's,
 //!   shared with the tests and the fuzz targets).
 //! - [`reply`]: what the server's text frames mean.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod engine;
 pub mod epoll;
 pub mod plan;
+pub mod pool;
 pub mod reply;
 pub mod report;
 pub mod run;

@@ -8,7 +8,7 @@ use clap::Parser;
 use shardcast_bench::cli::{Cli, Cmd, Common};
 use shardcast_bench::plan::{Load, OnGo, Plan};
 use shardcast_bench::run::{self, Mode, RunSpec};
-use shardcast_bench::{scale, suite, sys, worker};
+use shardcast_bench::{pool, scale, suite, sys, worker};
 
 /// Exit codes: 0 clean run, 1 faults seen, 2 the run could not take place, 64 usage.
 const EXIT_FAULTS: u8 = 1;
@@ -43,7 +43,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             let plan: Plan = serde_json::from_str(&plan).context("worker plan")?;
             sys::tight_timer_slack();
             let result = worker::Worker::new(plan)?.run()?;
-            worker::emit(&worker::Line::Done(Box::new(result)));
+            pool::emit(&worker::Line::Done(Box::new(result)));
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::Millis { duration } => {

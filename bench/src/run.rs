@@ -4,14 +4,14 @@
 //! folds everything into a [`Report`].
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::plan::{Load, OnGo, Plan};
+use crate::pool::{Msg, Pool};
 use crate::report::{DrainFigures, Point, ProcFigures, Quantiles, Report, StormFigures};
 use crate::stats::{self, Counters, Faults};
 use crate::sys::{self, now_ns, ProcSample};
@@ -72,16 +72,8 @@ pub enum RunError {
     Signal(std::io::Error),
 }
 
-enum Event {
-    Line(usize, Line),
-    Log(usize, String),
-    Exit(usize),
-}
-
 struct Workers {
-    children: Vec<Child>,
-    stdins: Vec<ChildStdin>,
-    rx: mpsc::Receiver<Event>,
+    pool: Pool<Line>,
     last: Vec<Counters>,
     faults: Vec<u64>,
     ready: Vec<Option<u64>>,
@@ -91,54 +83,10 @@ struct Workers {
 
 impl Workers {
     fn spawn(plans: Vec<Plan>) -> Result<Workers, RunError> {
-        let exe = std::env::current_exe().map_err(RunError::Spawn)?;
-        let (tx, rx) = mpsc::channel();
-        let mut children = Vec::new();
-        let mut stdins = Vec::new();
-        for (w, plan) in plans.iter().enumerate() {
-            let json = serde_json::to_string(plan).expect("plans serialize");
-            let mut child = Command::new(&exe)
-                .arg("worker")
-                .arg(json)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(RunError::Spawn)?;
-            stdins.push(child.stdin.take().expect("piped"));
-            let out = child.stdout.take().expect("piped");
-            let err = child.stderr.take().expect("piped");
-            let t = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    match serde_json::from_str::<Line>(&line) {
-                        Ok(l) => {
-                            if t.send(Event::Line(w, l)).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => {
-                            let _ = t.send(Event::Log(w, line));
-                        }
-                    }
-                }
-                let _ = t.send(Event::Exit(w));
-            });
-            let t = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if t.send(Event::Log(w, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(child);
-        }
+        let pool = Pool::spawn("worker", &plans).map_err(RunError::Spawn)?;
         let n = plans.len();
         Ok(Workers {
-            children,
-            stdins,
-            rx,
+            pool,
             last: vec![Counters::default(); n],
             faults: vec![0; n],
             ready: vec![None; n],
@@ -147,11 +95,10 @@ impl Workers {
         })
     }
 
+    /// A worker that cannot take the command has ended; its exit is
+    /// noticed on its own.
     fn say(&mut self, cmd: &str) {
-        for s in &mut self.stdins {
-            let _ = writeln!(s, "{cmd}");
-            let _ = s.flush();
-        }
+        let _ = self.pool.say(cmd);
     }
 
     fn totals(&self) -> Counters {
@@ -167,9 +114,9 @@ impl Workers {
             .map(|s| s.cpu_ns)
             .unwrap_or(0);
         own + self
-            .children
-            .iter()
-            .map(|c| sys::sample(c.id()).map(|s| s.cpu_ns).unwrap_or(0))
+            .pool
+            .pids()
+            .map(|pid| sys::sample(pid).map(|s| s.cpu_ns).unwrap_or(0))
             .sum::<u64>()
     }
 
@@ -393,20 +340,20 @@ impl<'a> Coordinator<'a> {
 
     /// Takes worker events for at most `d`, and redraws.
     fn pump(&mut self, d: Duration) {
-        match self.w.rx.recv_timeout(d) {
+        match self.w.pool.rx.recv_timeout(d) {
             Ok(ev) => self.on_event(ev),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(d),
         }
-        while let Ok(ev) = self.w.rx.try_recv() {
+        while let Ok(ev) = self.w.pool.rx.try_recv() {
             self.on_event(ev);
         }
         self.redraw();
     }
 
-    fn on_event(&mut self, ev: Event) {
+    fn on_event(&mut self, ev: Msg<Line>) {
         match ev {
-            Event::Line(
+            Msg::Line(
                 w,
                 Line::Tick {
                     c,
@@ -418,13 +365,13 @@ impl<'a> Coordinator<'a> {
                 self.w.faults[w] = faults;
                 self.rtt_max_ns = self.rtt_max_ns.max(rtt_max_ns);
             }
-            Event::Line(w, Line::Ready { at_ns }) => self.w.ready[w] = Some(at_ns),
-            Event::Line(w, Line::Done(r)) => {
+            Msg::Line(w, Line::Ready { at_ns }) => self.w.ready[w] = Some(at_ns),
+            Msg::Line(w, Line::Done(r)) => {
                 self.w.last[w] = r.counters;
                 self.w.results[w] = Some(*r);
             }
-            Event::Log(w, line) => self.bar.suspend(|| eprintln!("worker {w}: {line}")),
-            Event::Exit(w) => self.w.exited[w] = true,
+            Msg::Log(w, line) => self.bar.suspend(|| eprintln!("worker {w}: {line}")),
+            Msg::Exit(w) => self.w.exited[w] = true,
         }
     }
 
@@ -473,9 +420,7 @@ impl<'a> Coordinator<'a> {
                 .zip(&w.exited)
                 .all(|(r, e)| r.is_some() || *e)
         });
-        for c in &mut self.w.children {
-            let _ = c.wait();
-        }
+        self.w.pool.wait();
         self.bar.finish_and_clear();
         let gen_total = (sys::rusage_ns(false) + sys::rusage_ns(true)).saturating_sub(self.rusage0);
         let mut counters = Counters::default();
@@ -570,7 +515,7 @@ impl<'a> Coordinator<'a> {
             mode: spec.mode,
             url: spec.url.clone(),
             sockets: spec.plan.sockets,
-            procs: self.w.children.len() as u32,
+            procs: self.w.pool.len() as u32,
             load: describe_load(&spec.plan),
             window_s: self.window.as_ref().map(|w| secs(w.end - w.start)),
             elapsed_s: secs(elapsed),

@@ -5,7 +5,7 @@
 //! and takes `go` and `stop` from stdin.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, End, Handler, Io};
 use crate::plan::{Load, OnGo, Plan};
+use crate::pool::emit;
 use crate::reply::{Reply, ID_LEN};
 use crate::stats::{self, Counters, Fault, Faults, WorkerResult};
 
@@ -716,15 +717,5 @@ impl Handler for Worker {
             return None;
         }
         Some(next.min(self.next_tick))
-    }
-}
-
-/// Prints one line for the coordinator. A failed write means the coordinator
-/// is gone; the worker then ends at its next stdin read.
-pub fn emit(line: &Line) {
-    let mut out = io::stdout().lock();
-    if serde_json::to_writer(&mut out, line).is_ok() {
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
     }
 }

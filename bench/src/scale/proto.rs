@@ -3,8 +3,6 @@
 //! and answers every command with exactly one [`Event::Done`] on stdout,
 //! with [`Event::Progress`] lines while it waits.
 
-use std::io::Write;
-
 use serde::{Deserialize, Serialize};
 
 use super::node::Node;
@@ -198,15 +196,6 @@ pub struct Recovery {
     pub reconnect: Pairs,
     /// Messages answered since traffic started.
     pub acked: u64,
-}
-
-/// One JSON line on stdout, flushed: the orchestrator reads line by line.
-pub fn emit(ev: &Event) {
-    let mut out = std::io::stdout().lock();
-    if serde_json::to_writer(&mut out, ev).is_ok() {
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,7 @@
 //! answer, and the workers are killed on any way out but the normal one.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, ChildStdin, Command as Process, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -20,6 +18,7 @@ use super::report::{
     ResumeFigures, RoomFigures, ScaleReport,
 };
 use super::tag::{Kind, Tag};
+use crate::pool::{Msg, Pool};
 use crate::report::Quantiles;
 use crate::stats::{self, Fault, Faults};
 use crate::sys::{self, now_ns};
@@ -51,84 +50,19 @@ pub enum ScaleError {
     Signal(u32, std::io::Error),
 }
 
-enum Msg {
-    Ev(usize, Event),
-    Log(usize, String),
-    Exit(usize),
-}
-
-/// The worker processes. Dropping them kills whatever still runs.
+/// The worker processes, and each one's fault totals from its latest answer.
 struct Workers {
-    children: Vec<Child>,
-    stdins: Vec<Option<ChildStdin>>,
-    rx: mpsc::Receiver<Msg>,
+    pool: Pool<Event>,
     exited: Vec<bool>,
-    /// Each worker's fault totals, from its latest answer.
     faults: Vec<Faults>,
 }
 
 impl Workers {
-    fn spawn(plans: &[WorkerPlan]) -> Result<Workers, ScaleError> {
-        let exe = std::env::current_exe().map_err(ScaleError::Spawn)?;
-        let (tx, rx) = mpsc::channel();
-        let mut w = Workers {
-            children: Vec::new(),
-            stdins: Vec::new(),
-            rx,
-            exited: vec![false; plans.len()],
-            faults: vec![Faults::default(); plans.len()],
-        };
-        for (i, plan) in plans.iter().enumerate() {
-            let json = serde_json::to_string(plan).expect("plans serialize");
-            // On error, `w` drops and kills the workers already started.
-            let mut child = Process::new(&exe)
-                .arg("scale-worker")
-                .arg(json)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(ScaleError::Spawn)?;
-            w.stdins.push(child.stdin.take());
-            let out = child.stdout.take().expect("piped");
-            let err = child.stderr.take().expect("piped");
-            w.children.push(child);
-            let t = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let msg = match serde_json::from_str::<Event>(&line) {
-                        Ok(ev) => Msg::Ev(i, ev),
-                        Err(_) => Msg::Log(i, line),
-                    };
-                    if t.send(msg).is_err() {
-                        return;
-                    }
-                }
-                let _ = t.send(Msg::Exit(i));
-            });
-            let t = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(err).lines().map_while(Result::ok) {
-                    if t.send(Msg::Log(i, line)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        Ok(w)
-    }
-
     fn say(&mut self, cmd: &Command, what: &str) -> Result<(), ScaleError> {
         let line = serde_json::to_string(cmd).expect("commands serialize");
-        for (i, s) in self.stdins.iter_mut().enumerate() {
-            let ok = s
-                .as_mut()
-                .is_some_and(|s| writeln!(s, "{line}").and_then(|()| s.flush()).is_ok());
-            if !ok {
-                return Err(ScaleError::WorkerLost(i, what.to_string()));
-            }
-        }
-        Ok(())
+        self.pool
+            .say(&line)
+            .map_err(|w| ScaleError::WorkerLost(w, what.to_string()))
     }
 
     fn fault_total(&self) -> Faults {
@@ -137,30 +71,6 @@ impl Workers {
             f.add(w);
         }
         f
-    }
-
-    /// Closes every stdin (the workers' cue to exit) and waits a little for them.
-    fn shutdown(&mut self) {
-        for s in &mut self.stdins {
-            s.take();
-        }
-        let end = now_ns() + EXIT_GRACE.as_nanos() as u64;
-        for c in &mut self.children {
-            while now_ns() < end && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = c.kill();
-            }
-            let _ = c.wait();
-        }
     }
 }
 
@@ -192,7 +102,11 @@ pub fn run(spec: &ScaleSpec) -> Result<ScaleReport, ScaleError> {
             seed: spec.seed,
         })
         .collect();
-    let workers = Workers::spawn(&plans)?;
+    let workers = Workers {
+        pool: Pool::spawn("scale-worker", &plans).map_err(ScaleError::Spawn)?,
+        exited: vec![false; plans.len()],
+        faults: vec![Faults::default(); plans.len()],
+    };
     let mut o = Orchestrator {
         spec,
         layout: spec.layout(),
@@ -216,7 +130,7 @@ pub fn run(spec: &ScaleSpec) -> Result<ScaleReport, ScaleError> {
         o.kill()?;
     }
     o.close()?;
-    o.w.shutdown();
+    o.w.pool.shutdown(EXIT_GRACE);
     let mut report = o.report;
     let faults = o.w.fault_total();
     report.fault_total = faults.total();
@@ -246,7 +160,7 @@ impl Orchestrator<'_> {
     /// Sends `cmd` to every worker and waits for every answer.
     fn ask(&mut self, cmd: Command, what: &str) -> Result<Vec<(bool, Outcome)>, ScaleError> {
         self.w.say(&cmd, what)?;
-        let n = self.w.children.len();
+        let n = self.w.pool.len();
         let mut answers: Vec<Option<(bool, Outcome)>> = vec![None; n];
         let mut progress = vec![(0u64, 0u64); n];
         let end = now_ns() + (self.spec.timeout + GRACE).as_nanos() as u64;
@@ -258,9 +172,9 @@ impl Orchestrator<'_> {
                 return Err(ScaleError::WorkerSilent(w, what.to_string()));
             }
             let wait = Duration::from_nanos((end - now).min(100_000_000));
-            match self.w.rx.recv_timeout(wait) {
-                Ok(Msg::Ev(i, Event::Progress { done, of, .. })) => progress[i] = (done, of),
-                Ok(Msg::Ev(
+            match self.w.pool.rx.recv_timeout(wait) {
+                Ok(Msg::Line(i, Event::Progress { done, of, .. })) => progress[i] = (done, of),
+                Ok(Msg::Line(
                     i,
                     Event::Done {
                         faults,
@@ -309,12 +223,12 @@ impl Orchestrator<'_> {
             if now >= end {
                 return Ok(());
             }
-            match self.w.rx.recv_timeout(Duration::from_nanos(end - now)) {
+            match self.w.pool.rx.recv_timeout(Duration::from_nanos(end - now)) {
                 Ok(Msg::Log(i, line)) => eprintln!("worker {i}: {line}"),
-                Ok(Msg::Exit(i)) | Ok(Msg::Ev(i, Event::Done { .. })) => {
+                Ok(Msg::Exit(i)) | Ok(Msg::Line(i, Event::Done { .. })) => {
                     return Err(ScaleError::WorkerLost(i, what.to_string()))
                 }
-                Ok(Msg::Ev(_, Event::Progress { .. })) => {}
+                Ok(Msg::Line(_, Event::Progress { .. })) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(ScaleError::WorkerLost(0, what.to_string()))

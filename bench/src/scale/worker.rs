@@ -13,9 +13,10 @@ use hdrhistogram::Histogram;
 use super::check::{self, Resume};
 use super::layout::Layout;
 use super::node;
-use super::proto::{self, Command, Event, Outcome, Recovery, Tally, WorkerPlan};
+use super::proto::{Command, Event, Outcome, Recovery, Tally, WorkerPlan};
 use super::tag::{self, Kind};
 use crate::engine::{self, End, Handler, Io};
+use crate::pool::emit;
 use crate::reply::{Reply, ID_LEN};
 use crate::stats::{self, Fault, Faults};
 
@@ -865,7 +866,7 @@ impl Worker {
     }
 
     fn answer(&self, timed_out: bool, out: Outcome) {
-        proto::emit(&Event::Done {
+        emit(&Event::Done {
             faults: self.st.faults.clone(),
             timed_out,
             out,
@@ -1105,7 +1106,7 @@ impl Handler for Worker {
                     if io.now - self.last_progress >= PROGRESS_EVERY {
                         self.last_progress = io.now;
                         let faults = self.st.faults.total();
-                        proto::emit(&Event::Progress { done, of, faults });
+                        emit(&Event::Progress { done, of, faults });
                     }
                     self.pending = Some(p);
                 }
