@@ -13,15 +13,7 @@ pub const ID_LEN: usize = 36;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
-    Welcome {
-        session: [u8; ID_LEN],
-        count: u64,
-        resumed: bool,
-        /// With history: the newest offset, and after a `since`, whether
-        /// every missed broadcast follows.
-        offset: Option<&'a str>,
-        recovered: Option<bool>,
-    },
+    Welcome(Welcome<'a>),
     Count(u64),
     Heartbeat,
     Broadcast {
@@ -37,6 +29,17 @@ pub enum Reply<'a> {
     RateLimited,
     /// Valid JSON that the contract does not name, or not JSON at all.
     Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome<'a> {
+    pub session: [u8; ID_LEN],
+    pub count: u64,
+    pub resumed: bool,
+    /// With history: the newest offset, and after a `since`, whether
+    /// every missed broadcast follows.
+    pub offset: Option<&'a str>,
+    pub recovered: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -74,13 +77,13 @@ pub fn parse(text: &[u8]) -> Reply<'_> {
         } if id.len() == ID_LEN => {
             let mut session = [0u8; ID_LEN];
             session.copy_from_slice(id.as_bytes());
-            Reply::Welcome {
+            Reply::Welcome(Welcome {
                 session,
                 count,
                 resumed,
                 offset,
                 recovered,
-            }
+            })
         }
         Any {
             bye: Some(true),
@@ -141,26 +144,21 @@ mod tests {
     #[test]
     fn welcome_keeps_the_session() {
         let w = format!("{{\"session_id\":\"{ID}\",\"count\":5,\"resumed\":true}}");
-        match parse(w.as_bytes()) {
-            Reply::Welcome {
-                session,
-                count,
-                resumed,
-                offset,
-                recovered,
-            } => {
-                assert_eq!(&session, ID.as_bytes());
-                assert_eq!((count, resumed, offset, recovered), (5, true, None, None));
-            }
-            other => panic!("{other:?}"),
-        }
+        let mut session = [0u8; ID_LEN];
+        session.copy_from_slice(ID.as_bytes());
+        let want = Welcome {
+            session,
+            count: 5,
+            resumed: true,
+            offset: None,
+            recovered: None,
+        };
+        assert_eq!(parse(w.as_bytes()), Reply::Welcome(want));
         let w = format!(
             "{{\"session_id\":\"{ID}\",\"count\":0,\"resumed\":false,\"offset\":\"5-1\",\"recovered\":true}}"
         );
         match parse(w.as_bytes()) {
-            Reply::Welcome {
-                offset, recovered, ..
-            } => assert_eq!((offset, recovered), (Some("5-1"), Some(true))),
+            Reply::Welcome(w) => assert_eq!((w.offset, w.recovered), (Some("5-1"), Some(true))),
             other => panic!("{other:?}"),
         }
     }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{self, End, Handler, Io};
 use crate::plan::{Load, OnGo, Plan};
 use crate::pool::emit;
-use crate::reply::{Reply, ID_LEN};
+use crate::reply::{Reply, Welcome, ID_LEN};
 use crate::stats::{self, Counters, Fault, Faults, WorkerResult};
 
 const TICK_NS: u64 = 250_000_000;
@@ -432,20 +432,13 @@ impl Worker {
         }
     }
 
-    fn on_welcome(
-        &mut self,
-        io: &mut Io,
-        i: usize,
-        session: [u8; ID_LEN],
-        count: u64,
-        resumed: bool,
-    ) {
+    fn on_welcome(&mut self, io: &mut Io, i: usize, w: Welcome) {
         let now = io.now;
         let c = &mut self.conns[i];
         let want = if c.resuming { c.acked } else { 0 };
-        let ok = count == want && resumed == c.resuming;
-        c.session = Some(session);
-        c.acked = count;
+        let ok = w.count == want && w.resumed == c.resuming;
+        c.session = Some(w.session);
+        c.acked = w.count;
         c.st = St::Open;
         c.welcomed = true;
         let took = now - c.since;
@@ -603,15 +596,8 @@ impl Handler for Worker {
     fn on_text(&mut self, io: &mut Io, i: usize, r: Reply<'_>) {
         let st = self.conns[i].st;
         match r {
-            Reply::Welcome {
-                session,
-                count,
-                resumed,
-                ..
-            } if st == St::Welcoming => self.on_welcome(io, i, session, count, resumed),
-            Reply::Welcome { .. } => {
-                self.finish(io, i, Some((Fault::BadFrame, "a second welcome")))
-            }
+            Reply::Welcome(w) if st == St::Welcoming => self.on_welcome(io, i, w),
+            Reply::Welcome(_) => self.finish(io, i, Some((Fault::BadFrame, "a second welcome"))),
             _ if st == St::Welcoming => {
                 let f = (Fault::BadFrame, "first frame is not a welcome");
                 self.finish(io, i, Some(f))

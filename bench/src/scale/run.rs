@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::args::ScaleSpec;
 use super::http;
 use super::layout::{self, room_name, Layout};
-use super::proto::{Command, Event, Outcome, Recovery, Tally, WorkerPlan};
+use super::proto::{Command, Event, Outcome, Tally, WorkerPlan};
 use super::report::{
     Assertion, BroadcastFigures, CloseFigures, ConnectFigures, FanoutFigures, KillFigures,
     ResumeFigures, RoomFigures, ScaleReport,
@@ -517,7 +517,7 @@ impl Orchestrator<'_> {
             return Err(ScaleError::Signal(k.pid, std::io::Error::last_os_error()));
         }
         self.note(&format!("kill: SIGKILL to pid {}", k.pid));
-        let mut sum = Recovery::default();
+        let mut last_ns = 0;
         let mut h = stats::histogram();
         for (w, (_, out)) in self
             .ask(Command::Killed { at_ns: at }, "recovery")?
@@ -527,24 +527,17 @@ impl Orchestrator<'_> {
             let Outcome::Recovered(r) = out else {
                 return Err(unexpected(w, "recovery", &out));
             };
-            sum.dropped += r.dropped;
-            sum.early += r.early;
-            sum.recovered += r.recovered;
-            sum.in_flight += r.in_flight;
-            sum.in_flight_counted += r.in_flight_counted;
-            sum.lost += r.lost;
-            sum.ahead += r.ahead;
-            sum.last_ns = sum.last_ns.max(r.last_ns);
+            f.dropped += r.dropped;
+            f.early_drops += r.early;
+            f.recovered += r.recovered;
+            f.in_flight += r.in_flight;
+            f.in_flight_counted += r.in_flight_counted;
+            f.lost += r.lost;
+            f.ahead += r.ahead;
+            last_ns = last_ns.max(r.last_ns);
             stats::merge_pairs(&mut h, &r.reconnect);
         }
-        f.dropped = sum.dropped;
-        f.early_drops = sum.early;
-        f.recovered = sum.recovered;
-        f.in_flight = sum.in_flight;
-        f.in_flight_counted = sum.in_flight_counted;
-        f.lost = sum.lost;
-        f.ahead = sum.ahead;
-        f.kill_to_last_recovery_s = (sum.last_ns > 0).then(|| secs(sum.last_ns.saturating_sub(at)));
+        f.kill_to_last_recovery_s = (last_ns > 0).then(|| secs(last_ns.saturating_sub(at)));
         f.reconnect_ms = Quantiles::of(&h, 1e6);
         self.note(&format!(
             "kill: {} of {} victims back",

@@ -17,7 +17,7 @@ use super::proto::{Command, Event, Outcome, Recovery, Tally, WorkerPlan};
 use super::tag::{self, Kind};
 use crate::engine::{self, End, Handler, Io};
 use crate::pool::emit;
-use crate::reply::{Reply, ID_LEN};
+use crate::reply::{Reply, Welcome, ID_LEN};
 use crate::stats::{self, Fault, Faults};
 
 const MS: u64 = 1_000_000;
@@ -580,7 +580,7 @@ impl Worker {
             return;
         };
         self.socks[i].conn = Conn::Open;
-        self.saw(i, w.offset);
+        self.saw(i, w.offset.and_then(parse_offset));
         let s = &mut self.socks[i];
         match s.task {
             Task::Connect => {
@@ -938,15 +938,6 @@ impl Worker {
     }
 }
 
-/// A welcome's fields, owned, for the step that opened the connection.
-struct Welcome {
-    session: [u8; ID_LEN],
-    count: u64,
-    resumed: bool,
-    offset: Option<Offset>,
-    recovered: Option<bool>,
-}
-
 fn got(st: &State, kind: Kind, seq: u32) -> u64 {
     match kind {
         Kind::Fanout => st.fanout_got.get(seq as usize).copied().unwrap_or(0),
@@ -961,22 +952,7 @@ impl Handler for Worker {
         let conn = self.socks[i].conn;
         match r {
             Reply::Heartbeat => {}
-            Reply::Welcome {
-                session,
-                count,
-                resumed,
-                offset,
-                recovered,
-            } if matches!(conn, Conn::Opening { .. }) => {
-                let w = Welcome {
-                    session,
-                    count,
-                    resumed,
-                    offset: offset.and_then(parse_offset),
-                    recovered,
-                };
-                self.on_welcome(io, i, w);
-            }
+            Reply::Welcome(w) if matches!(conn, Conn::Opening { .. }) => self.on_welcome(io, i, w),
             _ if matches!(conn, Conn::Opening { .. }) => {
                 let f = Fail(Fault::BadFrame, "the first frame is not a welcome");
                 self.open_failed(io, i, f);
@@ -996,7 +972,7 @@ impl Handler for Worker {
             Reply::Count(_) | Reply::Bye { .. } => {
                 self.die(io, i, Fail(Fault::BadFrame, "a reply to nothing"));
             }
-            Reply::Welcome { .. } => {
+            Reply::Welcome(_) => {
                 self.die(io, i, Fail(Fault::BadFrame, "a welcome on an open socket"));
             }
             Reply::RateLimited => self.die(io, i, Fail(Fault::BadFrame, "rate limited")),
