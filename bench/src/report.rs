@@ -113,6 +113,13 @@ pub struct Point {
     /// The slowest reply in this point's interval, in microseconds.
     #[serde(default)]
     pub rtt_max_us: f64,
+    /// The server's CPU over this point's interval, in % of one core (with
+    /// `--server-pid`, while the server runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_pct: Option<f64>,
+    /// The server's resident memory at this point (with `--server-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_rss_bytes: Option<u64>,
 }
 
 impl Report {

@@ -150,6 +150,8 @@ struct Coordinator<'a> {
     bar: ProgressBar,
     t0: u64,
     server0: Option<ProcSample>,
+    /// The server's previous sample for the series, and when it was taken.
+    server_last: Option<(u64, ProcSample)>,
     rusage0: u64,
     series: Vec<Point>,
     last_point: (u64, u64),
@@ -198,6 +200,7 @@ impl<'a> Coordinator<'a> {
             bar,
             t0,
             server0,
+            server_last: server0.map(|s| (t0, s)),
             rusage0,
             series: Vec::new(),
             last_point: (t0, 0),
@@ -316,6 +319,20 @@ impl<'a> Coordinator<'a> {
         self.spec.server_pid.and_then(|p| sys::sample(p).ok())
     }
 
+    /// The server's CPU share since the previous point and its RSS now;
+    /// nothing once it has exited (a drain) or when no pid was given.
+    fn server_point(&mut self, now: u64) -> (Option<f64>, Option<u64>) {
+        let Some(s) = self.server_sample() else {
+            self.server_last = None;
+            return (None, None);
+        };
+        let cpu = self.server_last.filter(|(t, _)| now > *t).map(|(t, last)| {
+            s.cpu_ns.saturating_sub(last.cpu_ns) as f64 * 100.0 / (now - t) as f64
+        });
+        self.server_last = Some((now, s));
+        (cpu, Some(s.rss_bytes))
+    }
+
     fn phase(&self, name: &str) {
         self.bar.set_prefix(name.to_string());
         if self.bar.is_hidden() && self.spec.progress {
@@ -385,12 +402,15 @@ impl<'a> Coordinator<'a> {
         let rate =
             (c.replies - self.last_point.1.min(c.replies)) as f64 / secs(now - self.last_point.0);
         self.last_point = (now, c.replies);
+        let (server_cpu_pct, server_rss_bytes) = self.server_point(now);
         self.series.push(Point {
             t_s: secs(now - self.t0),
             live: c.live,
             msgs_per_s: rate,
             faults,
             rtt_max_us: std::mem::take(&mut self.rtt_max_ns) as f64 / 1e3,
+            server_cpu_pct,
+            server_rss_bytes,
         });
         self.bar.set_position(c.live);
         self.bar.set_message(format!(
