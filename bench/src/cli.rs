@@ -158,7 +158,8 @@ pub struct Common {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Write the report as an HTML page with plots here.
+    /// Write the report as an HTML page with charts here, and the charts as
+    /// one PNG beside it (the same name ending in .png).
     #[arg(long)]
     pub html: Option<PathBuf>,
     /// No progress display.

@@ -13,11 +13,13 @@
 //!   shared with the tests and the fuzz targets).
 //! - [`reply`]: what the server's text frames mean.
 //! - [`stats`]: counters, fault kinds and histograms that merge across workers.
-//! - [`report`]: the summary table, JSON and the HTML page with plots.
+//! - [`report`]: the summary table, JSON and the HTML page.
+//! - [`chart`]: the report's charts, as SVG for the page and as one PNG.
 //! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
 //! - [`scale`]: the multi-node scale-out test: its phases, on the same engine.
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
+pub mod chart;
 pub mod cli;
 pub mod engine;
 pub mod epoll;

@@ -169,8 +169,11 @@ fn one_run(spec: &RunSpec, common: &Common) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &common.html {
-        std::fs::write(path, report.html())
+        std::fs::write(path, report.html().context("drawing the report's charts")?)
             .with_context(|| format!("writing {}", path.display()))?;
+        let png = path.with_extension("png");
+        std::fs::write(&png, report.png().context("drawing the report's PNG")?)
+            .with_context(|| format!("writing {}", png.display()))?;
     }
     Ok(if report.ok() {
         ExitCode::SUCCESS

@@ -1,6 +1,6 @@
 //! A finished run: the figures, the summary table people read, the JSON file
-//! tools read, and a self-contained HTML page with the latency histogram and
-//! the time series drawn as inline SVG (no scripts, no external assets).
+//! tools read, and a self-contained HTML page with the charts of
+//! [`crate::chart`] inline as SVG (no scripts, no external assets).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::chart::{self, ChartError};
 use crate::run::Mode;
 use crate::stats::Counters;
 
@@ -265,35 +266,33 @@ impl Report {
         s
     }
 
-    /// A standalone page: the summary, the RTT histogram, sockets and msgs/s over time.
-    pub fn html(&self) -> String {
+    /// A standalone page: the summary, then every chart as inline SVG.
+    pub fn html(&self) -> Result<String, ChartError> {
         let mut h = String::new();
         let _ = write!(
             h,
             "<!doctype html><html><head><meta charset=\"utf-8\"><title>shardcast-bench {}</title>\
              <style>body{{font:14px system-ui,sans-serif;margin:2em;max-width:60em}}\
-             pre{{background:#f4f4f4;padding:1em}}svg{{background:#fff;border:1px solid #ddd}}\
+             pre{{background:#f4f4f4;padding:1em}}\
+             svg{{display:block;max-width:100%;height:auto;margin:1em 0;border:1px solid #ddd}}\
              </style></head><body><h1>shardcast-bench: {}</h1><pre>{}</pre>",
             self.mode.name(),
             self.mode.name(),
             escape(&self.summary())
         );
-        let hist: Vec<(f64, f64)> = log_buckets(&self.rtt_histogram);
-        if !hist.is_empty() {
-            h.push_str("<h2>Reply round trip (µs, log scale)</h2>");
-            h.push_str(&bar_chart(&hist, "µs", "replies"));
+        for svg in chart::svgs(self)? {
+            h.push_str(&svg);
         }
-        if self.series.len() > 1 {
-            let live: Vec<(f64, f64)> =
-                self.series.iter().map(|p| (p.t_s, p.live as f64)).collect();
-            let rate: Vec<(f64, f64)> = self.series.iter().map(|p| (p.t_s, p.msgs_per_s)).collect();
-            h.push_str("<h2>Open sockets</h2>");
-            h.push_str(&line_chart(&live, "s", "sockets"));
-            h.push_str("<h2>Replies per second</h2>");
-            h.push_str(&line_chart(&rate, "s", "msgs/s"));
+        if self.server.is_none() {
+            h.push_str("<p>Server CPU and memory over time need <code>--server-pid</code>.</p>");
         }
         h.push_str("</body></html>\n");
-        h
+        Ok(h)
+    }
+
+    /// Every chart in one PNG image, for pasting where HTML does not go.
+    pub fn png(&self) -> Result<Vec<u8>, ChartError> {
+        chart::png(self)
     }
 }
 
@@ -324,137 +323,58 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Groups (ns, count) pairs into buckets of µs, four per decade.
-pub fn log_buckets(pairs: &[(u64, u64)]) -> Vec<(f64, f64)> {
-    let mut buckets: BTreeMap<i64, u64> = BTreeMap::new();
-    for &(ns, n) in pairs {
-        let us = (ns as f64 / 1e3).max(0.1);
-        let b = (us.log10() * 4.0).floor() as i64;
-        *buckets.entry(b).or_default() += n;
+/// A small mix run with every chart's data: a latency spread over three
+/// decades and server samples on every point.
+#[cfg(test)]
+pub(crate) fn example() -> Report {
+    let mut h = crate::stats::histogram();
+    for k in 0..2_000u64 {
+        // 100 µs to 10 ms, most of it near the bottom.
+        h.record(100_000 + k * k * 5 / 2).unwrap();
     }
-    buckets
-        .into_iter()
-        .map(|(b, n)| (10f64.powf(b as f64 / 4.0), n as f64))
-        .collect()
-}
-
-const W: f64 = 720.0;
-const H: f64 = 240.0;
-const PAD: f64 = 48.0;
-
-fn svg_open(s: &mut String) {
-    let _ = write!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
-         viewBox=\"0 0 {W} {H}\" font-size=\"11\">"
-    );
-}
-
-fn axes(s: &mut String, x_label: &str, y_label: &str, y_max: f64) {
-    let _ = write!(
-        s,
-        "<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#333\"/>\
-         <line x1=\"{PAD}\" y1=\"{t}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"#333\"/>\
-         <text x=\"{r}\" y=\"{lb}\" text-anchor=\"end\">{x_label}</text>\
-         <text x=\"4\" y=\"{t}\">{y_label}</text>\
-         <text x=\"{yl}\" y=\"{ty}\" text-anchor=\"end\">{y_max:.0}</text>",
-        b = H - PAD,
-        r = W - 8.0,
-        t = 14.0,
-        lb = H - 8.0,
-        yl = PAD - 4.0,
-        ty = 28.0,
-    );
-}
-
-/// Bars for histogram buckets, labelled with their lower bound.
-fn bar_chart(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
-    let mut s = String::new();
-    svg_open(&mut s);
-    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max);
-    axes(&mut s, x_label, y_label, y_max);
-    let slot = (W - PAD - 16.0) / points.len() as f64;
-    for (k, (x, y)) in points.iter().enumerate() {
-        let h = (H - PAD - 28.0) * y / y_max;
-        let left = PAD + 4.0 + k as f64 * slot;
-        let _ = write!(
-            s,
-            "<rect x=\"{left:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"#4a7fb5\">\
-             <title>≥ {x:.1} µs: {y:.0}</title></rect>",
-            H - PAD - h,
-            (slot - 2.0).max(1.0)
-        );
-        if k % 2 == 0 {
-            let _ = write!(
-                s,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
-                left + slot / 2.0,
-                H - PAD + 14.0,
-                short(*x)
-            );
-        }
-    }
-    s.push_str("</svg>");
-    s
-}
-
-fn line_chart(points: &[(f64, f64)], x_label: &str, y_label: &str) -> String {
-    let mut s = String::new();
-    svg_open(&mut s);
-    let y_max = points.iter().map(|p| p.1).fold(1.0, f64::max);
-    let x_max = points.iter().map(|p| p.0).fold(1e-9, f64::max);
-    axes(&mut s, x_label, y_label, y_max);
-    let _ = write!(
-        s,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{x_max:.0}</text>",
-        W - 8.0,
-        H - PAD + 14.0
-    );
-    let mut path = String::new();
-    for (k, (x, y)) in points.iter().enumerate() {
-        let px = PAD + (W - PAD - 16.0) * x / x_max;
-        let py = H - PAD - (H - PAD - 28.0) * y / y_max;
-        let _ = write!(path, "{}{px:.1},{py:.1}", if k == 0 { "M" } else { " L" });
-    }
-    let _ = write!(
-        s,
-        "<path d=\"{path}\" fill=\"none\" stroke=\"#b5534a\" stroke-width=\"1.5\"/></svg>"
-    );
-    s
-}
-
-fn short(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.0}s", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.0}ms", v / 1e3)
-    } else if v >= 10.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.1}")
+    let series = (0..20u32)
+        .map(|k| Point {
+            t_s: 0.5 * f64::from(k),
+            live: 100.min(u64::from(k) * 20),
+            msgs_per_s: 900.0 + f64::from(k % 4) * 50.0,
+            faults: 0,
+            rtt_max_us: 800.0,
+            server_cpu_pct: (k > 0).then(|| 20.0 + f64::from(k)),
+            server_rss_bytes: Some(20_000_000 + u64::from(k) * 100_000),
+        })
+        .collect();
+    Report {
+        mode: Mode::Mix,
+        url: "ws://127.0.0.1:9/ws/chat/?a<b".into(),
+        sockets: 100,
+        procs: 1,
+        load: "80% chatters".into(),
+        window_s: Some(8.0),
+        elapsed_s: 10.0,
+        connected: 100,
+        counters: Counters::default(),
+        faults: BTreeMap::new(),
+        fault_total: 0,
+        msgs_per_s: 950.0,
+        connect_ms: None,
+        reconnect_ms: None,
+        reconnected_within_1s: None,
+        rtt_us: Quantiles::of(&h, 1e3),
+        server: Some(ProcFigures {
+            pid: Some(1),
+            ..ProcFigures::default()
+        }),
+        generator: ProcFigures::default(),
+        storm: None,
+        drain: None,
+        series,
+        rtt_histogram: crate::stats::to_pairs(&h),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_four_per_decade_and_keep_every_count() {
-        let pairs = [
-            (1_000, 3),
-            (2_000, 1),
-            (10_000, 5),
-            (12_000, 2),
-            (1_000_000, 1),
-        ];
-        let b = log_buckets(&pairs);
-        assert_eq!(b.iter().map(|p| p.1).sum::<f64>(), 12.0);
-        assert_eq!(b[0], (1.0, 3.0));
-        assert!((b[1].0 - 10f64.powf(0.25)).abs() < 1e-9);
-        assert_eq!(b[2], (10.0, 7.0));
-        assert_eq!(b.last().unwrap().0, 1000.0);
-    }
 
     #[test]
     fn quantiles_are_in_the_unit_asked() {
@@ -480,10 +400,50 @@ mod tests {
 
     #[test]
     fn html_escapes_and_draws() {
-        let page = escape("a<b>&c");
-        assert_eq!(page, "a&lt;b&gt;&amp;c");
-        let chart = line_chart(&[(0.0, 0.0), (1.0, 10.0), (2.0, 5.0)], "s", "n");
-        assert!(chart.starts_with("<svg") && chart.ends_with("</svg>"));
-        assert_eq!(chart.matches(" L").count(), 2);
+        assert_eq!(escape("a<b>&c"), "a&lt;b&gt;&amp;c");
+        let page = example().html().unwrap();
+        assert!(page.contains("chat/?a&lt;b"), "the summary is escaped");
+        assert_eq!(page.matches("<svg").count(), 4, "latency, rate, CPU, RSS");
+        assert_eq!(page.matches("</svg>").count(), 4);
+        for title in [
+            "Reply round trip by percentile",
+            "Replies per second and open sockets",
+            "Server CPU",
+            "Server memory (RSS)",
+        ] {
+            assert!(page.contains(title), "{title}");
+        }
+        for outside in ["<script", "src=", "href=", "<link"] {
+            assert!(!page.contains(outside), "{outside}");
+        }
+    }
+
+    #[test]
+    fn without_a_server_pid_the_page_says_so() {
+        let mut r = example();
+        r.server = None;
+        for p in &mut r.series {
+            p.server_cpu_pct = None;
+            p.server_rss_bytes = None;
+        }
+        let page = r.html().unwrap();
+        assert_eq!(page.matches("<svg").count(), 2);
+        assert!(page.contains("need <code>--server-pid</code>"));
+    }
+
+    #[test]
+    fn points_without_server_samples_keep_their_old_json() {
+        let mut p = example().series[3].clone();
+        p.server_cpu_pct = None;
+        p.server_rss_bytes = None;
+        let json = serde_json::to_value(&p).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["faults", "live", "msgs_per_s", "rtt_max_us", "t_s"]);
     }
 }
