@@ -30,7 +30,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on :8080 (starts a server if none)
+load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on :8080 (starts a server if none); report and PNG in run/load-test/
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	N=$(N) DURATION=$(DURATION) scripts/load-test $(ARGS)
 
