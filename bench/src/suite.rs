@@ -564,16 +564,22 @@ impl Suite<'_> {
         if !report.ok() {
             eprintln!("suite: {label}: faults {:?}", report.faults);
         }
-        let name = format!(
-            "{:02}-{}-{}.json",
+        let stem = self.args.raw.join(format!(
+            "{:02}-{}-{}",
             self.runs,
             spec.mode.name(),
             server_label(server).replace(' ', "-")
-        );
-        let _ = std::fs::write(
-            self.args.raw.join(name),
-            serde_json::to_vec_pretty(&report)?,
-        );
+        ));
+        let file = |ext: &str| stem.with_extension(ext);
+        let _ = std::fs::write(file("json"), serde_json::to_vec_pretty(&report)?);
+        // The charts are for reading a run afterwards; a run stands without them.
+        match report.html().and_then(|h| Ok((h, report.png()?))) {
+            Ok((html, png)) => {
+                let _ = std::fs::write(file("html"), html);
+                let _ = std::fs::write(file("png"), png);
+            }
+            Err(e) => eprintln!("suite: {label}: no charts: {e}"),
+        }
         Ok(report)
     }
 
