@@ -61,7 +61,7 @@ impl End {
 
 /// Where a socket's transport is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
+enum Wire {
     Idle,
     Connecting,
     Upgrading,
@@ -141,18 +141,6 @@ impl Io {
             broken: Vec::new(),
             now: now_ns(),
         })
-    }
-
-    pub fn len(&self) -> usize {
-        self.links.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.links.is_empty()
-    }
-
-    pub fn wire(&self, i: usize) -> Wire {
-        self.links[i].wire
     }
 
     /// Starts connecting socket `i` (closing whatever it held); the upgrade
