@@ -128,9 +128,11 @@ struct Sock {
     gated: bool,
     /// A victim that resumed on a survivor.
     moved: bool,
-    /// The next tour stop (an index into the hops), or the next traffic send.
+    /// The next tour stop, an index into the layout's hops.
     hop: u32,
+    /// When traffic sends next (the send schedule keeps its phase).
     next_send: u64,
+    /// Set while a victim of the kill is away.
     recovery: Option<Away>,
     /// One bit per fanout broadcast.
     fanout: Vec<u64>,
