@@ -1,13 +1,12 @@
 //! The command line: one subcommand per mode, the options every mode shares,
 //! and the translation of both into a [`RunSpec`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::plan::{Load, OnGo, Plan};
+use crate::plan::{Load, Plan, Target};
 use crate::run::{Mode, RunSpec};
 
 /// Load generator for the shardcast wire contract. It checks every answer
@@ -169,42 +168,14 @@ pub struct Common {
     pub seed: u64,
 }
 
-/// The parts of a ws:// URL a client needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub addr: SocketAddr,
-    pub host: String,
-    pub path: String,
-}
-
-pub fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err(format!("`{url}`: no host"));
-    }
-    let addr = crate::scale::node::resolve(authority).map_err(|e| format!("`{url}`: {e}"))?;
-    Ok(Target {
-        addr,
-        host: authority.to_string(),
-        path: path.to_string(),
-    })
-}
-
 impl Common {
-    /// Builds the run for `mode` with the mode's own load and phase settings.
+    /// Builds the run for `mode`; `tune` sets the mode's own settings.
     pub fn spec(
         &self,
         mode: Mode,
         load: Load,
-        tune: impl FnOnce(&mut Plan),
+        tune: impl FnOnce(&mut RunSpec),
     ) -> Result<RunSpec, String> {
-        let t = parse_url(&self.url)?;
         let sockets = self.sockets.unwrap_or(match mode {
             Mode::Mix => 6000,
             Mode::Throughput => 100,
@@ -216,62 +187,23 @@ impl Common {
         if self.sources == 0 || self.sources > 254 {
             return Err("--sources must be between 1 and 254".into());
         }
-        let mut plan = Plan {
-            addr: t.addr,
-            host: t.host,
-            path: t.path,
-            sockets,
-            sources: self.sources,
-            connect_rate: 0.0,
-            load,
-            payload: self.payload,
-            timeout_ms: self.timeout.as_millis() as u64,
-            prime: 0,
-            on_go: OnGo::Measure,
-            reconnect: false,
-            expect_bye: !self.no_bye,
-            seed: self.seed,
-        };
-        tune(&mut plan);
-        let procs = if self.procs == 0 {
-            sockets.div_ceil(15_000)
-        } else {
-            self.procs
-        };
-        Ok(RunSpec {
-            mode,
-            url: self.url.clone(),
-            plan,
-            procs,
-            duration: Duration::ZERO,
-            warmup: Duration::ZERO,
-            settle: Duration::ZERO,
-            server_pid: self.server_pid,
-            progress: !self.quiet,
-        })
+        let mut spec = RunSpec::new(mode, Plan::new(Target::parse(&self.url)?, sockets, load));
+        let p = &mut spec.plan;
+        (p.sources, p.payload, p.seed) = (self.sources, self.payload, self.seed);
+        p.timeout_ms = self.timeout.as_millis() as u64;
+        p.expect_bye = !self.no_bye;
+        if self.procs > 0 {
+            spec.procs = self.procs;
+        }
+        (spec.server_pid, spec.progress) = (self.server_pid, !self.quiet);
+        tune(&mut spec);
+        Ok(spec)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        let t = parse_url("ws://127.0.0.1:8080/ws/chat/").unwrap();
-        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(
-            (t.host.as_str(), t.path.as_str()),
-            ("127.0.0.1:8080", "/ws/chat/")
-        );
-        let t = parse_url("ws://[::1]:9/ws/chat?room=a").unwrap();
-        assert_eq!(t.addr, "[::1]:9".parse().unwrap());
-        assert_eq!(t.path, "/ws/chat?room=a");
-        assert_eq!(parse_url("ws://127.0.0.1").unwrap().addr.port(), 80);
-        assert!(parse_url("http://x/").is_err());
-        assert!(parse_url("wss://x/").is_err());
-        assert!(parse_url("ws:///x").is_err());
-    }
 
     #[test]
     fn modes_parse_with_their_defaults() {

@@ -72,11 +72,10 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 chatter_share: chatters,
                 churn,
             };
-            let mut spec = usage(common.spec(Mode::Mix, load, |p| {
-                p.connect_rate = connect_rate;
-                p.reconnect = !no_reconnect;
-            }))?;
-            spec.duration = duration;
+            let spec = common.spec(Mode::Mix, load, |s| {
+                (s.plan.connect_rate, s.plan.reconnect) = (connect_rate, !no_reconnect);
+                s.duration = duration;
+            });
             (common, spec)
         }
         Cmd::Throughput {
@@ -85,9 +84,9 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             duration,
             warmup,
         } => {
-            let mut spec = usage(common.spec(Mode::Throughput, Load::Closed { window }, |_| {}))?;
-            spec.duration = duration;
-            spec.warmup = warmup;
+            let spec = common.spec(Mode::Throughput, Load::Closed { window }, |s| {
+                (s.duration, s.warmup) = (duration, warmup);
+            });
             (common, spec)
         }
         Cmd::Rate {
@@ -96,15 +95,13 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             duration,
             reconnect,
         } => {
-            let mut spec = usage(common.spec(Mode::Rate, Load::Open { rate }, |p| {
-                p.reconnect = reconnect;
-            }))?;
-            spec.duration = duration;
+            let spec = common.spec(Mode::Rate, Load::Open { rate }, |s| {
+                (s.plan.reconnect, s.duration) = (reconnect, duration);
+            });
             (common, spec)
         }
         Cmd::Idle { common, hold } => {
-            let mut spec = usage(common.spec(Mode::Idle, Load::Idle, |_| {}))?;
-            spec.duration = hold;
+            let spec = common.spec(Mode::Idle, Load::Idle, |s| s.duration = hold);
             (common, spec)
         }
         Cmd::Storm {
@@ -112,18 +109,23 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             prime,
             settle,
         } => {
-            let mut spec = usage(common.spec(Mode::Storm, Load::Idle, |p| {
-                p.prime = prime;
-                p.on_go = OnGo::DropAndResume;
-            }))?;
-            spec.settle = settle;
+            let spec = common.spec(Mode::Storm, Load::Idle, |s| {
+                (s.plan.prime, s.plan.on_go, s.settle) = (prime, OnGo::DropAndResume, settle);
+            });
             (common, spec)
         }
         Cmd::Drain { common } => {
-            let spec = usage(common.spec(Mode::Drain, Load::Idle, |p| {
-                p.on_go = OnGo::ExpectDrain;
-            }))?;
+            let spec = common.spec(Mode::Drain, Load::Idle, |s| {
+                s.plan.on_go = OnGo::ExpectDrain
+            });
             (common, spec)
+        }
+    };
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("shardcast-bench: {e}");
+            return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
     if let Some(list) = &common.cpu {
@@ -151,13 +153,6 @@ fn scale_run(args: &scale::ScaleArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAULTS)
-    })
-}
-
-fn usage(r: Result<RunSpec, String>) -> anyhow::Result<RunSpec> {
-    r.map_err(|e| {
-        eprintln!("shardcast-bench: {e}");
-        std::process::exit(i32::from(EXIT_USAGE))
     })
 }
 

@@ -66,7 +66,68 @@ pub enum OnGo {
     ExpectDrain,
 }
 
+/// The parts of a ws:// URL a client needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| format!("`{url}`: only ws:// URLs are supported"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() {
+            return Err(format!("`{url}`: no host"));
+        }
+        let addr = crate::scale::node::resolve(authority).map_err(|e| format!("`{url}`: {e}"))?;
+        let path = if path.is_empty() { "/" } else { path };
+        Ok(Target {
+            addr,
+            host: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The chat route of a server on a loopback address.
+    pub fn chat(addr: SocketAddr) -> Target {
+        Target {
+            addr,
+            host: addr.to_string(),
+            path: "/ws/chat/".into(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}{}", self.host, self.path)
+    }
+}
+
 impl Plan {
+    /// The settings every run starts from; the command line and the suite
+    /// change what they name.
+    pub fn new(t: Target, sockets: u32, load: Load) -> Plan {
+        Plan {
+            addr: t.addr,
+            host: t.host,
+            path: t.path,
+            sockets,
+            sources: 16,
+            connect_rate: 0.0,
+            load,
+            payload: 32,
+            timeout_ms: 10_000,
+            prime: 0,
+            on_go: OnGo::Measure,
+            reconnect: false,
+            expect_bye: true,
+            seed: 1,
+        }
+    }
+
     /// The source address of the `i`-th connection.
     pub fn source(&self, i: u32) -> Option<Ipv4Addr> {
         match self.addr {
@@ -108,22 +169,28 @@ mod tests {
     use super::*;
 
     fn plan(sockets: u32, load: Load) -> Plan {
-        Plan {
-            addr: "127.0.0.1:8080".parse().unwrap(),
-            host: "127.0.0.1:8080".into(),
-            path: "/ws/chat/".into(),
+        let mut p = Plan::new(
+            Target::chat("127.0.0.1:8080".parse().unwrap()),
             sockets,
-            sources: 8,
-            connect_rate: 1000.0,
             load,
-            payload: 32,
-            timeout_ms: 5000,
-            prime: 0,
-            on_go: OnGo::Measure,
-            reconnect: false,
-            expect_bye: true,
-            seed: 1,
-        }
+        );
+        (p.sources, p.connect_rate) = (8, 1000.0);
+        p
+    }
+
+    #[test]
+    fn urls() {
+        let t = Target::parse("ws://127.0.0.1:8080/ws/chat/").unwrap();
+        assert_eq!(t, Target::chat("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(t.url(), "ws://127.0.0.1:8080/ws/chat/");
+        let t = Target::parse("ws://[::1]:9/ws/chat?room=a").unwrap();
+        assert_eq!(t.addr, "[::1]:9".parse().unwrap());
+        assert_eq!(t.path, "/ws/chat?room=a");
+        let t = Target::parse("ws://127.0.0.1").unwrap();
+        assert_eq!((t.addr.port(), t.path.as_str()), (80, "/"));
+        assert!(Target::parse("http://x/").is_err());
+        assert!(Target::parse("wss://x/").is_err());
+        assert!(Target::parse("ws:///x").is_err());
     }
 
     #[test]

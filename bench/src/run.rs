@@ -45,7 +45,6 @@ impl Mode {
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub mode: Mode,
-    pub url: String,
     pub plan: Plan,
     pub procs: u32,
     /// The measured window (mix, throughput, rate) or how long idle sockets
@@ -56,6 +55,22 @@ pub struct RunSpec {
     pub settle: Duration,
     pub server_pid: Option<u32>,
     pub progress: bool,
+}
+
+impl RunSpec {
+    /// A run with no timed phase yet, one worker per 15,000 sockets.
+    pub fn new(mode: Mode, plan: Plan) -> RunSpec {
+        RunSpec {
+            mode,
+            procs: plan.sockets.div_ceil(15_000),
+            plan,
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+            settle: Duration::ZERO,
+            server_pid: None,
+            progress: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -533,7 +548,7 @@ impl<'a> Coordinator<'a> {
         let _ = window_s;
         Ok(Report {
             mode: spec.mode,
-            url: spec.url.clone(),
+            url: format!("ws://{}{}", spec.plan.host, spec.plan.path),
             sockets: spec.plan.sockets,
             procs: self.w.pool.len() as u32,
             load: describe_load(&spec.plan),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::plan::{Load, OnGo, Plan};
+use crate::plan::{Load, OnGo, Plan, Target};
 use crate::report::{bytes, Report};
 use crate::run::{self, Mode, RunSpec};
 use crate::sys;
@@ -67,7 +67,7 @@ enum Placement {
 }
 
 struct Figure {
-    name: &'static str,
+    name: String,
     unit: &'static str,
     /// Whether a smaller value is better.
     lower_better: bool,
@@ -130,13 +130,8 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
 
     // 1. Idle memory.
     let idle_n = q(19_000, 2_000);
-    let mut f = figure(
-        "idle: userspace bytes per socket",
-        "B",
-        true,
-        "≤ 1 KiB, then ≤ 512 B",
-        Some(|v, _| v <= 1024.0),
-    );
+    let mut f = lower("idle: userspace bytes per socket", "B")
+        .goal("≤ 1 KiB, then ≤ 512 B", |v, _| v <= 1024.0);
     let per_socket = |r: &Report| r.server.as_ref()?.bytes_per_socket;
     for _ in 0..args.repeat {
         for srv in s.lineup(&[one, tt1]) {
@@ -157,48 +152,21 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
             Load::Closed { window: 8 },
             srv,
             |sp| {
-                sp.duration = secs(5, 2);
-                sp.warmup = Duration::from_secs(1);
+                (sp.duration, sp.warmup) = (secs(5, 2), Duration::from_secs(1));
             },
         )
     };
     let per_reply = |r: &Report| r.server.as_ref()?.cpu_us_per_reply;
     let rps = |r: &Report| Some(r.msgs_per_s);
-    let mut cpu1 = figure(
-        "throughput, 1 shard pinned: server µs per reply",
-        "µs",
-        true,
-        "≤ uws in the same run",
-        Some(at_most_uws),
-    );
-    let mut rps1 = figure(
-        "throughput, 1 shard pinned: replies/s",
-        "/s",
-        false,
-        "",
-        None,
-    );
-    let mut cpu2 = figure(
-        "throughput, 2 shards unpinned: server µs per reply",
-        "µs",
-        true,
-        "≤ tt in the same run",
-        Some(|v, p| p.tt.is_some_and(|t| v <= t)),
-    );
-    let mut rps2 = figure(
-        "throughput, 2 shards unpinned: replies/s",
-        "/s",
-        false,
-        "",
-        None,
-    );
-    let mut gen1 = figure(
-        "throughput, 1 shard pinned: generator µs per reply",
-        "µs",
-        true,
-        "≤ 2 µs",
-        Some(|v, _| v <= 2.0),
-    );
+    let mut cpu1 = lower("throughput, 1 shard pinned: server µs per reply", "µs").vs_uws();
+    let mut rps1 = higher("throughput, 1 shard pinned: replies/s", "/s");
+    let mut cpu2 = lower("throughput, 2 shards unpinned: server µs per reply", "µs")
+        .goal("≤ tt in the same run", |v, p| {
+            p.tt.is_some_and(|t| v <= t)
+        });
+    let mut rps2 = higher("throughput, 2 shards unpinned: replies/s", "/s");
+    let mut gen1 = lower("throughput, 1 shard pinned: generator µs per reply", "µs")
+        .goal("≤ 2 µs", |v, _| v <= 2.0);
     let gen_per_reply = |r: &Report| r.generator.cpu_us_per_reply;
     for _ in 0..args.repeat {
         for srv in s.lineup(&[one, tt1]) {
@@ -218,65 +186,34 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     // CPU runs the generator; what a shard count changes is the CPU each
     // reply costs. Same per-reply cost on 2 shards as on 1 means 2 cores
     // give twice the replies of 1.
-    let mut scale = figure(
+    let mut scale = higher(
         "2 shards vs 1: replies/s ratio on this box (the generator shares the 2 CPUs)",
         "x",
-        false,
-        "",
-        None,
     );
-    scale.ours = ratios(&rps2.ours, &rps1.ours);
-    scale.baseline = ratios(&rps2.baseline, &rps1.baseline);
-    let mut per_core = figure(
+    scale.ours = ratios(&rps2.ours, &rps1.ours, 1.0);
+    scale.baseline = ratios(&rps2.baseline, &rps1.baseline, 1.0);
+    let mut per_core = higher(
         "2 shards vs 1: scaling from per-reply CPU (2 × µs on 1 shard ÷ µs on 2)",
         "x",
-        false,
-        "≥ 1.8x",
-        Some(|v, _| v >= 1.8),
-    );
-    per_core.ours = ratios(&cpu1.ours, &cpu2.ours)
-        .iter()
-        .map(|r| 2.0 * r)
-        .collect();
-    per_core.baseline = ratios(&cpu1.baseline, &cpu2.baseline)
-        .iter()
-        .map(|r| 2.0 * r)
-        .collect();
+    )
+    .goal("≥ 1.8x", |v, _| v >= 1.8);
+    per_core.ours = ratios(&cpu1.ours, &cpu2.ours, 2.0);
+    per_core.baseline = ratios(&cpu1.baseline, &cpu2.baseline, 2.0);
     figures.extend([cpu1, rps1, gen1, cpu2, rps2, scale, per_core]);
 
     // 3. Open-loop round trips at 10K sockets, pinned, one shard or thread
     // each: the layout the goals are stated for.
     let rate_n = q(10_000, 1_000);
     let rate = if args.quick { 2_000.0 } else { 20_000.0 };
-    let mut p50 = figure(
-        "rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT p50",
-        "µs",
-        true,
-        "≤ uws in the same run",
-        Some(at_most_uws),
-    );
-    let mut p99 = figure(
-        "rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT p99",
-        "µs",
-        true,
-        "≤ uws in the same run",
-        Some(at_most_uws),
-    );
-    let mut p999 = figure(
-        "rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT p99.9",
-        "µs",
-        true,
-        "≤ uws in the same run",
-        Some(at_most_uws),
-    );
-    let mut rcpu = figure(
-        "rate: server µs per reply",
-        "µs",
-        true,
-        "≤ uws in the same run",
-        Some(at_most_uws),
-    );
-    let mut rgen = figure("rate: generator µs per reply", "µs", true, "", None);
+    let [mut p50, mut p99, mut p999] = ["p50", "p99", "p99.9"].map(|q| {
+        lower(
+            &format!("rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT {q}"),
+            "µs",
+        )
+        .vs_uws()
+    });
+    let mut rcpu = lower("rate: server µs per reply", "µs").vs_uws();
+    let mut rgen = lower("rate: generator µs per reply", "µs");
     for _ in 0..args.repeat {
         for srv in s.lineup(&[one, tt1]) {
             let spec = s.spec(Mode::Rate, rate_n, Load::Open { rate }, srv, |sp| {
@@ -295,42 +232,25 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
 
     // 4. Storm: connect all at once, drop, resume from Redis.
     let storm_n = q(10_000, 1_000);
-    let mut connect = figure(
-        "storm 10K: all connected",
-        "s",
-        true,
-        "no later than uws, no failures",
-        Some(at_most_uws),
-    );
-    let mut resume = figure(
-        "storm 10K: all resumed from Redis, counts exact",
-        "s",
-        true,
-        "≤ 2 s",
-        Some(|v, _| v <= 2.0),
-    );
+    let mut connect =
+        lower("storm 10K: all connected", "s").goal("no later than uws, no failures", at_most_uws);
+    let mut resume = lower("storm 10K: all resumed from Redis, counts exact", "s")
+        .goal("≤ 2 s", |v, _| v <= 2.0);
     for _ in 0..args.repeat {
         // Two workers: one connect() runs a whole loopback TCP handshake
         // (about 50 µs here), so one generator process would time itself.
         let spec = s.spec(Mode::Storm, storm_n, Load::Idle, two, |sp| {
-            sp.procs = 2;
-            sp.plan.prime = 3;
-            sp.plan.on_go = OnGo::DropAndResume;
+            (sp.procs, sp.plan.prime, sp.plan.on_go) = (2, 3, OnGo::DropAndResume);
             sp.settle = Duration::from_millis(100);
         });
         let r = s.run_one(two, Placement::Unpinned, spec)?;
-        connect
-            .ours
-            .extend(r.storm.as_ref().map(|st| st.connect_all_s));
-        resume
-            .ours
-            .extend(r.storm.as_ref().map(|st| st.resume_all_s));
+        if let Some(st) = &r.storm {
+            connect.ours.push(st.connect_all_s);
+            resume.ours.push(st.resume_all_s);
+        }
         // The peers have no resume: an Idle run times their connects.
         for srv in s.lineup(&[tt2]) {
-            let spec = s.spec(Mode::Idle, storm_n, Load::Idle, srv, |sp| {
-                sp.procs = 2;
-                sp.duration = Duration::ZERO;
-            });
+            let spec = s.spec(Mode::Idle, storm_n, Load::Idle, srv, |sp| sp.procs = 2);
             let r = s.run_one(srv, Placement::Unpinned, spec)?;
             connect.col(srv).extend(r.connect_ms.map(|c| c.max / 1e3));
         }
@@ -338,25 +258,13 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     figures.extend([connect, resume]);
 
     // 5. Drain.
-    let mut drain = figure(
-        "drain 10K: SIGTERM to last close",
-        "s",
-        true,
-        "≤ 1 s, all with goodbye",
-        Some(|v, _| v <= 1.0),
-    );
-    let mut share = figure(
-        "drain 10K: goodbye + 1001 share",
-        "%",
-        false,
-        "100%",
-        Some(|v, _| v >= 100.0),
-    );
-    let mut exit = figure("drain 10K: SIGTERM to process exit", "s", true, "", None);
+    let mut drain = lower("drain 10K: SIGTERM to last close", "s")
+        .goal("≤ 1 s, all with goodbye", |v, _| v <= 1.0);
+    let mut share = higher("drain 10K: goodbye + 1001 share", "%").goal("100%", |v, _| v >= 100.0);
+    let mut exit = lower("drain 10K: SIGTERM to process exit", "s");
     for _ in 0..args.repeat {
         let spec = s.spec(Mode::Drain, storm_n, Load::Idle, two, |sp| {
-            sp.procs = 2;
-            sp.plan.on_go = OnGo::ExpectDrain;
+            (sp.procs, sp.plan.on_go) = (2, OnGo::ExpectDrain);
         });
         let r = s.run_one(two, Placement::Unpinned, spec)?;
         if let Some(d) = &r.drain {
@@ -369,22 +277,16 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
 
     // 6. The original service's load test, once.
     let mix_n = q(10_000, 1_000);
-    let mut mix_p99 = figure("mix 10K for 60 s: reply RTT p99", "µs", true, "", None);
-    let mut mix_rate = figure("mix 10K for 60 s: replies/s", "/s", false, "", None);
-    let spec = s.spec(
-        Mode::Mix,
-        mix_n,
-        Load::Mix {
-            chatter_share: 0.8,
-            churn: 0.0,
-        },
-        two,
-        |sp| {
-            sp.plan.connect_rate = 2_000.0;
-            sp.plan.reconnect = true;
-            sp.duration = secs(60, 5);
-        },
-    );
+    let mut mix_p99 = lower("mix 10K for 60 s: reply RTT p99", "µs");
+    let mut mix_rate = higher("mix 10K for 60 s: replies/s", "/s");
+    let load = Load::Mix {
+        chatter_share: 0.8,
+        churn: 0.0,
+    };
+    let spec = s.spec(Mode::Mix, mix_n, load, two, |sp| {
+        (sp.plan.connect_rate, sp.plan.reconnect) = (2_000.0, true);
+        sp.duration = secs(60, 5);
+    });
     let r = s.run_one(two, Placement::Unpinned, spec)?;
     mix_p99.ours.extend(r.rtt_us.map(|q| q.p99));
     mix_rate.ours.push(r.msgs_per_s);
@@ -428,30 +330,48 @@ fn at_most_uws(v: f64, p: Peers) -> bool {
     p.uws.is_some_and(|u| v <= u)
 }
 
-fn figure(
-    name: &'static str,
-    unit: &'static str,
-    lower_better: bool,
-    goal: &'static str,
-    met: Option<Check>,
-) -> Figure {
+/// A figure where a smaller value is better, with no goal yet.
+fn lower(name: &str, unit: &'static str) -> Figure {
     Figure {
-        name,
+        name: name.to_string(),
         unit,
-        lower_better,
-        goal,
-        met,
+        lower_better: true,
+        goal: "",
+        met: None,
         ours: Vec::new(),
         baseline: Vec::new(),
         uws: Vec::new(),
     }
 }
 
-fn ratios(a: &[f64], b: &[f64]) -> Vec<f64> {
+fn higher(name: &str, unit: &'static str) -> Figure {
+    Figure {
+        lower_better: false,
+        ..lower(name, unit)
+    }
+}
+
+impl Figure {
+    fn goal(self, goal: &'static str, met: Check) -> Figure {
+        Figure {
+            goal,
+            met: Some(met),
+            ..self
+        }
+    }
+
+    /// The data plane's goal.
+    fn vs_uws(self) -> Figure {
+        self.goal("≤ uws in the same run", at_most_uws)
+    }
+}
+
+/// `k · a / b`, pair by pair, skipping zero denominators.
+fn ratios(a: &[f64], b: &[f64], k: f64) -> Vec<f64> {
     a.iter()
         .zip(b)
         .filter(|(_, d)| **d > 0.0)
-        .map(|(n, d)| n / d)
+        .map(|(n, d)| k * n / d)
         .collect()
 }
 
@@ -487,33 +407,14 @@ impl Suite<'_> {
         server: Server,
         tune: impl FnOnce(&mut RunSpec),
     ) -> RunSpec {
-        let plan = Plan {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            host: String::new(),
-            path: "/ws/chat/".into(),
+        // The address is the fresh server's, filled in by `run_one`.
+        let mut plan = Plan::new(
+            Target::chat(SocketAddr::from(([127, 0, 0, 1], 0))),
             sockets,
-            sources: 16,
-            connect_rate: 0.0,
             load,
-            payload: 32,
-            timeout_ms: 10_000,
-            prime: 0,
-            on_go: OnGo::Measure,
-            reconnect: false,
-            expect_bye: matches!(server, Server::Shardcast { .. }),
-            seed: 1,
-        };
-        let mut spec = RunSpec {
-            mode,
-            url: String::new(),
-            plan,
-            procs: sockets.div_ceil(15_000),
-            duration: Duration::ZERO,
-            warmup: Duration::ZERO,
-            settle: Duration::ZERO,
-            server_pid: None,
-            progress: false,
-        };
+        );
+        plan.expect_bye = matches!(server, Server::Shardcast { .. });
+        let mut spec = RunSpec::new(mode, plan);
         tune(&mut spec);
         spec
     }
@@ -528,9 +429,7 @@ impl Suite<'_> {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut child = self.start_server(server, place, addr)?;
-        spec.plan.addr = addr;
-        spec.plan.host = addr.to_string();
-        spec.url = format!("ws://{addr}/ws/chat/");
+        (spec.plan.addr, spec.plan.host) = (addr, addr.to_string());
         spec.server_pid = Some(child.id());
         let gen_cpus: &[usize] = match place {
             Placement::Pinned => &[0],
@@ -881,12 +780,16 @@ mod tests {
 
     #[test]
     fn ratios_skip_zero_denominators() {
-        assert_eq!(ratios(&[4.0, 6.0, 1.0], &[2.0, 0.0, 2.0]), vec![2.0, 0.5]);
+        assert_eq!(
+            ratios(&[4.0, 6.0, 1.0], &[2.0, 0.0, 2.0], 1.0),
+            vec![2.0, 0.5]
+        );
+        assert_eq!(ratios(&[3.0], &[2.0], 2.0), vec![3.0]);
     }
 
     #[test]
     fn each_server_fills_its_own_column() {
-        let mut f = figure("f", "µs", true, "", None);
+        let mut f = lower("f", "µs");
         f.col(Server::Shardcast { shards: 1 }).push(1.0);
         f.col(Server::Baseline { threads: 2 }).push(2.0);
         f.col(Server::Uws).push(3.0);
