@@ -82,16 +82,12 @@ pub enum Outcome {
         connect: Pairs,
     },
     Delivered {
-        kind: Kind,
-        seq: u32,
         got: u64,
-        live: u64,
         /// Monotonic ns of the last receipt of this broadcast here.
         last_ns: u64,
     },
     Tally(Tally),
     Resumed {
-        movers: u64,
         moved: u64,
         hops: u64,
         mismatches: u64,
@@ -99,14 +95,16 @@ pub enum Outcome {
     },
     TrafficOn,
     Recovered(Recovery),
+    /// Messages answered since traffic started, and sockets of the nodes
+    /// that live on which lost their connection all the same.
     Quieted {
         acked: u64,
-        survivors_disconnected: u64,
+        survivors_lost: u64,
     },
+    /// Sockets closed with the right goodbye, and those whose goodbye was wrong.
     Closed {
-        expected: u64,
         closed: u64,
-        bye_mismatches: u64,
+        bad_byes: u64,
     },
 }
 

@@ -215,6 +215,22 @@ impl Orchestrator<'_> {
         Ok(answers)
     }
 
+    /// Asks every worker and hands each answer to `add`, which gives back an
+    /// answer of the wrong kind; returns whether any worker ran out of time.
+    fn gather(
+        &mut self,
+        cmd: Command,
+        what: &str,
+        mut add: impl FnMut(Outcome) -> Result<(), Outcome>,
+    ) -> Result<bool, ScaleError> {
+        let answers = self.ask(cmd, what)?;
+        let timed_out = answers.iter().any(|(t, _)| *t);
+        for (w, (_, out)) in answers.into_iter().enumerate() {
+            add(out).map_err(|o| ScaleError::Protocol(w, what.into(), format!("{o:?}")))?;
+        }
+        Ok(timed_out)
+    }
+
     /// Takes worker lines for `d`; a worker that exits now is lost.
     fn pause(&mut self, d: Duration, what: &str) -> Result<(), ScaleError> {
         let end = now_ns() + d.as_nanos() as u64;
@@ -256,13 +272,8 @@ impl Orchestrator<'_> {
         self.note(&format!("connect: {} sockets", self.spec.sockets));
         let t0 = now_ns();
         let mut f = ConnectFigures::default();
-        let mut h = stats::histogram();
-        let mut last = 0;
-        for (w, (_, out)) in self
-            .ask(Command::Connect, "connect")?
-            .into_iter()
-            .enumerate()
-        {
+        let (mut h, mut last) = (stats::histogram(), 0);
+        self.gather(Command::Connect, "connect", |out| {
             let Outcome::Connected {
                 ok,
                 failed,
@@ -270,13 +281,13 @@ impl Orchestrator<'_> {
                 connect,
             } = out
             else {
-                return Err(unexpected(w, "connect", &out));
+                return Err(out);
             };
-            f.connected += ok;
-            f.failures += failed;
+            (f.connected, f.failures) = (f.connected + ok, f.failures + failed);
             last = last.max(last_ns);
             stats::merge_pairs(&mut h, &connect);
-        }
+            Ok(())
+        })?;
         f.all_connected_s = secs(last.saturating_sub(t0));
         f.connect_ms = Quantiles::of(&h, 1e6);
         f.faults = self.phase_faults();
@@ -349,18 +360,14 @@ impl Orchestrator<'_> {
 
     /// (got, last receipt ns, any worker timed out) of one awaited broadcast.
     fn delivered(&mut self, cmd: Command, what: &str) -> Result<(u64, u64, bool), ScaleError> {
-        let (mut got, mut last, mut timed_out) = (0, 0, false);
-        for (w, (t, out)) in self.ask(cmd, what)?.into_iter().enumerate() {
-            let Outcome::Delivered {
-                got: g, last_ns, ..
-            } = out
-            else {
-                return Err(unexpected(w, what, &out));
+        let (mut got, mut last) = (0, 0);
+        let timed_out = self.gather(cmd, what, |out| {
+            let Outcome::Delivered { got: g, last_ns } = out else {
+                return Err(out);
             };
-            got += g;
-            last = last.max(last_ns);
-            timed_out |= t;
-        }
+            (got, last) = (got + g, last.max(last_ns));
+            Ok(())
+        })?;
         Ok((got, last, timed_out))
     }
 
@@ -368,14 +375,15 @@ impl Orchestrator<'_> {
         let mut sum = Tally::default();
         let mut fan = stats::histogram();
         let mut room = stats::histogram();
-        for (w, (_, out)) in self.ask(Command::Tally, what)?.into_iter().enumerate() {
+        self.gather(Command::Tally, what, |out| {
             let Outcome::Tally(t) = out else {
-                return Err(unexpected(w, what, &out));
+                return Err(out);
             };
             sum.add_counts(&t);
             stats::merge_pairs(&mut fan, &t.fanout_latency);
             stats::merge_pairs(&mut room, &t.room_latency);
-        }
+            Ok(())
+        })?;
         sum.fanout_latency = stats::to_pairs(&fan);
         sum.room_latency = stats::to_pairs(&room);
         Ok(sum)
@@ -452,22 +460,21 @@ impl Orchestrator<'_> {
             ..ResumeFigures::default()
         };
         let mut last = 0;
-        for (w, (_, out)) in self.ask(Command::Resume, "resume")?.into_iter().enumerate() {
+        self.gather(Command::Resume, "resume", |out| {
             let Outcome::Resumed {
                 moved,
                 hops,
                 mismatches,
                 last_ns,
-                ..
             } = out
             else {
-                return Err(unexpected(w, "resume", &out));
+                return Err(out);
             };
-            f.moved += moved;
-            f.hops += hops;
+            (f.moved, f.hops) = (f.moved + moved, f.hops + hops);
             f.mismatches += mismatches;
             last = last.max(last_ns);
-        }
+            Ok(())
+        })?;
         f.time_s = secs(last.saturating_sub(t0));
         f.faults = self.phase_faults();
         self.note(&format!(
@@ -517,15 +524,10 @@ impl Orchestrator<'_> {
             return Err(ScaleError::Signal(k.pid, std::io::Error::last_os_error()));
         }
         self.note(&format!("kill: SIGKILL to pid {}", k.pid));
-        let mut last_ns = 0;
-        let mut h = stats::histogram();
-        for (w, (_, out)) in self
-            .ask(Command::Killed { at_ns: at }, "recovery")?
-            .into_iter()
-            .enumerate()
-        {
+        let (mut h, mut last_ns) = (stats::histogram(), 0);
+        self.gather(Command::Killed { at_ns: at }, "recovery", |out| {
             let Outcome::Recovered(r) = out else {
-                return Err(unexpected(w, "recovery", &out));
+                return Err(out);
             };
             f.dropped += r.dropped;
             f.early_drops += r.early;
@@ -536,7 +538,8 @@ impl Orchestrator<'_> {
             f.ahead += r.ahead;
             last_ns = last_ns.max(r.last_ns);
             stats::merge_pairs(&mut h, &r.reconnect);
-        }
+            Ok(())
+        })?;
         f.kill_to_last_recovery_s = (last_ns > 0).then(|| secs(last_ns.saturating_sub(at)));
         f.reconnect_ms = Quantiles::of(&h, 1e6);
         self.note(&format!(
@@ -565,17 +568,18 @@ impl Orchestrator<'_> {
         f.not_recovered = t.not_recovered;
         // Survivors may still lose their connection after the victims are
         // back, so that figure is read once traffic has stopped.
-        for (w, (_, out)) in self.ask(Command::Quiet, "quiet")?.into_iter().enumerate() {
+        self.gather(Command::Quiet, "quiet", |out| {
             let Outcome::Quieted {
                 acked,
-                survivors_disconnected,
+                survivors_lost,
             } = out
             else {
-                return Err(unexpected(w, "quiet", &out));
+                return Err(out);
             };
-            f.acked += acked;
-            f.survivors_disconnected += survivors_disconnected;
-        }
+            (f.acked, f.survivors_disconnected) =
+                (f.acked + acked, f.survivors_disconnected + survivors_lost);
+            Ok(())
+        })?;
         f.faults = self.phase_faults();
         self.report.phases.kill = Some(f);
         Ok(())
@@ -587,18 +591,13 @@ impl Orchestrator<'_> {
             expected: u64::from(self.spec.sockets),
             ..CloseFigures::default()
         };
-        for (w, (_, out)) in self.ask(Command::Close, "close")?.into_iter().enumerate() {
-            let Outcome::Closed {
-                closed,
-                bye_mismatches,
-                ..
-            } = out
-            else {
-                return Err(unexpected(w, "close", &out));
+        self.gather(Command::Close, "close", |out| {
+            let Outcome::Closed { closed, bad_byes } = out else {
+                return Err(out);
             };
-            f.closed += closed;
-            f.bye_mismatches += bye_mismatches;
-        }
+            (f.closed, f.bye_mismatches) = (f.closed + closed, f.bye_mismatches + bad_byes);
+            Ok(())
+        })?;
         f.faults = self.phase_faults();
         self.report.phases.close = Some(f);
         Ok(())
@@ -607,82 +606,68 @@ impl Orchestrator<'_> {
 
 /// The assertions, read off the figures alone.
 pub fn assess(r: &ScaleReport) -> Vec<Assertion> {
+    let (eq, zero) = (Assertion::equals, Assertion::zero);
     let mut a = Vec::new();
     let p = &r.phases;
     if let Some(c) = &p.connect {
-        a.push(Assertion::zero("connect.failures", c.failures));
+        a.push(zero("connect.failures", c.failures));
     }
     if let Some(f) = &p.fanout {
         let accepted = f.per_broadcast.iter().filter(|b| b.accepted).count() as u64;
-        a.push(Assertion::equals(
-            "fanout.posts_accepted",
-            accepted,
-            u64::from(f.broadcasts),
-        ));
-        a.push(Assertion::equals(
-            "fanout.deliveries",
-            f.deliveries,
-            f.expected,
-        ));
-        a.push(Assertion::zero("fanout.duplicates", f.duplicates));
+        a.extend([
+            eq("fanout.posts_accepted", accepted, u64::from(f.broadcasts)),
+            eq("fanout.deliveries", f.deliveries, f.expected),
+            zero("fanout.duplicates", f.duplicates),
+        ]);
     }
     if let Some(m) = &p.room {
-        a.push(Assertion::equals(
-            "room.posts_accepted",
-            u64::from(m.accepted),
-            1,
-        ));
-        a.push(Assertion::equals("room.delivered", m.delivered, m.members));
-        a.push(Assertion::zero("room.duplicates", m.duplicates));
-        a.push(Assertion::zero("room.late", m.late));
-        a.push(Assertion::zero("room.strays", m.strays));
-        a.push(Assertion::equals(
-            "room.barrier",
-            m.barrier_got,
-            m.barrier_expected,
-        ));
-        a.push(Assertion::zero(
-            "room.barrier_duplicates",
-            m.barrier_duplicates,
-        ));
+        a.extend([
+            eq("room.posts_accepted", u64::from(m.accepted), 1),
+            eq("room.delivered", m.delivered, m.members),
+            zero("room.duplicates", m.duplicates),
+            zero("room.late", m.late),
+            zero("room.strays", m.strays),
+            eq("room.barrier", m.barrier_got, m.barrier_expected),
+            zero("room.barrier_duplicates", m.barrier_duplicates),
+        ]);
     }
     if let Some(m) = &p.resume {
-        a.push(Assertion::equals("resume.moved", m.moved, m.movers));
-        a.push(Assertion::equals("resume.hops", m.hops, m.expected_hops));
-        a.push(Assertion::zero("resume.mismatches", m.mismatches));
+        a.extend([
+            eq("resume.moved", m.moved, m.movers),
+            eq("resume.hops", m.hops, m.expected_hops),
+            zero("resume.mismatches", m.mismatches),
+        ]);
     }
     if let Some(k) = &p.kill {
-        a.push(Assertion::equals("kill.recovered", k.recovered, k.victims));
-        a.push(Assertion::zero("kill.lost", k.lost));
-        a.push(Assertion::zero("kill.ahead", k.ahead));
-        a.push(Assertion::zero("kill.early_drops", k.early_drops));
-        a.push(Assertion::zero(
-            "kill.survivors_disconnected",
-            k.survivors_disconnected,
-        ));
-        a.push(Assertion::equals(
-            "kill.broadcasts_accepted",
-            k.stream_accepted,
-            k.stream_posted,
-        ));
-        a.push(Assertion::equals(
-            "kill.broadcast_deliveries",
-            k.stream_deliveries,
-            k.stream_expected,
-        ));
-        a.push(Assertion::zero(
-            "kill.broadcast_duplicates",
-            k.stream_duplicates,
-        ));
-        a.push(Assertion::zero("kill.broadcast_gaps", k.stream_gaps));
-        a.push(Assertion::zero("kill.not_recovered", k.not_recovered));
+        a.extend([
+            eq("kill.recovered", k.recovered, k.victims),
+            zero("kill.lost", k.lost),
+            zero("kill.ahead", k.ahead),
+            zero("kill.early_drops", k.early_drops),
+            zero("kill.survivors_disconnected", k.survivors_disconnected),
+            eq(
+                "kill.broadcasts_accepted",
+                k.stream_accepted,
+                k.stream_posted,
+            ),
+            eq(
+                "kill.broadcast_deliveries",
+                k.stream_deliveries,
+                k.stream_expected,
+            ),
+            zero("kill.broadcast_duplicates", k.stream_duplicates),
+            zero("kill.broadcast_gaps", k.stream_gaps),
+            zero("kill.not_recovered", k.not_recovered),
+        ]);
     }
     if let Some(c) = &p.close {
-        a.push(Assertion::equals("close.goodbyes", c.closed, c.expected));
-        a.push(Assertion::zero("close.bye_mismatches", c.bye_mismatches));
+        a.extend([
+            eq("close.goodbyes", c.closed, c.expected),
+            zero("close.bye_mismatches", c.bye_mismatches),
+        ]);
     }
-    a.push(Assertion::zero("timeouts", r.timeouts.len() as u64));
-    a.push(Assertion::zero("faults", r.fault_total));
+    a.push(zero("timeouts", r.timeouts.len() as u64));
+    a.push(zero("faults", r.fault_total));
     a
 }
 
@@ -738,10 +723,6 @@ impl Drop for Stream {
 
 fn tag(kind: Kind, seq: u32, t_ns: u64) -> String {
     Tag { kind, seq, t_ns }.to_string()
-}
-
-fn unexpected(w: usize, what: &str, out: &Outcome) -> ScaleError {
-    ScaleError::Protocol(w, what.to_string(), format!("{out:?}"))
 }
 
 fn named(f: &Faults) -> BTreeMap<String, u64> {

@@ -903,10 +903,7 @@ impl Worker {
                 connect: stats::to_pairs(&st.connect),
             },
             Wait::Deliver { kind, seq } => Outcome::Delivered {
-                kind,
-                seq,
                 got: got(st, kind, seq),
-                live: st.live,
                 last_ns: match kind {
                     Kind::Fanout => st.fanout_last.get(seq as usize).copied().unwrap_or(0),
                     Kind::Room => st.room_last,
@@ -916,7 +913,6 @@ impl Worker {
                 },
             },
             Wait::Resume => Outcome::Resumed {
-                movers: p.target,
                 moved: st.moved,
                 hops: st.hops,
                 mismatches: st.resume_mismatches,
@@ -929,12 +925,11 @@ impl Worker {
             }),
             Wait::Quiet => Outcome::Quieted {
                 acked: st.recovery.acked,
-                survivors_disconnected: st.recovery.survivors_disconnected,
+                survivors_lost: st.recovery.survivors_disconnected,
             },
             Wait::Close => Outcome::Closed {
-                expected: p.target,
                 closed: st.closed,
-                bye_mismatches: st.bye_mismatches,
+                bad_byes: st.bye_mismatches,
             },
         }
     }
