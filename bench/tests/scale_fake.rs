@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use serde_json::{json, Value};
+use tungstenite::protocol::Role;
+use tungstenite::{Message, WebSocket};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flaw {
@@ -28,7 +30,7 @@ enum Flaw {
 struct Sub {
     id: u64,
     room: String,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Message>,
 }
 
 struct Cluster {
@@ -142,57 +144,54 @@ fn serve(c: &Cluster, mut s: TcpStream) -> io::Result<()> {
         }
     };
     c.sessions.lock().unwrap().insert(session.clone(), count);
-    // One writer per socket, so replies and broadcasts never interleave mid-frame.
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let mut w = s.try_clone()?;
+    // One writer per socket, so replies and broadcasts never interleave
+    // mid-frame; it ends when the socket's last sender is gone.
+    let (tx, rx) = mpsc::channel::<Message>();
+    let mut w = WebSocket::from_raw_socket(s.try_clone()?, Role::Server, None);
     thread::spawn(move || {
-        for f in rx {
-            if f.is_empty() || w.write_all(&f).is_err() {
+        for m in rx {
+            if w.send(m).is_err() {
                 break;
             }
         }
-        let _ = w.shutdown(Shutdown::Write);
+        let _ = w.get_mut().shutdown(Shutdown::Write);
     });
-    let welcome = json!({"session_id": session, "count": count, "resumed": resumed});
-    let _ = tx.send(frame(0x1, welcome.to_string().as_bytes()));
+    let text = |v: Value| Message::text(v.to_string());
+    let _ = tx.send(text(
+        json!({"session_id": session, "count": count, "resumed": resumed}),
+    ));
     let id = c.ids.fetch_add(1, Ordering::Relaxed);
     c.subs.lock().unwrap().push(Sub {
         id,
         room: query.get("room").unwrap_or(&"").to_string(),
         out: tx.clone(),
     });
-    let end = |tx: &mpsc::Sender<Vec<u8>>| {
-        c.subs.lock().unwrap().retain(|s| s.id != id);
-        let _ = tx.send(Vec::new());
-    };
+    let mut r = WebSocket::from_raw_socket(s, Role::Server, None);
     loop {
-        let Ok((op, payload)) = read_frame(&mut s) else {
-            end(&tx);
-            return Ok(());
-        };
-        match op {
-            0x1 => {
+        match r.read() {
+            Ok(Message::Text(_)) => {
                 count += 1;
                 c.sessions.lock().unwrap().insert(session.clone(), count);
-                let _ = tx.send(frame(0x1, json!({"count": count}).to_string().as_bytes()));
+                let _ = tx.send(text(json!({ "count": count })));
             }
-            0x8 => {
-                let bye = json!({"bye": true, "total": count}).to_string();
-                let _ = tx.send(frame(0x1, bye.as_bytes()));
-                let _ = tx.send(frame(0x8, &payload));
-                end(&tx);
-                return Ok(());
+            Ok(Message::Close(echo)) => {
+                let _ = tx.send(text(json!({"bye": true, "total": count})));
+                let _ = tx.send(Message::Close(echo));
+                break;
             }
-            _ => {}
+            Ok(_) => {}
+            Err(_) => break,
         }
     }
+    c.subs.lock().unwrap().retain(|s| s.id != id);
+    Ok(())
 }
 
 fn broadcast(c: &Cluster, mut s: TcpStream, body: &[u8]) -> io::Result<()> {
     let b: Value = serde_json::from_slice(body).unwrap_or_default();
     let message = b["message"].as_str().unwrap_or("").to_string();
     let room = b["room"].as_str().map(str::to_string);
-    let f = frame(0x1, json!({ "broadcast": message }).to_string().as_bytes());
+    let f = Message::text(json!({ "broadcast": message }).to_string());
     let copies = if room.is_none() && c.flaw == Flaw::DuplicateFanout {
         2
     } else {
@@ -214,45 +213,6 @@ fn broadcast(c: &Cluster, mut s: TcpStream, body: &[u8]) -> io::Result<()> {
         "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
         answer.len()
     )
-}
-
-/// One masked client frame; every frame in these runs is small and final.
-fn read_frame(s: &mut TcpStream) -> io::Result<(u8, Vec<u8>)> {
-    let mut h = [0u8; 2];
-    s.read_exact(&mut h)?;
-    let mut len = u64::from(h[1] & 0x7f);
-    if len == 126 {
-        let mut l = [0u8; 2];
-        s.read_exact(&mut l)?;
-        len = u64::from(u16::from_be_bytes(l));
-    } else if len == 127 {
-        let mut l = [0u8; 8];
-        s.read_exact(&mut l)?;
-        len = u64::from_be_bytes(l);
-    }
-    let mut mask = [0u8; 4];
-    if h[1] & 0x80 != 0 {
-        s.read_exact(&mut mask)?;
-    }
-    let mut payload = vec![0u8; len as usize];
-    s.read_exact(&mut payload)?;
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i % 4];
-    }
-    Ok((h[0] & 0x0f, payload))
-}
-
-/// One unmasked server frame.
-fn frame(op: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x80 | op];
-    if payload.len() < 126 {
-        f.push(payload.len() as u8);
-    } else {
-        f.push(126);
-        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    f.extend_from_slice(payload);
-    f
 }
 
 /// Runs `scale` against the cluster; returns its exit code and JSON report.
