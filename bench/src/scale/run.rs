@@ -215,20 +215,21 @@ impl Orchestrator<'_> {
         Ok(answers)
     }
 
-    /// Asks every worker and hands each answer to `add`, which gives back an
-    /// answer of the wrong kind; returns whether any worker ran out of time.
+    /// Asks every worker and hands each answer to `add`, which says whether
+    /// it was the kind asked for; returns whether any worker ran out of time.
     fn gather(
         &mut self,
         cmd: Command,
         what: &str,
-        mut add: impl FnMut(Outcome) -> Result<(), Outcome>,
+        mut add: impl FnMut(&Outcome) -> bool,
     ) -> Result<bool, ScaleError> {
         let answers = self.ask(cmd, what)?;
-        let timed_out = answers.iter().any(|(t, _)| *t);
-        for (w, (_, out)) in answers.into_iter().enumerate() {
-            add(out).map_err(|o| ScaleError::Protocol(w, what.into(), format!("{o:?}")))?;
+        for (w, (_, out)) in answers.iter().enumerate() {
+            if !add(out) {
+                return Err(ScaleError::Protocol(w, what.into(), format!("{out:?}")));
+            }
         }
-        Ok(timed_out)
+        Ok(answers.iter().any(|(t, _)| *t))
     }
 
     /// Takes worker lines for `d`; a worker that exits now is lost.
@@ -281,12 +282,12 @@ impl Orchestrator<'_> {
                 connect,
             } = out
             else {
-                return Err(out);
+                return false;
             };
             (f.connected, f.failures) = (f.connected + ok, f.failures + failed);
-            last = last.max(last_ns);
-            stats::merge_pairs(&mut h, &connect);
-            Ok(())
+            last = last.max(*last_ns);
+            stats::merge_pairs(&mut h, connect);
+            true
         })?;
         f.all_connected_s = secs(last.saturating_sub(t0));
         f.connect_ms = Quantiles::of(&h, 1e6);
@@ -363,10 +364,10 @@ impl Orchestrator<'_> {
         let (mut got, mut last) = (0, 0);
         let timed_out = self.gather(cmd, what, |out| {
             let Outcome::Delivered { got: g, last_ns } = out else {
-                return Err(out);
+                return false;
             };
-            (got, last) = (got + g, last.max(last_ns));
-            Ok(())
+            (got, last) = (got + g, last.max(*last_ns));
+            true
         })?;
         Ok((got, last, timed_out))
     }
@@ -377,12 +378,12 @@ impl Orchestrator<'_> {
         let mut room = stats::histogram();
         self.gather(Command::Tally, what, |out| {
             let Outcome::Tally(t) = out else {
-                return Err(out);
+                return false;
             };
-            sum.add_counts(&t);
+            sum.add_counts(t);
             stats::merge_pairs(&mut fan, &t.fanout_latency);
             stats::merge_pairs(&mut room, &t.room_latency);
-            Ok(())
+            true
         })?;
         sum.fanout_latency = stats::to_pairs(&fan);
         sum.room_latency = stats::to_pairs(&room);
@@ -468,12 +469,12 @@ impl Orchestrator<'_> {
                 last_ns,
             } = out
             else {
-                return Err(out);
+                return false;
             };
             (f.moved, f.hops) = (f.moved + moved, f.hops + hops);
             f.mismatches += mismatches;
-            last = last.max(last_ns);
-            Ok(())
+            last = last.max(*last_ns);
+            true
         })?;
         f.time_s = secs(last.saturating_sub(t0));
         f.faults = self.phase_faults();
@@ -527,7 +528,7 @@ impl Orchestrator<'_> {
         let (mut h, mut last_ns) = (stats::histogram(), 0);
         self.gather(Command::Killed { at_ns: at }, "recovery", |out| {
             let Outcome::Recovered(r) = out else {
-                return Err(out);
+                return false;
             };
             f.dropped += r.dropped;
             f.early_drops += r.early;
@@ -538,7 +539,7 @@ impl Orchestrator<'_> {
             f.ahead += r.ahead;
             last_ns = last_ns.max(r.last_ns);
             stats::merge_pairs(&mut h, &r.reconnect);
-            Ok(())
+            true
         })?;
         f.kill_to_last_recovery_s = (last_ns > 0).then(|| secs(last_ns.saturating_sub(at)));
         f.reconnect_ms = Quantiles::of(&h, 1e6);
@@ -574,11 +575,11 @@ impl Orchestrator<'_> {
                 survivors_lost,
             } = out
             else {
-                return Err(out);
+                return false;
             };
             (f.acked, f.survivors_disconnected) =
                 (f.acked + acked, f.survivors_disconnected + survivors_lost);
-            Ok(())
+            true
         })?;
         f.faults = self.phase_faults();
         self.report.phases.kill = Some(f);
@@ -593,10 +594,10 @@ impl Orchestrator<'_> {
         };
         self.gather(Command::Close, "close", |out| {
             let Outcome::Closed { closed, bad_byes } = out else {
-                return Err(out);
+                return false;
             };
             (f.closed, f.bye_mismatches) = (f.closed + closed, f.bye_mismatches + bad_byes);
-            Ok(())
+            true
         })?;
         f.faults = self.phase_faults();
         self.report.phases.close = Some(f);
