@@ -2,7 +2,6 @@
 //! time and RSS from /proc, the monotonic clock, CPU pinning, the fd limit and
 //! timer slack.
 
-use std::fs;
 use std::io;
 
 /// CPU time and resident memory of one process at one moment.
@@ -14,33 +13,21 @@ pub struct ProcSample {
     pub rss_bytes: u64,
 }
 
-/// Reads `/proc/<pid>/stat` and `/proc/<pid>/statm`.
+/// Reads `/proc/<pid>/stat` through `procfs`, the parser the service's own
+/// process metrics use.
 pub fn sample(pid: u32) -> io::Result<ProcSample> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let statm = fs::read_to_string(format!("/proc/{pid}/statm"))?;
-    let ticks = parse_stat_ticks(&stat)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc stat"))?;
-    let pages = parse_statm_resident(&statm)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc statm"))?;
+    let stat = stat(pid)?;
     Ok(ProcSample {
-        cpu_ns: ticks * (1_000_000_000 / clock_ticks()),
-        rss_bytes: pages * page_size(),
+        cpu_ns: (stat.utime + stat.stime) * (1_000_000_000 / procfs::ticks_per_second()),
+        rss_bytes: stat.rss * procfs::page_size(),
     })
 }
 
-/// utime + stime, in clock ticks. The command name sits in parentheses and
-/// may hold spaces or parentheses itself, so fields are counted from the last ')'.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    // After ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-pub fn parse_statm_resident(statm: &str) -> Option<u64> {
-    statm.split_ascii_whitespace().nth(1)?.parse().ok()
+fn stat(pid: u32) -> io::Result<procfs::process::Stat> {
+    let pid = i32::try_from(pid).map_err(io::Error::other)?;
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_err(io::Error::other)
 }
 
 /// CPU time (user + system, ns) of this process, or of its waited-for children.
@@ -64,31 +51,7 @@ pub fn rusage_ns(children: bool) -> u64 {
 
 /// Whether `pid` still runs: it exists and is not a zombie waiting for its parent.
 pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].split_ascii_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn clock_ticks() -> u64 {
-    sysconf_or(libc::_SC_CLK_TCK, 100)
-}
-
-fn page_size() -> u64 {
-    sysconf_or(libc::_SC_PAGESIZE, 4096)
-}
-
-fn sysconf_or(name: libc::c_int, default: u64) -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let v = unsafe { libc::sysconf(name) };
-    if v > 0 {
-        v as u64
-    } else {
-        default
-    }
+    stat(pid).is_ok_and(|s| !matches!(s.state, 'Z' | 'X'))
 }
 
 /// Monotonic nanoseconds since an arbitrary start, the same in every process
@@ -185,18 +148,6 @@ pub fn tight_timer_slack() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_fields_are_counted_after_the_command_name() {
-        let stat = "4242 (shard (x) 1) S 1 4242 4242 0 -1 4194560 1200 0 0 0 \
-                    731 95 0 0 20 0 3 0 12345 123456789 3000 18446744073709551615";
-        assert_eq!(parse_stat_ticks(stat), Some(731 + 95));
-        assert_eq!(parse_stat_ticks("garbage"), None);
-        assert_eq!(
-            parse_statm_resident("5000 1234 300 10 0 900 0\n"),
-            Some(1234)
-        );
-    }
 
     #[test]
     fn this_process_can_be_sampled() {
