@@ -4,14 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{value_parser, Args};
 
 use super::layout::{self, Layout, MAX_SOCKETS_PER_PROC};
 use super::node::{self, Node, NodeError};
-
-/// The server's default room cap; more rooms than this cannot all exist.
-const MAX_ROOMS: u32 = 10_000;
-const MAX_BROADCASTS: u32 = 1000;
 
 #[derive(Debug, Clone, Args)]
 pub struct ScaleArgs {
@@ -29,11 +25,12 @@ pub struct ScaleArgs {
     /// Worker processes; 0 picks one per 3000 sockets, at least 2.
     #[arg(long, default_value_t = 0)]
     pub procs: u32,
-    /// Rooms; socket i joins room-((i / nodes) % rooms).
-    #[arg(long, default_value_t = 8)]
+    /// Rooms; socket i joins room-((i / nodes) % rooms). At most the
+    /// server's default room cap, 10,000.
+    #[arg(long, default_value_t = 8, value_parser = value_parser!(u32).range(1..=10_000))]
     pub rooms: u32,
     /// Global broadcasts in the fanout phase, one after another.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = value_parser!(u32).range(1..=1000))]
     pub broadcasts: u32,
     /// Index of the node to SIGKILL in the kill phase (default: the last).
     #[arg(long, value_name = "INDEX")]
@@ -45,7 +42,7 @@ pub struct ScaleArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub send_interval: Duration,
     /// Connects in flight at once, per worker.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = value_parser!(u32).range(1..))]
     pub connect_concurrency: u32,
     /// Bound on each phase, and on every single wait inside one.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -68,29 +65,20 @@ pub struct Kill {
     pub pid: u32,
 }
 
-/// A checked `scale` run.
+/// A checked `scale` run: the options as given, and what they name.
 #[derive(Debug, Clone)]
 pub struct ScaleSpec {
-    /// The --node values as given, for the report.
-    pub urls: Vec<String>,
+    pub args: ScaleArgs,
     pub nodes: Vec<Node>,
-    pub sockets: u32,
     pub procs: u32,
-    pub rooms: u32,
-    pub broadcasts: u32,
     pub kill: Option<Kill>,
-    pub send_interval: Duration,
-    pub connect_concurrency: u32,
-    pub timeout: Duration,
-    pub progress: bool,
-    pub seed: u64,
 }
 
 impl ScaleSpec {
     pub fn layout(&self) -> Layout {
         Layout {
             nodes: self.nodes.len() as u32,
-            rooms: self.rooms,
+            rooms: self.args.rooms,
         }
     }
 }
@@ -152,18 +140,6 @@ impl ScaleArgs {
             self.sockets as usize >= n,
             "--sockets must be at least the number of nodes",
         )?;
-        range(
-            (1..=MAX_ROOMS).contains(&self.rooms),
-            "--rooms must be between 1 and 10000",
-        )?;
-        range(
-            (1..=MAX_BROADCASTS).contains(&self.broadcasts),
-            "--broadcasts must be between 1 and 1000",
-        )?;
-        range(
-            self.connect_concurrency >= 1,
-            "--connect-concurrency must be at least 1",
-        )?;
         range(!self.timeout.is_zero(), "--timeout must be above zero")?;
         range(
             self.send_interval >= Duration::from_millis(1),
@@ -182,18 +158,10 @@ impl ScaleArgs {
             )));
         }
         Ok(ScaleSpec {
-            urls: self.nodes.clone(),
+            args: self.clone(),
             nodes,
-            sockets: self.sockets,
             procs,
-            rooms: self.rooms,
-            broadcasts: self.broadcasts,
             kill,
-            send_interval: self.send_interval,
-            connect_concurrency: self.connect_concurrency,
-            timeout: self.timeout,
-            progress: !self.quiet,
-            seed: self.seed,
         })
     }
 }
@@ -230,16 +198,17 @@ mod tests {
         a.extend(["--pid", "11", "--pid", "12", "--pid", "13"]);
         let s = parse(&a).unwrap();
         assert_eq!(s.kill, Some(Kill { node: 2, pid: 13 }));
+        let a = &s.args;
         assert_eq!(
-            (s.sockets, s.procs, s.rooms, s.broadcasts),
+            (a.sockets, s.procs, a.rooms, a.broadcasts),
             (12_000, 4, 8, 5)
         );
-        assert_eq!(s.send_interval, Duration::from_secs(2));
-        assert_eq!(s.timeout, Duration::from_secs(60));
-        assert_eq!(s.connect_concurrency, 256);
-        assert!(s.progress);
+        assert_eq!(a.send_interval, Duration::from_secs(2));
+        assert_eq!(a.timeout, Duration::from_secs(60));
+        assert_eq!(a.connect_concurrency, 256);
+        assert!(!a.quiet);
         assert_eq!(s.nodes[1].addr, "127.0.0.1:8082".parse().unwrap());
-        assert_eq!(s.urls[0], "http://127.0.0.1:8081");
+        assert_eq!(a.nodes[0], "http://127.0.0.1:8081");
     }
 
     #[test]
@@ -265,10 +234,25 @@ mod tests {
     fn bad_shapes_are_usage_errors() {
         let one = ["--node", "http://127.0.0.1:1", "--no-kill"];
         assert_eq!(parse(&one).unwrap_err(), UsageError::TooFewNodes(1));
+        let clap_refuses = |extra: &[&str]| {
+            let mut v = vec!["b", "scale", "--node", "http://127.0.0.1:1"];
+            v.extend_from_slice(extra);
+            Cli::try_parse_from(v).is_err()
+        };
         assert!(
             Cli::try_parse_from(["b", "scale"]).is_err(),
             "--node is required"
         );
+        for bad in [
+            ["--rooms", "0"],
+            ["--rooms", "10001"],
+            ["--broadcasts", "0"],
+            ["--broadcasts", "1001"],
+            ["--connect-concurrency", "0"],
+        ] {
+            assert!(clap_refuses(&bad), "{bad:?}");
+        }
+        assert!(!clap_refuses(&["--rooms", "10000"]));
         let mut a = THREE.to_vec();
         a.push("--no-kill");
         let with = |extra: &[&str]| {
@@ -280,17 +264,8 @@ mod tests {
         assert_eq!(with(&["--procs", "3"]).unwrap().procs, 3);
         assert!(matches!(with(&["-n", "2"]), Err(UsageError::Range(_))));
         assert_eq!(with(&["-n", "3"]).unwrap().procs, 2);
-        assert!(matches!(with(&["--rooms", "0"]), Err(UsageError::Range(_))));
-        assert!(matches!(
-            with(&["--broadcasts", "0"]),
-            Err(UsageError::Range(_))
-        ));
         assert!(matches!(
             with(&["--timeout", "0s"]),
-            Err(UsageError::Range(_))
-        ));
-        assert!(matches!(
-            with(&["--connect-concurrency", "0"]),
             Err(UsageError::Range(_))
         ));
         let mut v = a.clone();

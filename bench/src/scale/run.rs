@@ -78,8 +78,8 @@ impl Workers {
 /// report, the error is for runs that could not take place.
 pub fn run(spec: &ScaleSpec) -> Result<ScaleReport, ScaleError> {
     for (i, n) in spec.nodes.iter().enumerate() {
-        TcpStream::connect_timeout(&n.addr, REACH.min(spec.timeout))
-            .map_err(|e| ScaleError::Unreachable(i, spec.urls[i].clone(), e))?;
+        TcpStream::connect_timeout(&n.addr, REACH.min(spec.args.timeout))
+            .map_err(|e| ScaleError::Unreachable(i, spec.args.nodes[i].clone(), e))?;
     }
     if let Some(k) = spec.kill {
         if !sys::alive(k.pid) {
@@ -87,19 +87,19 @@ pub fn run(spec: &ScaleSpec) -> Result<ScaleReport, ScaleError> {
         }
     }
     let t0 = now_ns();
-    let plans: Vec<WorkerPlan> = layout::split(spec.sockets, spec.procs)
+    let plans: Vec<WorkerPlan> = layout::split(spec.args.sockets, spec.procs)
         .into_iter()
         .enumerate()
         .map(|(w, (first, count))| WorkerPlan {
             worker: w as u32,
             nodes: spec.nodes.clone(),
-            rooms: spec.rooms,
-            broadcasts: spec.broadcasts,
+            rooms: spec.args.rooms,
+            broadcasts: spec.args.broadcasts,
             first,
             count,
-            connect_concurrency: spec.connect_concurrency,
-            timeout_ms: spec.timeout.as_millis() as u64,
-            seed: spec.seed,
+            connect_concurrency: spec.args.connect_concurrency,
+            timeout_ms: spec.args.timeout.as_millis() as u64,
+            seed: spec.args.seed,
         })
         .collect();
     let workers = Workers {
@@ -112,11 +112,11 @@ pub fn run(spec: &ScaleSpec) -> Result<ScaleReport, ScaleError> {
         layout: spec.layout(),
         w: workers,
         report: ScaleReport {
-            nodes: spec.urls.clone(),
-            sockets: spec.sockets,
+            nodes: spec.args.nodes.clone(),
+            sockets: spec.args.sockets,
             procs: plans.len() as u32,
-            rooms: spec.rooms,
-            broadcasts: spec.broadcasts,
+            rooms: spec.args.rooms,
+            broadcasts: spec.args.broadcasts,
             kill_node: spec.kill.map(|k| k.node),
             ..ScaleReport::default()
         },
@@ -152,7 +152,7 @@ struct Orchestrator<'a> {
 
 impl Orchestrator<'_> {
     fn note(&self, line: &str) {
-        if self.spec.progress {
+        if !self.spec.args.quiet {
             eprintln!("scale: {line}");
         }
     }
@@ -163,7 +163,7 @@ impl Orchestrator<'_> {
         let n = self.w.pool.len();
         let mut answers: Vec<Option<(bool, Outcome)>> = vec![None; n];
         let mut progress = vec![(0u64, 0u64); n];
-        let end = now_ns() + (self.spec.timeout + GRACE).as_nanos() as u64;
+        let end = now_ns() + (self.spec.args.timeout + GRACE).as_nanos() as u64;
         let mut last_line = now_ns();
         while answers.iter().any(Option::is_none) {
             let now = now_ns();
@@ -270,7 +270,7 @@ impl Orchestrator<'_> {
     }
 
     fn connect(&mut self) -> Result<(), ScaleError> {
-        self.note(&format!("connect: {} sockets", self.spec.sockets));
+        self.note(&format!("connect: {} sockets", self.spec.args.sockets));
         let t0 = now_ns();
         let mut f = ConnectFigures::default();
         let (mut h, mut last) = (stats::histogram(), 0);
@@ -303,11 +303,11 @@ impl Orchestrator<'_> {
     fn fanout(&mut self) -> Result<(), ScaleError> {
         let n = self.spec.nodes.len() as u32;
         let mut f = FanoutFigures {
-            broadcasts: self.spec.broadcasts,
-            expected: u64::from(self.spec.sockets) * u64::from(self.spec.broadcasts),
+            broadcasts: self.spec.args.broadcasts,
+            expected: u64::from(self.spec.args.sockets) * u64::from(self.spec.args.broadcasts),
             ..FanoutFigures::default()
         };
-        for j in 0..self.spec.broadcasts {
+        for j in 0..self.spec.args.broadcasts {
             let node = j % n;
             let mut b = BroadcastFigures {
                 seq: j,
@@ -318,13 +318,13 @@ impl Orchestrator<'_> {
                 &self.spec.nodes[node as usize],
                 None,
                 |t| tag(Kind::Fanout, j, t),
-                HTTP_LIMIT.min(self.spec.timeout),
+                HTTP_LIMIT.min(self.spec.args.timeout),
             );
             match posted {
                 Ok(a) => {
                     b.accepted = true;
                     b.subscribers = a.subscribers;
-                    let what = format!("fanout {}/{}", j + 1, self.spec.broadcasts);
+                    let what = format!("fanout {}/{}", j + 1, self.spec.args.broadcasts);
                     let cmd = Command::Await {
                         kind: Kind::Fanout,
                         seq: j,
@@ -395,11 +395,11 @@ impl Orchestrator<'_> {
         let room = room_name(0);
         let mut f = RoomFigures {
             room: room.clone(),
-            members: u64::from(self.layout.members(self.spec.sockets, 0)),
-            barrier_expected: u64::from(self.spec.sockets),
+            members: u64::from(self.layout.members(self.spec.args.sockets, 0)),
+            barrier_expected: u64::from(self.spec.args.sockets),
             ..RoomFigures::default()
         };
-        let limit = HTTP_LIMIT.min(self.spec.timeout);
+        let limit = HTTP_LIMIT.min(self.spec.args.timeout);
         let posted = http::broadcast(
             &self.spec.nodes[1 % n],
             Some(&room),
@@ -452,7 +452,7 @@ impl Orchestrator<'_> {
     }
 
     fn resume(&mut self) -> Result<(), ScaleError> {
-        let movers = u64::from(self.layout.on_node(self.spec.sockets, 0));
+        let movers = u64::from(self.layout.on_node(self.spec.args.sockets, 0));
         self.note(&format!("resume: {movers} sockets tour every node"));
         let t0 = now_ns();
         let mut f = ResumeFigures {
@@ -490,11 +490,11 @@ impl Orchestrator<'_> {
         let Some(k) = self.spec.kill else {
             return Ok(());
         };
-        let interval = self.spec.send_interval;
+        let interval = self.spec.args.send_interval;
         let mut f = KillFigures {
             node: k.node,
             pid: k.pid,
-            victims: u64::from(self.layout.on_node(self.spec.sockets, k.node)),
+            victims: u64::from(self.layout.on_node(self.spec.args.sockets, k.node)),
             ..KillFigures::default()
         };
         self.note(&format!(
@@ -516,7 +516,7 @@ impl Orchestrator<'_> {
                 .filter(|(i, _)| *i != k.node as usize)
                 .map(|(_, n)| n.clone())
                 .collect(),
-            HTTP_LIMIT.min(self.spec.timeout),
+            HTTP_LIMIT.min(self.spec.args.timeout),
         );
         self.pause(interval * 2, "traffic")?;
         let at = now_ns();
@@ -562,7 +562,7 @@ impl Orchestrator<'_> {
             ));
         }
         let t = self.tally("kill tally")?;
-        f.stream_expected = posted * u64::from(self.spec.sockets);
+        f.stream_expected = posted * u64::from(self.spec.args.sockets);
         f.stream_deliveries = t.stream;
         f.stream_duplicates = t.stream_dups;
         f.stream_gaps = t.stream_gaps;
@@ -589,7 +589,7 @@ impl Orchestrator<'_> {
     fn close(&mut self) -> Result<(), ScaleError> {
         self.note("close: every socket says goodbye");
         let mut f = CloseFigures {
-            expected: u64::from(self.spec.sockets),
+            expected: u64::from(self.spec.args.sockets),
             ..CloseFigures::default()
         };
         self.gather(Command::Close, "close", |out| {
