@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{value_parser, Args, Parser, Subcommand};
 
 use crate::plan::{Load, Plan, Target};
 use crate::run::{Mode, RunSpec};
@@ -130,13 +130,13 @@ pub struct Common {
     #[arg(default_value = "ws://127.0.0.1:8080/ws/chat/")]
     pub url: String,
     /// Sockets to open (default per mode: mix 6000, throughput 100, others 10000).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = value_parser!(u32).range(1..))]
     pub sockets: Option<u32>,
     /// Worker processes (each has its own fd limit); 0 picks one per 15,000 sockets.
     #[arg(long, default_value_t = 0)]
     pub procs: u32,
     /// Source addresses 127.0.0.1 upward to spread connections over.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = value_parser!(u32).range(1..=254))]
     pub sources: u32,
     /// Pin the generator (and its workers) to these CPUs, e.g. `1` or `0-1`.
     #[arg(long)]
@@ -181,12 +181,6 @@ impl Common {
             Mode::Throughput => 100,
             _ => 10_000,
         });
-        if sockets == 0 {
-            return Err("--sockets must be at least 1".into());
-        }
-        if self.sources == 0 || self.sources > 254 {
-            return Err("--sources must be between 1 and 254".into());
-        }
         let mut spec = RunSpec::new(mode, Plan::new(Target::parse(&self.url)?, sockets, load));
         let p = &mut spec.plan;
         (p.sources, p.payload, p.seed) = (self.sources, self.payload, self.seed);
@@ -229,6 +223,8 @@ mod tests {
         let spec = common.spec(Mode::Idle, Load::Idle, |_| {}).unwrap();
         assert_eq!((spec.procs, spec.plan.timeout_ms), (2, 2000));
         assert!(Cli::try_parse_from(["b", "rate", "--rate", "x"]).is_err());
+        assert!(Cli::try_parse_from(["b", "rate", "-n", "0"]).is_err());
+        assert!(Cli::try_parse_from(["b", "idle", "--sources", "255"]).is_err());
         assert!(Cli::try_parse_from(["b", "mix", "--duration", "soon"]).is_err());
     }
 }

@@ -483,32 +483,19 @@ impl<'a> Coordinator<'a> {
         }
         let spec = self.spec;
         let elapsed = now_ns() - self.t0;
-        let (window_s, msgs_per_s, server_cpu, gen_cpu) = match &self.window {
+        // With a measured window, its replies over its own time and CPU.
+        let (counted, span, server_cpu, gen_cpu) = match &self.window {
             Some(w) => {
-                let s = secs(w.end - w.start);
                 let server = match w.server {
                     (Some(a), Some(b)) => Some(b.cpu_ns.saturating_sub(a.cpu_ns)),
                     _ => None,
                 };
-                (
-                    s,
-                    win_replies as f64 / s,
-                    server,
-                    w.gen.1.saturating_sub(w.gen.0),
-                )
+                let gen = w.gen.1.saturating_sub(w.gen.0);
+                (win_replies, w.end - w.start, server, gen)
             }
-            None => (
-                secs(elapsed),
-                counters.replies as f64 / secs(elapsed),
-                None,
-                gen_total,
-            ),
+            None => (counters.replies, elapsed, None, gen_total),
         };
-        let counted = if self.window.is_some() {
-            win_replies
-        } else {
-            counters.replies
-        };
+        let msgs_per_s = counted as f64 / secs(span);
         let per = |ns: u64| (counted > 0).then(|| ns as f64 / 1e3 / counted as f64);
         let server = spec.server_pid.map(|pid| {
             let end = sys::sample(pid).ok();
@@ -545,7 +532,6 @@ impl<'a> Coordinator<'a> {
             last_close_s: secs(last_close.saturating_sub(d.signalled_ns)),
             ..d
         });
-        let _ = window_s;
         Ok(Report {
             mode: spec.mode,
             url: format!("ws://{}{}", spec.plan.host, spec.plan.path),
