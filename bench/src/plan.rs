@@ -100,10 +100,6 @@ impl Target {
             path: "/ws/chat/".into(),
         }
     }
-
-    pub fn url(&self) -> String {
-        format!("ws://{}{}", self.host, self.path)
-    }
 }
 
 impl Plan {
@@ -126,6 +122,11 @@ impl Plan {
             expect_bye: true,
             seed: 1,
         }
+    }
+
+    /// The URL the plan's sockets connect to, for the report.
+    pub fn url(&self) -> String {
+        format!("ws://{}{}", self.host, self.path)
     }
 
     /// The source address of the `i`-th connection.
@@ -182,7 +183,10 @@ mod tests {
     fn urls() {
         let t = Target::parse("ws://127.0.0.1:8080/ws/chat/").unwrap();
         assert_eq!(t, Target::chat("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(t.url(), "ws://127.0.0.1:8080/ws/chat/");
+        assert_eq!(
+            Plan::new(t, 1, Load::Idle).url(),
+            "ws://127.0.0.1:8080/ws/chat/"
+        );
         let t = Target::parse("ws://[::1]:9/ws/chat?room=a").unwrap();
         assert_eq!(t.addr, "[::1]:9".parse().unwrap());
         assert_eq!(t.path, "/ws/chat?room=a");

@@ -534,7 +534,7 @@ impl<'a> Coordinator<'a> {
         });
         Ok(Report {
             mode: spec.mode,
-            url: format!("ws://{}{}", spec.plan.host, spec.plan.path),
+            url: spec.plan.url(),
             sockets: spec.plan.sockets,
             procs: self.w.pool.len() as u32,
             load: describe_load(&spec.plan),
