@@ -87,9 +87,9 @@ fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         grace_ms = grace.as_millis() as u64,
         "drain started"
     );
-    server.drain();
-    // Wait for every shard to exit; a second SIGINT cuts it short.
     let deadline = t + grace;
+    server.drain(deadline);
+    // Wait for every shard to exit; a second SIGINT cuts it short.
     let mut left = server.shared().metrics.shards.len();
     while left > 0 {
         crossbeam_channel::select! {

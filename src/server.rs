@@ -97,10 +97,10 @@ impl Server {
 
     /// Starts a drain: readiness turns 503 at once, listeners close, every
     /// socket gets its goodbye and Close 1001.
-    pub fn drain(&self) {
+    pub fn drain(&self, by: Instant) {
         self.shared.metrics.drain_began();
         self.shared.readiness.begin_drain();
-        self.runtime.broadcast(Control::Drain);
+        self.runtime.broadcast(Control::Drain { by });
     }
 
     /// Stops every shard now.

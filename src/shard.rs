@@ -27,6 +27,14 @@ use crate::store::Store;
 use crate::ws::codec;
 use crate::ws::plane::{Plane, Slice};
 
+/// The end of a drain kept for the last flush of counts to Redis.
+const FLUSH_RESERVE: Duration = Duration::from_millis(500);
+/// A flush always gets this long, even past the drain's end: running a
+/// little over the grace period loses less than counts never written.
+const FLUSH_FLOOR: Duration = Duration::from_millis(100);
+/// The last flush on a stop that no drain came before.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
+
 /// A broadcast or kick from Redis, delivered to this shard's sockets.
 fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]) {
     if target == Target::Head {
@@ -298,17 +306,28 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
             }
         }
     };
-    let stop_now = future::or(accept, async {
-        !matches!(control.recv().await, Some(Control::Drain))
+    let drain_by = future::or(accept, async {
+        match control.recv().await {
+            Some(Control::Drain { by }) => Some(by),
+            _ => None,
+        }
     })
     .await;
     // Closing the listener: new connections go to the other shards' (or the
     // other color's) listeners.
     drop(listener);
-    if !stop_now {
-        drain(&shard, &plane, &gate, &mut control).await;
-    }
-    let flush = glommio::timer::timeout(Duration::from_secs(2), async {
+    // The last counts go to Redis before the process ends: within what is
+    // left of the drain's time, or, on a stop no drain came before, for up
+    // to STOP_FLUSH.
+    let flush_for = match drain_by {
+        Some(by) => {
+            drain(&shard, &plane, &gate, &mut control, by).await;
+            by.saturating_duration_since(Instant::now())
+                .max(FLUSH_FLOOR)
+        }
+        None => STOP_FLUSH,
+    };
+    let flush = glommio::timer::timeout(flush_for, async {
         shard.store.flush().await;
         Ok(())
     });
@@ -344,13 +363,13 @@ async fn drain(
     plane: &Rc<Plane>,
     gate: &Gate,
     control: &mut shards::ControlReceiver,
+    by: Instant,
 ) {
     let started = Instant::now();
-    let deadline = started
-        + shard
-            .cfg()
-            .shutdown_grace
-            .saturating_sub(Duration::from_millis(500));
+    let deadline = by
+        .checked_sub(FLUSH_RESERVE)
+        .unwrap_or(started)
+        .max(started);
     shard.begin_drain(deadline);
     let sockets = plane.len();
     tracing::info!(sockets, "draining");

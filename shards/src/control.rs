@@ -7,6 +7,7 @@
 use std::io::{self, Write};
 use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use futures_lite::AsyncReadExt;
@@ -14,8 +15,10 @@ use futures_lite::AsyncReadExt;
 /// What the control thread can tell a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Stop accepting, tell every client to go, and finish within the grace period.
-    Drain,
+    /// Stop accepting, tell every client to go, and be gone by `by`. The
+    /// end is fixed where the signal was taken, so a shard that gets the
+    /// message late still ends on time.
+    Drain { by: Instant },
     /// Stop now: the grace period is over or a second signal came.
     Stop,
 }
