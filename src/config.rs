@@ -67,11 +67,34 @@ pub struct Config {
     /// Address every shard listens on (SO_REUSEPORT).
     #[arg(long, env = "SHARDCAST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Admin address for /metrics, /healthz and /readyz, served by a thread
+    /// Admin address for /metrics, /healthz and /readyz, and for the server
+    /// API and the console (open here only while this is a loopback address
+    /// and no api_key is set; behind the key otherwise). Served by a thread
     /// of its own that stays up through a drain (the shards' listeners close
-    /// when it starts). None: no admin listener.
-    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
+    /// when it starts). `off`: no admin listener.
+    #[arg(long, env = "SHARDCAST_ADMIN_LISTEN", default_value = "127.0.0.1:9180")]
+    pub admin_listen: AdminListen,
+    /// A request on the admin listener must be read and answered within this.
+    #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_ADMIN_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub admin_request_timeout: Duration,
+    /// Connections the admin listener serves at once; more are closed at
+    /// accept.
+    #[arg(long, env = "SHARDCAST_ADMIN_MAX_CONNECTIONS", default_value_t = 256)]
+    pub admin_max_connections: usize,
+    /// Keys for the server API (`/api/*`, `/status`, and `/metrics` on the
+    /// service port): a request sends one as `Authorization: apikey <KEY>` or
+    /// `X-API-Key: <KEY>`. Several (comma-separated) may be valid at once, so
+    /// a key can be rotated without downtime. None: the service port does not
+    /// serve the API at all. Give them by environment or TOML file, not on
+    /// the command line (ps shows that).
+    #[arg(
+        long,
+        env = "SHARDCAST_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_key: Vec<String>,
     /// Number of shards; 0 = one per online CPU.
     #[arg(long, env = "SHARDCAST_SHARDS", default_value_t = 0)]
     pub shards: usize,
@@ -260,6 +283,47 @@ pub enum ConfigError {
     Invalid { field: &'static str, msg: String },
 }
 
+/// Where the admin listener binds, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for AdminListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" | "none" => Ok(AdminListen(None)),
+            a => a
+                .parse()
+                .map(|a| AdminListen(Some(a)))
+                .map_err(|_| format!("{a:?} is not host:port or off")),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("off"),
+        }
+    }
+}
+
+impl Serialize for AdminListen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write durations like 30s, 10ms, 1h)"))
 }
@@ -386,6 +450,27 @@ impl Config {
         toml::from_str(text).map_err(|e| e.message().to_string())
     }
 
+    /// What an operator should know about how open this configuration
+    /// leaves the service, one line each, for the start-up log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let public = !self.listen.ip().is_loopback();
+        if self.auth_secret.is_none() && public {
+            out.push(format!(
+                "no auth_secret on {}: any client may open sockets and join any room",
+                self.listen
+            ));
+        }
+        if let (Some(admin), true) = (self.admin_listen.0, self.api_key.is_empty()) {
+            if !admin.ip().is_loopback() {
+                out.push(format!(
+                    "admin listener {admin} is not on loopback and no api_key is set: it serves probes and metrics only, not the server API"
+                ));
+            }
+        }
+        out
+    }
+
     /// Refuses settings the service cannot run with.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(field: &'static str, msg: impl Into<String>) -> Result<(), ConfigError> {
@@ -491,6 +576,20 @@ impl Config {
         }
         if self.auth_secret.as_ref().is_some_and(|k| k.len() < 16) {
             return bad("auth_secret", "must be at least 16 bytes");
+        }
+        if self.api_key.iter().any(|k| {
+            k.len() < 16 || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        }) {
+            return bad(
+                "api_key",
+                "each key must be 16 to 256 printable characters, without spaces or commas",
+            );
+        }
+        if self.admin_request_timeout.is_zero() {
+            return bad("admin_request_timeout", "must be greater than 0");
+        }
+        if self.admin_max_connections == 0 || self.admin_max_connections > 16_384 {
+            return bad("admin_max_connections", "must be between 1 and 16384");
         }
         if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
             return bad("max_header_bytes", "must be between 1024 and 1048576");
@@ -888,10 +987,73 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some())
             .count();
-        // admin_listen, auth_secret and the two passwords default to none,
-        // so the table lacks them.
-        assert_eq!(table.len() + 4, flags - 1);
+        // auth_secret and the two passwords default to none, so the table
+        // lacks them.
+        assert_eq!(table.len() + 3, flags - 1);
         assert!(Config::from_toml("config = \"x.toml\"").is_err());
+    }
+
+    #[test]
+    fn api_keys_and_the_admin_listener() {
+        let c = Config::default();
+        assert_eq!(c.admin_listen.0, Some("127.0.0.1:9180".parse().unwrap()));
+        assert!(c.api_key.is_empty());
+        let c = Config::from_args(args(&[
+            "--admin-listen",
+            "off",
+            "--api-key",
+            "first-key-0123456789,second-key-0123456789",
+        ]))
+        .unwrap();
+        assert_eq!(c.admin_listen, AdminListen(None));
+        assert_eq!(c.api_key.len(), 2);
+        let c = with_file(
+            "keys",
+            "api_key = [\"file-key-0123456789\"]\nadmin_listen = \"off\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.api_key, c.admin_listen),
+            (vec!["file-key-0123456789".to_string()], AdminListen(None))
+        );
+        for bad in ["short", "has space 0123456789", &"x".repeat(300)] {
+            let err = Config::from_args(args(&["--api-key", bad])).unwrap_err();
+            assert!(err.to_string().contains("api_key"), "{bad}: {err}");
+        }
+        let err = Config::from_args(args(&["--admin-listen", "nowhere"])).unwrap_err();
+        assert!(err.to_string().contains("admin-listen"), "{err}");
+    }
+
+    #[test]
+    fn open_doors_are_said_at_start() {
+        let c = Config::from_args(args(&["--listen", "0.0.0.0:8080"])).unwrap();
+        let w = c.warnings().join("\n");
+        assert!(w.contains("no auth_secret"), "{w}");
+        let c = Config::from_args(args(&[
+            "--listen",
+            "127.0.0.1:8080",
+            "--admin-listen",
+            "0.0.0.0:9180",
+        ]))
+        .unwrap();
+        let w = c.warnings().join("\n");
+        assert!(
+            !w.contains("auth_secret") && w.contains("not on loopback"),
+            "{w}"
+        );
+        let c = Config::from_args(args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--auth-secret",
+            "0123456789abcdef",
+            "--api-key",
+            "the-key-0123456789",
+            "--admin-listen",
+            "0.0.0.0:9180",
+        ]))
+        .unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]

@@ -5,16 +5,13 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::context::{Context, Slot};
 use crate::http::{self, HeadError, Request};
 use crate::metrics::ErrorKind;
 use crate::ws::plane::Plane;
-
-/// Largest request body (`POST /api/broadcast`).
-pub const MAX_BODY: usize = 64 << 10;
 
 /// Paths of the WebSocket endpoint.
 pub fn is_ws_path(path: &str) -> bool {
@@ -31,32 +28,6 @@ pub async fn refuse_full(mut stream: TcpStream) {
     .await;
 }
 
-/// Reads the head (and a small body for POST) within the handshake deadline.
-async fn read_request(shard: &Context, stream: &mut TcpStream) -> Result<Request, HeadError> {
-    let cfg = shard.cfg();
-    let mut req = http::read_head(stream, cfg.max_header_bytes).await?;
-    if req.method == "POST" {
-        let len: usize = match req.header("content-length").map(|v| v.trim().parse()) {
-            Some(Ok(n)) => n,
-            Some(Err(_)) => return Err(HeadError::Malformed("bad Content-Length".into())),
-            None => 0,
-        };
-        if len > MAX_BODY {
-            return Err(HeadError::Malformed("body too large".into()));
-        }
-        let mut chunk = vec![0u8; 4096];
-        while req.rest.len() < len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(HeadError::Closed);
-            }
-            req.rest.extend_from_slice(&chunk[..n]);
-        }
-        req.rest.truncate(len);
-    }
-    Ok(req)
-}
-
 /// Reads the request head and answers plain HTTP, or runs the upgrade up to
 /// the welcome and hands the socket to the plane. The connection's task,
 /// holding its slot under `max_connections`.
@@ -67,7 +38,7 @@ pub async fn front(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream) {
     // A socket that stops reading cannot hold a task forever.
     stream.set_write_timeout(Some(Duration::from_secs(10))).ok();
     let read = glommio::timer::timeout(cfg.handshake_timeout, async {
-        Ok(read_request(shard, &mut stream).await)
+        Ok(http::read_request(&mut stream, cfg.max_header_bytes).await)
     })
     .await;
     let req = match read {

@@ -10,10 +10,12 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use crate::apikey::ApiKeys;
 use crate::config::Config;
 use crate::history::History;
+use crate::loggate::LogGate;
 use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
 use crate::pubsub::Subscriber;
 use crate::readiness::Readiness;
@@ -28,6 +30,8 @@ pub struct Shared {
     pub readiness: Arc<Readiness>,
     /// Random per process start; names this process's writer fields in Redis.
     pub run_id: String,
+    /// The server API's keys, from `cfg.api_key`.
+    pub api_keys: ApiKeys,
     pub started: Instant,
 }
 
@@ -43,9 +47,8 @@ pub struct Context {
     next_conn: Cell<u64>,
     draining: Cell<bool>,
     drain_deadline: Cell<Option<Instant>>,
-    /// Per error kind: when its last log line was written, and how many
-    /// events were not logged since.
-    log_gates: [Cell<(Option<Instant>, u64)>; ErrorKind::ALL.len()],
+    /// One log gate per error kind.
+    log_gates: [LogGate; ErrorKind::ALL.len()],
 }
 
 impl Context {
@@ -74,15 +77,7 @@ impl Context {
     /// line per kind per second per shard, so a flood cannot flood the logs.
     /// Returns the events left unlogged since the last line.
     pub fn log_gate(&self, kind: ErrorKind) -> Option<u64> {
-        let gate = &self.log_gates[kind as usize];
-        let (last, skipped) = gate.get();
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
-            gate.set((last, skipped + 1));
-            return None;
-        }
-        gate.set((Some(now), 0));
-        Some(skipped)
+        self.log_gates[kind as usize].pass()
     }
 
     pub fn cfg(&self) -> &Config {

@@ -7,8 +7,11 @@ use glommio::net::TcpStream;
 /// Headers a request may carry; more is treated like a too-large head.
 const MAX_HEADERS: usize = 64;
 
+/// Largest request body read (`POST /api/broadcast`).
+pub const MAX_BODY: usize = 64 << 10;
+
 /// A parsed request head.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Request {
     pub method: String,
     pub path: String,
@@ -116,6 +119,32 @@ pub async fn read_head(stream: &mut TcpStream, max: usize) -> Result<Request, He
             return Err(HeadError::TooLarge);
         }
     }
+}
+
+/// Reads a head, and for a POST its body (up to `MAX_BODY`, by its
+/// Content-Length). The deadline is the caller's.
+pub async fn read_request(stream: &mut TcpStream, max_head: usize) -> Result<Request, HeadError> {
+    let mut req = read_head(stream, max_head).await?;
+    if req.method == "POST" {
+        let len: usize = match req.header("content-length").map(|v| v.trim().parse()) {
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return Err(HeadError::Malformed("bad Content-Length".into())),
+            None => 0,
+        };
+        if len > MAX_BODY {
+            return Err(HeadError::Malformed("body too large".into()));
+        }
+        let mut chunk = vec![0u8; 4096];
+        while req.rest.len() < len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(HeadError::Closed);
+            }
+            req.rest.extend_from_slice(&chunk[..n]);
+        }
+        req.rest.truncate(len);
+    }
+    Ok(req)
 }
 
 /// The answer to a HEAD request: the same head as GET, without the body.

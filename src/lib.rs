@@ -22,18 +22,26 @@
 //! - [`redis`]: Redis over a shard's own glommio sockets: the command
 //!   connection, the wire, and the master that Sentinels name.
 //! - [`metrics`]: per-shard cells summed at scrape.
-//! - [`admin`]: the admin listener (/metrics, /healthz, /readyz) that outlives a drain.
+//! - [`admin`]: the admin listener (probes, metrics, and the server API on
+//!   loopback or behind its key) that outlives a drain.
+//! - [`api`]: the server API's calls from the admin listener to a shard.
+//! - [`apikey`]: the server API's keys and how a request presents one.
+//! - [`loggate`]: one log line a second for limits that act on input.
 //! - [`alloc`]: mimalloc set up for many idle sockets.
-//! - [`auth`]: HS256 tokens for upgrades (`--auth-secret`).
+//! - [`auth`]: HS256 tokens for upgrades (`--auth-secret`): subject, rooms
+//!   and lifetime.
 
 pub mod admin;
 pub mod alloc;
+pub mod api;
+pub mod apikey;
 pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod context;
 pub mod history;
 pub mod http;
+pub mod loggate;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

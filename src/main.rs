@@ -62,12 +62,16 @@ fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         })
         .context("starting the signal thread")?;
 
-    let admin = cfg.admin_listen;
-    let server = Server::start(cfg).context("starting shards")?;
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let admin = cfg.admin_listen.0;
+    let mut server = Server::start(cfg).context("starting shards")?;
+    let calls = server.take_calls();
     if let Some(addr) = admin {
-        let bound = shardcast::admin::start(addr, server.shared().clone())
-            .with_context(|| format!("binding the admin listener on {addr}"))?;
-        tracing::info!(admin = %bound, "admin listening");
+        let bound = shardcast::admin::start(addr, server.shared().clone(), calls)?;
+        let access = shardcast::admin::Access::of(bound, &server.shared().api_keys);
+        tracing::info!(admin = %bound, api = access.as_str(), "admin listening");
     }
 
     let first = crossbeam_channel::select! {

@@ -46,6 +46,46 @@ impl Cell {
     }
 }
 
+/// Why a caller was refused by an access check, as `auth_denied_total{reason}`
+/// labels it: the server API's key, a token's rooms and lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// An API call without a key.
+    MissingKey,
+    /// An API call with a key that is not configured.
+    InvalidKey,
+    /// An API call on a listener that does not serve the API.
+    ApiDisabled,
+    /// An upgrade to a room its token does not name.
+    RoomNotAllowed,
+    /// A live socket whose token's `exp` passed.
+    TokenExpired,
+    /// A refresh on a live socket that was refused.
+    RefreshRefused,
+}
+
+impl Denial {
+    pub const ALL: [Denial; 6] = [
+        Denial::MissingKey,
+        Denial::InvalidKey,
+        Denial::ApiDisabled,
+        Denial::RoomNotAllowed,
+        Denial::TokenExpired,
+        Denial::RefreshRefused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denial::MissingKey => "missing_key",
+            Denial::InvalidKey => "invalid_key",
+            Denial::ApiDisabled => "api_disabled",
+            Denial::RoomNotAllowed => "room_not_allowed",
+            Denial::TokenExpired => "token_expired",
+            Denial::RefreshRefused => "refresh_refused",
+        }
+    }
+}
+
 /// Kinds of error counted in `ws_errors_total{kind}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -112,7 +152,7 @@ impl ErrorKind {
 }
 
 /// Close codes counted one by one in `ws_closes_total{code}`; others are "other".
-pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011];
+pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 4001];
 
 /// Upper bounds of `ws_message_duration_seconds` and
 /// `redis_command_duration_seconds`, 10 µs to 1 s.
@@ -156,6 +196,7 @@ pub struct ShardMetrics {
     pub recoveries_incomplete_total: Cell,
     pub recovered_messages_total: Cell,
     pub errors: [Cell; ErrorKind::ALL.len()],
+    pub denials: [Cell; Denial::ALL.len()],
     pub closes: [Cell; CLOSE_CODES.len() + 1],
     pub message_duration: Histogram,
     pub redis_commands_total: Cell,
@@ -184,6 +225,9 @@ impl ShardMetrics {
     pub fn error(&self, kind: ErrorKind) {
         self.errors[kind as usize].inc();
     }
+    pub fn denied(&self, why: Denial) {
+        self.denials[why as usize].inc();
+    }
     #[inline]
     pub fn close(&self, code: u16) {
         let i = CLOSE_CODES
@@ -207,6 +251,8 @@ pub struct AppMetrics {
     /// When the drain began, µs after the metrics were made, plus one;
     /// 0 while not draining.
     pub drain_began: Cell,
+    /// Refusals on the admin listener (written by its thread only).
+    pub admin_denials: [Cell; Denial::ALL.len()],
 }
 
 /// All shards' metrics plus the process's own.
@@ -516,6 +562,19 @@ impl Collector for Scrape<'_> {
             "kind",
             REDIRECTS.iter().map(|k| k.to_string()),
             |s, i| s.redis_redirects[i].get(),
+        ));
+        out.push(family(
+            "auth_denied_total",
+            COUNTER,
+            "Callers refused by an access check (API key, token rooms, token lifetime), by reason.",
+            Denial::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let n = self.sum(|s| s.denials[i].get()) + m.app.admin_denials[i].get();
+                    sample(COUNTER, &[("reason", d.as_str().to_string())], n as f64)
+                })
+                .collect(),
         ));
         out.push(self.labelled(
             "ws_errors_total",

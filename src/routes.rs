@@ -1,18 +1,69 @@
-//! The plain-HTTP route table: the web console at `/`, health, readiness,
-//! metrics, status, the session API and broadcast.
+//! The plain-HTTP route table: the web console at `/`, health and
+//! readiness (open), and the server API (status, sessions, broadcast, and
+//! metrics on the service port), which changes or reveals state and so
+//! answers only a request with a key (`apikey`). The admin listener
+//! (`admin`) serves the same routes through [`probe`], [`is_api`] and
+//! [`api`].
 
 use serde_json::json;
 
+use crate::apikey::Denied;
 use crate::context::Context;
 use crate::context::Shared;
 use crate::http::{self, Request};
-use crate::metrics::ErrorKind;
+use crate::metrics::{Denial, ErrorKind};
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::readiness::State;
 
 /// The web console served at `/`: one self-contained page (see its top comment).
-const CONSOLE_HTML: &str = include_str!("console.html");
+pub const CONSOLE_HTML: &str = include_str!("console.html");
+
+/// The console page's answer.
+pub fn console() -> Vec<u8> {
+    http::response(
+        200,
+        "text/html; charset=utf-8",
+        &[],
+        CONSOLE_HTML.as_bytes(),
+    )
+}
+
+/// Whether `path` is part of the server API: calls that change or reveal
+/// state, which need a key.
+pub fn is_api(path: &str) -> bool {
+    path == "/status" || path == "/api" || path.starts_with("/api/")
+}
+
+/// The answer to a request the server API refused, as JSON with its reason.
+pub fn denied(why: Denied) -> Vec<u8> {
+    let body = json!({
+        "error": if why == Denied::Disabled { "not found" } else { "unauthorized" },
+        "reason": why.as_str(),
+        "message": why.to_string(),
+    });
+    let extra: &[(&str, &str)] = if why.status() == 401 {
+        &[("WWW-Authenticate", "apikey")]
+    } else {
+        &[]
+    };
+    http::response(
+        why.status(),
+        "application/json",
+        extra,
+        body.to_string().as_bytes(),
+    )
+}
+
+impl From<Denied> for Denial {
+    fn from(d: Denied) -> Denial {
+        match d {
+            Denied::MissingKey => Denial::MissingKey,
+            Denied::InvalidKey => Denial::InvalidKey,
+            Denied::Disabled => Denial::ApiDisabled,
+        }
+    }
+}
 
 /// The probe routes, `/healthz`, `/readyz` and `/metrics`, which need no
 /// shard: the service port and the admin listener both answer them from here.
@@ -49,23 +100,49 @@ fn method_not_allowed() -> Vec<u8> {
     )
 }
 
+/// The service port's answer to a plain HTTP request: probes and the
+/// console for anyone, the server API (and `/metrics`) for a request with a
+/// key.
 pub async fn answer(shard: &Context, req: &Request) -> Vec<u8> {
     let path = req.path.as_str();
     let method = req.method.as_str();
+    if path == "/metrics" || is_api(path) {
+        if let Err(why) = shard.shared.api_keys.check(req) {
+            shard.metrics().denied(why.into());
+            if let Some(unlogged) = shard.log_gate(ErrorKind::Unauthorized) {
+                tracing::info!(
+                    path,
+                    reason = why.as_str(),
+                    unlogged,
+                    "server API call refused: {}",
+                    why.status()
+                );
+            }
+            return denied(why);
+        }
+    }
     if let Some(answer) = probe(&shard.shared, method, path) {
         return answer;
     }
     match (method, path) {
-        ("GET" | "HEAD", "/") => http::response(
-            200,
-            "text/html; charset=utf-8",
-            &[],
-            CONSOLE_HTML.as_bytes(),
-        ),
+        ("GET" | "HEAD", "/") => console(),
+        _ if is_api(path) => api(shard, req).await,
+        _ => {
+            shard.metrics().error(ErrorKind::NotFound);
+            http::error(404, "not found")
+        }
+    }
+}
+
+/// The server API, for a request already let in: status, sessions and
+/// broadcast.
+pub async fn api(shard: &Context, req: &Request) -> Vec<u8> {
+    let path = req.path.as_str();
+    match (req.method.as_str(), path) {
         ("GET" | "HEAD", "/status") => http::json(200, &status(shard)),
         ("POST", "/api/broadcast") => broadcast(shard, &req.rest).await,
         (_, "/status" | "/api/broadcast") => method_not_allowed(),
-        _ => match path.strip_prefix("/api/sessions/") {
+        (method, _) => match path.strip_prefix("/api/sessions/") {
             Some(id) => session_api(shard, method, id).await,
             None => {
                 shard.metrics().error(ErrorKind::NotFound);
@@ -107,7 +184,7 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
         return http::error(404, "unknown session");
     };
     match method {
-        "GET" => match shard.store.lookup(&id).await {
+        "GET" | "HEAD" => match shard.store.lookup(&id).await {
             Ok(Some((count, ttl_ms))) => http::json(
                 200,
                 &json!({ "session_id": id.to_string(), "count": count, "ttl_s": ttl_ms.div_ceil(1000) }),
@@ -131,12 +208,7 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
                 }
             }
         }
-        _ => http::response(
-            405,
-            "application/json",
-            &[],
-            br#"{"error":"method not allowed"}"#,
-        ),
+        _ => method_not_allowed(),
     }
 }
 

@@ -6,11 +6,13 @@
 //! directly.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shards::{Control, Runtime, RuntimeConfig};
 
+use crate::api::{Call, Mailboxes};
+use crate::apikey::ApiKeys;
 use crate::config::Config;
 use crate::context::Shared;
 use crate::metrics::Metrics;
@@ -24,12 +26,16 @@ const REDIS_START_WAIT: Duration = Duration::from_secs(1);
 pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] shards::RuntimeError),
+    #[error("cannot create a shard's API mailbox: {0}")]
+    Mailbox(std::io::Error),
 }
 
 /// A running server.
 pub struct Server {
     runtime: Runtime,
     shared: Arc<Shared>,
+    /// The shards' API mailboxes, until the admin listener takes them.
+    calls: Option<Mailboxes>,
 }
 
 impl Server {
@@ -50,15 +56,30 @@ impl Server {
             .connections_limit
             .set((cfg.max_connections * n) as u64);
         let shared = Arc::new(Shared {
+            api_keys: ApiKeys::new(&cfg.api_key),
             cfg,
             metrics,
             readiness: Arc::new(Readiness::new(n)),
             run_id: format!("{:016x}", rand::random::<u64>()),
             started,
         });
+        let mut calls = Vec::with_capacity(n);
+        let mut inboxes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) =
+                shards::control::channel::<Call>(crate::api::QUEUE).map_err(StartError::Mailbox)?;
+            calls.push(tx);
+            inboxes.push(Some(rx));
+        }
+        // Each shard takes its own inbox by id, once, on its own thread.
+        let inboxes = Arc::new(Mutex::new(inboxes));
         let entry_shared = shared.clone();
         let runtime = shards::start(&rt_cfg, move |ctx| {
-            crate::shard::run(ctx, entry_shared.clone())
+            let inbox = inboxes
+                .lock()
+                .ok()
+                .and_then(|mut all| all.get_mut(ctx.id).and_then(Option::take));
+            crate::shard::run(ctx, entry_shared.clone(), inbox)
         })?;
         // Wait for the shards to run their accept loops, so that a test or
         // an operator that sees "listening" can connect at once.
@@ -84,7 +105,16 @@ impl Server {
             version = env!("CARGO_PKG_VERSION"),
             "listening"
         );
-        Ok(Server { runtime, shared })
+        Ok(Server {
+            runtime,
+            shared,
+            calls: Some(calls),
+        })
+    }
+
+    /// The shards' API mailboxes, for the admin listener (once).
+    pub fn take_calls(&mut self) -> Mailboxes {
+        self.calls.take().unwrap_or_default()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -126,7 +126,11 @@ async fn walk(
 }
 
 /// The shard's entry point, run by the `shards` runtime on its own core.
-pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
+pub async fn run(
+    ctx: ShardContext,
+    shared: Arc<Shared>,
+    calls: Option<shards::PendingReceiver<crate::api::Call>>,
+) {
     crate::logging::set_shard(ctx.id);
     let cfg = &shared.cfg;
     // Validated at start, so it parses.
@@ -199,6 +203,9 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
         }
     };
     glommio::spawn_local(plane.clone().run()).detach();
+    if let Some(calls) = calls {
+        glommio::spawn_local(crate::api::serve(calls.into_async(), shard.clone())).detach();
+    }
 
     glommio::spawn_local(redis.clone().run()).detach();
     {

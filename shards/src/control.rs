@@ -1,4 +1,5 @@
-//! Control messages from the control thread (signals, admin) to one shard.
+//! Messages from any thread to one shard: the runtime's own control (drain,
+//! stop), and any other kind the service sends its shards the same way.
 //!
 //! A crossbeam channel carries the message and one byte on a socketpair wakes
 //! the shard: glommio cannot wait on a crossbeam channel, but it can read a
@@ -23,16 +24,17 @@ pub enum Control {
     Stop,
 }
 
-/// The sending half, kept by the control thread. Cheap to clone.
+/// The sending half, kept by the control thread.
 #[derive(Debug)]
-pub struct ControlSender {
-    tx: Sender<Control>,
+pub struct ControlSender<T = Control> {
+    tx: Sender<T>,
     wake: StdUnixStream,
 }
 
-impl ControlSender {
-    /// Queues `msg` and wakes the shard. Fails only when the shard is gone.
-    pub fn send(&self, msg: Control) -> io::Result<()> {
+impl<T> ControlSender<T> {
+    /// Queues `msg` and wakes the shard. Fails when the shard is gone or its
+    /// queue is full; the message is dropped then.
+    pub fn send(&self, msg: T) -> io::Result<()> {
         self.tx.try_send(msg).map_err(|e| match e {
             TrySendError::Full(_) => {
                 io::Error::new(io::ErrorKind::WouldBlock, "shard control queue is full")
@@ -52,14 +54,14 @@ impl ControlSender {
 
 /// The receiving half before it reaches its shard's thread (Send).
 #[derive(Debug)]
-pub struct PendingReceiver {
-    rx: Receiver<Control>,
+pub struct PendingReceiver<T = Control> {
+    rx: Receiver<T>,
     wake: StdUnixStream,
 }
 
-impl PendingReceiver {
+impl<T> PendingReceiver<T> {
     /// Binds the receiver to the current glommio executor.
-    pub fn into_async(self) -> ControlReceiver {
+    pub fn into_async(self) -> ControlReceiver<T> {
         // SAFETY: the fd comes from a live std UnixStream that we give up here.
         let wake = unsafe { glommio::net::UnixStream::from_raw_fd(self.wake.into_raw_fd()) };
         ControlReceiver { rx: self.rx, wake }
@@ -68,14 +70,14 @@ impl PendingReceiver {
 
 /// The receiving half, owned by one shard.
 #[derive(Debug)]
-pub struct ControlReceiver {
-    rx: Receiver<Control>,
+pub struct ControlReceiver<T = Control> {
+    rx: Receiver<T>,
     wake: glommio::net::UnixStream,
 }
 
-impl ControlReceiver {
-    /// Waits for the next control message; `None` when the sender is gone.
-    pub async fn recv(&mut self) -> Option<Control> {
+impl<T> ControlReceiver<T> {
+    /// Waits for the next message; `None` when the sender is gone.
+    pub async fn recv(&mut self) -> Option<T> {
         let mut buf = [0u8; 64];
         loop {
             match self.rx.try_recv() {
@@ -93,16 +95,16 @@ impl ControlReceiver {
     }
 }
 
-const CONTROL_QUEUE: usize = 16;
+/// The runtime's own queue: control is rare (a drain, a stop), and a small
+/// bound keeps a stuck shard from piling up messages forever.
+pub const CONTROL_QUEUE: usize = 16;
 
-/// A connected control pair.
-pub fn channel() -> io::Result<(ControlSender, PendingReceiver)> {
+/// A connected pair that queues at most `bound` messages.
+pub fn channel<T>(bound: usize) -> io::Result<(ControlSender<T>, PendingReceiver<T>)> {
     let (a, b) = StdUnixStream::pair()?;
     a.set_nonblocking(true)?;
     b.set_nonblocking(true)?;
-    // Control is rare (a drain, a stop); a small bound keeps a stuck shard from
-    // piling up messages forever.
-    let (tx, rx) = crossbeam_channel::bounded(CONTROL_QUEUE);
+    let (tx, rx) = crossbeam_channel::bounded(bound);
     Ok((
         ControlSender { tx, wake: a },
         PendingReceiver { rx, wake: b },

@@ -7,12 +7,13 @@
 //! its control receiver.
 //!
 //! - [`listener`]: binding N listening sockets that share one port.
-//! - [`control`]: control messages (drain, stop) from any thread to a shard.
+//! - [`control`]: messages from any thread to a shard (drain, stop, and the
+//!   service's own kinds).
 //! - [`runtime`]: starting, pinning, naming and joining the executors.
 
 pub mod control;
 pub mod listener;
 pub mod runtime;
 
-pub use control::{Control, ControlReceiver, ControlSender};
+pub use control::{Control, ControlReceiver, ControlSender, PendingReceiver};
 pub use runtime::{start, Runtime, RuntimeConfig, RuntimeError, ShardContext};

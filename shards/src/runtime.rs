@@ -204,7 +204,8 @@ where
     let mut started = Vec::with_capacity(n);
 
     for (id, std_listener) in listeners.into_iter().enumerate() {
-        let (ctl_tx, ctl_rx) = control::channel().map_err(RuntimeError::Control)?;
+        let (ctl_tx, ctl_rx) =
+            control::channel(control::CONTROL_QUEUE).map_err(RuntimeError::Control)?;
         controls.push(ctl_tx);
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(1);
         started.push(ready_rx);

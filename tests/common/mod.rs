@@ -65,11 +65,17 @@ pub fn server_closed(s: &mut TcpStream) -> bool {
     }
 }
 
+/// The server API key every test server has unless told otherwise, and
+/// that [`http`] sends.
+pub const TEST_API_KEY: &str = "test-api-key-0123456789";
+
 /// Builder for a `shardcast` process.
 pub struct ServerBuilder {
     args: Vec<String>,
     /// Whether the builder's Redis runs, so the server can become ready.
     redis_live: bool,
+    /// Whether to give it [`TEST_API_KEY`].
+    api_key: bool,
 }
 
 impl ServerBuilder {
@@ -90,16 +96,30 @@ impl ServerBuilder {
         self.arg("--shards", &n.to_string())
     }
 
+    /// No API key: the service port serves no server API.
+    pub fn without_api_key(mut self) -> Self {
+        self.api_key = false;
+        self
+    }
+
     pub fn start(self) -> Server {
+        let given = |flag: &str| self.args.iter().any(|a| a == flag);
+        let mut defaults = vec![
+            "--listen",
+            "127.0.0.1:0",
+            "--pin",
+            "false",
+            "--log-level",
+            "info",
+        ];
+        if !given("--admin-listen") {
+            defaults.extend(["--admin-listen", "127.0.0.1:0"]);
+        }
+        if self.api_key && !given("--api-key") {
+            defaults.extend(["--api-key", TEST_API_KEY]);
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--pin",
-                "false",
-                "--log-level",
-                "info",
-            ])
+            .args(defaults)
             .args(&self.args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -159,6 +179,7 @@ impl Server {
         ServerBuilder {
             args: vec!["--redis-url".into(), redis.url()],
             redis_live: redis.is_running(),
+            api_key: true,
         }
     }
 
@@ -173,6 +194,7 @@ impl Server {
                 name.into(),
             ],
             redis_live: master_live,
+            api_key: true,
         }
     }
 
@@ -187,6 +209,7 @@ impl Server {
         ServerBuilder {
             args: vec!["--redis-cluster".into(), seeds.into()],
             redis_live: live,
+            api_key: true,
         }
     }
 
@@ -241,6 +264,15 @@ impl Server {
         http(self.addr, "GET", path, "")
     }
 
+    /// The admin listener's address, from its start-up line.
+    pub fn admin(&self) -> SocketAddr {
+        self.wait_log("admin listening")["admin"]
+            .as_str()
+            .expect("the admin line names its address")
+            .parse()
+            .expect("the admin address parses")
+    }
+
     pub fn connect(&self, query: &str) -> (Client, Value) {
         Client::connect(self.addr, query)
     }
@@ -254,9 +286,10 @@ impl Server {
         });
     }
 
-    /// A metric's value from `/metrics`.
+    /// A metric's value from `/metrics` on the admin listener (which needs
+    /// no key, whatever keys the server has).
     pub fn metric(&self, series: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
+        let (_, body) = http(self.admin(), "GET", "/metrics", "");
         body.lines()
             .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("metric {series} missing"))
@@ -275,16 +308,61 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP/1.1 request; returns status and body.
+/// One HTTP/1.1 request with [`TEST_API_KEY`]; returns status and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    http_with(
+        addr,
+        method,
+        path,
+        &format!("X-API-Key: {TEST_API_KEY}\r\n"),
+        body,
+    )
+}
+
+/// One HTTP/1.1 request with `headers` (whole lines, each ending in CRLF)
+/// and no key unless they carry one; returns status and body.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
+    try_http_with(addr, method, path, headers, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// [`http`] to a server that may be gone: Err instead of a panic.
+pub fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    try_http_with(
+        addr,
+        method,
+        path,
+        &format!("X-API-Key: {TEST_API_KEY}\r\n"),
+        body,
+    )
+}
+
+fn try_http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    raw_response(&mut s)
+    s.write_all(req.as_bytes())?;
+    Ok(raw_response(&mut s))
 }
 
 /// GET over HTTP/1.0, for servers that keep HTTP/1.1 connections open and
@@ -578,6 +656,13 @@ impl Client {
 
     pub fn send_text(&mut self, text: &str) {
         self.send_raw(&Self::frame(0x81, text.as_bytes()));
+    }
+
+    /// Sends a refresh control frame with a new token.
+    pub fn send_refresh(&mut self, token: &str) {
+        let mut v = Vec::new();
+        shardcast_kit::wire::refresh_frame(&mut v, token, [0xA1, 0xB2, 0xC3, 0xD4]);
+        self.send_raw(&v);
     }
 
     pub fn send_close(&mut self, code: u16) {

@@ -83,6 +83,14 @@ pub fn text_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
     masked(out, 0x81, payload, mask);
 }
 
+/// Appends a masked refresh control frame: a binary message holding
+/// `{"refresh":"<token>"}`, which replaces the socket's token (binary, so it
+/// is never counted as a text message).
+pub fn refresh_frame(out: &mut Vec<u8>, token: &str, mask: [u8; 4]) {
+    let body = serde_json::json!({ "refresh": token }).to_string();
+    masked(out, 0x82, body.as_bytes(), mask);
+}
+
 /// Appends a masked Close frame with `code` and no reason.
 pub fn close_frame(out: &mut Vec<u8>, code: u16, mask: [u8; 4]) {
     masked(out, 0x88, &code.to_be_bytes(), mask);
