@@ -54,6 +54,27 @@ pub fn bye_idle(total: u64) -> String {
     json!({ "bye": true, "total": total, "reason": "idle" }).to_string()
 }
 
+/// Goodbye to a socket whose token ran out (`reason: token_expired`) or
+/// whose refresh was refused (`reason: token_refused`, with why); Close
+/// 4001 follows.
+pub fn bye_token(total: u64, reason: &str, why: Option<&str>) -> String {
+    let mut b = json!({ "bye": true, "total": total, "reason": reason });
+    if let Some(w) = why {
+        b["error"] = w.into();
+    }
+    b.to_string()
+}
+
+/// The answer to a refresh that replaced the socket's token: the new
+/// token's `exp` (Unix seconds), absent when it has none.
+pub fn refreshed(exp: Option<f64>) -> String {
+    let mut r = json!({ "refreshed": true });
+    if let Some(e) = exp {
+        r["exp"] = e.into();
+    }
+    r.to_string()
+}
+
 pub fn error(kind: &str) -> String {
     json!({ "error": kind }).to_string()
 }

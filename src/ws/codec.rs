@@ -16,7 +16,8 @@ use tungstenite::protocol::frame::FrameHeader;
 pub enum WsError {
     /// 1002: a frame the protocol forbids.
     Protocol(&'static str),
-    /// 1003: a binary message.
+    /// 1003: a binary message the endpoint does not take (the service
+    /// takes binary messages only as control frames: see `ws::control`).
     Binary,
     /// 1007: text that is not UTF-8.
     InvalidUtf8,
@@ -37,7 +38,7 @@ impl WsError {
     pub fn reason(self) -> &'static str {
         match self {
             WsError::Protocol(r) => r,
-            WsError::Binary => "binary frames are not accepted",
+            WsError::Binary => "binary message is not a control frame",
             WsError::InvalidUtf8 => "text is not valid UTF-8",
             WsError::TooBig => "message too big",
         }
@@ -49,6 +50,9 @@ impl WsError {
 pub enum Event {
     /// A complete text message (all fragments), valid UTF-8.
     Text,
+    /// A complete binary message (all fragments); its bytes went to the
+    /// decoder's [`Payload`].
+    Binary,
     /// A ping; the payload is at this range of the buffer given to `decode`.
     Ping(std::ops::Range<usize>),
     /// A pong: nothing to do.
@@ -130,31 +134,76 @@ struct DataFrame {
 }
 
 /// Where a data frame's payload goes once it is unmasked and checked.
-/// The service keeps none of it ([`Discard`], zero-sized, so its decoder
-/// carries no message and no branch for one); the conformance echo keeps
+/// The service keeps no text ([`Discard`] drops it; [`Controls`] keeps only
+/// small binary messages, the control frames); the conformance echo keeps
 /// whole messages (`ws::echo`).
 pub trait Payload {
     /// Whether binary messages are accepted (else they close with 1003).
     const BINARY: bool;
     /// A checked piece of the message in progress.
-    fn piece(&mut self, data: &[u8]);
+    fn piece(&mut self, data: &[u8], binary: bool);
     /// The message in progress is complete.
     fn complete(&mut self, binary: bool);
 }
 
-/// The service's payload sink: the counter needs no message's bytes.
+/// A sink that keeps nothing and takes no binary message.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Discard;
 
 impl Payload for Discard {
     const BINARY: bool = false;
-    fn piece(&mut self, _: &[u8]) {}
+    fn piece(&mut self, _: &[u8], _: bool) {}
+    fn complete(&mut self, _: bool) {}
+}
+
+/// Largest control frame kept: a refresh carries one token (at most 4 KiB).
+pub const MAX_CONTROL: usize = 8 << 10;
+
+/// The service's sink: text is counted, never kept; a binary message (a
+/// control frame) is kept up to [`MAX_CONTROL`] bytes. Eight bytes per socket
+/// while no control frame is in progress.
+#[derive(Debug, Default)]
+pub struct Controls {
+    // Boxed on purpose: a pointer per idle socket instead of a Vec's three
+    // words, for the one socket in many that ever sends a control frame.
+    #[allow(clippy::box_collection)]
+    message: Option<Box<Vec<u8>>>,
+    /// The binary message in progress went past [`MAX_CONTROL`].
+    overflow: bool,
+}
+
+impl Controls {
+    /// The last complete binary message: its bytes, or None when it was
+    /// over [`MAX_CONTROL`].
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        let kept = self.message.take().map(|b| *b).unwrap_or_default();
+        (!std::mem::take(&mut self.overflow)).then_some(kept)
+    }
+}
+
+impl Payload for Controls {
+    const BINARY: bool = true;
+
+    #[inline]
+    fn piece(&mut self, data: &[u8], binary: bool) {
+        if !binary || self.overflow {
+            return;
+        }
+        let kept = self.message.get_or_insert_with(Default::default);
+        if kept.len() + data.len() > MAX_CONTROL {
+            self.overflow = true;
+            self.message = None;
+        } else {
+            kept.extend_from_slice(data);
+        }
+    }
+
     fn complete(&mut self, _: bool) {}
 }
 
 /// The per-socket decoder state: a few dozen bytes.
 #[derive(Debug)]
-pub struct Decoder<P: Payload = Discard> {
+pub struct Decoder<P: Payload = Controls> {
     max_message: usize,
     frame: Option<DataFrame>,
     /// A message is in progress (a first fragment arrived, no final yet).
@@ -166,10 +215,10 @@ pub struct Decoder<P: Payload = Discard> {
     payload: P,
 }
 
-impl Decoder {
-    /// The service's decoder: text only, payloads checked and dropped.
+impl Decoder<Controls> {
+    /// The service's decoder: text checked and dropped, control frames kept.
     pub fn new(max_message: usize) -> Self {
-        Self::with(max_message, Discard)
+        Self::with(max_message, Controls::default())
     }
 }
 
@@ -202,7 +251,7 @@ impl<P: Payload> Decoder<P> {
             if self.text {
                 self.utf8.push(chunk)?;
             }
-            self.payload.piece(chunk);
+            self.payload.piece(chunk, !self.text);
             f.offset += take;
             f.remaining -= take as u64;
             if f.remaining > 0 {
@@ -294,7 +343,11 @@ impl<P: Payload> Decoder<P> {
             self.utf8.finish()?;
         }
         self.payload.complete(!self.text);
-        Ok(Some(Event::Text))
+        Ok(Some(if self.text {
+            Event::Text
+        } else {
+            Event::Binary
+        }))
     }
 }
 
@@ -416,8 +469,31 @@ mod tests {
     }
 
     #[test]
+    fn binary_messages_are_kept_as_controls_up_to_the_cap() {
+        let mut d = Decoder::new(1 << 20);
+        let mut b = frame(0x02, b"{\"refresh\":");
+        b.extend(frame(0x80, b"\"t\"}"));
+        let (ev, n) = d.decode(&mut b).unwrap();
+        assert_eq!((ev, n), (None, 6 + 11), "the first fragment, whole");
+        let (ev, _) = d.decode(&mut b[n..]).unwrap();
+        assert_eq!(ev, Some(Event::Binary));
+        assert_eq!(
+            d.payload_mut().take().as_deref(),
+            Some(&b"{\"refresh\":\"t\"}"[..])
+        );
+        let mut big = frame(0x82, &vec![b'x'; MAX_CONTROL + 1]);
+        assert_eq!(d.decode(&mut big).unwrap().0, Some(Event::Binary));
+        assert_eq!(d.payload_mut().take(), None, "over the cap: not kept");
+        let mut small = frame(0x82, b"ok");
+        d.decode(&mut small).unwrap();
+        assert_eq!(d.payload_mut().take().as_deref(), Some(&b"ok"[..]));
+    }
+
+    #[test]
     fn errors_map_to_close_codes() {
-        assert_eq!(run(&frame(0x82, b"x"), 64, 1024).unwrap_err().code(), 1003);
+        let mut text_only = Decoder::with(1024, Discard);
+        let mut b = frame(0x82, b"x");
+        assert_eq!(text_only.decode(&mut b).unwrap_err().code(), 1003);
         assert_eq!(
             run(&frame(0x81, &[0xff, 0xfe]), 64, 1024)
                 .unwrap_err()

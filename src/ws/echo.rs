@@ -23,7 +23,7 @@ struct Keep {
 impl Payload for Keep {
     const BINARY: bool = true;
 
-    fn piece(&mut self, data: &[u8]) {
+    fn piece(&mut self, data: &[u8], _: bool) {
         self.message.extend_from_slice(data);
     }
 
@@ -50,7 +50,7 @@ pub async fn serve(mut stream: TcpStream, rest: Vec<u8>, max_message: usize) {
                     let at = start;
                     start += n;
                     match ev {
-                        Event::Text => {
+                        Event::Text | Event::Binary => {
                             if let Some((binary, payload)) = decoder.payload_mut().done.take() {
                                 let op = if binary { Data::Binary } else { Data::Text };
                                 codec::encode(&mut out, OpCode::Data(op), &payload);

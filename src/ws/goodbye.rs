@@ -10,7 +10,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::context::{Context, Slot};
-use crate::metrics::ErrorKind;
+use crate::metrics::{Denial, ErrorKind};
 use crate::protocol;
 use crate::session::Session;
 use crate::ws::codec::{self, Decoder, Event, WsError};
@@ -30,6 +30,10 @@ pub enum Exit {
     SlowReader,
     RateLimited,
     Idle,
+    /// The token's `exp` passed with no refresh before it.
+    TokenExpired,
+    /// A refresh on the socket was refused, for this reason.
+    TokenRefused(&'static str),
     Gone,
 }
 
@@ -144,6 +148,22 @@ async fn finish(
             codec::encode_text(&mut out, protocol::bye_idle(session.count()).as_bytes());
             codec::encode_close(&mut out, 1001, "idle timeout");
             (1001, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::TokenExpired => {
+            m.denied(Denial::TokenExpired);
+            tracing::info!("closing a socket whose token expired: 4001");
+            let bye = protocol::bye_token(session.count(), "token_expired", None);
+            codec::encode_text(&mut out, bye.as_bytes());
+            codec::encode_close(&mut out, 4001, "token expired");
+            (4001, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::TokenRefused(why) => {
+            m.denied(Denial::RefreshRefused);
+            tracing::info!(reason = why, "refresh refused: closing with 4001");
+            let bye = protocol::bye_token(session.count(), "token_refused", Some(why));
+            codec::encode_text(&mut out, bye.as_bytes());
+            codec::encode_close(&mut out, 4001, "token refused");
+            (4001, Some(Instant::now() + CLOSE_WAIT))
         }
         Exit::RateLimited => {
             codec::encode_close(&mut out, 1008, "rate limit exceeded");

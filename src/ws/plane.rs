@@ -19,12 +19,14 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::auth;
 use crate::config::Durability;
 use crate::context::{Context, Slot};
 use crate::metrics::ErrorKind;
 use crate::protocol;
 use crate::session::Session;
 use crate::ws::codec::{self, Decoder, Event, WsError};
+use crate::ws::control::{self, Command};
 use crate::ws::goodbye::{self, Ended, Exit};
 
 /// Readiness events taken per `epoll_wait`.
@@ -60,6 +62,16 @@ impl Bucket {
     }
 }
 
+/// What a socket's token granted, kept while it is open (with
+/// `--auth-secret` only; boxed so a socket without one pays a pointer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's `sub`: a refresh must name the same one.
+    pub sub: Option<Box<str>>,
+    /// When the token expires; the sweep closes the socket past it.
+    pub expires: Option<Instant>,
+}
+
 /// One open socket: its descriptor, session and the few bytes of state
 /// between reads.
 struct Sock {
@@ -67,6 +79,7 @@ struct Sock {
     slot: Slot,
     session: Rc<Session>,
     room: Option<Rc<str>>,
+    grant: Option<Box<Grant>>,
     decoder: Decoder,
     bucket: Bucket,
     /// An incomplete frame head (or, while a sync write is in flight, the
@@ -100,6 +113,8 @@ pub struct Upgraded {
     pub session: Rc<Session>,
     /// The room it joined, if any.
     pub room: Option<Rc<str>>,
+    /// What its token granted (with `--auth-secret`).
+    pub grant: Option<Box<Grant>>,
     /// What the client sent after its request head (its first frames).
     pub rest: Vec<u8>,
 }
@@ -231,6 +246,7 @@ impl Plane {
             slot: up.slot,
             session: up.session,
             room: up.room,
+            grant: up.grant,
             decoder: Decoder::new(self.limits.max_message),
             bucket: Bucket {
                 tokens: self.limits.burst,
@@ -455,6 +471,36 @@ impl Plane {
                     ctx.store.enqueue(&sock.session);
                     self.counted(sock, count, arrived, now, out);
                 }
+                Some(Event::Binary) => {
+                    // A control frame costs a message of the rate limit, so
+                    // refreshes cannot be a way around it.
+                    let l = &self.limits;
+                    if !sock.bucket.take(Instant::now(), l.rate, l.burst) {
+                        m.error(ErrorKind::RateLimited);
+                        if sock.bucket.strikes >= l.strikes {
+                            return (buf.len(), Some(Stop::Exit(Exit::RateLimited)));
+                        }
+                        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
+                        continue;
+                    }
+                    let Some(payload) = sock.decoder.payload_mut().take() else {
+                        let e = WsError::Protocol("control frame too long");
+                        return (buf.len(), Some(Stop::Exit(Exit::Invalid(e))));
+                    };
+                    match control::parse(&payload) {
+                        Err(e) => {
+                            tracing::info!(error = %e, "binary message is not a control frame");
+                            let e = WsError::Binary;
+                            return (buf.len(), Some(Stop::Exit(Exit::Invalid(e))));
+                        }
+                        Ok(Command::Refresh(token)) => match self.refresh(sock, &token) {
+                            Ok(text) => codec::encode_text(out, text.as_bytes()),
+                            Err(why) => {
+                                return (buf.len(), Some(Stop::Exit(Exit::TokenRefused(why))))
+                            }
+                        },
+                    }
+                }
                 Some(Event::Ping(r)) => {
                     codec::encode_pong(out, &buf[base + r.start..base + r.end]);
                 }
@@ -465,6 +511,30 @@ impl Plane {
             }
         }
         (start, None)
+    }
+
+    /// A refresh: the new token must verify, name the same subject and
+    /// still allow the socket's room; then it replaces the old one and its
+    /// `exp` is the socket's new deadline. Returns the reply, or why the
+    /// socket must close (4001).
+    fn refresh(&self, sock: &mut Sock, token: &str) -> Result<String, &'static str> {
+        let (Some(secret), Some(grant)) = (&self.ctx.cfg().auth_secret, sock.grant.as_mut()) else {
+            // Without auth there is nothing to refresh; the socket stays.
+            return Ok(protocol::error("auth_off"));
+        };
+        let now_unix = auth::unix_now();
+        let id = auth::verify(secret.as_bytes(), token, now_unix).map_err(|e| e.reason())?;
+        if id.sub.as_deref() != grant.sub.as_deref() {
+            return Err("the token names another subject");
+        }
+        if let Some(room) = &sock.room {
+            if !id.rooms.allows(room) {
+                return Err("the token does not name the socket's room");
+            }
+        }
+        grant.expires = auth::deadline(id.exp, now_unix, Instant::now());
+        tracing::debug!(sub = id.sub, exp = id.exp, "token refreshed");
+        Ok(protocol::refreshed(id.exp))
     }
 
     /// Appends the reply to a counted message.
@@ -684,7 +754,8 @@ impl Plane {
 
     /// The per-shard sweep over one slice of the table: a Ping after half
     /// of `idle` of silence, a close after all of it (when `idle` is not
-    /// zero), and the end of sockets whose unsent bytes stopped moving.
+    /// zero), the end of sockets whose unsent bytes stopped moving, and of
+    /// those whose token expired (no clock read per message for it).
     pub fn sweep(&self, now: Instant, idle: Duration, slice: Slice) {
         let mut ping = Vec::new();
         codec::encode_ping(&mut ping, b"idle?");
@@ -701,6 +772,15 @@ impl Plane {
                     .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
                 {
                     self.end(conn, sock, Exit::SlowReader);
+                    continue;
+                }
+                if sock
+                    .grant
+                    .as_ref()
+                    .and_then(|g| g.expires)
+                    .is_some_and(|t| now >= t)
+                {
+                    self.end(conn, sock, Exit::TokenExpired);
                     continue;
                 }
                 if idle.is_zero() {

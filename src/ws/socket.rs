@@ -12,14 +12,14 @@ use glommio::net::TcpStream;
 use crate::context::{Context, Slot};
 use crate::history::{self, Offset, Recovery};
 use crate::http::{self, Request};
-use crate::metrics::ErrorKind;
+use crate::metrics::{Denial, ErrorKind};
 use crate::protocol::{self, WelcomeHistory};
 use crate::pubsub;
 use crate::session;
 use crate::store::OpenError;
 use crate::ws::codec;
 use crate::ws::handshake;
-use crate::ws::plane::{Plane, Upgraded};
+use crate::ws::plane::{Grant, Plane, Upgraded};
 
 /// How long a connect waits for Redis to confirm its room's subscription.
 const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,15 +66,12 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
             return;
         }
     }
-    let sub = match &ctx.cfg().auth_secret {
+    let identity = match &ctx.cfg().auth_secret {
         None => None,
         Some(secret) => {
             let token = crate::auth::token_of(&req).unwrap_or("");
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
-            match crate::auth::verify(secret.as_bytes(), token, now) {
-                Ok(id) => id.sub,
+            match crate::auth::verify(secret.as_bytes(), token, crate::auth::unix_now()) {
+                Ok(id) => Some(id),
                 Err(e) => {
                     m.error(ErrorKind::Unauthorized);
                     tracing::info!(reason = %e, "upgrade refused: 401");
@@ -93,6 +90,7 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
             }
         }
     };
+    let sub = identity.as_ref().and_then(|id| id.sub.clone());
     if ctx.is_draining() {
         let _ = stream.write_all(&http::error(503, "draining")).await;
         return;
@@ -110,6 +108,26 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
             }
         },
     };
+    if let (Some(id), Some(r)) = (&identity, &room) {
+        if !id.rooms.allows(r) {
+            m.denied(Denial::RoomNotAllowed);
+            tracing::info!(room = r, sub, "upgrade refused: room not in the token: 403");
+            let body = serde_json::json!({
+                "error": "forbidden",
+                "reason": "the token's rooms claim does not name this room",
+            });
+            let _ = stream.write_all(&http::json(403, &body)).await;
+            return;
+        }
+    }
+    // Read now, once: the deadline is an Instant from here on.
+    let grant = identity.map(|id| {
+        let now = std::time::Instant::now();
+        Box::new(Grant {
+            sub: id.sub.map(String::into_boxed_str),
+            expires: crate::auth::deadline(id.exp, crate::auth::unix_now(), now),
+        })
+    });
     let raw_since = req.param(&[history::SINCE_PARAM]);
     let since = match raw_since.map(str::parse::<Offset>) {
         None => None,
@@ -211,6 +229,7 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         slot,
         session,
         room,
+        grant,
         rest,
     };
     plane.adopt(up, &first);
