@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http, wait_for, Redis, Server, TempDir};
+use common::{http, wait_for, Redis, Server, TempDir, TEST_API_KEY};
 use serde_json::Value;
 
 /// Kills and reaps a child process when dropped, on success and on panic.
@@ -79,6 +79,7 @@ fn start_second_server(redis: &Redis, port: u16) -> (Reaped, u32) {
         .args(["--redis-url", &redis.url()])
         .args(["--shards", "2", "--pin", "false", "--log-level", "info"])
         .args(["--color", "green", "--heartbeat-interval", "1s"])
+        .args(["--api-key", TEST_API_KEY, "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -138,6 +139,7 @@ fn console_in_a_real_browser() {
         .arg(a.pid().to_string())
         .arg(&hs.0)
         .env("CHROMIUM", &chromium)
+        .env("API_KEY", TEST_API_KEY)
         .current_dir(&console_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

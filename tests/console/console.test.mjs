@@ -12,6 +12,9 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const [base, shot, pidArg, dir] = process.argv.slice(2);
+// The server API key, for the page (through its URL fragment) and for the
+// test's own broadcasts.
+const apiKey = process.env.API_KEY || '';
 if (!base || !shot || !pidArg || !dir) {
   console.error('usage: node console.test.mjs <base-url> <screenshot-path> <pidA> <handshake-dir>');
   process.exit(2);
@@ -58,7 +61,7 @@ try {
 
   step = '1: open and connect';
   say(step);
-  const res = await page.goto(base + '/');
+  const res = await page.goto(base + '/#key=' + encodeURIComponent(apiKey));
   if (!res || res.status() !== 200) throw new Error(`GET / answered ${res && res.status()}`);
   await page.click('#connect');
   await until('#state = connected', is('#state', 'connected'));
@@ -111,7 +114,7 @@ try {
   say(step);
   const b = await fetch(base + '/api/broadcast', {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', 'x-api-key': apiKey },
     body: JSON.stringify({ message: 'hello from the test' }),
   });
   if (b.status !== 202) throw new Error(`POST /api/broadcast answered ${b.status}: ${await b.text()}`);
@@ -122,7 +125,7 @@ try {
   for (const [room, message] of [['elsewhere', 'not for this page'], ['lobby', 'for the lobby']]) {
     const r = await fetch(base + '/api/broadcast', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', 'x-api-key': apiKey },
       body: JSON.stringify({ message, room }),
     });
     if (r.status !== 202) throw new Error(`room broadcast answered ${r.status}: ${await r.text()}`);
@@ -144,7 +147,7 @@ try {
   for (const [room, message] of [[null, 'missed one'], ['lobby', 'missed two'], ['elsewhere', 'not mine'], [null, 'missed three']]) {
     const r = await fetch(base + '/api/broadcast', {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', 'x-api-key': apiKey },
       body: JSON.stringify(room ? { message, room } : { message }),
     });
     if (r.status !== 202) throw new Error(`broadcast while away answered ${r.status}: ${await r.text()}`);
