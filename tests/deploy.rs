@@ -69,6 +69,7 @@ impl Deploy {
             // Room for every broadcast of a run, so the streams are the
             // record of what was published.
             ("SHARDCAST_ARGS".into(), "--history-size 20000".into()),
+            ("SHARDCAST_API_KEY".into(), TEST_API_KEY.into()),
         ];
         Deploy {
             dir,
@@ -190,16 +191,28 @@ fn promote_there_and_back_under_load_loses_nothing() {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
+    // The proxy keeps the server API from the outside; callers reach a
+    // color's own port, with the key.
+    let (code, body) = http(d.addr(), "POST", "/api/broadcast", r#"{"message":"x"}"#);
+    assert_eq!((code, body.as_str()), (404, r#"{"error":"not found"}"#));
+    let colors: Vec<SocketAddr> = [d.blue, d.green]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect();
     let broadcaster = {
-        let (addr, stop) = (d.addr(), stop.clone());
+        let (colors, stop) = (colors.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let room = (i % 3 == 2).then_some("deploy");
                 let body = serde_json::json!({ "message": format!("b{i}"), "room": room });
-                // A refusal mid-switch is retried by the next round; the
-                // streams say what was published.
-                let _ = http(addr, "POST", "/api/broadcast", &body.to_string());
+                // To whichever color answers; a refusal mid-switch is
+                // retried by the next round, and the streams say what was
+                // published.
+                let _ = colors.iter().find(|addr| {
+                    try_http(**addr, "POST", "/api/broadcast", &body.to_string())
+                        .is_ok_and(|(code, _)| code == 202)
+                });
                 i += 1;
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -225,7 +238,7 @@ fn promote_there_and_back_under_load_loses_nothing() {
     broadcaster.join().unwrap();
     wait_for("the end broadcast", Duration::from_secs(10), || {
         let body = r#"{"message":"end"}"#;
-        (http(d.addr(), "POST", "/api/broadcast", body).0 == 202).then_some(())
+        (http(colors[0], "POST", "/api/broadcast", body).0 == 202).then_some(())
     });
     let followed: Vec<_> = followers
         .into_iter()

@@ -514,6 +514,10 @@ impl Suite<'_> {
                     "20000",
                     "--log-level",
                     "warn",
+                    // Servers of a run may overlap as one stops and the next
+                    // starts: no fixed admin port between them.
+                    "--admin-listen",
+                    "off",
                 ]);
             }
             Server::Baseline { threads } => {

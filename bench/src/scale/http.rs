@@ -53,9 +53,13 @@ pub fn broadcast(
         None => serde_json::json!({ "message": message }),
     }
     .to_string();
+    // The nodes' server API key, as the operator gives it to them.
+    let key = std::env::var("SHARDCAST_API_KEY")
+        .map(|k| format!("X-API-Key: {k}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "POST {BROADCAST_PATH} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         node.authority,
         body.len()
     );
