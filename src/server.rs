@@ -24,6 +24,8 @@ const REDIS_START_WAIT: Duration = Duration::from_secs(1);
 pub enum StartError {
     #[error(transparent)]
     Runtime(#[from] shards::RuntimeError),
+    #[error("redis TLS: {0}")]
+    RedisTls(#[from] crate::redis::stream::TlsError),
 }
 
 /// A running server.
@@ -49,7 +51,9 @@ impl Server {
             .app
             .connections_limit
             .set((cfg.max_connections * n) as u64);
+        let redis_tls = crate::redis::stream::Tls::from_config(&cfg)?;
         let shared = Arc::new(Shared {
+            redis_tls,
             cfg,
             metrics,
             readiness: Arc::new(Readiness::new(n)),

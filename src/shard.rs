@@ -140,6 +140,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     {
         glommio::spawn_local(sentinel::watch(
             sentinels.clone(),
+            shared.redis_tls.clone(),
             master.clone(),
             ctx.id,
             switch.clone(),
@@ -150,6 +151,7 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     init.extend(Store::init_commands());
     let redis = Redis::new(
         target.clone(),
+        shared.redis_tls.clone(),
         switch.clone(),
         (init, scripts + 1),
         shared.metrics.clone(),
@@ -203,9 +205,13 @@ pub async fn run(ctx: ShardContext, shared: Arc<Shared>) {
     glommio::spawn_local(redis.clone().run()).detach();
     {
         let (s, p) = (shard.clone(), plane.clone());
-        glommio::spawn_local(pubsub::run(pubsub, target, switch, move |to, payload| {
-            on_bus_event(&s, &p, to, payload)
-        }))
+        glommio::spawn_local(pubsub::run(
+            pubsub,
+            target,
+            shared.redis_tls.clone(),
+            switch,
+            move |to, payload| on_bus_event(&s, &p, to, payload),
+        ))
         .detach();
     }
     // What one shard may hold, for sizing the walks' slices.
