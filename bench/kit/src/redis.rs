@@ -542,7 +542,9 @@ impl RedisCluster {
 /// A `redis-server --sentinel` watching one master, named `master`.
 pub struct Sentinel {
     pub port: u16,
-    /// Its own `requirepass`, which other sentinels use too.
+    /// Its own ACL user (None: `default`) and password, which other
+    /// sentinels use too.
+    user: Option<String>,
     password: Option<String>,
     dir: PathBuf,
     child: Child,
@@ -563,6 +565,18 @@ impl Sentinel {
         quorum: u32,
         password: Option<&str>,
     ) -> Sentinel {
+        Self::start_as(master, name, quorum, None, password)
+    }
+
+    /// The same, its clients logging in as ACL `user` (`default` off) when
+    /// there is one; it logs in to the master as the master's own user.
+    pub fn start_as(
+        master: &Redis,
+        name: &str,
+        quorum: u32,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Sentinel {
         let port = free_port();
         let dir = temp_dir("sentinel");
         let conf = dir.join("sentinel.conf");
@@ -575,11 +589,21 @@ impl Sentinel {
             dir.display(),
             master.port
         );
+        if let Some(user) = &master.user {
+            text.push_str(&format!("sentinel auth-user {name} {user}\n"));
+        }
         if let Some(pw) = &master.password {
             text.push_str(&format!("sentinel auth-pass {name} {pw}\n"));
         }
-        if let Some(pw) = password {
-            text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+        match (user, password) {
+            (Some(user), Some(pw)) => text.push_str(&format!(
+                "user {user} on >{pw} ~* &* +@all\nuser default off\n\
+                 sentinel sentinel-user {user}\nsentinel sentinel-pass {pw}\n"
+            )),
+            (None, Some(pw)) => {
+                text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"))
+            }
+            _ => {}
         }
         std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
@@ -591,6 +615,7 @@ impl Sentinel {
             .expect("redis-server must be installed");
         let s = Sentinel {
             port,
+            user: user.map(String::from),
             password: password.map(String::from),
             dir,
             child,
@@ -606,7 +631,13 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli_as(self.port, self.password.as_deref(), args)
+        redis_cli_with(
+            self.port,
+            self.user.as_deref(),
+            self.password.as_deref(),
+            None,
+            args,
+        )
     }
 
     /// The port of the master this sentinel names now.
