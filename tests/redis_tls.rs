@@ -131,3 +131,31 @@ fn a_plain_redis_with_an_acl_user_counts() {
     let error = the_reason(&server, PASSWORD);
     assert!(error.contains("user default"), "unclear error: {error}");
 }
+
+/// Sentinel as a managed service runs it: the Sentinel and the master it
+/// names both TLS only, each letting in only its own ACL user; the master's
+/// certificate is for the IP the Sentinel names it by.
+#[test]
+fn a_tls_sentinel_names_a_tls_master() {
+    let ca = TestCa::new();
+    let master = Redis::start_tls_acl(&ca, USER, PASSWORD);
+    let sentinel = Sentinel::start_as(&master, "main", 1, Some("watcher"), Some("watch-pw"));
+    let server = Server::builder_sentinels(&[sentinel.addr()], "main", true)
+        .shards(2)
+        .arg("--redis-tls", "true")
+        .arg("--redis-sentinel-tls", "true")
+        .arg("--redis-tls-ca-file", ca.files().ca.to_str().unwrap())
+        .arg("--redis-username", USER)
+        .arg("--redis-password", PASSWORD)
+        .arg("--redis-sentinel-username", "watcher")
+        .arg("--redis-sentinel-password", "watch-pw")
+        .start();
+    counts_reach(&server, &master);
+    let clients = sentinel.cli(&["CLIENT", "LIST"]);
+    assert!(
+        clients
+            .lines()
+            .any(|l| l.contains(" user=watcher ") && l.contains("cmd=subscribe")),
+        "no subscription as watcher: {clients}"
+    );
+}

@@ -546,6 +546,8 @@ pub struct Sentinel {
     /// sentinels use too.
     user: Option<String>,
     password: Option<String>,
+    /// The CA of its certificate, when it speaks TLS.
+    ca: Option<PathBuf>,
     dir: PathBuf,
     child: Child,
 }
@@ -569,7 +571,9 @@ impl Sentinel {
     }
 
     /// The same, its clients logging in as ACL `user` (`default` off) when
-    /// there is one; it logs in to the master as the master's own user.
+    /// there is one; it logs in to the master as the master's own user. A
+    /// TLS master's sentinel speaks only TLS too, with the master's
+    /// certificate, to its clients and to the master.
     pub fn start_as(
         master: &Redis,
         name: &str,
@@ -580,8 +584,18 @@ impl Sentinel {
         let port = free_port();
         let dir = temp_dir("sentinel");
         let conf = dir.join("sentinel.conf");
+        let listen = match &master.tls {
+            None => format!("port {port}"),
+            Some(tls) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            ),
+        };
         let mut text = format!(
-            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+            "{listen}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
              sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
              sentinel down-after-milliseconds {name} 1000\n\
              sentinel failover-timeout {name} 5000\n\
@@ -617,6 +631,7 @@ impl Sentinel {
             port,
             user: user.map(String::from),
             password: password.map(String::from),
+            ca: master.tls.as_ref().map(|t| t.ca.clone()),
             dir,
             child,
         };
@@ -635,7 +650,7 @@ impl Sentinel {
             self.port,
             self.user.as_deref(),
             self.password.as_deref(),
-            None,
+            self.ca.as_deref(),
             args,
         )
     }
