@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use futures_channel::oneshot;
+
 use super::backoff::Backoff;
 use super::sentinel::Switch;
 use super::stream::{Stream, Tls};
@@ -21,7 +23,6 @@ use super::wire::{RespReader, REPLY_TIMEOUT};
 use super::{connect_master, RedisError, Value};
 use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
-use futures_channel::oneshot;
 
 /// Requests queued or in flight, per link. A caller past this waits for a
 /// slot (a storm of 10,000 resumes is a burst, not an outage) for at most
@@ -300,6 +301,9 @@ impl Link {
             // one that turns readable was closed (a restart, a kill): noticed
             // at once, not by the next request, which would fail on it. A
             // PING after IDLE_PING catches a peer that vanished silently.
+            // Over TLS too: the only records a server sends unasked (TLS
+            // 1.3 session tickets) come before the first reply, which the
+            // connect has read.
             let idle = futures_lite::future::or(
                 async {
                     self.wait_for_work().await;
