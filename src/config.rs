@@ -136,6 +136,25 @@ pub struct Config {
         hide_env_values = true
     )]
     pub redis_sentinel_password: Option<String>,
+    /// The Redis servers' ACL user (`AUTH user password`), for a URL that
+    /// does not carry one, for the master the Sentinels name and for the
+    /// cluster's nodes. None: the `default` user, `AUTH password`.
+    #[arg(long, env = "SHARDCAST_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// The Sentinels' own ACL user, beside `redis_sentinel_password`.
+    #[arg(long, env = "SHARDCAST_REDIS_SENTINEL_USERNAME")]
+    pub redis_sentinel_username: Option<String>,
+    /// TLS to the master the Sentinels name and to the cluster's nodes (a
+    /// `rediss://` URL says so by itself).
+    #[arg(long, env = "SHARDCAST_REDIS_TLS", default_value_t = false, action = ArgAction::Set)]
+    pub redis_tls: bool,
+    /// TLS to the Sentinels themselves.
+    #[arg(long, env = "SHARDCAST_REDIS_SENTINEL_TLS", default_value_t = false, action = ArgAction::Set)]
+    pub redis_sentinel_tls: bool,
+    /// PEM file of the CAs that sign the Redis servers' certificates. None:
+    /// the Mozilla roots built into the binary.
+    #[arg(long, env = "SHARDCAST_REDIS_TLS_CA_FILE")]
+    pub redis_tls_ca_file: Option<PathBuf>,
     /// Replicas that must confirm a write (`WAIT`) before it counts as done:
     /// in sync durability before the reply, in async before the flush is
     /// taken as written. 0: a master's own reply is enough.
@@ -395,9 +414,15 @@ impl Config {
 
     /// Where the shards find Redis. Valid once `validate` passed.
     pub fn redis_target(&self) -> Result<RedisTarget, String> {
-        let password = self.redis_password.clone().filter(|p| !p.is_empty());
-        // `host:port` lists: the sentinels' and the cluster seeds'.
-        let nodes = |list: &[String], what: &str, password: Option<String>| {
+        let some = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        let password = some(&self.redis_password);
+        let username = some(&self.redis_username);
+        if username.is_some() && password.is_none() && !self.redis_url.contains('@') {
+            return Err("redis_username needs redis_password".into());
+        }
+        // `host:port` lists: the sentinels' and the cluster seeds', which
+        // all take `like`'s user, password and TLS.
+        let nodes = |list: &[String], what: &str, like: RedisAddr| {
             list.iter()
                 .map(|s| {
                     RedisAddr::parse(&format!("redis://{s}"))
@@ -406,18 +431,25 @@ impl Config {
                             if s.contains('@') || s.contains('/') {
                                 Err(format!("{what} {s:?} must be host:port"))
                             } else {
-                                Ok(RedisAddr {
-                                    password: password.clone(),
-                                    ..a
-                                })
+                                Ok(like.at(a.host, a.port))
                             }
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
+        let like = |username: Option<String>, password: Option<String>, tls: bool| RedisAddr {
+            username,
+            password,
+            tls,
+            ..RedisAddr::default()
+        };
         if !self.redis_cluster.is_empty() {
             return Ok(RedisTarget::Cluster {
-                seeds: nodes(&self.redis_cluster, "cluster node", password)?,
+                seeds: nodes(
+                    &self.redis_cluster,
+                    "cluster node",
+                    like(username, password, self.redis_tls),
+                )?,
             });
         }
         if self.redis_sentinels.is_empty() {
@@ -428,21 +460,63 @@ impl Config {
                 }
                 addr.password = password;
             }
+            if username.is_some() {
+                if addr.username.is_some() {
+                    return Err("give the user in redis_url or redis_username, not both".into());
+                }
+                addr.username = username;
+            }
             return Ok(RedisTarget::Single(addr));
+        }
+        let sentinel_password = some(&self.redis_sentinel_password);
+        let sentinel_username = some(&self.redis_sentinel_username);
+        if sentinel_username.is_some() && sentinel_password.is_none() {
+            return Err("redis_sentinel_username needs redis_sentinel_password".into());
         }
         let sentinels = nodes(
             &self.redis_sentinels,
             "sentinel",
-            self.redis_sentinel_password
-                .clone()
-                .filter(|p| !p.is_empty()),
+            like(
+                sentinel_username,
+                sentinel_password,
+                self.redis_sentinel_tls,
+            ),
         )?;
         Ok(RedisTarget::Sentinel {
             sentinels,
             master: self.redis_master_name.clone(),
+            username,
             password,
             db: self.redis_db,
+            tls: self.redis_tls,
         })
+    }
+
+    /// The first Sentinel-only setting given, for a config without Sentinels.
+    fn sentinel_only(&self) -> Option<&'static str> {
+        [
+            (
+                "redis_sentinel_password",
+                self.redis_sentinel_password.is_some(),
+            ),
+            (
+                "redis_sentinel_username",
+                self.redis_sentinel_username.is_some(),
+            ),
+            ("redis_sentinel_tls", self.redis_sentinel_tls),
+        ]
+        .into_iter()
+        .find_map(|(field, given)| given.then_some(field))
+    }
+
+    /// Whether any Redis connection is to use TLS, so the process needs
+    /// its TLS client.
+    pub fn redis_wants_tls(&self) -> bool {
+        self.redis_tls
+            || self.redis_sentinel_tls
+            || (self.redis_sentinels.is_empty()
+                && self.redis_cluster.is_empty()
+                && self.redis_url.starts_with("rediss://"))
     }
 
     /// Parses a TOML document; missing keys keep their defaults.
@@ -479,10 +553,10 @@ impl Config {
                 msg: msg.into(),
             })
         }
-        if !self.redis_url.starts_with("redis://") {
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
             return bad(
                 "redis_url",
-                format!("{:?} must start with redis://", self.redis_url),
+                format!("{:?} must start with redis:// or rediss://", self.redis_url),
             );
         }
         RedisAddr::parse(&self.redis_url).map_err(|msg| ConfigError::Invalid {
@@ -495,8 +569,8 @@ impl Config {
             if self.redis_db != 0 {
                 return bad("redis_db", "a Redis Cluster has only database 0");
             }
-            if self.redis_sentinel_password.is_some() {
-                return bad("redis_sentinel_password", "is for redis_sentinels");
+            if let Some(field) = self.sentinel_only() {
+                return bad(field, "is for redis_sentinels");
             }
             if self.pubsub == PubsubMode::Sharded && self.history_size > 0 {
                 return bad(
@@ -512,8 +586,14 @@ impl Config {
                     "is for redis_sentinels; with redis_url the database is the URL's path (redis://host:port/db)",
                 );
             }
-            if self.redis_sentinel_password.is_some() {
-                return bad("redis_sentinel_password", "is for redis_sentinels");
+            if let Some(field) = self.sentinel_only() {
+                return bad(field, "is for redis_sentinels");
+            }
+            if self.redis_tls && self.redis_url.starts_with("redis://") {
+                return bad(
+                    "redis_tls",
+                    "conflicts with a redis:// URL: write rediss:// for TLS",
+                );
             }
             "redis_password"
         } else {
@@ -526,6 +606,18 @@ impl Config {
             field: target_field,
             msg,
         })?;
+        if let Some(path) = &self.redis_tls_ca_file {
+            if !self.redis_wants_tls() {
+                return bad(
+                    "redis_tls_ca_file",
+                    "is for TLS: a rediss:// URL, redis_tls or redis_sentinel_tls",
+                );
+            }
+            crate::redis::stream::ca_roots(path).map_err(|e| ConfigError::Invalid {
+                field: "redis_tls_ca_file",
+                msg: e.to_string(),
+            })?;
+        }
         if self.redis_min_replicas > 16 {
             return bad("redis_min_replicas", "must be at most 16");
         }
@@ -656,24 +748,30 @@ pub enum RedisTarget {
     Sentinel {
         sentinels: Vec<RedisAddr>,
         master: String,
-        /// The master's password and database (a replica promoted shares
-        /// them), not the Sentinels'.
+        /// The master's user, password, database and TLS (a replica
+        /// promoted shares them), not the Sentinels'.
+        username: Option<String>,
         password: Option<String>,
         db: u32,
+        tls: bool,
     },
     /// A Redis Cluster, found through these seed nodes (which carry the
     /// nodes' password); its slot map says where each key lives.
     Cluster { seeds: Vec<RedisAddr> },
 }
 
-/// Where Redis is, parsed from `redis://[:password@]host:port[/db]`. Its
-/// `Debug` hides the password, so an address can be logged.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// Where Redis is, parsed from `redis[s]://[[user]:password@]host:port[/db]`
+/// (`rediss`: over TLS). As before ACL users, `password@` with no colon is
+/// a password. Its `Debug` hides the password, so an address can be logged.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct RedisAddr {
     pub host: String,
     pub port: u16,
+    /// The ACL user; None: `default`.
+    pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for RedisAddr {
@@ -681,8 +779,10 @@ impl std::fmt::Debug for RedisAddr {
         f.debug_struct("RedisAddr")
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("db", &self.db)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -697,10 +797,23 @@ impl RedisAddr {
         }
     }
 
+    /// Another server of the same deployment (a cluster node, a master
+    /// a Sentinel names): the same user, password and TLS, database 0.
+    pub fn at(&self, host: String, port: u16) -> RedisAddr {
+        RedisAddr {
+            host,
+            port,
+            db: 0,
+            ..self.clone()
+        }
+    }
+
     pub fn parse(url: &str) -> Result<RedisAddr, String> {
-        let rest = url
-            .strip_prefix("redis://")
-            .ok_or("must start with redis://")?;
+        let (rest, tls) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+            (Some(r), _) => (r, false),
+            (_, Some(r)) => (r, true),
+            _ => return Err("must start with redis:// or rediss://".into()),
+        };
         let (auth, rest) = match rest.rsplit_once('@') {
             Some((a, r)) => (Some(a), r),
             None => (None, rest),
@@ -726,14 +839,23 @@ impl RedisAddr {
         if host.is_empty() {
             return Err("host is empty".into());
         }
-        let password = auth
-            .map(|a| a.rsplit_once(':').map_or(a, |(_, p)| p).to_string())
-            .filter(|p| !p.is_empty());
+        let (username, password) = match auth.map(|a| a.split_once(':')) {
+            None => (None, None),
+            Some(Some((user, pw))) => (Some(user), Some(pw)),
+            Some(None) => (None, auth),
+        };
+        let username = username.filter(|u| !u.is_empty()).map(String::from);
+        let password = password.filter(|p| !p.is_empty()).map(String::from);
+        if username.is_some() && password.is_none() {
+            return Err("an ACL user needs its password (user:password@)".into());
+        }
         Ok(RedisAddr {
             host: host.to_string(),
             port,
+            username,
             password,
             db,
+            tls,
         })
     }
 }
@@ -759,6 +881,156 @@ mod tests {
         assert_eq!(a.socket_text(), "[::1]:7000");
         assert!(RedisAddr::parse("redis://:1").is_err());
         assert!(RedisAddr::parse("redis://h:notaport").is_err());
+    }
+
+    #[test]
+    fn tls_urls_and_acl_users_parse() {
+        let a = RedisAddr::parse("rediss://app:p:w@cache.local:6380/1").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.db, a.tls),
+            ("cache.local", 6380, 1, true)
+        );
+        assert_eq!(
+            (a.username.as_deref(), a.password.as_deref()),
+            (Some("app"), Some("p:w"))
+        );
+        // Logs may show the user, never the password.
+        let shown = format!("{a:?}");
+        assert!(shown.contains("app") && !shown.contains("p:w"), "{shown}");
+        let a = RedisAddr::parse("redis://:pw@h").unwrap();
+        assert_eq!(
+            (a.username, a.password.as_deref(), a.tls),
+            (None, Some("pw"), false)
+        );
+        // As before ACL users: no colon, a password.
+        let a = RedisAddr::parse("redis://pw@h").unwrap();
+        assert_eq!((a.username, a.password.as_deref()), (None, Some("pw")));
+        assert!(RedisAddr::parse("redis://app:@h")
+            .unwrap_err()
+            .contains("password"));
+        assert!(RedisAddr::parse("http://h").is_err());
+    }
+
+    #[test]
+    fn acl_users_and_tls_go_where_they_belong() {
+        let target = |flags: &[&str]| {
+            Config::from_args(args(flags))
+                .unwrap()
+                .redis_target()
+                .unwrap()
+        };
+        let RedisTarget::Single(a) = target(&[
+            "--redis-url",
+            "rediss://127.0.0.1:6380",
+            "--redis-username",
+            "app",
+            "--redis-password",
+            "pw",
+        ]) else {
+            panic!("expected one server");
+        };
+        assert_eq!((a.username.as_deref(), a.tls), (Some("app"), true));
+        let RedisTarget::Sentinel {
+            sentinels,
+            username,
+            tls,
+            ..
+        } = target(&[
+            "--redis-sentinels",
+            "127.0.0.1:26379",
+            "--redis-master-name",
+            "m",
+            "--redis-username",
+            "app",
+            "--redis-password",
+            "pw",
+            "--redis-tls",
+            "true",
+            "--redis-sentinel-username",
+            "watcher",
+            "--redis-sentinel-password",
+            "spw",
+        ])
+        else {
+            panic!("expected sentinels");
+        };
+        assert_eq!((username.as_deref(), tls), (Some("app"), true));
+        let s = &sentinels[0];
+        assert_eq!(
+            (s.username.as_deref(), s.password.as_deref(), s.tls),
+            (Some("watcher"), Some("spw"), false)
+        );
+        let RedisTarget::Cluster { seeds } = target(&[
+            "--redis-cluster",
+            "127.0.0.1:7000",
+            "--redis-username",
+            "app",
+            "--redis-password",
+            "pw",
+            "--redis-tls",
+            "true",
+        ]) else {
+            panic!("expected a cluster");
+        };
+        assert_eq!(
+            (seeds[0].username.as_deref(), seeds[0].tls),
+            (Some("app"), true)
+        );
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_hold_are_refused() {
+        let dir = std::env::temp_dir().join(format!("shardcast-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "no certificate here\n").unwrap();
+        let not_pem = not_pem.to_str().unwrap();
+        for (a, needle) in [
+            (
+                vec!["--redis-url", "redis://h:1", "--redis-tls", "true"],
+                "invalid redis_tls: conflicts with a redis:// URL",
+            ),
+            (
+                vec!["--redis-url", "redis://h:1", "--redis-tls-ca-file", not_pem],
+                "invalid redis_tls_ca_file: is for TLS",
+            ),
+            (
+                vec![
+                    "--redis-url",
+                    "rediss://h:1",
+                    "--redis-tls-ca-file",
+                    "/nonexistent/ca.pem",
+                ],
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                vec![
+                    "--redis-url",
+                    "rediss://h:1",
+                    "--redis-tls-ca-file",
+                    not_pem,
+                ],
+                "holds no PEM certificate",
+            ),
+            (vec!["--redis-sentinel-tls", "true"], "redis_sentinel_tls"),
+            (
+                vec!["--redis-sentinel-username", "u"],
+                "redis_sentinel_username",
+            ),
+            (
+                vec!["--redis-username", "app"],
+                "redis_username needs redis_password",
+            ),
+            (
+                vec!["--redis-url", "redis://a:b@h", "--redis-username", "c"],
+                "not both",
+            ),
+        ] {
+            let err = Config::from_args(args(&a)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{a:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+        std::fs::remove_dir_all(dir).ok();
     }
 
     fn args(extra: &[&str]) -> Vec<String> {
@@ -906,6 +1178,7 @@ mod tests {
             master,
             password,
             db,
+            ..
         } = c.redis_target().unwrap()
         else {
             panic!("expected sentinels");
@@ -987,9 +1260,9 @@ mod tests {
             .get_arguments()
             .filter(|a| a.get_long().is_some())
             .count();
-        // auth_secret and the two passwords default to none, so the table
-        // lacks them.
-        assert_eq!(table.len() + 3, flags - 1);
+        // auth_secret, the two passwords, the two ACL users and
+        // redis_tls_ca_file default to none, so the table lacks them.
+        assert_eq!(table.len() + 6, flags - 1);
         assert!(Config::from_toml("config = \"x.toml\"").is_err());
     }
 

@@ -28,6 +28,8 @@ pub struct Shared {
     pub cfg: Config,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// The TLS client every shard's Redis links share.
+    pub redis_tls: crate::redis::stream::Tls,
     /// Random per process start; names this process's writer fields in Redis.
     pub run_id: String,
     /// The server API's keys, from `cfg.api_key`.

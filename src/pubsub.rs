@@ -17,7 +17,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
-use futures_lite::{future, AsyncWriteExt};
+use futures_lite::future;
 
 use crate::config::PubsubMode;
 use crate::config::{RedisAddr, RedisTarget};
@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::redis::backoff::Backoff;
 use crate::redis::cluster::Cluster;
 use crate::redis::sentinel::Switch;
+use crate::redis::stream::Tls;
 use crate::redis::{self as rds, Value};
 
 /// The channel of whole-service events ([`crate::protocol::BusEvent`]).
@@ -531,6 +532,7 @@ impl Subscriber {
 pub async fn run(
     sub: Rc<Subscriber>,
     target: RedisTarget,
+    tls: Tls,
     switch: Rc<Switch>,
     on_message: impl Fn(Target<'_>, &[u8]) + 'static,
 ) {
@@ -538,7 +540,7 @@ pub async fn run(
     match sub.cluster.clone() {
         None => {
             sub.lanes.borrow_mut().insert(None, Rc::default());
-            run_lane(sub, None, target, switch, on_message).await
+            run_lane(sub, None, target, tls, switch, on_message).await
         }
         Some(cluster) => loop {
             let masters = cluster.masters();
@@ -552,6 +554,7 @@ pub async fn run(
                     sub.clone(),
                     key,
                     RedisTarget::Single(m.clone()),
+                    tls.clone(),
                     Rc::new(Switch::default()),
                     on_message.clone(),
                 ))
@@ -580,6 +583,7 @@ async fn run_lane(
     sub: Rc<Subscriber>,
     key: LaneKey,
     target: RedisTarget,
+    tls: Tls,
     switch: Rc<Switch>,
     on_message: Rc<impl Fn(Target<'_>, &[u8])>,
 ) {
@@ -594,10 +598,10 @@ async fn run_lane(
         // for the channels themselves).
         let slot = rds::Slot::of(sub.head_key.as_deref().unwrap_or(EVENTS_CHANNEL));
         if let Ok((mut stream, mut reader, _)) =
-            rds::connect_master(&target, sub.shard, Some(slot)).await
+            rds::connect_master(&target, &tls, sub.shard, Some(slot)).await
         {
             // Pushes come when they come: liveness is the PING below.
-            stream.set_read_timeout(None).ok();
+            stream.set_read_timeout(None);
             let first = sub.resubscribe_all(&key);
             lane.outbox.borrow_mut().clear();
             lane.connected.set(true);
@@ -609,7 +613,7 @@ async fn run_lane(
                     break "its master left the cluster's slot map".to_string();
                 }
                 if !pending.is_empty() {
-                    if let Err(e) = stream.write_all(&pending).await {
+                    if let Err(e) = stream.send(&pending).await {
                         break e.to_string();
                     }
                     pending.clear();

@@ -28,6 +28,8 @@ pub enum StartError {
     Runtime(#[from] shards::RuntimeError),
     #[error("cannot create a shard's API mailbox: {0}")]
     Mailbox(std::io::Error),
+    #[error("redis TLS: {0}")]
+    RedisTls(#[from] crate::redis::stream::TlsError),
 }
 
 /// A running server.
@@ -55,8 +57,10 @@ impl Server {
             .app
             .connections_limit
             .set((cfg.max_connections * n) as u64);
+        let redis_tls = crate::redis::stream::Tls::from_config(&cfg)?;
         let shared = Arc::new(Shared {
             api_keys: ApiKeys::new(&cfg.api_key),
+            redis_tls,
             cfg,
             metrics,
             readiness: Arc::new(Readiness::new(n)),

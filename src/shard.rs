@@ -144,6 +144,7 @@ pub async fn run(
     {
         glommio::spawn_local(sentinel::watch(
             sentinels.clone(),
+            shared.redis_tls.clone(),
             master.clone(),
             ctx.id,
             switch.clone(),
@@ -154,6 +155,7 @@ pub async fn run(
     init.extend(Store::init_commands());
     let redis = Redis::new(
         target.clone(),
+        shared.redis_tls.clone(),
         switch.clone(),
         (init, scripts + 1),
         shared.metrics.clone(),
@@ -210,9 +212,13 @@ pub async fn run(
     glommio::spawn_local(redis.clone().run()).detach();
     {
         let (s, p) = (shard.clone(), plane.clone());
-        glommio::spawn_local(pubsub::run(pubsub, target, switch, move |to, payload| {
-            on_bus_event(&s, &p, to, payload)
-        }))
+        glommio::spawn_local(pubsub::run(
+            pubsub,
+            target,
+            shared.redis_tls.clone(),
+            switch,
+            move |to, payload| on_bus_event(&s, &p, to, payload),
+        ))
         .detach();
     }
     // What one shard may hold, for sizing the walks' slices.

@@ -227,3 +227,31 @@ fn unreachable_sentinels_are_named_in_the_error() {
     let (mut c, _) = server.connect("");
     assert_eq!(c.count("hello"), 1);
 }
+
+/// Managed Redis with Sentinel: the data servers and the sentinels each
+/// let in only their own ACL user, so every link logs in as the right one.
+#[test]
+fn acl_users_reach_the_sentinels_and_the_master_they_name() {
+    let master = Redis::start_acl("app", "app-pw");
+    let sentinel = Sentinel::start_as(&master, MASTER, 1, Some("watcher"), Some("watch-pw"));
+    let server = Server::builder_sentinels(&[sentinel.addr()], MASTER, true)
+        .arg("--redis-username", "app")
+        .arg("--redis-password", "app-pw")
+        .arg("--redis-sentinel-username", "watcher")
+        .arg("--redis-sentinel-password", "watch-pw")
+        .start();
+    let (mut c, welcome) = server.connect("");
+    assert_eq!(c.count("hello"), 1);
+    let id = session_id(&welcome);
+    wait_for("the count on the master", Duration::from_secs(10), || {
+        (master.session_count(&id) == Some(1)).then_some(())
+    });
+    // Each shard's +switch-master subscription is a sentinel link too.
+    let clients = sentinel.cli(&["CLIENT", "LIST"]);
+    assert!(
+        clients
+            .lines()
+            .any(|l| l.contains(" user=watcher ") && l.contains("cmd=subscribe")),
+        "no subscription as watcher: {clients}"
+    );
+}

@@ -19,11 +19,11 @@ use std::rc::{Rc, Weak};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use futures_lite::AsyncWriteExt;
 use redis::{ServerError, ServerErrorKind};
 
 use super::link::{Link, LinkState};
 use super::sentinel::Switch;
+use super::stream::Tls;
 use super::{wire, RedisError, Value};
 use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
@@ -76,7 +76,8 @@ const NONE: u16 = u16::MAX;
 impl SlotMap {
     /// Reads a `CLUSTER SLOTS` reply from `asked`: ranges of slots, each
     /// with its master first. An empty host means the node that answered.
-    /// The masters get `password`, which a cluster's nodes share.
+    /// The masters get its user, password and TLS, which a cluster's
+    /// nodes share.
     pub fn parse(v: &Value, asked: &RedisAddr) -> Result<SlotMap, RedisError> {
         let bad = || RedisError::Reply(format!("CLUSTER SLOTS answered {v:?}"));
         let ranges = match v {
@@ -107,16 +108,12 @@ impl SlotMap {
                 Some(Value::Int(p)) => u16::try_from(*p).map_err(|_| bad())?,
                 _ => return Err(bad()),
             };
-            let addr = RedisAddr {
-                host: if host.is_empty() || host == "?" {
-                    asked.host.clone()
-                } else {
-                    host
-                },
-                port,
-                password: asked.password.clone(),
-                db: 0,
+            let host = if host.is_empty() || host == "?" {
+                asked.host.clone()
+            } else {
+                host
             };
+            let addr = asked.at(host, port);
             let start = usize::try_from(*start).map_err(|_| bad())?;
             let end = usize::try_from(*end).map_err(|_| bad())?;
             if start > end || end >= SLOTS as usize {
@@ -221,23 +218,19 @@ fn with_asking(packed: &[u8]) -> Result<(Vec<u8>, usize), RedisError> {
 }
 
 /// Parses `host:port` from a redirect.
-fn addr_of(text: &str, password: Option<&String>) -> Option<RedisAddr> {
+/// Parses `host:port` from a redirect: a node like `like`.
+fn addr_of(text: &str, like: &RedisAddr) -> Option<RedisAddr> {
     let (host, port) = text.rsplit_once(':')?;
-    Some(RedisAddr {
-        host: host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string(),
-        port: port.parse().ok()?,
-        password: password.cloned(),
-        db: 0,
-    })
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some(like.at(host.to_string(), port.parse().ok()?))
 }
 
 /// One shard's view of a cluster and its links to the masters.
 pub struct Cluster {
     seeds: Vec<RedisAddr>,
-    password: Option<String>,
+    /// A seed, whose user, password and TLS every node shares.
+    like: RedisAddr,
+    tls: Tls,
     map: RefCell<Option<SlotMap>>,
     links: RefCell<HashMap<RedisAddr, Link>>,
     /// Bumped when the map should be asked again now.
@@ -255,16 +248,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Seeds carry the password the cluster's nodes share.
+    /// Seeds carry the user, password and TLS the cluster's nodes share.
     pub fn new(
         seeds: Vec<RedisAddr>,
+        tls: Tls,
         (init, init_replies): (Rc<[u8]>, usize),
         metrics: Arc<Metrics>,
         readiness: Arc<Readiness>,
         shard: usize,
     ) -> Rc<Cluster> {
         Rc::new_cyclic(|me| Cluster {
-            password: seeds.first().and_then(|s| s.password.clone()),
+            like: seeds.first().cloned().unwrap_or_default(),
+            tls,
             seeds,
             map: RefCell::new(None),
             links: RefCell::new(HashMap::new()),
@@ -309,7 +304,7 @@ impl Cluster {
         let Some(Redirect::Moved(n, addr)) = redirect(std::slice::from_ref(reply)) else {
             return None;
         };
-        let addr = addr_of(&addr, self.password.as_ref())?;
+        let addr = addr_of(&addr, &self.like)?;
         if let Some(m) = self.map.borrow_mut().as_mut() {
             m.moved(n, addr);
         }
@@ -354,7 +349,7 @@ impl Cluster {
             self.metrics.shards[self.shard].redis_redirects[kind].inc();
             match r {
                 Redirect::Moved(n, addr) => {
-                    let addr = addr_of(&addr, self.password.as_ref())
+                    let addr = addr_of(&addr, &self.like)
                         .ok_or_else(|| RedisError::Reply(format!("MOVED to {addr:?}")))?;
                     if let Some(m) = self.map.borrow_mut().as_mut() {
                         m.moved(n, addr.clone());
@@ -363,7 +358,7 @@ impl Cluster {
                     to = addr;
                 }
                 Redirect::Ask(addr) => {
-                    to = addr_of(&addr, self.password.as_ref())
+                    to = addr_of(&addr, &self.like)
                         .ok_or_else(|| RedisError::Reply(format!("ASK to {addr:?}")))?;
                     ask = true;
                 }
@@ -402,6 +397,7 @@ impl Cluster {
         let me = self.me.clone();
         let link = Link::new(
             RedisTarget::Single(addr.clone()),
+            self.tls.clone(),
             Rc::new(Switch::default()),
             (self.init.clone(), self.init_replies),
             Rc::new(move |state| {
@@ -458,7 +454,7 @@ impl Cluster {
         let mut last = RedisError::Topology("no cluster seeds given".into());
         // Each shard starts from a different node.
         for i in 0..nodes.len() {
-            match slots_of(&nodes[(i + self.shard) % nodes.len()]).await {
+            match slots_of(&nodes[(i + self.shard) % nodes.len()], &self.tls).await {
                 Ok(m) => return Ok(m),
                 Err(e) => last = e,
             }
@@ -526,12 +522,11 @@ impl Cluster {
 }
 
 /// Asks one node for the slot map.
-async fn slots_of(node: &RedisAddr) -> Result<SlotMap, RedisError> {
-    let (mut stream, mut reader) = wire::connect(node).await?;
+async fn slots_of(node: &RedisAddr, tls: &Tls) -> Result<SlotMap, RedisError> {
+    let (mut stream, mut reader) = wire::connect(node, tls).await?;
     stream
-        .write_all(&redis::cmd("CLUSTER").arg("SLOTS").get_packed_command())
-        .await
-        .map_err(|e| RedisError::Io(e.to_string()))?;
+        .send(&redis::cmd("CLUSTER").arg("SLOTS").get_packed_command())
+        .await?;
     SlotMap::parse(&reader.read_value(&mut stream).await?, node)
 }
 
@@ -539,12 +534,13 @@ async fn slots_of(node: &RedisAddr) -> Result<SlotMap, RedisError> {
 /// that must sit on one node (the subscription).
 pub async fn owner_of(
     seeds: &[RedisAddr],
+    tls: &Tls,
     slot: Slot,
     first: usize,
 ) -> Result<RedisAddr, RedisError> {
     let mut last = RedisError::Topology("no cluster seeds given".into());
     for i in 0..seeds.len() {
-        match slots_of(&seeds[(first + i) % seeds.len()]).await {
+        match slots_of(&seeds[(first + i) % seeds.len()], tls).await {
             Ok(m) => {
                 return m.owner(slot).cloned().ok_or_else(|| {
                     RedisError::Topology(format!("no master serves slot {}", slot.number()))
@@ -634,9 +630,12 @@ mod tests {
             Some(Redirect::TryAgain)
         );
         assert_eq!(redirect(&[v(b"-ERR no\r\n"), Value::Int(1)]), None);
-        let a = addr_of("127.0.0.1:6381", None).unwrap();
+        let a = addr_of("127.0.0.1:6381", &RedisAddr::default()).unwrap();
         assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 6381));
-        assert_eq!(addr_of("[::1]:7000", None).unwrap().host, "::1");
+        assert_eq!(
+            addr_of("[::1]:7000", &RedisAddr::default()).unwrap().host,
+            "::1"
+        );
     }
 
     #[test]

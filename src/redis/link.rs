@@ -15,11 +15,10 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_channel::oneshot;
-use futures_lite::AsyncWriteExt;
-use glommio::net::TcpStream;
 
 use super::backoff::Backoff;
 use super::sentinel::Switch;
+use super::stream::{Stream, Tls};
 use super::wire::{RespReader, REPLY_TIMEOUT};
 use super::{connect_master, RedisError, Value};
 use crate::config::{RedisAddr, RedisTarget};
@@ -68,6 +67,7 @@ pub struct Link {
 
 struct Inner {
     target: RedisTarget,
+    tls: Tls,
     /// Bumped when the Sentinels switch the master: drop the connection.
     switch: Rc<Switch>,
     /// The server reached last, for logs.
@@ -95,6 +95,7 @@ impl Link {
     /// number of replies they produce.
     pub fn new(
         target: RedisTarget,
+        tls: Tls,
         switch: Rc<Switch>,
         (init, init_replies): (Rc<[u8]>, usize),
         on_state: OnState,
@@ -104,6 +105,7 @@ impl Link {
         Self {
             inner: Rc::new(Inner {
                 target,
+                tls,
                 switch,
                 reached: RefCell::new(None),
                 up: Cell::new(false),
@@ -244,15 +246,12 @@ impl Link {
         }
     }
 
-    async fn open(&self) -> Result<(TcpStream, RespReader), RedisError> {
+    async fn open(&self) -> Result<(Stream, RespReader), RedisError> {
         let (mut stream, mut reader, addr) =
-            connect_master(&self.inner.target, self.inner.shard, None).await?;
+            connect_master(&self.inner.target, &self.inner.tls, self.inner.shard, None).await?;
         self.inner.reached.replace(Some(addr));
         if self.inner.init_replies > 0 {
-            stream
-                .write_all(&self.inner.init)
-                .await
-                .map_err(|e| RedisError::Io(e.to_string()))?;
+            stream.send(&self.inner.init).await?;
             for _ in 0..self.inner.init_replies {
                 if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
                     return Err(RedisError::Server(format!("{e:?}")));
@@ -286,7 +285,7 @@ impl Link {
         .await
     }
 
-    async fn serve(&self, stream: &mut TcpStream, reader: &mut RespReader) -> RedisError {
+    async fn serve(&self, stream: &mut Stream, reader: &mut RespReader) -> RedisError {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
         let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
         let switch = &self.inner.switch;
@@ -302,6 +301,9 @@ impl Link {
             // one that turns readable was closed (a restart, a kill): noticed
             // at once, not by the next request, which would fail on it. A
             // PING after IDLE_PING catches a peer that vanished silently.
+            // Over TLS too: the only records a server sends unasked (TLS
+            // 1.3 session tickets) come before the first reply, which the
+            // connect has read.
             let idle = futures_lite::future::or(
                 async {
                     self.wait_for_work().await;
@@ -336,8 +338,8 @@ impl Link {
             }
             if idle == Idle::Ping {
                 let ping = redis::cmd("PING").get_packed_command();
-                if let Err(e) = stream.write_all(&ping).await {
-                    return RedisError::Io(e.to_string());
+                if let Err(e) = stream.send(&ping).await {
+                    return e;
                 }
                 if let Err(e) = reader.read_value(stream).await {
                     return e;
@@ -353,8 +355,7 @@ impl Link {
             for r in &batch {
                 out.extend_from_slice(&r.bytes);
             }
-            if let Err(e) = stream.write_all(&out).await {
-                let err = RedisError::Io(e.to_string());
+            if let Err(err) = stream.send(&out).await {
                 for r in batch.drain(..) {
                     let _ = r.done.send(Err(err.clone()));
                 }

@@ -1,6 +1,7 @@
 //! Redis from a glommio shard, with no extra threads: the `redis` crate packs
 //! commands, parses replies and hashes keys to cluster slots, and the bytes
-//! travel over glommio `TcpStream`s the shard owns.
+//! travel over glommio `TcpStream`s the shard owns, in TLS where the
+//! address says `rediss://` (rustls).
 //!
 //! The crate's async connections need tokio or smol and `Send` streams, which a
 //! glommio stream is not. So each shard holds a [`Redis`]: one pipelined
@@ -9,7 +10,10 @@
 //! slot. The shard's pub/sub connection, which rides on the same reader, is
 //! [`crate::pubsub`].
 //!
-//! - `wire`: the RESP reader, a connect to one address, `ROLE`;
+//! - [`stream`]: a connection's bytes, plain or TLS, and the process's
+//!   one TLS client;
+//! - `wire`: the RESP reader, a connect to one address (`AUTH` as its ACL
+//!   user, `SELECT`), `ROLE`;
 //! - [`link`]: one pipelined command connection, reconnecting;
 //! - [`cluster`]: the slot map, routing and redirects;
 //! - [`sentinel`]: asking Sentinels for the master, and word of a switch;
@@ -21,12 +25,12 @@ pub mod cluster;
 pub mod link;
 pub mod replicas;
 pub mod sentinel;
+pub mod stream;
 pub(crate) mod wire;
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::net::TcpStream;
 pub use redis::Value;
 
 use crate::config::{RedisAddr, RedisTarget};
@@ -36,6 +40,7 @@ use cluster::Cluster;
 pub use cluster::Slot;
 use link::{Link, LinkState};
 use sentinel::Switch;
+use stream::{Stream, Tls};
 pub use wire::as_u64;
 pub(crate) use wire::RespReader;
 
@@ -46,6 +51,12 @@ pub enum RedisError {
     Unavailable,
     #[error("redis connection failed: {0}")]
     Io(String),
+    #[error("redis TLS failed {0}")]
+    Tls(String),
+    /// `AUTH` was refused: a wrong password or user, which a retry will
+    /// not mend.
+    #[error("redis login failed: {0}")]
+    Auth(String),
     #[error("redis replied with an error: {0}")]
     Server(String),
     #[error("unexpected redis reply: {0}")]
@@ -72,29 +83,37 @@ impl RedisError {
 /// the address it reached, for logs.
 pub(crate) async fn connect_master(
     target: &RedisTarget,
+    tls: &Tls,
     turn: usize,
     slot: Option<Slot>,
-) -> Result<(TcpStream, RespReader, RedisAddr), RedisError> {
+) -> Result<(Stream, RespReader, RedisAddr), RedisError> {
     let addr = match target {
         RedisTarget::Single(a) => a.clone(),
         RedisTarget::Sentinel {
             sentinels,
             master,
+            username,
             password,
             db,
-        } => RedisAddr {
-            password: password.clone(),
-            db: *db,
-            ..sentinel::master_addr(sentinels, master, turn).await?
-        },
+            tls: master_tls,
+        } => {
+            let named = sentinel::master_addr(sentinels, tls, master, turn).await?;
+            RedisAddr {
+                username: username.clone(),
+                password: password.clone(),
+                db: *db,
+                tls: *master_tls,
+                ..named
+            }
+        }
         RedisTarget::Cluster { seeds } => {
             let slot = slot.ok_or_else(|| {
                 RedisError::Topology("a cluster connection needs the slot it is for".into())
             })?;
-            cluster::owner_of(seeds, slot, turn).await?
+            cluster::owner_of(seeds, tls, slot, turn).await?
         }
     };
-    let (mut stream, mut reader) = wire::connect(&addr).await?;
+    let (mut stream, mut reader) = wire::connect(&addr, tls).await?;
     wire::expect_master(&mut stream, &mut reader, &addr).await?;
     Ok((stream, reader, addr))
 }
@@ -119,6 +138,7 @@ impl Redis {
     /// Sentinels' word of a new master.
     pub fn new(
         target: RedisTarget,
+        tls: Tls,
         switch: Rc<Switch>,
         (init, replies): (Vec<u8>, usize),
         metrics: Arc<Metrics>,
@@ -129,6 +149,7 @@ impl Redis {
         let kind = match target {
             RedisTarget::Cluster { seeds } => Kind::Cluster(Cluster::new(
                 seeds,
+                tls,
                 (init, replies),
                 metrics,
                 readiness.clone(),
@@ -150,6 +171,7 @@ impl Redis {
                 };
                 Kind::One(Link::new(
                     target,
+                    tls,
                     switch,
                     (init, replies),
                     Rc::new(report),

@@ -14,10 +14,10 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use futures_lite::AsyncWriteExt;
 use redis::Value;
 
 use super::backoff::Backoff;
+use super::stream::Tls;
 use super::wire;
 use super::RedisError;
 use crate::config::RedisAddr;
@@ -29,6 +29,7 @@ use crate::config::RedisAddr;
 /// says why.
 pub async fn master_addr(
     sentinels: &[RedisAddr],
+    tls: &Tls,
     name: &str,
     first: usize,
 ) -> Result<RedisAddr, RedisError> {
@@ -36,7 +37,7 @@ pub async fn master_addr(
     let mut best: Option<(u64, RedisAddr)> = None;
     for i in 0..sentinels.len() {
         let s = &sentinels[(first + i) % sentinels.len()];
-        match ask(s, name).await {
+        match ask(s, tls, name).await {
             Ok((epoch, addr)) => {
                 if best.as_ref().is_none_or(|(e, _)| epoch > *e) {
                     best = Some((epoch, addr));
@@ -48,8 +49,8 @@ pub async fn master_addr(
     best.map(|(_, a)| a).ok_or(last)
 }
 
-async fn ask(sentinel: &RedisAddr, name: &str) -> Result<(u64, RedisAddr), RedisError> {
-    let (mut stream, mut reader) = wire::connect(sentinel).await.map_err(|e| {
+async fn ask(sentinel: &RedisAddr, tls: &Tls, name: &str) -> Result<(u64, RedisAddr), RedisError> {
+    let (mut stream, mut reader) = wire::connect(sentinel, tls).await.map_err(|e| {
         RedisError::Topology(format!(
             "sentinel {} unreachable: {e}",
             sentinel.socket_text()
@@ -59,10 +60,7 @@ async fn ask(sentinel: &RedisAddr, name: &str) -> Result<(u64, RedisAddr), Redis
         .arg("MASTER")
         .arg(name)
         .get_packed_command();
-    stream
-        .write_all(&cmd)
-        .await
-        .map_err(|e| RedisError::Io(e.to_string()))?;
+    stream.send(&cmd).await?;
     parse_master(&reader.read_value(&mut stream).await?, name)
 }
 
@@ -98,8 +96,10 @@ fn parse_master(v: &Value, name: &str) -> Result<(u64, RedisAddr), RedisError> {
         RedisAddr {
             host,
             port,
+            username: None,
             password: None,
             db: 0,
+            tls: false,
         },
     ))
 }
@@ -159,19 +159,25 @@ fn switched(items: &[Value], name: &str) -> Option<String> {
 /// Holds a subscription to `+switch-master` on one of the sentinels for the
 /// shard's life, moving to the next sentinel when one goes away, and bumps
 /// `switch` when `name`'s master changes. Run it as a shard task.
-pub async fn watch(sentinels: Vec<RedisAddr>, name: String, first: usize, switch: Rc<Switch>) {
+pub async fn watch(
+    sentinels: Vec<RedisAddr>,
+    tls: Tls,
+    name: String,
+    first: usize,
+    switch: Rc<Switch>,
+) {
     let mut turn = first;
     let mut backoff = Backoff::default();
     loop {
         let s = &sentinels[turn % sentinels.len()];
         turn += 1;
-        if let Ok((mut stream, mut reader)) = wire::connect(s).await {
+        if let Ok((mut stream, mut reader)) = wire::connect(s, &tls).await {
             // Switches come when they come.
-            stream.set_read_timeout(None).ok();
+            stream.set_read_timeout(None);
             let sub = redis::cmd("SUBSCRIBE")
                 .arg("+switch-master")
                 .get_packed_command();
-            if stream.write_all(&sub).await.is_ok() {
+            if stream.send(&sub).await.is_ok() {
                 backoff.reset();
                 while let Ok(v) = reader.read_value(&mut stream).await {
                     if let Value::Array(items) | Value::Push { data: items, .. } = &v {

@@ -1,21 +1,21 @@
-//! The Redis wire from a glommio shard: a RESP reader over a glommio
-//! `TcpStream` (the `redis` crate's incremental parser), and a connect to
+//! The Redis wire from a glommio shard: a RESP reader over a connection's
+//! [`Stream`] (the `redis` crate's incremental parser), and a connect to
 //! one address that authenticates and selects the database.
 
 use std::io::{self, Read};
 use std::time::Duration;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use futures_lite::AsyncReadExt;
 use redis::Value;
 
+use super::stream::{Stream, Tls};
 use super::RedisError;
 use crate::config::RedisAddr;
 
 /// A connect, or a reply, later than this means the peer is gone.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Reads RESP values off a glommio stream with the crate's incremental parser.
+/// Reads RESP values off a connection with the crate's incremental parser.
 pub(crate) struct RespReader {
     parser: redis::Parser,
     buf: Box<[u8]>,
@@ -55,7 +55,7 @@ impl RespReader {
         }
     }
 
-    pub(crate) async fn read_value(&mut self, stream: &mut TcpStream) -> Result<Value, RedisError> {
+    pub(crate) async fn read_value(&mut self, stream: &mut Stream) -> Result<Value, RedisError> {
         loop {
             let mut feed = Feed {
                 data: &self.buf[..self.len],
@@ -100,34 +100,42 @@ pub(crate) fn values(bytes: &[u8]) -> Result<Vec<Value>, RedisError> {
     }
 }
 
-pub(crate) async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
-    let target = addr.socket_text();
-    let mut stream = glommio::timer::timeout(REPLY_TIMEOUT, async {
-        TcpStream::connect(target.as_str())
-            .await
-            .map_err(|e| glommio::GlommioError::IoError(io::Error::other(e.to_string())))
-    })
-    .await
-    .map_err(|e| RedisError::Io(e.to_string()))?;
-    stream.set_nodelay(true).ok();
-    stream.set_read_timeout(Some(REPLY_TIMEOUT)).ok();
+/// Connects to `addr` (over TLS when it says so), logs in as its user and
+/// selects its database.
+pub(crate) async fn connect(
+    addr: &RedisAddr,
+    tls: &Tls,
+) -> Result<(Stream, RespReader), RedisError> {
+    let mut stream = Stream::open(addr, tls).await?;
     let mut reader = RespReader::new();
     let mut hello = Vec::new();
-    let mut expect = 0;
+    let mut auth = false;
     if let Some(pw) = &addr.password {
-        hello.extend(redis::cmd("AUTH").arg(pw).get_packed_command());
-        expect += 1;
+        let mut cmd = redis::cmd("AUTH");
+        if let Some(user) = &addr.username {
+            cmd.arg(user);
+        }
+        hello.extend(cmd.arg(pw).get_packed_command());
+        auth = true;
     }
     if addr.db != 0 {
         hello.extend(redis::cmd("SELECT").arg(addr.db).get_packed_command());
-        expect += 1;
     }
-    if expect > 0 {
-        stream
-            .write_all(&hello)
-            .await
-            .map_err(|e| RedisError::Io(e.to_string()))?;
-        for _ in 0..expect {
+    if !hello.is_empty() {
+        stream.send(&hello).await?;
+        let selects = usize::from(addr.db != 0);
+        if auth {
+            if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
+                let user = addr.username.as_deref().unwrap_or("default");
+                return Err(RedisError::Auth(format!(
+                    "{} refused user {user}: {} {}",
+                    addr.socket_text(),
+                    e.code(),
+                    e.details().unwrap_or("")
+                )));
+            }
+        }
+        for _ in 0..selects {
             if let Value::ServerError(e) = reader.read_value(&mut stream).await? {
                 return Err(RedisError::Server(format!("{e:?}")));
             }
@@ -139,15 +147,13 @@ pub(crate) async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader),
 /// Asks the server its `ROLE`: writes must go to a master, never to a
 /// replica or to a master that was demoted while we were away.
 pub(crate) async fn expect_master(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     reader: &mut RespReader,
     addr: &RedisAddr,
 ) -> Result<(), RedisError> {
-    let role = redis::cmd("ROLE").get_packed_command();
     stream
-        .write_all(&role)
-        .await
-        .map_err(|e| RedisError::Io(e.to_string()))?;
+        .send(&redis::cmd("ROLE").get_packed_command())
+        .await?;
     match reader.read_value(stream).await? {
         Value::Array(items) => match items.first().and_then(text).as_deref() {
             Some("master") => Ok(()),

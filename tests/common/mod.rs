@@ -176,9 +176,15 @@ pub struct Server {
 
 impl Server {
     pub fn builder(redis: &Redis) -> ServerBuilder {
+        Self::builder_url(&redis.url(), redis.is_running())
+    }
+
+    /// A server given `url` as its Redis (e.g. with a user and password in
+    /// it); `live` says whether it can become ready.
+    pub fn builder_url(url: &str, live: bool) -> ServerBuilder {
         ServerBuilder {
-            args: vec!["--redis-url".into(), redis.url()],
-            redis_live: redis.is_running(),
+            args: vec!["--redis-url".into(), url.into()],
+            redis_live: live,
             api_key: true,
         }
     }

@@ -1,13 +1,14 @@
 //! Real Redis processes for tests and bench runs: a server (plain, with
-//! AOF, with a password, a replica), a Redis Cluster made with `redis-cli
-//! --cluster create`, and Sentinels, each on free ports and gone when
-//! dropped; and `redis-cli` to look inside them.
+//! AOF, with a password, with an ACL user, over TLS, a replica), a Redis
+//! Cluster made with `redis-cli --cluster create`, and Sentinels, each on
+//! free ports and gone when dropped; `redis-cli` to look inside them; and a
+//! throwaway CA for the TLS ones.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{free_port, temp_dir, wait_for};
+use crate::process::{free_port, temp_dir, wait_for, TempDir};
 
 /// Runs redis-cli against 127.0.0.1:`port` and returns its raw output.
 pub fn redis_cli(port: u16, args: &[&str]) -> String {
@@ -16,16 +17,89 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
 
 /// redis-cli with `AUTH password` first, when there is one.
 pub fn redis_cli_as(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    redis_cli_with(port, None, password, None, args)
+}
+
+/// redis-cli as ACL `user` (or `default`) with `password`, over TLS when
+/// `ca` is the CA file that signed the server's certificate.
+fn redis_cli_with(
+    port: u16,
+    user: Option<&str>,
+    password: Option<&str>,
+    ca: Option<&Path>,
+    args: &[&str],
+) -> String {
     let mut cmd = Command::new("redis-cli");
     cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(ca) = ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
+    }
+    if let Some(user) = user {
+        cmd.args(["--user", user]);
+    }
     if let Some(pw) = password {
-        cmd.args(["--no-auth-warning", "-a", pw]);
+        cmd.args(["--no-auth-warning", "--pass", pw]);
     }
     let out = cmd
         .args(args)
         .output()
         .expect("redis-cli must be installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA made for one test, and a certificate it signed for the server at
+/// IP 127.0.0.1, as PEM files in a directory removed when dropped.
+pub struct TestCa {
+    _dir: TempDir,
+    files: TlsFiles,
+}
+
+/// The PEM files a TLS `redis-server` is started with.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = TempDir::new("ca");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "shardcast test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        // An IP address, as a Sentinel or a cluster names a server.
+        let mut server = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "shardcast test redis");
+        let server_key = KeyPair::generate().unwrap();
+        let server_pem = server.signed_by(&server_key, &issuer).unwrap().pem();
+        let files = TlsFiles {
+            ca: dir.0.join("ca.pem"),
+            cert: dir.0.join("redis.pem"),
+            key: dir.0.join("redis.key"),
+        };
+        std::fs::write(&files.ca, ca_pem).unwrap();
+        std::fs::write(&files.cert, server_pem).unwrap();
+        std::fs::write(&files.key, server_key.serialize_pem()).unwrap();
+        TestCa { _dir: dir, files }
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A `redis-server` owned by one test (or one bench run), killed and its
@@ -41,8 +115,13 @@ pub struct Redis {
     aof: bool,
     /// The master's port, for a replica.
     replica_of: Option<u16>,
-    /// `requirepass` (and, for a replica, `masterauth`).
+    /// `requirepass` (and, for a replica, `masterauth`); with `user`, that
+    /// ACL user's password.
     pub password: Option<String>,
+    /// An ACL user with every right, the `default` user then off.
+    pub user: Option<String>,
+    /// Its certificate: TLS only, on `port`.
+    tls: Option<TlsFiles>,
     /// A cluster node's bus port (0: pick one at start).
     cluster_bus: Option<u16>,
     child: Option<Child>,
@@ -59,6 +138,8 @@ impl Redis {
             aof: false,
             replica_of: None,
             password: None,
+            user: None,
+            tls: None,
             cluster_bus: None,
             child: None,
         }
@@ -84,6 +165,23 @@ impl Redis {
     /// One that asks clients for `password`.
     pub fn start_with_password(password: &str) -> Redis {
         let mut r = Self::unstarted("redis");
+        r.password = Some(password.into());
+        r.started()
+    }
+
+    /// One whose only user is the ACL user `user`, with `password`.
+    pub fn start_acl(user: &str, password: &str) -> Redis {
+        let mut r = Self::unstarted("redis");
+        r.user = Some(user.into());
+        r.password = Some(password.into());
+        r.started()
+    }
+
+    /// The same, over TLS only, with a certificate `ca` signed.
+    pub fn start_tls_acl(ca: &TestCa, user: &str, password: &str) -> Redis {
+        let mut r = Self::unstarted("redis");
+        r.tls = Some(ca.files().clone());
+        r.user = Some(user.into());
         r.password = Some(password.into());
         r.started()
     }
@@ -137,8 +235,14 @@ impl Redis {
         self.cli(&["ROLE"]).lines().next().unwrap_or("").to_string()
     }
 
+    /// Its URL, with no user or password: `rediss://` for TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts it on its port, and waits for PING; panics if it will not.
@@ -158,7 +262,23 @@ impl Redis {
             }
             None => Command::new(&self.bin),
         };
-        cmd.arg("--port").arg(self.port.to_string());
+        match &self.tls {
+            None => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+            Some(tls) => {
+                // Clients need no certificate of their own, as with a
+                // managed Redis.
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
         cmd.args([
             "--bind",
             "127.0.0.1",
@@ -176,8 +296,19 @@ impl Redis {
         if let Some(m) = self.replica_of {
             cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
         }
-        if let Some(pw) = &self.password {
-            cmd.args(["--requirepass", pw, "--masterauth", pw]);
+        match (&self.user, &self.password) {
+            (Some(user), Some(pw)) => {
+                // A file: a `--user` flag's rule would be read as one name.
+                // Left out of it, `default` would be on with no password.
+                let acl = self.dir.join("users.acl");
+                let rules = format!("user {user} on >{pw} ~* &* +@all\nuser default off\n");
+                std::fs::write(&acl, rules).map_err(|e| format!("writing {acl:?}: {e}"))?;
+                cmd.arg("--aclfile").arg(&acl);
+            }
+            (None, Some(pw)) => {
+                cmd.args(["--requirepass", pw, "--masterauth", pw]);
+            }
+            _ => {}
         }
         if let Some(bus) = self.cluster_bus {
             // A short node timeout, so a failover takes seconds.
@@ -246,9 +377,16 @@ impl Redis {
         }
     }
 
-    /// Runs redis-cli and returns its raw output.
+    /// Runs redis-cli (as its user, over TLS if it is TLS) and returns its
+    /// raw output.
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli_as(self.port, self.password.as_deref(), args)
+        redis_cli_with(
+            self.port,
+            self.user.as_deref(),
+            self.password.as_deref(),
+            self.tls.as_ref().map(|t| t.ca.as_path()),
+            args,
+        )
     }
 
     /// The offsets a stream holds, oldest first.
@@ -404,8 +542,12 @@ impl RedisCluster {
 /// A `redis-server --sentinel` watching one master, named `master`.
 pub struct Sentinel {
     pub port: u16,
-    /// Its own `requirepass`, which other sentinels use too.
+    /// Its own ACL user (None: `default`) and password, which other
+    /// sentinels use too.
+    user: Option<String>,
     password: Option<String>,
+    /// The CA of its certificate, when it speaks TLS.
+    ca: Option<PathBuf>,
     dir: PathBuf,
     child: Child,
 }
@@ -425,11 +567,35 @@ impl Sentinel {
         quorum: u32,
         password: Option<&str>,
     ) -> Sentinel {
+        Self::start_as(master, name, quorum, None, password)
+    }
+
+    /// The same, its clients logging in as ACL `user` (`default` off) when
+    /// there is one; it logs in to the master as the master's own user. A
+    /// TLS master's sentinel speaks only TLS too, with the master's
+    /// certificate, to its clients and to the master.
+    pub fn start_as(
+        master: &Redis,
+        name: &str,
+        quorum: u32,
+        user: Option<&str>,
+        password: Option<&str>,
+    ) -> Sentinel {
         let port = free_port();
         let dir = temp_dir("sentinel");
         let conf = dir.join("sentinel.conf");
+        let listen = match &master.tls {
+            None => format!("port {port}"),
+            Some(tls) => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes",
+                tls.cert.display(),
+                tls.key.display(),
+                tls.ca.display()
+            ),
+        };
         let mut text = format!(
-            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+            "{listen}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
              sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
              sentinel down-after-milliseconds {name} 1000\n\
              sentinel failover-timeout {name} 5000\n\
@@ -437,11 +603,21 @@ impl Sentinel {
             dir.display(),
             master.port
         );
+        if let Some(user) = &master.user {
+            text.push_str(&format!("sentinel auth-user {name} {user}\n"));
+        }
         if let Some(pw) = &master.password {
             text.push_str(&format!("sentinel auth-pass {name} {pw}\n"));
         }
-        if let Some(pw) = password {
-            text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"));
+        match (user, password) {
+            (Some(user), Some(pw)) => text.push_str(&format!(
+                "user {user} on >{pw} ~* &* +@all\nuser default off\n\
+                 sentinel sentinel-user {user}\nsentinel sentinel-pass {pw}\n"
+            )),
+            (None, Some(pw)) => {
+                text.push_str(&format!("requirepass {pw}\nsentinel sentinel-pass {pw}\n"))
+            }
+            _ => {}
         }
         std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
@@ -453,7 +629,9 @@ impl Sentinel {
             .expect("redis-server must be installed");
         let s = Sentinel {
             port,
+            user: user.map(String::from),
             password: password.map(String::from),
+            ca: master.tls.as_ref().map(|t| t.ca.clone()),
             dir,
             child,
         };
@@ -468,7 +646,13 @@ impl Sentinel {
     }
 
     pub fn cli(&self, args: &[&str]) -> String {
-        redis_cli_as(self.port, self.password.as_deref(), args)
+        redis_cli_with(
+            self.port,
+            self.user.as_deref(),
+            self.password.as_deref(),
+            self.ca.as_deref(),
+            args,
+        )
     }
 
     /// The port of the master this sentinel names now.
