@@ -195,8 +195,9 @@ async fn connection(admin: &Admin, stream: &mut TcpStream) -> Result<(), HeadErr
         }
         Err(e) => return Err(e),
     };
-    let answer = route(admin, req.clone()).await;
-    let answer = if req.method == "HEAD" {
+    let head = req.method == "HEAD";
+    let answer = route(admin, req).await;
+    let answer = if head {
         http::head_only(answer)
     } else {
         answer

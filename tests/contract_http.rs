@@ -74,9 +74,10 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
     }
 }
 
+/// A request with the test servers' API key (the server API needs one).
 fn request(addr: SocketAddr, method: &str, path: &str, body: &str) -> Reply {
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nX-API-Key: {TEST_API_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     exchange(addr, req.as_bytes())

@@ -140,6 +140,9 @@ struct DataFrame {
 pub trait Payload {
     /// Whether binary messages are accepted (else they close with 1003).
     const BINARY: bool;
+    /// Whether a binary message may come in fragments (else its first,
+    /// non-final frame closes with 1003).
+    const BINARY_FRAGMENTS: bool = true;
     /// A checked piece of the message in progress.
     fn piece(&mut self, data: &[u8], binary: bool);
     /// The message in progress is complete.
@@ -160,15 +163,19 @@ impl Payload for Discard {
 pub const MAX_CONTROL: usize = 8 << 10;
 
 /// The service's sink: text is counted, never kept; a binary message (a
-/// control frame) is kept up to [`MAX_CONTROL`] bytes. Eight bytes per socket
-/// while no control frame is in progress.
+/// control frame) is kept up to [`MAX_CONTROL`] bytes. One pointer per
+/// socket while no control frame is in progress: the one socket in many that
+/// ever sends one pays for the rest.
 #[derive(Debug, Default)]
 pub struct Controls {
-    // Boxed on purpose: a pointer per idle socket instead of a Vec's three
-    // words, for the one socket in many that ever sends a control frame.
-    #[allow(clippy::box_collection)]
-    message: Option<Box<Vec<u8>>>,
-    /// The binary message in progress went past [`MAX_CONTROL`].
+    message: Option<Box<Kept>>,
+}
+
+/// A control frame in progress.
+#[derive(Debug, Default)]
+struct Kept {
+    bytes: Vec<u8>,
+    /// It went past [`MAX_CONTROL`]; its bytes are dropped.
     overflow: bool,
 }
 
@@ -176,25 +183,34 @@ impl Controls {
     /// The last complete binary message: its bytes, or None when it was
     /// over [`MAX_CONTROL`].
     pub fn take(&mut self) -> Option<Vec<u8>> {
-        let kept = self.message.take().map(|b| *b).unwrap_or_default();
-        (!std::mem::take(&mut self.overflow)).then_some(kept)
+        match self.message.take() {
+            None => Some(Vec::new()),
+            Some(k) if k.overflow => None,
+            Some(k) => Some(k.bytes),
+        }
     }
 }
 
 impl Payload for Controls {
     const BINARY: bool = true;
+    // A control frame is one frame: no client needs to fragment a token, and
+    // a binary stream that is not a control frame is refused at its start.
+    const BINARY_FRAGMENTS: bool = false;
 
     #[inline]
     fn piece(&mut self, data: &[u8], binary: bool) {
-        if !binary || self.overflow {
+        if !binary {
             return;
         }
         let kept = self.message.get_or_insert_with(Default::default);
-        if kept.len() + data.len() > MAX_CONTROL {
-            self.overflow = true;
-            self.message = None;
+        if kept.overflow {
+            return;
+        }
+        if kept.bytes.len() + data.len() > MAX_CONTROL {
+            kept.overflow = true;
+            kept.bytes = Vec::new();
         } else {
-            kept.extend_from_slice(data);
+            kept.bytes.extend_from_slice(data);
         }
     }
 
@@ -306,6 +322,9 @@ impl<P: Payload> Decoder<P> {
                         return Err(WsError::Protocol("new message inside a fragmented one"))
                     }
                     Data::Binary if !P::BINARY => return Err(WsError::Binary),
+                    Data::Binary if !header.is_final && !P::BINARY_FRAGMENTS => {
+                        return Err(WsError::Binary)
+                    }
                     Data::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
                     Data::Text | Data::Binary => {
                         self.in_message = true;
@@ -471,22 +490,33 @@ mod tests {
     #[test]
     fn binary_messages_are_kept_as_controls_up_to_the_cap() {
         let mut d = Decoder::new(1 << 20);
-        let mut b = frame(0x02, b"{\"refresh\":");
-        b.extend(frame(0x80, b"\"t\"}"));
-        let (ev, n) = d.decode(&mut b).unwrap();
-        assert_eq!((ev, n), (None, 6 + 11), "the first fragment, whole");
-        let (ev, _) = d.decode(&mut b[n..]).unwrap();
-        assert_eq!(ev, Some(Event::Binary));
+        let whole = frame(0x82, b"{\"refresh\":\"t\"}");
+        for step in 1..whole.len() {
+            assert_eq!(
+                run(&whole, step, 1024).unwrap(),
+                vec![Event::Binary],
+                "step {step}"
+            );
+        }
+        let mut b = whole.clone();
+        assert_eq!(d.decode(&mut b).unwrap(), (Some(Event::Binary), b.len()));
         assert_eq!(
             d.payload_mut().take().as_deref(),
             Some(&b"{\"refresh\":\"t\"}"[..])
         );
+        // A control frame is one frame: a fragmented binary message is
+        // refused at its first frame.
+        let mut first = frame(0x02, b"{\"refresh\":");
+        assert_eq!(d.decode(&mut first).unwrap_err(), WsError::Binary);
+        let mut d = Decoder::new(1 << 20);
         let mut big = frame(0x82, &vec![b'x'; MAX_CONTROL + 1]);
         assert_eq!(d.decode(&mut big).unwrap().0, Some(Event::Binary));
         assert_eq!(d.payload_mut().take(), None, "over the cap: not kept");
         let mut small = frame(0x82, b"ok");
         d.decode(&mut small).unwrap();
         assert_eq!(d.payload_mut().take().as_deref(), Some(&b"ok"[..]));
+        // What every idle socket pays for control frames: one pointer.
+        assert_eq!(std::mem::size_of::<Controls>(), 8);
     }
 
     #[test]
