@@ -74,18 +74,21 @@ pub async fn front(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream) {
     };
 
     if cfg.conformance_echo && req.header("upgrade").is_some() {
-        conformance_echo(shard, stream, req).await;
+        Box::pin(conformance_echo(shard, stream, req)).await;
         return;
     }
     if is_ws_path(&req.path) {
-        return crate::ws::socket::open(slot, plane, stream, req).await;
+        // Boxed, as are the answers below: their state is kilobytes and only
+        // a finished head needs it, while the task of a head still being
+        // read (thousands at once in a slowloris) stays small.
+        return Box::pin(crate::ws::socket::open(slot, plane, stream, req)).await;
     }
     let answer = if req.header("upgrade").is_some() {
         // An upgrade anywhere else is a wrong URL, not a wrong protocol.
         m.error(ErrorKind::NotFound);
         http::error(404, "no websocket endpoint here")
     } else {
-        crate::routes::answer(shard, &req).await
+        Box::pin(crate::routes::answer(shard, &req)).await
     };
     let answer = if req.method == "HEAD" {
         http::head_only(answer)
