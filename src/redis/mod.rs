@@ -38,6 +38,7 @@ use link::{Link, LinkState};
 use sentinel::Switch;
 pub use wire::as_u64;
 pub(crate) use wire::RespReader;
+pub use wire::RespStream;
 
 /// Why a Redis call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

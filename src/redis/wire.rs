@@ -15,9 +15,48 @@ use crate::config::RedisAddr;
 /// A connect, or a reply, later than this means the peer is gone.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// RESP values read from bytes in pieces as they arrive, cut anywhere: the
+/// crate's incremental parser keeps a value's partial state between
+/// pieces. What reads Redis's replies and pushes; public for the fuzz
+/// targets, which feed it arbitrary bytes in arbitrary pieces.
+pub struct RespStream {
+    parser: redis::Parser,
+}
+
+impl Default for RespStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RespStream {
+    pub fn new() -> Self {
+        Self {
+            parser: redis::Parser::new(),
+        }
+    }
+
+    /// The next complete value in `data[*pos..]`, with `pos` moved past
+    /// the bytes it took. `Ok(None)`: the bytes ran out inside a value,
+    /// all of them are taken, and the value goes on in the next piece. An
+    /// error is bytes that are not RESP: the connection is done.
+    pub fn next(&mut self, data: &[u8], pos: &mut usize) -> Result<Option<Value>, RedisError> {
+        let mut feed = Feed {
+            data,
+            pos,
+            dry: false,
+        };
+        match self.parser.parse_value(&mut feed) {
+            Ok(v) => Ok(Some(v)),
+            Err(_) if feed.dry => Ok(None),
+            Err(e) => Err(RedisError::Reply(e.to_string())),
+        }
+    }
+}
+
 /// Reads RESP values off a glommio stream with the crate's incremental parser.
 pub(crate) struct RespReader {
-    parser: redis::Parser,
+    parser: RespStream,
     buf: Box<[u8]>,
     len: usize,
     pos: usize,
@@ -48,7 +87,7 @@ impl Read for Feed<'_> {
 impl RespReader {
     pub(crate) fn new() -> Self {
         Self {
-            parser: redis::Parser::new(),
+            parser: RespStream::new(),
             buf: vec![0u8; 16 << 10].into_boxed_slice(),
             len: 0,
             pos: 0,
@@ -57,15 +96,8 @@ impl RespReader {
 
     pub(crate) async fn read_value(&mut self, stream: &mut TcpStream) -> Result<Value, RedisError> {
         loop {
-            let mut feed = Feed {
-                data: &self.buf[..self.len],
-                pos: &mut self.pos,
-                dry: false,
-            };
-            match self.parser.parse_value(&mut feed) {
-                Ok(v) => return Ok(v),
-                Err(_) if feed.dry => {}
-                Err(e) => return Err(RedisError::Reply(e.to_string())),
+            if let Some(v) = self.parser.next(&self.buf[..self.len], &mut self.pos)? {
+                return Ok(v);
             }
             self.pos = 0;
             self.len = 0;
@@ -83,21 +115,13 @@ impl RespReader {
 
 /// Every RESP value in `bytes`, which must end where a value ends.
 pub(crate) fn values(bytes: &[u8]) -> Result<Vec<Value>, RedisError> {
-    let mut parser = redis::Parser::new();
+    let mut stream = RespStream::new();
     let mut pos = 0;
-    let mut feed = Feed {
-        data: bytes,
-        pos: &mut pos,
-        dry: false,
-    };
     let mut out = Vec::new();
-    loop {
-        match parser.parse_value(&mut feed) {
-            Ok(v) => out.push(v),
-            Err(_) if feed.dry && *feed.pos == bytes.len() => return Ok(out),
-            Err(e) => return Err(RedisError::Reply(e.to_string())),
-        }
+    while let Some(v) = stream.next(bytes, &mut pos)? {
+        out.push(v);
     }
+    Ok(out)
 }
 
 pub(crate) async fn connect(addr: &RedisAddr) -> Result<(TcpStream, RespReader), RedisError> {
