@@ -68,6 +68,8 @@ pub fn server_closed(s: &mut TcpStream) -> bool {
 /// Builder for a `shardcast` process.
 pub struct ServerBuilder {
     args: Vec<String>,
+    /// Environment variables set for the process alone.
+    envs: Vec<(String, String)>,
     /// Whether the builder's Redis runs, so the server can become ready.
     redis_live: bool,
 }
@@ -82,6 +84,18 @@ impl ServerBuilder {
     /// Sync durability and no rate limit: a server for [`counter`]s, whose
     /// every acknowledged count must be in Redis, counting as fast as it
     /// answers.
+    /// Does not wait for `/readyz` to say ready, even with a live Redis:
+    /// for a server whose first connection is the test's own.
+    pub fn unready(mut self) -> Self {
+        self.redis_live = false;
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
     pub fn for_counters(self) -> Self {
         self.arg("--durability", "sync").arg("--rate-limit", "0")
     }
@@ -101,6 +115,7 @@ impl ServerBuilder {
                 "info",
             ])
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -159,6 +174,7 @@ impl Server {
         ServerBuilder {
             args: vec!["--redis-url".into(), redis.url()],
             redis_live: redis.is_running(),
+            envs: Vec::new(),
         }
     }
 
@@ -173,6 +189,7 @@ impl Server {
                 name.into(),
             ],
             redis_live: master_live,
+            envs: Vec::new(),
         }
     }
 
@@ -187,6 +204,7 @@ impl Server {
         ServerBuilder {
             args: vec!["--redis-cluster".into(), seeds.into()],
             redis_live: live,
+            envs: Vec::new(),
         }
     }
 
