@@ -26,9 +26,11 @@ test: setup lint ## fmt check + clippy -D warnings + every test (installs what t
 setup: ## Install what make test drives (Debian packages, kosoku, the console's npm packages) where missing; needs root
 	scripts/setup test
 
-lint: ## rustfmt check and clippy with warnings as errors
+lint: ## rustfmt check and clippy with warnings as errors, the workspace and fuzz/ (its own workspace)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on :8080 (starts a server if none); report and PNG in run/load-test/
 	$(CARGO) build --release -p shardcast -p shardcast-bench
@@ -45,7 +47,7 @@ scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 no
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph
 
-fuzz: ## Fuzz the request-head parser and the frame decoder, FUZZ_SECONDS=60 each (cargo-fuzz, stable + RUSTC_BOOTSTRAP)
+fuzz: ## Fuzz every parser of outside input, FUZZ_SECONDS=60 each, new finds merged into fuzz/seeds (cargo-fuzz, stable + RUSTC_BOOTSTRAP)
 	scripts/fuzz
 
 monitoring-up: ## Prometheus (:9090) and Alertmanager (:9093) on loopback against the service, files under run/monitoring/

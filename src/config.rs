@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 pub const EXIT_CONFIG: i32 = 64;
 
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Longest any duration setting may be. Durations are added to clock
+/// readings (a drain's deadline), multiplied, and sent to Redis in
+/// milliseconds: far past this, those overflow.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// When a count reply may go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -632,6 +636,21 @@ impl Config {
                 format!("{:?} must be letters, digits, - or _", self.color),
             );
         }
+        let durations = [
+            ("heartbeat_interval", self.heartbeat_interval),
+            ("session_ttl", self.session_ttl),
+            ("flush_interval", self.flush_interval),
+            ("shutdown_grace", self.shutdown_grace),
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("history_ttl", self.history_ttl),
+            ("drain_retry_after", self.drain_retry_after),
+        ];
+        for (field, d) in durations {
+            if d > MAX_DURATION {
+                return bad(field, "must be at most 10 years");
+            }
+        }
         let nonzero = [
             ("heartbeat_interval", self.heartbeat_interval),
             ("session_ttl", self.session_ttl),
@@ -1124,6 +1143,13 @@ mod tests {
         }
         let err = Config::from_toml("bogus = 1").unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+        // A duration near Duration::MAX overflowed `shutdown_grace * 10`
+        // in validate (a panic), and a drain's deadline after it.
+        for field in ["shutdown_grace", "session_ttl", "drain_retry_after"] {
+            let c = Config::from_toml(&format!("{field} = \"500000000000years\"")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("10 years"), "{err}");
+        }
         for (a, needle) in [
             (
                 vec![

@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use serde_json::{Map, Value};
@@ -48,6 +49,44 @@ pub fn init(format: LogFormat, filter: &str, color: &str) {
             .try_init(),
     };
     let _ = result;
+}
+
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Makes a panic one log line, like any other: `msg` "panic", with the
+/// panic's message, its location, the thread, and a backtrace (captured
+/// whatever `RUST_BACKTRACE` says: a panic in production is the case it is
+/// for). The shard the thread runs is on the line as always. The process
+/// then ends non-zero ([`panicked`]), so a supervisor restarts it.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        PANICKED.store(true, Ordering::SeqCst);
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic with a payload that is not text");
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let thread = std::thread::current();
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(
+            panic = message,
+            location = %location,
+            thread = thread.name().unwrap_or("unnamed"),
+            backtrace = %backtrace,
+            "panic"
+        );
+    }));
+}
+
+/// Whether any thread panicked since [`install_panic_hook`]: the exit
+/// code must say so even when the process otherwise ended in order.
+pub fn panicked() -> bool {
+    PANICKED.load(Ordering::SeqCst)
 }
 
 /// Current time as RFC 3339 UTC with milliseconds and `Z`, the contract's form.

@@ -31,7 +31,9 @@ fn main() -> ExitCode {
         }
     };
     shardcast::logging::init(cfg.log_format, &cfg.log_level, &cfg.color);
+    shardcast::logging::install_panic_hook();
     match run(cfg) {
+        Ok(_) if shardcast::logging::panicked() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "fatal");
@@ -79,6 +81,7 @@ fn run(cfg: Config) -> anyhow::Result<ExitCode> {
         recv(server.exited()) -> _ => None,
     };
     let Some(sig) = first else {
+        // A shard that panicked logged why (logging::install_panic_hook).
         tracing::error!("a shard exited on its own; stopping");
         server.stop();
         server.wait(Duration::from_secs(2));

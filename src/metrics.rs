@@ -201,7 +201,7 @@ pub struct ShardMetrics {
     pub message_duration: Histogram,
     pub redis_commands_total: Cell,
     pub redis_errors_total: Cell,
-    /// Cluster redirects followed, by [`REDIRECTS`] kind.
+    /// Cluster redirects followed (or refused), by [`REDIRECTS`] kind.
     pub redis_redirects: [Cell; REDIRECTS.len()],
     /// Sessions whose count Redis does not have yet.
     pub redis_unflushed_sessions: Cell,
@@ -239,7 +239,11 @@ impl ShardMetrics {
 }
 
 /// The kinds of cluster redirect, as `redis_redirects_total` labels them.
-pub const REDIRECTS: [&str; 3] = ["moved", "ask", "tryagain"];
+/// `refused`: one that could not be followed (a slot out of range, no
+/// address), a protocol error that resets the link it came on.
+pub const REDIRECTS: [&str; 4] = ["moved", "ask", "tryagain", "refused"];
+/// The index of `refused` in [`REDIRECTS`].
+pub const REFUSED: usize = 3;
 
 /// Process-wide figures, written by the control thread.
 #[derive(Debug, Default)]
@@ -558,7 +562,7 @@ impl Collector for Scrape<'_> {
         out.push(self.labelled(
             "redis_redirects_total",
             COUNTER,
-            "Redis Cluster redirects followed, by kind.",
+            "Redis Cluster redirects followed, by kind; refused: one that could not be followed (the link is reset).",
             "kind",
             REDIRECTS.iter().map(|k| k.to_string()),
             |s, i| s.redis_redirects[i].get(),

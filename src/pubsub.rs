@@ -659,8 +659,11 @@ async fn run_lane(
                         // while the map was stale: say so, keep what does
                         // work, and place that slot's channels again.
                         tracing::warn!(error = ?v, "redis refused a subscription command");
-                        if let Some(slot) = sub.cluster.as_ref().and_then(|c| c.moved(&v)) {
-                            sub.unplace(slot, &key);
+                        match sub.cluster.as_ref().map(|c| c.moved(&v)) {
+                            Some(Ok(Some(slot))) => sub.unplace(slot, &key),
+                            // A redirect to no slot: the connection is reset.
+                            Some(Err(e)) => break e.to_string(),
+                            Some(Ok(None)) | None => {}
                         }
                         heard = Instant::now();
                         pinged = false;

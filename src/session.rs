@@ -37,9 +37,10 @@ impl Session {
         }
     }
 
-    /// The count as this shard sees it.
+    /// The count as this shard sees it. Both parts come from Redis, so
+    /// their sum saturates rather than overflow.
     pub fn count(&self) -> u64 {
-        self.base.get() + self.mine.get()
+        self.base.get().saturating_add(self.mine.get())
     }
 
     /// Other writers' counts as Redis has them now (they only grow).
@@ -56,7 +57,7 @@ impl Session {
 
     /// Counts one message and returns the new count.
     pub fn increment(&self) -> u64 {
-        self.mine.set(self.mine.get() + 1);
+        self.mine.set(self.mine.get().saturating_add(1));
         self.count()
     }
 
@@ -143,6 +144,18 @@ mod tests {
         assert_eq!(s.unflushed(), 0);
         s.acked(2); // an old ack never moves it back
         assert_eq!(s.unflushed(), 0);
+    }
+
+    /// Redis's fields are read as they are: near the top of u64 the sum
+    /// and the increment overflowed (a panic in debug builds).
+    #[test]
+    fn counts_from_redis_saturate() {
+        let s = Session::new(Uuid::new_v4(), u64::MAX - 1, 1);
+        assert_eq!(s.count(), u64::MAX);
+        assert_eq!(s.increment(), u64::MAX);
+        let s = Session::new(Uuid::new_v4(), 0, u64::MAX);
+        assert_eq!(s.increment(), u64::MAX);
+        assert_eq!(s.mine(), u64::MAX);
     }
 
     #[test]

@@ -305,11 +305,22 @@ pub async fn run(
     ready.set_redis_synced(true);
     ready.set_serving(true);
     tracing::info!(cpu = ?ctx.cpu, "shard serving");
+    #[cfg(debug_assertions)]
+    let panic_on_accept = debug_panic_shard() == Some(ctx.id);
 
     let accept = async {
         loop {
             match listener.accept().await {
-                Ok(stream) => accept_one(&shard, &plane, &gate, stream),
+                Ok(stream) => {
+                    #[cfg(debug_assertions)]
+                    if panic_on_accept {
+                        panic!(
+                            "SHARDCAST_DEBUG_PANIC_SHARD: shard {} panics on purpose",
+                            ctx.id
+                        );
+                    }
+                    accept_one(&shard, &plane, &gate, stream)
+                }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -347,6 +358,18 @@ pub async fn run(
     let _ = flush.await;
     ready.set_serving(false);
     tracing::info!("shard stopped");
+}
+
+/// Test-only, and only in debug builds (release builds have no such
+/// variable): `SHARDCAST_DEBUG_PANIC_SHARD=<id>` makes shard `id` panic at
+/// the first connection it accepts, so a test can see what a panicking
+/// shard does to the logs and to the exit code (`tests/panic.rs`).
+#[cfg(debug_assertions)]
+fn debug_panic_shard() -> Option<usize> {
+    std::env::var("SHARDCAST_DEBUG_PANIC_SHARD")
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, gate: &Gate, stream: TcpStream) {

@@ -114,7 +114,8 @@ pub fn read_fields(v: &Value, writer: &str) -> Option<Stored> {
     let mut any = false;
     let mut add = |k: &[u8], val: &Value| {
         let n = as_u64(val).unwrap_or(0);
-        count += n;
+        // Fields are Redis's to say: their sum saturates, never overflows.
+        count = count.saturating_add(n);
         if k == writer.as_bytes() {
             mine = n;
         }
@@ -238,7 +239,7 @@ impl Store {
             // Known here but not written yet, or unknown everywhere.
             return Ok(self.cached(&id));
         };
-        let others = found.count - found.mine;
+        let others = found.count.saturating_sub(found.mine);
         // Another connection may have loaded it while we waited.
         let s = match self.cached(&id) {
             Some(s) => {
@@ -319,7 +320,7 @@ impl Store {
         let cmd = self.flush_cmd(batch).get_packed_command();
         let slot = batch.first().map(|(s, _)| session_slot(&s.id));
         let replies = self.replicas.write(&self.redis, slot, cmd, 1).await?;
-        match &replies[0] {
+        match replies.first().unwrap_or(&Value::Nil) {
             Value::Array(items) if items.len() == batch.len() => Ok(batch
                 .iter()
                 .zip(items)
@@ -357,11 +358,16 @@ impl Store {
             .redis
             .exec(Some(session_slot(id)), p.get_packed_pipeline(), 2)
             .await?;
-        let ttl_ms = match &v[1] {
+        let [fields, ttl] = v.as_slice() else {
+            return Err(RedisError::Reply(format!(
+                "HGETALL and PTTL answered {v:?}"
+            )));
+        };
+        let ttl_ms = match ttl {
             Value::Int(ms) if *ms > 0 => *ms as u64,
             _ => 0,
         };
-        Ok(read_fields(&v[0], &self.writer).map(|found| (found.count, ttl_ms)))
+        Ok(read_fields(fields, &self.writer).map(|found| (found.count, ttl_ms)))
     }
 
     /// Deletes session `id` for good: a tombstone for one TTL (so no writer
@@ -507,6 +513,21 @@ mod tests {
         assert_eq!(read_fields(&v, "w:b:1"), Some(Stored { count: 7, mine: 4 }));
         assert_eq!(read_fields(&v, "w:c:0"), Some(Stored { count: 7, mine: 0 }));
         assert_eq!(read_fields(&Value::Array(vec![]), "w:a:0"), None);
+    }
+
+    /// Two fields near the top of u64 overflowed the sum (a panic in
+    /// debug builds, a wrap to a small count in release).
+    #[test]
+    fn fields_from_redis_cannot_overflow_the_sum() {
+        let max = u64::MAX.to_string();
+        let v = Value::Array(vec![bulk("w:a:0"), bulk(&max), bulk("w:b:1"), bulk(&max)]);
+        assert_eq!(
+            read_fields(&v, "w:b:1"),
+            Some(Stored {
+                count: u64::MAX,
+                mine: u64::MAX
+            })
+        );
     }
 
     #[test]

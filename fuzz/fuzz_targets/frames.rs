@@ -13,12 +13,17 @@
 //! Properties (a violation panics, which libFuzzer reports as a crash):
 //! - nothing panics; `decode` never reports more bytes consumed than it was
 //!   given, an event always consumes bytes, a ping's range lies in the
-//!   consumed bytes and holds at most 125;
+//!   consumed bytes and holds at most 125; a binary message (a control
+//!   frame, always one frame) comes with the same bytes however it was cut;
 //! - the decode loop ends: at most buffer length + 2 calls per read;
 //! - an error is one of the contract's close codes 1002, 1003, 1007, 1009,
 //!   with a reason; a Close event's code is one a peer may send;
 //! - raw mode: the outcome (events, ping payloads, close code, error code,
 //!   bytes left over) does not depend on how the stream was cut into reads;
+//! - both modes: a stream of at most `EVERY_CUT_MAX` bytes gives the same
+//!   outcome split in two at every byte boundary, and read one byte at a
+//!   time (the plane keeps an incomplete frame's bytes and decodes them
+//!   again with the next read);
 //! - built mode: a valid masked text message (valid UTF-8, 1-4 fragments cut
 //!   anywhere, even inside a character, pings between fragments, an optional
 //!   Close after it) yields exactly the pings, one `Event::Text` and the Close;
@@ -32,11 +37,16 @@ use shardcast_kit::wire::masked;
 
 const MAX_MESSAGE: [usize; 8] = [0, 1, 7, 125, 126, 1024, 4096, 65536];
 const HEADER: usize = 5;
+/// Longest stream split at every byte boundary: that check is quadratic.
+const EVERY_CUT_MAX: usize = 1024;
 
 /// An event with what the socket would use of it (a ping's payload bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ev {
     Text,
+    /// A binary message (a control frame): its kept bytes, None when over
+    /// the control cap.
+    Binary(Option<Vec<u8>>),
     Ping(Vec<u8>),
     Pong,
     Close(Option<u16>),
@@ -76,6 +86,7 @@ fuzz_target!(|data: &[u8]| {
         let split = drive(body, &cuts, max_message);
         let whole = drive(body, &[], max_message);
         assert_eq!(split, whole, "outcome depends on the reads, cuts {cuts:?}");
+        every_cut(body, max_message, &whole);
     } else {
         let (stream, expected) = build(body, max_message);
         let cuts = cuts(&raw_cuts[..ncuts], stream.len());
@@ -84,8 +95,27 @@ fuzz_target!(|data: &[u8]| {
             got, expected,
             "valid message, max_message {max_message}, cuts {cuts:?}"
         );
+        every_cut(&stream, max_message, &expected);
     }
 });
+
+/// Checks that `stream` gives `want` however the reads split it: in two
+/// at every byte boundary, and one byte per read.
+fn every_cut(stream: &[u8], max_message: usize, want: &Outcome) {
+    if stream.len() > EVERY_CUT_MAX {
+        return;
+    }
+    for cut in 1..stream.len() {
+        let got = drive(stream, &[cut], max_message);
+        assert_eq!(&got, want, "split at byte {cut}");
+    }
+    let bytes: Vec<usize> = (1..stream.len()).collect();
+    assert_eq!(
+        &drive(stream, &bytes, max_message),
+        want,
+        "one byte per read"
+    );
+}
 
 /// Sorted cut points within `0..=len`.
 fn cuts(raw: &[usize], len: usize) -> Vec<usize> {
@@ -136,6 +166,7 @@ fn drive(stream: &[u8], cuts: &[usize], max_message: usize) -> Outcome {
                 None if n == 0 => break,
                 None => None,
                 Some(Event::Text) => Some(Ev::Text),
+                Some(Event::Binary) => Some(Ev::Binary(dec.payload_mut().take())),
                 Some(Event::Pong) => Some(Ev::Pong),
                 Some(Event::Ping(r)) => {
                     assert!(

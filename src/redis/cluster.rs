@@ -19,18 +19,22 @@ use std::rc::{Rc, Weak};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::{ServerError, ServerErrorKind};
+use redis::ServerErrorKind;
 
 use super::link::{Link, LinkState};
 use super::sentinel::Switch;
 use super::stream::Tls;
 use super::{wire, RedisError, Value};
 use crate::config::{RedisAddr, RedisTarget};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, REFUSED};
 use crate::readiness::Readiness;
 
 /// Hash slots in a cluster.
 pub const SLOTS: u16 = 16384;
+/// Ranges a `CLUSTER SLOTS` reply may hold: a real one has at most one per
+/// slot. More is a reply from something that is not a cluster node, and
+/// would make reading it (a fill of the slot table per range) costly.
+const MAX_RANGES: usize = SLOTS as usize;
 /// Redirects one request may follow before it is failed.
 const REDIRECTS: usize = 8;
 /// Pause before a `TRYAGAIN` is tried again: a migration moves keys in
@@ -90,10 +94,18 @@ impl SlotMap {
             }
             _ => return Err(bad()),
         };
+        if ranges.len() > MAX_RANGES {
+            return Err(RedisError::Reply(format!(
+                "CLUSTER SLOTS answered {} ranges, more than there are slots",
+                ranges.len()
+            )));
+        }
         let mut map = SlotMap {
             owner: vec![NONE; SLOTS as usize].into_boxed_slice(),
             masters: Vec::new(),
         };
+        // Each master's index, so a long reply is read in linear time.
+        let mut seen: HashMap<RedisAddr, u16> = HashMap::new();
         for range in ranges {
             let Value::Array(parts) = range else {
                 return Err(bad());
@@ -119,7 +131,14 @@ impl SlotMap {
             if start > end || end >= SLOTS as usize {
                 return Err(bad());
             }
-            let index = map.index_of(addr);
+            let index = match seen.get(&addr) {
+                Some(&i) => i,
+                None => {
+                    let i = map.index_of(addr.clone()).ok_or_else(bad)?;
+                    seen.insert(addr, i);
+                    i
+                }
+            };
             map.owner[start..=end].fill(index);
         }
         if map.masters.is_empty() {
@@ -131,14 +150,17 @@ impl SlotMap {
         Ok(map)
     }
 
-    fn index_of(&mut self, addr: RedisAddr) -> u16 {
-        match self.masters.iter().position(|m| *m == addr) {
-            Some(i) => i as u16,
-            None => {
-                self.masters.push(addr);
-                (self.masters.len() - 1) as u16
-            }
+    /// `addr`'s index in `masters`, added if new; None once the table
+    /// holds as many masters as an index can name (`NONE` is not one).
+    fn index_of(&mut self, addr: RedisAddr) -> Option<u16> {
+        if let Some(i) = self.masters.iter().position(|m| *m == addr) {
+            return u16::try_from(i).ok();
         }
+        let i = u16::try_from(self.masters.len())
+            .ok()
+            .filter(|&i| i < NONE)?;
+        self.masters.push(addr);
+        Some(i)
     }
 
     pub fn owner(&self, slot: Slot) -> Option<&RedisAddr> {
@@ -154,41 +176,92 @@ impl SlotMap {
         self.owner.iter().filter(|&&o| o == NONE).count()
     }
 
-    /// What a `MOVED` said: `slot` is `addr`'s now.
-    fn moved(&mut self, slot: u16, addr: RedisAddr) {
-        let index = self.index_of(addr);
-        self.owner[slot as usize] = index;
+    /// What a `MOVED` said: `slot` is `addr`'s now. A table already full
+    /// of masters is left as it is: the refresh the `MOVED` asks for
+    /// replaces it.
+    fn moved(&mut self, slot: Slot, addr: RedisAddr) {
+        if let Some(index) = self.index_of(addr) {
+            self.owner[slot.0 as usize] = index;
+        }
     }
 }
 
 /// Where a reply sends its request instead.
-#[derive(Debug, PartialEq, Eq)]
-enum Redirect {
-    Moved(u16, String),
-    Ask(String),
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// The slot is this master's now (the map was stale).
+    Moved(Slot, RedisAddr),
+    /// Ask this node, once, with `ASKING` first (a slot in migration).
+    Ask(RedisAddr),
+    /// A multi-key request met a migration: try again shortly.
     TryAgain,
 }
 
-/// The first redirect among a request's replies. A request's keys share a
-/// slot, so its keyed commands are all redirected or none is.
-fn redirect(values: &[Value]) -> Option<Redirect> {
-    values.iter().find_map(|v| {
-        let Value::ServerError(e) = v else {
-            return None;
-        };
-        match e.kind()? {
-            ServerErrorKind::TryAgain => Some(Redirect::TryAgain),
-            kind @ (ServerErrorKind::Moved | ServerErrorKind::Ask) => {
-                let err = redis::RedisError::from(ServerError::clone(e));
-                let (addr, slot) = err.redirect_node()?;
-                Some(match kind {
-                    ServerErrorKind::Moved => Redirect::Moved(slot, addr.to_string()),
-                    _ => Redirect::Ask(addr.to_string()),
-                })
-            }
-            _ => None,
+/// A redirect the service cannot follow: the server that sent it is not
+/// speaking the cluster protocol as it should. A protocol error on the
+/// link that carried it, never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RedirectError {
+    /// The slot is not one of the cluster's 0..16383.
+    #[error("{kind} names slot {slot}, past the cluster's last slot {last}", last = SLOTS - 1)]
+    SlotOutOfRange { kind: &'static str, slot: u64 },
+    /// Not `<slot> <host>:<port>`.
+    #[error("{kind} redirect is not `<slot> <host>:<port>`: {text:?}")]
+    Malformed { kind: &'static str, text: String },
+}
+
+/// Longest part of a malformed redirect kept for its error: the text is
+/// the peer's, and goes to the log.
+const SHOWN: usize = 64;
+
+/// Reads one reply as a redirect: `Ok(None)` for any reply that is not
+/// one (a value, another error); for `MOVED` and `ASK` the slot (checked to
+/// be a cluster slot) and the node, which gets the user, password and TLS of `like`.
+pub fn parse_redirect(reply: &Value, like: &RedisAddr) -> Result<Option<Redirect>, RedirectError> {
+    let Value::ServerError(e) = reply else {
+        return Ok(None);
+    };
+    let kind = match e.kind() {
+        Some(ServerErrorKind::TryAgain) => return Ok(Some(Redirect::TryAgain)),
+        Some(ServerErrorKind::Moved) => "MOVED",
+        Some(ServerErrorKind::Ask) => "ASK",
+        _ => return Ok(None),
+    };
+    let text = e.details().unwrap_or("");
+    let bad = || RedirectError::Malformed {
+        kind,
+        text: text.chars().take(SHOWN).collect(),
+    };
+    let mut words = text.split_ascii_whitespace();
+    let (Some(slot), Some(node), None) = (words.next(), words.next(), words.next()) else {
+        return Err(bad());
+    };
+    if slot.is_empty() || !slot.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    // Digits past u64 are out of range too, not malformed.
+    let n = slot.parse::<u64>().unwrap_or(u64::MAX);
+    let slot = u16::try_from(n)
+        .ok()
+        .filter(|&s| s < SLOTS)
+        .ok_or(RedirectError::SlotOutOfRange { kind, slot: n })?;
+    let addr = addr_of(node, like).ok_or_else(bad)?;
+    Ok(Some(match kind {
+        "MOVED" => Redirect::Moved(Slot(slot), addr),
+        _ => Redirect::Ask(addr),
+    }))
+}
+
+/// The first redirect among a request's replies, or the first that cannot
+/// be followed. A request's keys share a slot, so its keyed commands are
+/// all redirected or none is.
+fn redirect(values: &[Value], like: &RedisAddr) -> Result<Option<Redirect>, RedirectError> {
+    for v in values {
+        if let Some(r) = parse_redirect(v, like)? {
+            return Ok(Some(r));
         }
-    })
+    }
+    Ok(None)
 }
 
 /// `packed` with `ASKING` before each of its commands, which an `ASK`
@@ -237,6 +310,9 @@ pub struct Cluster {
     stale: Switch,
     /// Bumped on every link's connect, so the store knows to write again.
     epoch: Cell<u64>,
+    /// The last refused redirect logged, so a node that keeps sending the
+    /// same one is logged once.
+    told: RefCell<Option<String>>,
     up: Cell<bool>,
     init: Rc<[u8]>,
     init_replies: usize,
@@ -265,6 +341,7 @@ impl Cluster {
             links: RefCell::new(HashMap::new()),
             stale: Switch::default(),
             epoch: Cell::new(0),
+            told: RefCell::new(None),
             up: Cell::new(false),
             init,
             init_replies,
@@ -299,17 +376,31 @@ impl Cluster {
 
     /// Takes in a `MOVED` that came back some other way than through
     /// [`Cluster::exec`] (a refused subscription): the map learns the
-    /// slot's master, is read again soon, and the slot is returned.
-    pub fn moved(&self, reply: &Value) -> Option<Slot> {
-        let Some(Redirect::Moved(n, addr)) = redirect(std::slice::from_ref(reply)) else {
-            return None;
+    /// slot's master, is read again soon, and the slot is returned. A
+    /// redirect that cannot be followed is counted and logged here, and
+    /// returned for the caller to reset the connection it came on.
+    pub fn moved(&self, reply: &Value) -> Result<Option<Slot>, RedirectError> {
+        let r = parse_redirect(reply, &self.like).inspect_err(|e| self.refused(e))?;
+        let Some(Redirect::Moved(slot, addr)) = r else {
+            return Ok(None);
         };
-        let addr = addr_of(&addr, &self.like)?;
         if let Some(m) = self.map.borrow_mut().as_mut() {
-            m.moved(n, addr);
+            m.moved(slot, addr);
         }
         self.stale.bump();
-        Some(Slot(n))
+        Ok(Some(slot))
+    }
+
+    /// Counts a redirect that cannot be followed, and logs it when it says
+    /// something new: a node that answers every command so would otherwise
+    /// log every request.
+    fn refused(&self, e: &RedirectError) {
+        self.metrics.shards[self.shard].redis_redirects[REFUSED].inc();
+        let why = e.to_string();
+        if self.told.borrow().as_deref() != Some(why.as_str()) {
+            tracing::warn!(error = %why, "redis cluster: redirect refused; resetting the link");
+            self.told.replace(Some(why));
+        }
     }
 
     /// Has the map read again soon: something said it is out of date.
@@ -337,8 +428,17 @@ impl Cluster {
             } else {
                 link.exec(bytes.clone(), replies).await?
             };
-            let Some(r) = redirect(&values) else {
-                return Ok(values);
+            let r = match redirect(&values, &self.like) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(values),
+                Err(e) => {
+                    // The node speaks the protocol wrong: this request
+                    // fails, and its connection starts over.
+                    self.refused(&e);
+                    link.reset();
+                    self.stale.bump();
+                    return Err(RedisError::Reply(e.to_string()));
+                }
             };
             ask = false;
             let kind = match r {
@@ -348,18 +448,15 @@ impl Cluster {
             };
             self.metrics.shards[self.shard].redis_redirects[kind].inc();
             match r {
-                Redirect::Moved(n, addr) => {
-                    let addr = addr_of(&addr, &self.like)
-                        .ok_or_else(|| RedisError::Reply(format!("MOVED to {addr:?}")))?;
+                Redirect::Moved(slot, addr) => {
                     if let Some(m) = self.map.borrow_mut().as_mut() {
-                        m.moved(n, addr.clone());
+                        m.moved(slot, addr.clone());
                     }
                     self.stale.bump();
                     to = addr;
                 }
                 Redirect::Ask(addr) => {
-                    to = addr_of(&addr, &self.like)
-                        .ok_or_else(|| RedisError::Reply(format!("ASK to {addr:?}")))?;
+                    to = addr;
                     ask = true;
                 }
                 Redirect::TryAgain => {
@@ -615,27 +712,133 @@ mod tests {
     #[test]
     fn redirects_are_read_from_error_replies() {
         let v = |s: &[u8]| redis::parse_redis_value(s).unwrap();
+        let at = |port| RedisAddr::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
         assert_eq!(
-            redirect(&[v(b"-MOVED 3999 127.0.0.1:6381\r\n")]),
-            Some(Redirect::Moved(3999, "127.0.0.1:6381".into()))
+            redirect(
+                &[v(b"-MOVED 3999 127.0.0.1:6381\r\n")],
+                &RedisAddr::default()
+            ),
+            Ok(Some(Redirect::Moved(Slot(3999), at(6381))))
         );
         assert_eq!(
-            redirect(&[Value::Okay, v(b"-ASK 3999 127.0.0.1:6382\r\n")]),
-            Some(Redirect::Ask("127.0.0.1:6382".into()))
+            redirect(
+                &[Value::Okay, v(b"-ASK 3999 127.0.0.1:6382\r\n")],
+                &RedisAddr::default()
+            ),
+            Ok(Some(Redirect::Ask(at(6382))))
         );
         assert_eq!(
-            redirect(&[v(
-                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"
-            )]),
-            Some(Redirect::TryAgain)
+            redirect(
+                &[v(
+                    b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"
+                )],
+                &RedisAddr::default()
+            ),
+            Ok(Some(Redirect::TryAgain))
         );
-        assert_eq!(redirect(&[v(b"-ERR no\r\n"), Value::Int(1)]), None);
+        assert_eq!(
+            redirect(&[v(b"-ERR no\r\n"), Value::Int(1)], &RedisAddr::default()),
+            Ok(None)
+        );
+        let like = RedisAddr {
+            password: Some("pw".into()),
+            ..RedisAddr::default()
+        };
+        let Ok(Some(Redirect::Moved(_, a))) =
+            redirect(&[v(b"-MOVED 16383 10.0.0.9:7000\r\n")], &like)
+        else {
+            panic!("the last slot is a slot");
+        };
+        assert_eq!(a.password.as_deref(), Some("pw"));
         let a = addr_of("127.0.0.1:6381", &RedisAddr::default()).unwrap();
         assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", 6381));
         assert_eq!(
             addr_of("[::1]:7000", &RedisAddr::default()).unwrap().host,
             "::1"
         );
+    }
+
+    /// A `MOVED` past the last slot indexed the slot table and panicked
+    /// the shard; now it is refused, whatever the numbers say.
+    #[test]
+    fn a_redirect_to_no_slot_is_refused() {
+        let v = |s: &str| redis::parse_redis_value(s.as_bytes()).unwrap();
+        for (reply, slot) in [
+            ("-MOVED 16384 127.0.0.1:6381\r\n", 16384),
+            ("-MOVED 65535 127.0.0.1:6381\r\n", 65535),
+            ("-ASK 65536 127.0.0.1:6381\r\n", 65536),
+            ("-MOVED 99999999999999999999999 h:1\r\n", u64::MAX),
+        ] {
+            match parse_redirect(&v(reply), &RedisAddr::default()) {
+                Err(RedirectError::SlotOutOfRange { slot: s, .. }) => {
+                    assert_eq!(s, slot, "{reply}")
+                }
+                other => panic!("{reply}: {other:?}"),
+            }
+        }
+        for reply in [
+            "-MOVED\r\n",
+            "-MOVED 12\r\n",
+            "-MOVED -1 h:1\r\n",
+            "-MOVED +1 h:1\r\n",
+            "-MOVED 12 h\r\n",
+            "-MOVED 12 h:99999\r\n",
+            "-ASK 12 h:1 more\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_redirect(&v(reply), &RedisAddr::default()),
+                    Err(RedirectError::Malformed { .. })
+                ),
+                "{reply}"
+            );
+        }
+        // A stale map taking in a redirect keeps to its table.
+        let asked = RedisAddr::parse("redis://10.0.0.1:7000").unwrap();
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            node("", 7000),
+        ])]);
+        let mut map = SlotMap::parse(&reply, &asked).unwrap();
+        let Ok(Some(Redirect::Moved(slot, to))) =
+            parse_redirect(&v("-MOVED 16383 10.0.0.2:7001\r\n"), &RedisAddr::default())
+        else {
+            panic!("a good MOVED");
+        };
+        map.moved(slot, to);
+        assert_eq!(map.owner(Slot(16383)).unwrap().port, 7001);
+    }
+
+    /// A reply naming more masters than an index can hold wrapped the
+    /// index (`as u16`) onto another master or onto `NONE`; a reply with
+    /// more ranges than slots is refused before any is read.
+    #[test]
+    fn a_slots_reply_cannot_overflow_the_table() {
+        let asked = RedisAddr::parse("redis://10.0.0.1:7000").unwrap();
+        let ranges = |n: usize| {
+            Value::Array(
+                (0..n)
+                    .map(|i| {
+                        let slot = (i % SLOTS as usize) as i64;
+                        Value::Array(vec![
+                            Value::Int(slot),
+                            Value::Int(slot),
+                            node(&format!("10.1.{}.{}", i / 256, i % 256), 7000),
+                        ])
+                    })
+                    .collect(),
+            )
+        };
+        let full = SlotMap::parse(&ranges(MAX_RANGES), &asked).unwrap();
+        assert_eq!(full.uncovered(), 0);
+        assert_eq!(full.masters().len(), MAX_RANGES);
+        assert!(SlotMap::parse(&ranges(MAX_RANGES + 1), &asked).is_err());
+        let mut map = full.clone();
+        map.masters.resize(NONE as usize, asked.clone());
+        let before = map.clone();
+        map.moved(Slot(5), RedisAddr::parse("redis://10.9.9.9:1").unwrap());
+        assert_eq!(map, before, "a full table takes no new master");
     }
 
     #[test]

@@ -82,6 +82,9 @@ struct Inner {
     /// Set once the owner no longer wants this server (a cluster node
     /// that left the slot map): `run` returns at its next turn.
     stopped: Cell<bool>,
+    /// Set when the server broke the protocol: the connection is dropped
+    /// at its next turn and made again.
+    reset: Cell<bool>,
     init: Rc<[u8]>,
     init_replies: usize,
     on_state: OnState,
@@ -115,6 +118,7 @@ impl Link {
                 waker: Cell::new(None),
                 running: Cell::new(false),
                 stopped: Cell::new(false),
+                reset: Cell::new(false),
                 init,
                 init_replies,
                 on_state,
@@ -190,6 +194,18 @@ impl Link {
         }
     }
 
+    /// Drops the connection and makes it again: its server sent what the
+    /// protocol does not allow (a redirect to no slot), so nothing more it
+    /// says on this connection is trusted. What is queued fails as if the
+    /// server were down.
+    pub fn reset(&self) {
+        self.inner.reset.set(true);
+        self.inner.switch.bump();
+        if let Some(w) = self.inner.waker.take() {
+            w.wake();
+        }
+    }
+
     /// Keeps the connection up, reconnecting with backoff; runs until the
     /// shard's executor ends. Run it as a shard task.
     pub async fn run(self) {
@@ -203,6 +219,8 @@ impl Link {
         while !self.inner.stopped.get() {
             match self.open().await {
                 Ok((mut stream, mut reader)) => {
+                    // A reset asked of the last connection is done.
+                    self.inner.reset.set(false);
                     backoff.reset();
                     self.inner.epoch.set(self.inner.epoch.get() + 1);
                     self.inner.up.set(true);
@@ -293,6 +311,9 @@ impl Link {
         loop {
             if self.inner.stopped.get() {
                 return RedisError::Topology("the node left the cluster's slot map".into());
+            }
+            if self.inner.reset.take() {
+                return RedisError::Reply("reset after a protocol error from the server".into());
             }
             if switch.generation() != generation {
                 return RedisError::Topology("the sentinels switched the master".into());

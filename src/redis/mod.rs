@@ -43,6 +43,7 @@ use sentinel::Switch;
 use stream::{Stream, Tls};
 pub use wire::as_u64;
 pub(crate) use wire::RespReader;
+pub use wire::RespStream;
 
 /// Why a Redis call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

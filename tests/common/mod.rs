@@ -72,6 +72,8 @@ pub const TEST_API_KEY: &str = "test-api-key-0123456789";
 /// Builder for a `shardcast` process.
 pub struct ServerBuilder {
     args: Vec<String>,
+    /// Environment variables set for the process alone.
+    envs: Vec<(String, String)>,
     /// Whether the builder's Redis runs, so the server can become ready.
     redis_live: bool,
     /// Whether to give it [`TEST_API_KEY`].
@@ -88,6 +90,18 @@ impl ServerBuilder {
     /// Sync durability and no rate limit: a server for [`counter`]s, whose
     /// every acknowledged count must be in Redis, counting as fast as it
     /// answers.
+    /// Does not wait for `/readyz` to say ready, even with a live Redis:
+    /// for a server whose first connection is the test's own.
+    pub fn unready(mut self) -> Self {
+        self.redis_live = false;
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
     pub fn for_counters(self) -> Self {
         self.arg("--durability", "sync").arg("--rate-limit", "0")
     }
@@ -121,6 +135,7 @@ impl ServerBuilder {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
             .args(defaults)
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -186,6 +201,7 @@ impl Server {
             args: vec!["--redis-url".into(), url.into()],
             redis_live: live,
             api_key: true,
+            envs: Vec::new(),
         }
     }
 
@@ -201,6 +217,7 @@ impl Server {
             ],
             redis_live: master_live,
             api_key: true,
+            envs: Vec::new(),
         }
     }
 
@@ -216,6 +233,7 @@ impl Server {
             args: vec!["--redis-cluster".into(), seeds.into()],
             redis_live: live,
             api_key: true,
+            envs: Vec::new(),
         }
     }
 
