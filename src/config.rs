@@ -645,6 +645,7 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("history_ttl", self.history_ttl),
             ("drain_retry_after", self.drain_retry_after),
+            ("admin_request_timeout", self.admin_request_timeout),
         ];
         for (field, d) in durations {
             if d > MAX_DURATION {
