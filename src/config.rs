@@ -636,31 +636,23 @@ impl Config {
                 format!("{:?} must be letters, digits, - or _", self.color),
             );
         }
+        // Every duration, and whether 0 (off) is allowed.
         let durations = [
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("session_ttl", self.session_ttl),
-            ("flush_interval", self.flush_interval),
-            ("shutdown_grace", self.shutdown_grace),
-            ("handshake_timeout", self.handshake_timeout),
-            ("idle_timeout", self.idle_timeout),
-            ("history_ttl", self.history_ttl),
-            ("drain_retry_after", self.drain_retry_after),
-            ("admin_request_timeout", self.admin_request_timeout),
+            ("heartbeat_interval", self.heartbeat_interval, false),
+            ("session_ttl", self.session_ttl, false),
+            ("flush_interval", self.flush_interval, false),
+            ("shutdown_grace", self.shutdown_grace, false),
+            ("handshake_timeout", self.handshake_timeout, false),
+            ("admin_request_timeout", self.admin_request_timeout, false),
+            ("idle_timeout", self.idle_timeout, true),
+            ("history_ttl", self.history_ttl, true),
+            ("drain_retry_after", self.drain_retry_after, true),
         ];
-        for (field, d) in durations {
+        for (field, d, zero_ok) in durations {
             if d > MAX_DURATION {
                 return bad(field, "must be at most 10 years");
             }
-        }
-        let nonzero = [
-            ("heartbeat_interval", self.heartbeat_interval),
-            ("session_ttl", self.session_ttl),
-            ("flush_interval", self.flush_interval),
-            ("shutdown_grace", self.shutdown_grace),
-            ("handshake_timeout", self.handshake_timeout),
-        ];
-        for (field, d) in nonzero {
-            if d.is_zero() {
+            if d.is_zero() && !zero_ok {
                 return bad(field, "must be greater than 0");
             }
         }
@@ -696,9 +688,6 @@ impl Config {
                 "api_key",
                 "each key must be 16 to 256 printable characters, without spaces or commas",
             );
-        }
-        if self.admin_request_timeout.is_zero() {
-            return bad("admin_request_timeout", "must be greater than 0");
         }
         if self.admin_max_connections == 0 || self.admin_max_connections > 16_384 {
             return bad("admin_max_connections", "must be between 1 and 16384");

@@ -206,12 +206,7 @@ fn a_live_socket_is_closed_when_its_token_expires_and_kept_when_refreshed() {
         .unwrap()
         .as_secs_f64();
     assert_eq!(code, Some(4001));
-    let bye = frames
-        .iter()
-        .rev()
-        .find(|f| f.opcode == 1)
-        .expect("a goodbye")
-        .json();
+    let bye = goodbye(&frames);
     assert_eq!(bye["reason"], "token_expired", "{bye}");
     assert_eq!(bye["total"], 1);
     assert!(
@@ -266,12 +261,7 @@ fn a_live_socket_is_closed_when_its_token_expires_and_kept_when_refreshed() {
         c.send_refresh(&bad);
         let (frames, code) = c.until_close();
         assert_eq!(code, Some(4001), "{what}");
-        let bye = frames
-            .iter()
-            .rev()
-            .find(|f| f.opcode == 1)
-            .expect("a goodbye")
-            .json();
+        let bye = goodbye(&frames);
         assert_eq!(bye["reason"], "token_refused", "{what}: {bye}");
     }
     assert_eq!(

@@ -21,12 +21,7 @@ fn a_silent_socket_is_pinged_then_closed_with_its_count_stored() {
         opcodes.contains(&0x9),
         "a Ping before the close: {opcodes:?}"
     );
-    let bye = frames
-        .iter()
-        .rev()
-        .find(|f| f.opcode == 1)
-        .expect("a goodbye")
-        .json();
+    let bye = goodbye(&frames);
     assert_eq!(bye["bye"], true);
     assert_eq!(bye["reason"], "idle");
     assert_eq!(bye["total"], 3);

@@ -153,9 +153,7 @@ fn a_tls_sentinel_names_a_tls_master() {
     counts_reach(&server, &master);
     let clients = sentinel.cli(&["CLIENT", "LIST"]);
     assert!(
-        clients
-            .lines()
-            .any(|l| l.contains(" user=watcher ") && l.contains("cmd=subscribe")),
+        client_list_has(&clients, "watcher", "subscribe"),
         "no subscription as watcher: {clients}"
     );
 }

@@ -249,9 +249,7 @@ fn acl_users_reach_the_sentinels_and_the_master_they_name() {
     // Each shard's +switch-master subscription is a sentinel link too.
     let clients = sentinel.cli(&["CLIENT", "LIST"]);
     assert!(
-        clients
-            .lines()
-            .any(|l| l.contains(" user=watcher ") && l.contains("cmd=subscribe")),
+        client_list_has(&clients, "watcher", "subscribe"),
         "no subscription as watcher: {clients}"
     );
 }

@@ -14,12 +14,7 @@ fn close(c: &mut Client) -> u64 {
     c.send_close(1000);
     let (before, code) = c.until_close();
     assert_eq!(code, Some(1000), "close echo; frames before it: {before:?}");
-    let bye = before
-        .iter()
-        .rev()
-        .find(|f| f.opcode == 1)
-        .expect("a goodbye before the Close")
-        .json();
+    let bye = goodbye(&before);
     assert_eq!(bye["bye"], true, "{bye}");
     bye["total"]
         .as_u64()

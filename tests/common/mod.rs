@@ -416,6 +416,23 @@ pub fn raw_response(s: &mut TcpStream) -> (u16, String) {
     (status, body)
 }
 
+/// The last text frame before a Close, parsed: a socket's goodbye.
+pub fn goodbye(frames: &[Frame]) -> Value {
+    frames
+        .iter()
+        .rev()
+        .find(|f| f.opcode == 1)
+        .unwrap_or_else(|| panic!("no goodbye before the Close: {frames:?}"))
+        .json()
+}
+
+/// Whether `CLIENT LIST` output shows a connection of `user` that last ran
+/// `cmd` (an ACL user's subscription, say).
+pub fn client_list_has(list: &str, user: &str, cmd: &str) -> bool {
+    list.lines()
+        .any(|l| l.contains(&format!(" user={user} ")) && l.contains(&format!(" cmd={cmd} ")))
+}
+
 /// A frame the server sent.
 #[derive(Debug, Clone)]
 pub struct Frame {
