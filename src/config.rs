@@ -617,7 +617,7 @@ impl Config {
                     "is for TLS: a rediss:// URL, redis_tls or redis_sentinel_tls",
                 );
             }
-            crate::redis::stream::ca_roots(path).map_err(|e| ConfigError::Invalid {
+            crate::tls::ca_roots(path).map_err(|e| ConfigError::Invalid {
                 field: "redis_tls_ca_file",
                 msg: e.to_string(),
             })?;

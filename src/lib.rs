@@ -28,6 +28,7 @@
 //! - [`apikey`]: the server API's keys and how a request presents one.
 //! - [`loggate`]: one log line a second for limits that act on input.
 //! - [`alloc`]: mimalloc set up for many idle sockets.
+//! - [`tls`]: the CA bundle a setting names, for Redis over TLS.
 //! - [`auth`]: HS256 tokens for upgrades (`--auth-secret`): subject, rooms
 //!   and lifetime.
 
@@ -53,6 +54,7 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod store;
+pub mod tls;
 pub mod ws;
 
 pub use config::Config;

@@ -29,7 +29,7 @@ pub enum StartError {
     #[error("cannot create a shard's API mailbox: {0}")]
     Mailbox(std::io::Error),
     #[error("redis TLS: {0}")]
-    RedisTls(#[from] crate::redis::stream::TlsError),
+    RedisTls(#[from] crate::tls::TlsError),
 }
 
 /// A running server.

@@ -3,7 +3,6 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,50 +12,13 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_rustls::client::TlsStream;
 use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::wire::REPLY_TIMEOUT;
 use super::RedisError;
 use crate::config::{Config, RedisAddr};
-
-/// Why the TLS client could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{path} holds no PEM certificate")]
-    Empty { path: PathBuf },
-    #[error("{path}: {msg}")]
-    Bad { path: PathBuf, msg: String },
-    #[error("TLS client: {0}")]
-    Client(String),
-}
-
-/// The CAs in a PEM file, each one checked by rustls.
-pub fn ca_roots(path: &Path) -> Result<RootCertStore, TlsError> {
-    let bad = |msg: String| TlsError::Bad {
-        path: path.to_path_buf(),
-        msg,
-    };
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        roots
-            .add(cert.map_err(|e| bad(e.to_string()))?)
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    if roots.is_empty() {
-        return Err(TlsError::Empty {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(roots)
-}
+use crate::tls::{ca_roots, TlsError};
 
 /// The process's TLS client, or none when no Redis link uses TLS. Built
 /// once at start; cheap to clone into shards.
