@@ -142,7 +142,9 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
     // Only the bytes after the head live on; the headers go now.
     let rest = std::mem::take(&mut req.rest);
     drop(req);
-    let (session, resumed) = match ctx.store.open(requested).await {
+    // The Redis calls' states are boxed while they wait: kept inline they
+    // would size every upgrade's future for the largest of them.
+    let (session, resumed) = match Box::pin(ctx.store.open(requested)).await {
         Ok(x) => x,
         Err(e) => {
             m.error(ErrorKind::RedisUnavailable);
@@ -194,7 +196,7 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
     }
     // From the recovery read to `adopt` below there is no await: the
     // bridge's messages are the socket's up to the moment it joins the plane.
-    let (recovery, said) = recover(&ctx, since, room.as_ref()).await;
+    let (recovery, said) = Box::pin(recover(&ctx, since, room.as_ref())).await;
     if since.is_some() && ctx.history.enabled() {
         ctx.history.set_floor(conn, recovery.has());
     }
