@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::http::Request;
+use crate::metrics::Denial;
 
 /// Why a request was not let into the server API; `as_str` is the metric's
 /// `reason` label and the JSON error's `reason`.
@@ -41,6 +42,16 @@ impl Denied {
         match self {
             Denied::Disabled => 404,
             _ => 401,
+        }
+    }
+}
+
+impl From<Denied> for Denial {
+    fn from(d: Denied) -> Denial {
+        match d {
+            Denied::MissingKey => Denial::MissingKey,
+            Denied::InvalidKey => Denial::InvalidKey,
+            Denied::Disabled => Denial::ApiDisabled,
         }
     }
 }

@@ -21,21 +21,24 @@ use crate::http::Request;
 /// Longest token accepted: a bound on the work a stranger can ask for.
 const MAX_TOKEN: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why a token was refused; its text is [`AuthError::reason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthError {
-    #[error("no token")]
     Missing,
-    #[error("the token is not a JWT")]
     Malformed,
-    #[error("the token is not HS256")]
     Algorithm,
-    #[error("bad signature")]
     Signature,
-    #[error("the token has expired")]
     Expired,
-    #[error("the token is not valid yet")]
     NotYet,
 }
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for AuthError {}
 
 impl AuthError {
     /// The reason as a fixed string, for a goodbye frame.

@@ -11,7 +11,7 @@ use crate::apikey::Denied;
 use crate::context::Context;
 use crate::context::Shared;
 use crate::http::{self, Request};
-use crate::metrics::{Denial, ErrorKind};
+use crate::metrics::ErrorKind;
 use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::readiness::State;
@@ -53,16 +53,6 @@ pub fn denied(why: Denied) -> Vec<u8> {
         extra,
         body.to_string().as_bytes(),
     )
-}
-
-impl From<Denied> for Denial {
-    fn from(d: Denied) -> Denial {
-        match d {
-            Denied::MissingKey => Denial::MissingKey,
-            Denied::InvalidKey => Denial::InvalidKey,
-            Denied::Disabled => Denial::ApiDisabled,
-        }
-    }
 }
 
 /// The probe routes, `/healthz`, `/readyz` and `/metrics`, which need no

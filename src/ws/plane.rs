@@ -436,8 +436,6 @@ impl Plane {
         arrived: Instant,
         out: &mut Vec<u8>,
     ) -> (usize, Option<Stop>) {
-        let ctx = &self.ctx;
-        let m = ctx.metrics();
         let mut start = 0;
         while start < buf.len() {
             let base = start;
@@ -452,36 +450,25 @@ impl Plane {
                 Some(Event::Text) => {
                     // One clock read serves the rate limit and the latency histogram.
                     let now = Instant::now();
-                    let l = &self.limits;
-                    if !sock.bucket.take(now, l.rate, l.burst) {
-                        m.error(ErrorKind::RateLimited);
-                        if let Some(unlogged) = ctx.log_gate(ErrorKind::RateLimited) {
-                            tracing::info!(unlogged, "rate limited: message not counted");
-                        }
-                        if sock.bucket.strikes >= l.strikes {
-                            return (buf.len(), Some(Stop::Exit(Exit::RateLimited)));
-                        }
-                        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
-                        continue;
+                    match self.admit(sock, now, out) {
+                        Err(exit) => return (buf.len(), Some(Stop::Exit(exit))),
+                        Ok(false) => continue,
+                        Ok(true) => {}
                     }
                     let count = sock.session.increment();
-                    if l.sync {
+                    if self.limits.sync {
                         return (start, Some(Stop::Park { count, arrived }));
                     }
-                    ctx.store.enqueue(&sock.session);
+                    self.ctx.store.enqueue(&sock.session);
                     self.counted(sock, count, arrived, now, out);
                 }
                 Some(Event::Binary) => {
                     // A control frame costs a message of the rate limit, so
                     // refreshes cannot be a way around it.
-                    let l = &self.limits;
-                    if !sock.bucket.take(Instant::now(), l.rate, l.burst) {
-                        m.error(ErrorKind::RateLimited);
-                        if sock.bucket.strikes >= l.strikes {
-                            return (buf.len(), Some(Stop::Exit(Exit::RateLimited)));
-                        }
-                        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
-                        continue;
+                    match self.admit(sock, Instant::now(), out) {
+                        Err(exit) => return (buf.len(), Some(Stop::Exit(exit))),
+                        Ok(false) => continue,
+                        Ok(true) => {}
                     }
                     let Some(payload) = sock.decoder.payload_mut().take() else {
                         let e = WsError::Protocol("control frame too long");
@@ -511,6 +498,25 @@ impl Plane {
             }
         }
         (start, None)
+    }
+
+    /// The rate limit for one message: Ok(true) when it may go on, Ok(false)
+    /// when it is refused (the error reply is in `out`), Err when the socket
+    /// has been refused too often in a row.
+    fn admit(&self, sock: &mut Sock, now: Instant, out: &mut Vec<u8>) -> Result<bool, Exit> {
+        let l = &self.limits;
+        if sock.bucket.take(now, l.rate, l.burst) {
+            return Ok(true);
+        }
+        self.ctx.metrics().error(ErrorKind::RateLimited);
+        if let Some(unlogged) = self.ctx.log_gate(ErrorKind::RateLimited) {
+            tracing::info!(unlogged, "rate limited: message not counted");
+        }
+        if sock.bucket.strikes >= l.strikes {
+            return Err(Exit::RateLimited);
+        }
+        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
+        Ok(false)
     }
 
     /// A refresh: the new token must verify, name the same subject and
