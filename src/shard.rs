@@ -108,6 +108,12 @@ fn heartbeat(ctx: &Context, plane: &Plane, slice: Slice) {
 /// sized for `capacity` sockets (or the table, if larger), not for the table
 /// as it is when a period starts: a shard that starts empty and fills within
 /// its first period would otherwise visit every socket in one tick.
+///
+/// Ticks are due at fixed offsets from the walk's start, not a sleep after
+/// the last one: on a loaded shard each timer fires late, and sleeping a tick
+/// after each visit would stretch the walk by every tick's lateness (a
+/// heartbeat or a token's expiry many periods late). A late walk catches up,
+/// still one slice per loop turn.
 async fn walk(
     plane: Rc<Plane>,
     period: Duration,
@@ -115,12 +121,21 @@ async fn walk(
     capacity: usize,
     mut visit: impl FnMut(Slice),
 ) {
+    let mut start = Instant::now();
     loop {
         let of = Slice::parts(capacity.max(plane.len()), per_tick, period);
         let tick = period / of as u32;
         for index in 0..of {
-            glommio::timer::sleep(tick).await;
+            let due = start + tick * (index as u32 + 1);
+            glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
             visit(Slice { index, of });
+        }
+        // A walk that ended more than a period behind starts the next from
+        // now: catching up on whole missed periods would only burst.
+        start += period;
+        let now = Instant::now();
+        if now.saturating_duration_since(start) > period {
+            start = now;
         }
     }
 }
@@ -304,7 +319,11 @@ pub async fn run(
     let ready = shared.readiness.shard(ctx.id);
     ready.set_redis_synced(true);
     ready.set_serving(true);
-    tracing::info!(cpu = ?ctx.cpu, "shard serving");
+    // An unpinned shard logs no cpu field rather than a null.
+    match ctx.cpu {
+        Some(cpu) => tracing::info!(cpu, "shard serving"),
+        None => tracing::info!(pinned = false, "shard serving"),
+    }
     #[cfg(debug_assertions)]
     let panic_on_accept = debug_panic_shard() == Some(ctx.id);
 
