@@ -237,10 +237,14 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
         .publish(shard.redis(), &channel, &b.message)
         .await
     {
-        // Subscribers are shards (of any process) that hold the channel:
-        // for a room, the shards where it has members.
+        // Redis counts subscriptions, and each shard (of any process)
+        // holding the channel has one: for a room, the shards where it has
+        // members. Sockets are not counted anywhere on the way.
         Ok((offset, n)) => {
-            let mut body = json!({ "status": "accepted", "room": b.room, "subscribers": n });
+            let mut body = json!({ "status": "accepted", "shards": n });
+            if let Some(room) = &b.room {
+                body["room"] = room.as_str().into();
+            }
             if let Some(o) = offset {
                 body["offset"] = o.to_string().into();
             }

@@ -331,7 +331,7 @@ fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
     for (i, (room, owner)) in rooms.iter().enumerate() {
         assert_eq!(subscribers(room, *owner), 2, "room {room} on its master");
         let r = publish(&a, json!({ "message": format!("to {room}"), "room": room }));
-        assert_eq!(r["subscribers"], 2, "{r}");
+        assert_eq!(r["shards"], 2, "{r}");
         let (on_a, on_b) = &mut members[i];
         for c in [on_a, on_b] {
             let f = next_broadcast_frame(c);
@@ -366,7 +366,7 @@ fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
         || (subscribers(&room, to) == 2).then_some(()),
     );
     let r = publish(&b, json!({ "message": "after the move", "room": room }));
-    assert_eq!(r["subscribers"], 2, "{r}");
+    assert_eq!(r["shards"], 2, "{r}");
     let (on_a, on_b) = &mut members[0];
     for c in [on_a, on_b] {
         assert_eq!(next_broadcast_frame(c)["broadcast"], "after the move");

@@ -207,7 +207,7 @@ fn broadcast(c: &Cluster, mut s: TcpStream, body: &[u8]) -> io::Result<()> {
             }
         }
     }
-    let answer = json!({"status": "accepted", "subscribers": n}).to_string();
+    let answer = json!({"status": "accepted", "shards": n}).to_string();
     write!(
         s,
         "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",

@@ -30,8 +30,9 @@ pub enum PostError {
 pub struct Accepted {
     /// Monotonic ns taken right before the request was written.
     pub sent_ns: u64,
-    /// `subscribers` from the 202 body, when it had one.
-    pub subscribers: Option<u64>,
+    /// `shards` from the 202 body (the shards that held the channel), when
+    /// it had one.
+    pub shards: Option<u64>,
 }
 
 /// Publishes `message` (to `room` only, if given) through `node`. The stamp
@@ -80,13 +81,10 @@ pub fn broadcast(
             String::from_utf8_lossy(body).chars().take(200).collect(),
         ));
     }
-    let subscribers = serde_json::from_slice::<serde_json::Value>(body)
+    let shards = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("subscribers").and_then(|s| s.as_u64()));
-    Ok(Accepted {
-        sent_ns,
-        subscribers,
-    })
+        .and_then(|v| v.get("shards").and_then(|s| s.as_u64()));
+    Ok(Accepted { sent_ns, shards })
 }
 
 /// Reads the answer to its end: the request asked the server to close.
@@ -120,7 +118,7 @@ mod tests {
 
     #[test]
     fn answers_parse() {
-        let a = b"HTTP/1.1 202 Accepted\r\nContent-Length: 41\r\n\r\n{\"status\":\"accepted\",\"subscribers\":3}";
+        let a = b"HTTP/1.1 202 Accepted\r\nContent-Length: 41\r\n\r\n{\"status\":\"accepted\",\"shards\":3}";
         let (code, body) = parse_answer(a).unwrap();
         assert_eq!(code, 202);
         assert!(body.starts_with(b"{\"status\""));
@@ -142,7 +140,7 @@ mod tests {
                 assert!(n > 0);
                 req.extend_from_slice(&chunk[..n]);
             }
-            let body = br#"{"status":"accepted","subscribers":2}"#;
+            let body = br#"{"status":"accepted","shards":2}"#;
             write!(
                 s,
                 "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\n\r\n",
@@ -161,7 +159,7 @@ mod tests {
         )
         .unwrap();
         assert!(a.sent_ns >= before);
-        assert_eq!(a.subscribers, Some(2));
+        assert_eq!(a.shards, Some(2));
         let req = server.join().unwrap();
         assert!(req.starts_with("POST /api/broadcast HTTP/1.1\r\n"));
         let body: serde_json::Value =

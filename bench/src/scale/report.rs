@@ -51,7 +51,8 @@ pub struct BroadcastFigures {
     /// Index of the node it was posted to.
     pub node: u32,
     pub accepted: bool,
-    pub subscribers: Option<u64>,
+    /// Shards that held the channel, from the 202.
+    pub shards: Option<u64>,
     /// Sockets that had it when the wait ended.
     pub got: u64,
     /// From the stamp to the last socket's receipt.
@@ -77,7 +78,8 @@ pub struct FanoutFigures {
 pub struct RoomFigures {
     pub room: String,
     pub accepted: bool,
-    pub subscribers: Option<u64>,
+    /// Shards that held the room, from the 202.
+    pub shards: Option<u64>,
     pub members: u64,
     pub delivered: u64,
     pub missing: u64,

@@ -323,7 +323,7 @@ impl Orchestrator<'_> {
             match posted {
                 Ok(a) => {
                     b.accepted = true;
-                    b.subscribers = a.subscribers;
+                    b.shards = a.shards;
                     let what = format!("fanout {}/{}", j + 1, self.spec.args.broadcasts);
                     let cmd = Command::Await {
                         kind: Kind::Fanout,
@@ -408,7 +408,7 @@ impl Orchestrator<'_> {
         )
         .and_then(|a| {
             // Only after the 202: the barrier must be published second.
-            f.subscribers = a.subscribers;
+            f.shards = a.shards;
             http::broadcast(
                 &self.spec.nodes[2 % n],
                 None,
