@@ -375,16 +375,14 @@ fn apply_refuses_to_touch_the_host_without_root() {
     let script = tuning("apply");
     let uid = Command::new("id").arg("-u").output().unwrap();
     let out = if String::from_utf8_lossy(&uid.stdout).trim() == "0" {
-        // Drop to nobody to see the refusal; skip where setpriv is absent.
-        match Command::new("setpriv")
+        // Drop to nobody to see the refusal (setpriv is util-linux's, on
+        // every Debian machine; without it the test fails, never skips).
+        Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(&script)
             .env_remove("ROOT")
             .output()
-        {
-            Ok(out) => out,
-            Err(_) => return eprintln!("running as root without setpriv: skipped"),
-        }
+            .expect("setpriv (util-linux) to drop root")
     } else {
         Command::new(&script).env_remove("ROOT").output().unwrap()
     };

@@ -225,6 +225,18 @@ impl Redis {
         r
     }
 
+    /// One field of `INFO section` (`run_id` of `server`, say); panics
+    /// when the section has no such field.
+    pub fn info(&self, section: &str, field: &str) -> String {
+        let text = self.cli(&["INFO", section]);
+        let prefix = format!("{field}:");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("INFO {section} has no {field}: {text}"))
+            .trim()
+            .to_string()
+    }
+
     /// Whether it was started and not killed.
     pub fn is_running(&self) -> bool {
         self.child.is_some()
