@@ -201,6 +201,8 @@ pub struct ShardMetrics {
     pub message_duration: Histogram,
     pub redis_commands_total: Cell,
     pub redis_errors_total: Cell,
+    /// Commands that found the shard's Redis queue full and waited.
+    pub redis_queue_waits_total: Cell,
     /// Cluster redirects followed (or refused), by [`REDIRECTS`] kind.
     pub redis_redirects: [Cell; REDIRECTS.len()],
     /// Sessions whose count Redis does not have yet.
@@ -327,7 +329,7 @@ type Single = (
     fn(&ShardMetrics) -> u64,
 );
 
-const SUMMED: [Single; 16] = [
+const SUMMED: [Single; 17] = [
     (
         "ws_connections_active",
         GAUGE,
@@ -405,6 +407,12 @@ const SUMMED: [Single; 16] = [
         COUNTER,
         "Redis connection and command errors.",
         |s| s.redis_errors_total.get(),
+    ),
+    (
+        "redis_queue_waits_total",
+        COUNTER,
+        "Redis commands that found the shard's queue full and waited for room.",
+        |s| s.redis_queue_waits_total.get(),
     ),
     (
         "redis_unflushed_sessions",

@@ -290,4 +290,10 @@ fn a_resume_storm_larger_than_the_redis_queue_is_served() {
     wait_for("every socket counted", Duration::from_secs(10), || {
         (server.metric("ws_connections_active") == N as f64).then_some(())
     });
+    // The case this test is for happened: requests waited for room in a
+    // full queue (else it proved nothing about the bound).
+    assert!(
+        server.metric("redis_queue_waits_total") > 0.0,
+        "the storm never filled the shard's Redis queue"
+    );
 }

@@ -149,6 +149,7 @@ impl Link {
         let _slot = match self.inner.slots.try_acquire_permit(1) {
             Ok(p) => p,
             Err(_) => {
+                m.redis_queue_waits_total.inc();
                 let wait = glommio::timer::timeout(REPLY_TIMEOUT, async {
                     Ok(self.inner.slots.acquire_permit(1).await)
                 });
