@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use crate::protocol;
 use crate::redis::replicas::Replicas;
@@ -68,6 +69,11 @@ impl Keys {
 /// Live messages a shard keeps while recoveries run. A recovery that
 /// outlives this many arrivals reports `recovered: false`, never a gap.
 const BRIDGE_MAX: usize = 8192;
+/// How long a recovered socket's floor is kept waiting for a live copy of
+/// what it recovered: far above a pub/sub delivery's latency.
+const FLOOR_TTL: Duration = Duration::from_secs(30);
+/// Floors kept at most, whatever the rate of recoveries.
+const MAX_FLOORS: usize = 16_384;
 
 /// A broadcast's place in the order every node agrees on: its stream id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -276,8 +282,8 @@ pub struct History {
     /// Recovered sockets and the newest offset each already has. A message
     /// published before a recovery read can reach the shard after it (the
     /// reply and the message come on different connections), and must not
-    /// reach that socket twice.
-    floors: RefCell<Vec<(u64, Offset)>>,
+    /// reach that socket twice. In the order they were set, with when.
+    floors: RefCell<Vec<(u64, Offset, Instant)>>,
 }
 
 impl History {
@@ -330,8 +336,25 @@ impl History {
 
     /// Socket `conn` has every message up to `floor`: live copies of those
     /// are not for it.
+    ///
+    /// A floor goes when a later message passes it; with no broadcasts,
+    /// recoveries alone would pile floors up, so each lives `FLOOR_TTL` at
+    /// most (a live copy later than that is a bus that lost it anyway) and
+    /// there are at most `MAX_FLOORS`. A floor dropped early costs at most
+    /// one duplicate frame to one socket, never a lost one.
     pub fn set_floor(&self, conn: u64, floor: Offset) {
-        self.floors.borrow_mut().push((conn, floor));
+        self.set_floor_at(conn, floor, Instant::now());
+    }
+
+    fn set_floor_at(&self, conn: u64, floor: Offset, now: Instant) {
+        let mut floors = self.floors.borrow_mut();
+        let stale = floors
+            .iter()
+            .take_while(|&&(_, _, at)| now.saturating_duration_since(at) >= FLOOR_TTL)
+            .count();
+        let over = (floors.len() - stale + 1).saturating_sub(MAX_FLOORS);
+        floors.drain(..stale + over);
+        floors.push((conn, floor, now));
     }
 
     /// The sockets a live message at `offset` must skip, sorted. Floors
@@ -342,8 +365,8 @@ impl History {
         if floors.is_empty() {
             return Vec::new();
         }
-        floors.retain(|&(_, f)| f >= offset);
-        let mut skip: Vec<u64> = floors.iter().map(|&(c, _)| c).collect();
+        floors.retain(|&(_, f, _)| f >= offset);
+        let mut skip: Vec<u64> = floors.iter().map(|&(c, _, _)| c).collect();
         skip.sort_unstable();
         skip
     }
@@ -629,6 +652,25 @@ mod tests {
         assert_eq!(h.skip(at(4)), [7]);
         assert_eq!(h.skip(at(6)), Vec::<u64>::new());
         assert!(h.floors.borrow().is_empty());
+    }
+
+    #[test]
+    fn floors_with_no_broadcast_to_pass_them_expire_and_stay_bounded() {
+        let h = history();
+        let at = |ms| Offset { ms, seq: 0 };
+        let t0 = Instant::now();
+        h.set_floor_at(1, at(9), t0);
+        h.set_floor_at(2, at(9), t0 + FLOOR_TTL / 2);
+        // The first is past its time when the third comes; the second not.
+        h.set_floor_at(3, at(9), t0 + FLOOR_TTL);
+        assert_eq!(h.skip(at(9)), [2, 3]);
+        // Reconnect churn with no broadcast: never more than the bound.
+        for conn in 10..10 + MAX_FLOORS as u64 + 100 {
+            h.set_floor_at(conn, at(9), t0 + FLOOR_TTL);
+        }
+        assert_eq!(h.floors.borrow().len(), MAX_FLOORS);
+        let skip = h.skip(at(9));
+        assert_eq!(skip.first(), Some(&110), "the oldest went first");
     }
 
     #[test]
