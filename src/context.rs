@@ -1,5 +1,5 @@
 //! A shard's context: the state that its connections, routes and sockets are
-//! handed (settings, metric cells, session store, rooms, history, drain state, limits),
+//! handed (settings, metric cells, session store, rooms, history, the drain, limits),
 //! and nothing that runs. The shard's loop (`shard`) builds it and owns the
 //! tasks; everything below the loop sees only this.
 //!
@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use crate::apikey::ApiKeys;
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::history::History;
 use crate::loggate::LogGate;
 use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
@@ -47,8 +48,7 @@ pub struct Context {
     /// TCP connections open on this shard, against `max_connections`.
     open: Cell<usize>,
     next_conn: Cell<u64>,
-    draining: Cell<bool>,
-    drain_deadline: Cell<Option<Instant>>,
+    drain: Drain,
     /// One log gate per error kind.
     log_gates: [LogGate; ErrorKind::ALL.len()],
 }
@@ -69,8 +69,7 @@ impl Context {
             history,
             open: Cell::new(0),
             next_conn: Cell::new(0),
-            draining: Cell::new(false),
-            drain_deadline: Cell::new(None),
+            drain: Drain::default(),
             log_gates: Default::default(),
         }
     }
@@ -95,20 +94,25 @@ impl Context {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.get()
+        self.drain.is_draining()
     }
 
     /// Marks the shard draining; sockets must be gone by `deadline`.
     pub fn begin_drain(&self, deadline: Instant) {
-        self.drain_deadline.set(Some(deadline));
-        self.draining.set(true);
+        self.drain.begin(deadline);
     }
 
     /// When a draining socket must be gone.
     pub fn drain_deadline(&self) -> Instant {
-        self.drain_deadline
-            .get()
+        self.drain
+            .deadline()
             .unwrap_or_else(|| Instant::now() + self.cfg().shutdown_grace)
+    }
+
+    /// Resolves when no connection of this shard is left in any phase
+    /// (request, upgrade, open socket, close): each holds a [`Slot`].
+    pub async fn connections_gone(&self) {
+        self.drain.until(|| self.open.get() == 0).await
     }
 
     /// A process-unique connection id, for logs and the socket table.
@@ -147,6 +151,10 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get().saturating_sub(1));
+        let left = self.0.open.get().saturating_sub(1);
+        self.0.open.set(left);
+        if left == 0 {
+            self.0.drain.wake();
+        }
     }
 }

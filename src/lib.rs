@@ -12,6 +12,8 @@
 //! - [`ws`]: the WebSocket endpoint: handshake, framing, the shard's socket
 //!   plane, a socket's upgrade and close.
 //! - [`context`]: a shard's state, handed to everything below its loop.
+//! - [`drain`]: a shard's drain: its deadline and the wait for the last
+//!   connection, woken rather than polled.
 //! - [`protocol`]: the JSON payloads of the wire contract.
 //! - [`readiness`]: whether the process should get traffic (`/readyz`).
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
@@ -40,6 +42,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod context;
+pub mod drain;
 pub mod history;
 pub mod http;
 pub mod loggate;

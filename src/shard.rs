@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::future;
 use glommio::net::TcpStream;
-use glommio::sync::Gate;
 use shards::{Control, ShardContext};
 
 use crate::config::RedisTarget;
@@ -211,7 +210,6 @@ pub async fn run(
         pubsub.clone(),
         history,
     ));
-    let gate = Gate::new();
     let plane = match Plane::new(shard.clone()) {
         Ok(p) => p,
         Err(e) => {
@@ -338,7 +336,7 @@ pub async fn run(
                             ctx.id
                         );
                     }
-                    accept_one(&shard, &plane, &gate, stream)
+                    accept_one(&shard, &plane, stream)
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -364,7 +362,7 @@ pub async fn run(
     // to STOP_FLUSH.
     let flush_for = match drain_by {
         Some(by) => {
-            drain(&shard, &plane, &gate, &mut control, by).await;
+            drain(&shard, &plane, &mut control, by).await;
             by.saturating_duration_since(Instant::now())
                 .max(FLUSH_FLOOR)
         }
@@ -391,7 +389,7 @@ fn debug_panic_shard() -> Option<usize> {
         .ok()
 }
 
-fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, gate: &Gate, stream: TcpStream) {
+fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, stream: TcpStream) {
     let Some(slot) = shard.try_open() else {
         shard.metrics().error(ErrorKind::OverCapacity);
         if let Some(unlogged) = shard.log_gate(ErrorKind::OverCapacity) {
@@ -407,16 +405,14 @@ fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, gate: &Gate, stream: TcpSt
     // The connection's task reads the head and answers HTTP, or runs the
     // upgrade up to the welcome and hands the socket to the plane, then
     // ends: an open socket is an entry in the plane's table, not a task.
+    // The slot goes with it to the end of its close: the drain waits for it.
     let plane = plane.clone();
-    if let Ok(task) = gate.spawn(async move { crate::conn::front(slot, &plane, stream).await }) {
-        task.detach();
-    }
+    glommio::spawn_local(async move { crate::conn::front(slot, &plane, stream).await }).detach();
 }
 
 async fn drain(
     shard: &Rc<Context>,
     plane: &Rc<Plane>,
-    gate: &Gate,
     control: &mut shards::ControlReceiver,
     by: Instant,
 ) {
@@ -431,9 +427,9 @@ async fn drain(
     plane.drain();
     let wait = future::or(
         async {
-            // Connections still upgrading, then every socket's goodbye.
-            let _ = gate.close().await;
-            plane.closed().await;
+            // Requests, upgrades, sockets and their goodbyes: each holds
+            // a slot until it is done.
+            shard.connections_gone().await;
             true
         },
         async {

@@ -10,7 +10,7 @@
 //! for the peer's Close run in a short task of their own ([`goodbye::close`]),
 //! so the table only ever holds sockets that are counting.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -175,8 +175,6 @@ pub struct Plane {
     out: RefCell<Vec<u8>>,
     /// Sockets that ended while the table was borrowed.
     ended: RefCell<Vec<(u64, Exit)>>,
-    /// Sockets whose close task has not finished yet.
-    closing: Rc<Cell<usize>>,
     limits: Limits,
 }
 
@@ -213,7 +211,6 @@ impl Plane {
             rx: RefCell::new(vec![0u8; rx_bytes].into_boxed_slice()),
             out: RefCell::new(Vec::with_capacity(4096)),
             ended: RefCell::new(Vec::new()),
-            closing: Rc::new(Cell::new(0)),
             limits,
         }))
     }
@@ -225,14 +222,6 @@ impl Plane {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Waits until the table is empty and every close has finished (the
-    /// drain's end). Polled: it runs once per drain, never on the hot path.
-    pub async fn closed(&self) {
-        while !self.is_empty() || self.closing.get() > 0 {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
-        }
     }
 
     /// Takes an upgraded socket into the table and sends `first` (the 101
@@ -875,13 +864,8 @@ impl Plane {
                 opened,
                 messages,
             };
-            let closing = self.closing.clone();
-            closing.set(closing.get() + 1);
-            glommio::spawn_local(async move {
-                goodbye::close(ended).await;
-                closing.set(closing.get() - 1);
-            })
-            .detach();
+            // The close keeps the socket's slot, so a drain waits for it.
+            glommio::spawn_local(goodbye::close(ended)).detach();
         }
     }
 }
