@@ -121,6 +121,23 @@ impl Verbs {
     pub fn publish(&self, channel: &str, payload: &str) -> redis::Cmd {
         redis::cmd(self.publish).arg(channel).arg(payload).clone()
     }
+
+    /// The event that closes session `id`'s sockets on every shard of
+    /// every process, and where it must be sent.
+    pub fn kick(&self, id: &uuid::Uuid) -> Publish {
+        let event = serde_json::to_string(&crate::protocol::BusEvent::kick(id.to_string()))
+            .unwrap_or_default();
+        Publish {
+            cmd: self.publish(EVENTS_CHANNEL, &event),
+            slot: self.slot(EVENTS_CHANNEL),
+        }
+    }
+}
+
+/// A publish built by [`Verbs`], with the cluster slot it must go to.
+pub struct Publish {
+    pub cmd: redis::Cmd,
+    pub slot: Option<rds::Slot>,
 }
 
 /// Where a received message goes.

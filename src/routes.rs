@@ -12,7 +12,6 @@ use crate::context::Context;
 use crate::context::Shared;
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
-use crate::protocol::BusEvent;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::readiness::State;
 
@@ -183,12 +182,9 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
             Err(_) => http::error(503, "redis_unavailable"),
         },
         "DELETE" => {
-            let event = serde_json::to_string(&BusEvent::kick(id.to_string())).unwrap_or_default();
-            let verbs = shard.pubsub.verbs();
-            let kick = verbs.publish(EVENTS_CHANNEL, &event);
             match shard
                 .store
-                .delete(&id, kick, verbs.slot(EVENTS_CHANNEL))
+                .delete(&id, shard.pubsub.verbs().kick(&id))
                 .await
             {
                 Ok(()) => http::response(204, "application/json", &[], b""),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::pubsub::Publish;
 use crate::redis::replicas::Replicas;
 use crate::redis::{as_u64, Redis, RedisError, Slot, Value};
 use crate::session::Session;
@@ -379,14 +380,9 @@ impl Store {
     /// Deletes session `id` for good: a tombstone for one TTL (so no writer
     /// brings it back) and the hash gone, done once the replicas asked for
     /// hold the tombstone, so a failover cannot bring the session back;
-    /// then `kick` (which closes its live sockets), to `kick_slot`: on a
+    /// then `kick` (which closes its live sockets), to its own slot: on a
     /// cluster the kick's channel is not in the session's slot.
-    pub async fn delete(
-        &self,
-        id: &Uuid,
-        kick: redis::Cmd,
-        kick_slot: Option<Slot>,
-    ) -> Result<(), RedisError> {
+    pub async fn delete(&self, id: &Uuid, kick: Publish) -> Result<(), RedisError> {
         let mut p = redis::pipe();
         p.cmd("SET")
             .arg(tombstone_key(id))
@@ -403,7 +399,7 @@ impl Store {
                 2,
             )
             .await?;
-        self.redis.query(kick_slot, &kick).await.map(|_| ())
+        self.redis.query(kick.slot, &kick.cmd).await.map(|_| ())
     }
 
     /// Writes this session's count now and waits for Redis (close, sync mode).
