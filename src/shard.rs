@@ -139,13 +139,47 @@ async fn walk(
     }
 }
 
-/// The shard's entry point, run by the `shards` runtime on its own core.
+/// The shard's entry point, run by the `shards` runtime on its own core:
+/// wires the shard, starts its tasks, serves until a drain or a stop.
 pub async fn run(
     ctx: ShardContext,
     shared: Arc<Shared>,
     calls: Option<shards::PendingReceiver<crate::api::Call>>,
 ) {
     crate::logging::set_shard(ctx.id);
+    let wired = wire(ctx.id, &shared);
+    let shard = wired.shard.clone();
+    let plane = match Plane::new(shard.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "shard cannot start its socket plane");
+            return;
+        }
+    };
+    glommio::spawn_local(plane.clone().run()).detach();
+    if let Some(calls) = calls {
+        glommio::spawn_local(crate::api::serve(calls.into_async(), shard.clone())).detach();
+    }
+    start_redis(wired, &plane);
+    start_walks(&shard, &plane);
+    glommio::spawn_local(measure_lag(shard.clone())).detach();
+    glommio::spawn_local(flush_every(shard.clone(), shared.cfg.flush_interval)).detach();
+    serve(ctx, &shard, &plane).await;
+}
+
+/// A shard's parts before anything runs: its Redis link, and the context
+/// that holds its store, subscriber and history.
+struct Wired {
+    shard: Rc<Context>,
+    redis: Redis,
+    pubsub: Rc<Subscriber>,
+    target: RedisTarget,
+    switch: Rc<Switch>,
+}
+
+/// Builds shard `id`'s parts from the process's settings; starts only the
+/// Sentinel watch, which the link's first connect needs.
+fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
     let cfg = &shared.cfg;
     // Validated at start, so it parses.
     let target = cfg
@@ -160,7 +194,7 @@ pub async fn run(
             sentinels.clone(),
             shared.redis_tls.clone(),
             master.clone(),
-            ctx.id,
+            id,
             switch.clone(),
         ))
         .detach();
@@ -174,13 +208,13 @@ pub async fn run(
         (init, scripts + 1),
         shared.metrics.clone(),
         shared.readiness.clone(),
-        ctx.id,
+        id,
     );
     let replicas = Rc::new(Replicas::new(cfg.redis_min_replicas));
     let store = Store::new(
         redis.clone(),
         &shared.run_id,
-        ctx.id,
+        id,
         cfg.session_ttl.as_millis() as u64,
         cfg.max_unflushed_sessions,
         replicas.clone(),
@@ -194,7 +228,7 @@ pub async fn run(
         history_on.then(|| keys.offset().into_owned()),
         redis.cluster(),
         shared.metrics.clone(),
-        ctx.id,
+        id,
     );
     let history = History::new(
         cfg.history_size,
@@ -204,117 +238,126 @@ pub async fn run(
         keys,
     );
     let shard = Rc::new(Context::new(
-        ctx.id,
+        id,
         shared.clone(),
         store,
         pubsub.clone(),
         history,
     ));
-    let plane = match Plane::new(shard.clone()) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(error = %e, "shard cannot start its socket plane");
-            return;
-        }
-    };
-    glommio::spawn_local(plane.clone().run()).detach();
-    if let Some(calls) = calls {
-        glommio::spawn_local(crate::api::serve(calls.into_async(), shard.clone())).detach();
+    Wired {
+        shard,
+        redis,
+        pubsub,
+        target,
+        switch,
     }
+}
 
-    glommio::spawn_local(redis.clone().run()).detach();
-    {
-        let (s, p) = (shard.clone(), plane.clone());
-        glommio::spawn_local(pubsub::run(
-            pubsub,
-            target,
-            shared.redis_tls.clone(),
-            switch,
-            move |to, payload| on_bus_event(&s, &p, to, payload),
-        ))
-        .detach();
-    }
+/// The command link's task and the subscription's, whose events reach
+/// the plane's sockets.
+fn start_redis(wired: Wired, plane: &Rc<Plane>) {
+    let Wired {
+        shard,
+        redis,
+        pubsub,
+        target,
+        switch,
+    } = wired;
+    glommio::spawn_local(redis.run()).detach();
+    let tls = shard.shared.redis_tls.clone();
+    let p = plane.clone();
+    glommio::spawn_local(pubsub::run(
+        pubsub,
+        target,
+        tls,
+        switch,
+        move |to, payload| on_bus_event(&shard, &p, to, payload),
+    ))
+    .detach();
+}
+
+/// The heartbeat and the sweep, each a walk over the socket table.
+fn start_walks(shard: &Rc<Context>, plane: &Rc<Plane>) {
+    let cfg = shard.cfg();
     // What one shard may hold, for sizing the walks' slices.
     let capacity = cfg.max_connections;
-    {
-        // A heartbeat is a send per socket: about 64 of them per tick keeps
-        // a tick near a millisecond.
-        let (s, p) = (shard.clone(), plane.clone());
-        let every = cfg.heartbeat_interval;
-        glommio::spawn_local(walk(plane.clone(), every, 64, capacity, move |slice| {
-            heartbeat(&s, &p, slice)
-        }))
-        .detach();
-    }
-    {
-        // The sweep (pings, idle closes, stalled writers) passes over every
-        // socket a few times per idle timeout, instead of a timer per socket
-        // re-armed on every message.
-        let p = plane.clone();
-        let idle = cfg.idle_timeout;
-        let every = if idle.is_zero() {
-            Duration::from_secs(1)
-        } else {
-            (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
-        };
-        glommio::spawn_local(walk(plane.clone(), every, 1024, capacity, move |slice| {
-            p.sweep(Instant::now(), idle, slice)
-        }))
-        .detach();
-    }
-    {
-        // Event-loop lag: how late a 100 ms timer fires. A shard busy for
-        // long stretches (a burst, a slow handler) shows here before its
-        // sockets time out.
-        let s = shard.clone();
-        glommio::spawn_local(async move {
-            const TICK: Duration = Duration::from_millis(100);
-            loop {
-                let t = Instant::now();
-                glommio::timer::sleep(TICK).await;
-                let late = t.elapsed().saturating_sub(TICK);
-                s.metrics().loop_lag_ns.set(late.as_nanos() as u64);
-            }
-        })
-        .detach();
-    }
-    {
-        let s = shard.clone();
-        let every = cfg.flush_interval;
-        glommio::spawn_local(async move {
-            let mut epoch = 0;
-            // On a fixed schedule, so the flush's own duration does not
-            // stretch the promise that counts reach Redis within `every`.
-            let mut next = Instant::now() + every;
-            loop {
-                glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
-                // Fallen behind (Redis slow or away): start from now, no burst.
-                next = (next + every).max(Instant::now());
-                // After a reconnect Redis may have come back empty (a restart
-                // without persistence, a failover): write every live session's
-                // field again. Idempotent, so harmless when nothing was lost.
-                if s.redis().epoch() != epoch && s.redis().is_up() {
-                    if epoch != 0 {
-                        s.store.rewrite_all();
-                    }
-                    epoch = s.redis().epoch();
-                }
-                let clean = s.store.flush().await;
-                // Readiness and cross-shard resumes wait for this: a session
-                // counted during an outage must be findable once we say ready.
-                s.shared
-                    .readiness
-                    .shard(s.id)
-                    .set_redis_synced(clean && s.redis().is_up());
-            }
-        })
-        .detach();
-    }
+    // A heartbeat is a send per socket: about 64 of them per tick keeps a
+    // tick near a millisecond.
+    let (s, p) = (shard.clone(), plane.clone());
+    glommio::spawn_local(walk(
+        plane.clone(),
+        cfg.heartbeat_interval,
+        64,
+        capacity,
+        move |slice| heartbeat(&s, &p, slice),
+    ))
+    .detach();
+    // The sweep (pings, idle closes, stalled writers, expired tokens) passes
+    // over every socket a few times per idle timeout, instead of a timer per
+    // socket re-armed on every message.
+    let p = plane.clone();
+    let idle = cfg.idle_timeout;
+    let every = if idle.is_zero() {
+        Duration::from_secs(1)
+    } else {
+        (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
+    };
+    glommio::spawn_local(walk(plane.clone(), every, 1024, capacity, move |slice| {
+        p.sweep(Instant::now(), idle, slice)
+    }))
+    .detach();
+}
 
+/// Event-loop lag: how late a 100 ms timer fires. A shard busy for long
+/// stretches (a burst, a slow handler) shows here before its sockets time
+/// out.
+async fn measure_lag(shard: Rc<Context>) {
+    const TICK: Duration = Duration::from_millis(100);
+    loop {
+        let t = Instant::now();
+        glommio::timer::sleep(TICK).await;
+        let late = t.elapsed().saturating_sub(TICK);
+        shard.metrics().loop_lag_ns.set(late.as_nanos() as u64);
+    }
+}
+
+/// Writes the counts Redis does not have yet, every `every`, and says
+/// whether Redis holds everything this shard counted.
+async fn flush_every(s: Rc<Context>, every: Duration) {
+    let mut epoch = 0;
+    // On a fixed schedule, so the flush's own duration does not stretch the
+    // promise that counts reach Redis within `every`.
+    let mut next = Instant::now() + every;
+    loop {
+        glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
+        // Fallen behind (Redis slow or away): start from now, no burst.
+        next = (next + every).max(Instant::now());
+        // After a reconnect Redis may have come back empty (a restart
+        // without persistence, a failover): write every live session's
+        // field again. Idempotent, so harmless when nothing was lost.
+        if s.redis().epoch() != epoch && s.redis().is_up() {
+            if epoch != 0 {
+                s.store.rewrite_all();
+            }
+            epoch = s.redis().epoch();
+        }
+        let clean = s.store.flush().await;
+        // Readiness and cross-shard resumes wait for this: a session counted
+        // during an outage must be findable once we say ready.
+        s.shared
+            .readiness
+            .shard(s.id)
+            .set_redis_synced(clean && s.redis().is_up());
+    }
+}
+
+/// Accepts until a drain or a stop, then carries it out: the drain, and
+/// the last flush of counts.
+async fn serve(ctx: ShardContext, shard: &Rc<Context>, plane: &Rc<Plane>) {
     let mut control = ctx.control;
     let listener = ctx.listener;
     // Nothing is buffered yet; a failed connect clears this.
-    let ready = shared.readiness.shard(ctx.id);
+    let ready = shard.shared.readiness.shard(ctx.id);
     ready.set_redis_synced(true);
     ready.set_serving(true);
     // An unpinned shard logs no cpu field rather than a null.
@@ -336,7 +379,7 @@ pub async fn run(
                             ctx.id
                         );
                     }
-                    accept_one(&shard, &plane, stream)
+                    accept_one(shard, plane, stream)
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -362,7 +405,7 @@ pub async fn run(
     // to STOP_FLUSH.
     let flush_for = match drain_by {
         Some(by) => {
-            drain(&shard, &plane, &mut control, by).await;
+            drain(shard, plane, &mut control, by).await;
             by.saturating_duration_since(Instant::now())
                 .max(FLUSH_FLOOR)
         }
