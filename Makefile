@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz
+.PHONY: help build run test setup lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -46,6 +46,9 @@ scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 no
 
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph
+
+vendor-check: ## Prove shards/vendor/glommio is the published glommio 0.9.0 plus shards/vendor/patches and nothing else (crate cached in run/vendor/)
+	scripts/vendor-glommio check
 
 fuzz: ## Fuzz every parser of outside input, FUZZ_SECONDS=60 each, new finds merged into fuzz/seeds (cargo-fuzz, stable + RUSTC_BOOTSTRAP)
 	scripts/fuzz
