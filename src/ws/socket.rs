@@ -33,80 +33,71 @@ fn origin_allowed(allowed: &[String], origin: &str) -> bool {
             .any(|a| a.eq_ignore_ascii_case(origin.trim()))
 }
 
-/// Validates the handshake, opens or resumes the session and sends the 101
-/// with the welcome, and hands the socket to the plane; a refused upgrade
-/// is answered here.
-pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req: Request) {
-    let ctx = slot.ctx().clone();
+/// What an upgrade request asks for, once every check on it has passed.
+struct Ask {
+    /// The handshake's `Sec-WebSocket-Accept`.
+    accept: String,
+    /// The session it resumes, if it names one.
+    requested: Option<uuid::Uuid>,
+    room: Option<String>,
+    since: Option<Offset>,
+    grant: Option<Box<Grant>>,
+    sub: Option<String>,
+}
+
+/// Checks an upgrade request against the shard's settings, with no I/O:
+/// the handshake, the origin, the token and its rooms, the drain, the room
+/// and `since`. A refusal is the whole HTTP answer, its metric counted and
+/// its line logged.
+fn admit(ctx: &Context, req: &Request) -> Result<Ask, Vec<u8>> {
     let m = ctx.metrics();
-    let accept = match handshake::validate(&req) {
-        Ok(a) => a,
-        Err(r) => {
-            m.error(ErrorKind::BadRequest);
-            tracing::info!(status = r.status, reason = r.reason, "upgrade refused");
-            let body = serde_json::json!({ "error": r.reason }).to_string();
-            let _ = stream
-                .write_all(&http::response(
-                    r.status,
-                    "application/json",
-                    r.headers,
-                    body.as_bytes(),
-                ))
-                .await;
-            return;
-        }
-    };
+    let accept = handshake::validate(req).map_err(|r| {
+        m.error(ErrorKind::BadRequest);
+        tracing::info!(status = r.status, reason = r.reason, "upgrade refused");
+        let body = serde_json::json!({ "error": r.reason }).to_string();
+        http::response(r.status, "application/json", r.headers, body.as_bytes())
+    })?;
     if let Some(origin) = req.header("origin") {
         if !origin_allowed(&ctx.cfg().allowed_origins, origin) {
             m.error(ErrorKind::ForbiddenOrigin);
             tracing::info!(origin, "upgrade refused: origin not allowed: 403");
-            let _ = stream
-                .write_all(&http::error(403, "origin not allowed"))
-                .await;
-            return;
+            return Err(http::error(403, "origin not allowed"));
         }
     }
     let identity = match &ctx.cfg().auth_secret {
         None => None,
         Some(secret) => {
-            let token = crate::auth::token_of(&req).unwrap_or("");
-            match crate::auth::verify(secret.as_bytes(), token, crate::auth::unix_now()) {
-                Ok(id) => Some(id),
-                Err(e) => {
+            let token = crate::auth::token_of(req).unwrap_or("");
+            let id = crate::auth::verify(secret.as_bytes(), token, crate::auth::unix_now())
+                .map_err(|e| {
                     m.error(ErrorKind::Unauthorized);
                     tracing::info!(reason = %e, "upgrade refused: 401");
                     let body =
                         serde_json::json!({ "error": "unauthorized", "reason": e.to_string() });
-                    let _ = stream
-                        .write_all(&http::response(
-                            401,
-                            "application/json",
-                            &[("WWW-Authenticate", "Bearer")],
-                            body.to_string().as_bytes(),
-                        ))
-                        .await;
-                    return;
-                }
-            }
+                    http::response(
+                        401,
+                        "application/json",
+                        &[("WWW-Authenticate", "Bearer")],
+                        body.to_string().as_bytes(),
+                    )
+                })?;
+            Some(id)
         }
     };
     let sub = identity.as_ref().and_then(|id| id.sub.clone());
     if ctx.is_draining() {
-        let _ = stream.write_all(&http::error(503, "draining")).await;
-        return;
+        return Err(http::error(503, "draining"));
     }
-    let requested = req.param(&session::ID_PARAMS).and_then(session::parse_id);
     let room = match req.param(&[pubsub::ROOM_PARAM]) {
         None => None,
-        Some(r) => match pubsub::check_room(r) {
-            Ok(()) => Some(r.to_string()),
-            Err(e) => {
+        Some(r) => {
+            pubsub::check_room(r).map_err(|e| {
                 m.error(ErrorKind::BadRequest);
                 tracing::info!(room = r, "upgrade refused: bad room: 400");
-                let _ = stream.write_all(&http::error(400, &e.to_string())).await;
-                return;
-            }
-        },
+                http::error(400, &e.to_string())
+            })?;
+            Some(r.to_string())
+        }
     };
     if let (Some(id), Some(r)) = (&identity, &room) {
         if !id.rooms.allows(r) {
@@ -116,10 +107,18 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
                 "error": "forbidden",
                 "reason": "the token's rooms claim does not name this room",
             });
-            let _ = stream.write_all(&http::json(403, &body)).await;
-            return;
+            return Err(http::json(403, &body));
         }
     }
+    let raw_since = req.param(&[history::SINCE_PARAM]);
+    let since = raw_since
+        .map(str::parse::<Offset>)
+        .transpose()
+        .map_err(|e| {
+            m.error(ErrorKind::BadRequest);
+            tracing::info!(since = raw_since, "upgrade refused: bad since: 400");
+            http::error(400, &e.to_string())
+        })?;
     // Read now, once: the deadline is an Instant from here on.
     let grant = identity.map(|id| {
         let now = std::time::Instant::now();
@@ -128,14 +127,33 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
             expires: crate::auth::deadline(id.exp, crate::auth::unix_now(), now),
         })
     });
-    let raw_since = req.param(&[history::SINCE_PARAM]);
-    let since = match raw_since.map(str::parse::<Offset>) {
-        None => None,
-        Some(Ok(o)) => Some(o),
-        Some(Err(e)) => {
-            m.error(ErrorKind::BadRequest);
-            tracing::info!(since = raw_since, "upgrade refused: bad since: 400");
-            let _ = stream.write_all(&http::error(400, &e.to_string())).await;
+    Ok(Ask {
+        accept,
+        requested: req.param(&session::ID_PARAMS).and_then(session::parse_id),
+        room,
+        since,
+        grant,
+        sub,
+    })
+}
+
+/// Validates the handshake, opens or resumes the session and sends the 101
+/// with the welcome, and hands the socket to the plane; a refused upgrade
+/// is answered here.
+pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req: Request) {
+    let ctx = slot.ctx().clone();
+    let m = ctx.metrics();
+    let Ask {
+        accept,
+        requested,
+        room,
+        since,
+        grant,
+        sub,
+    } = match admit(&ctx, &req) {
+        Ok(ask) => ask,
+        Err(refusal) => {
+            let _ = stream.write_all(&refusal).await;
             return;
         }
     };
@@ -158,39 +176,17 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         }
     };
     let conn = ctx.next_conn_id();
-    let joined = match room.as_deref().map(|r| ctx.pubsub.join(r, conn)) {
+    let room = match room {
         None => None,
-        Some(Ok(j)) => Some(j),
-        Some(Err(e)) => {
-            m.error(ErrorKind::TooManyRooms);
-            if let Some(unlogged) = ctx.log_gate(ErrorKind::TooManyRooms) {
-                tracing::warn!(
-                    limit = ctx.cfg().max_rooms,
-                    unlogged,
-                    "upgrade refused: {e}: 503"
-                );
+        Some(r) => match Box::pin(join_room(&ctx, &r, conn)).await {
+            Some(name) => Some(name),
+            None => {
+                ctx.store.release(&session);
+                let _ = stream.write_all(&http::error(503, "too_many_rooms")).await;
+                return;
             }
-            ctx.store.release(&session);
-            let _ = stream.write_all(&http::error(503, "too_many_rooms")).await;
-            return;
-        }
+        },
     };
-    let room = joined.as_ref().map(|(name, _)| name.clone());
-    if let Some((_, Some(confirmed))) = joined {
-        // Bounded: with the subscription connection down the socket still
-        // opens, and gets the room's broadcasts once it is back.
-        let waited = glommio::timer::timeout(ROOM_JOIN_TIMEOUT, async {
-            let _ = confirmed.await;
-            Ok(())
-        })
-        .await;
-        if waited.is_err() {
-            tracing::warn!(
-                room = room.as_deref(),
-                "room subscription not confirmed in time; opening anyway"
-            );
-        }
-    }
     if resumed {
         m.sessions_resumed_total.inc();
     }
@@ -210,21 +206,14 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
     for text in &recovery.texts {
         codec::encode_text(&mut first, text.as_bytes());
     }
-    // The plane owns a copy of the descriptor; glommio's stream, and any
-    // poll it had armed, goes with this task.
-    // SAFETY: duplicating an open descriptor; the copy is owned below.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    drop(stream);
-    if fd < 0 {
+    let Some(fd) = take_fd(stream) else {
         m.error(ErrorKind::Io);
         if let Some(r) = &room {
             ctx.pubsub.leave(r, conn);
         }
         ctx.store.release(&session);
         return;
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    };
     let up = Upgraded {
         conn,
         fd,
@@ -235,6 +224,54 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         rest,
     };
     plane.adopt(up, &first);
+}
+
+/// The descriptor the plane will own: a copy, since glommio's stream, and
+/// any poll it had armed, goes with the connection's task. None when the
+/// copy fails (out of descriptors).
+fn take_fd(stream: TcpStream) -> Option<OwnedFd> {
+    // SAFETY: duplicating an open descriptor; the copy is owned below.
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    drop(stream);
+    // SAFETY: a fresh descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds socket `conn` to `room` and waits (a bounded time) for Redis to
+/// confirm the room's subscription, so that a client that has its welcome
+/// gets every room broadcast published after it. None when the shard holds
+/// all the rooms it may (`max_rooms`).
+async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<Rc<str>> {
+    let (name, confirmed) = match ctx.pubsub.join(room, conn) {
+        Ok(j) => j,
+        Err(e) => {
+            ctx.metrics().error(ErrorKind::TooManyRooms);
+            if let Some(unlogged) = ctx.log_gate(ErrorKind::TooManyRooms) {
+                tracing::warn!(
+                    limit = ctx.cfg().max_rooms,
+                    unlogged,
+                    "upgrade refused: {e}: 503"
+                );
+            }
+            return None;
+        }
+    };
+    if let Some(confirmed) = confirmed {
+        // Bounded: with the subscription connection down the socket still
+        // opens, and gets the room's broadcasts once it is back.
+        let waited = glommio::timer::timeout(ROOM_JOIN_TIMEOUT, async {
+            let _ = confirmed.await;
+            Ok(())
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                room,
+                "room subscription not confirmed in time; opening anyway"
+            );
+        }
+    }
+    Some(name)
 }
 
 /// What a socket that asked for `since` missed, and what its welcome says
