@@ -293,8 +293,10 @@ impl Default for Config {
 /// Why the configuration was refused. Each prints as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// What clap refused, or what it was asked for instead of a run
+    /// (`--help`, `--version`): its kind tells the two apart.
     #[error("{0}")]
-    Cli(String),
+    Cli(clap::Error),
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -361,9 +363,8 @@ impl Config {
     {
         let matches = Config::command()
             .try_get_matches_from(args)
-            .map_err(|e| ConfigError::Cli(e.to_string()))?;
-        let mut c =
-            Config::from_arg_matches(&matches).map_err(|e| ConfigError::Cli(e.to_string()))?;
+            .map_err(ConfigError::Cli)?;
+        let mut c = Config::from_arg_matches(&matches).map_err(ConfigError::Cli)?;
         // Given on the command line or in the environment, as opposed to
         // defaulted: those win over the file.
         let given = |id: &str| {
