@@ -10,7 +10,10 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 
+mod reference;
 mod rules;
+
+pub use reference::reference_markdown;
 
 /// Exit code for bad configuration (EX_USAGE in sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
