@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check
+.PHONY: help build run test setup lint format docs clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -61,6 +61,9 @@ monitoring-down: ## Stop what monitoring-up started
 
 format: ## Rewrite the sources with rustfmt
 	$(CARGO) fmt --all
+
+docs: ## Regenerate docs/CONFIG.md, every setting, from the Config struct (a test fails while it is stale)
+	$(CARGO) run --quiet --example config_reference
 
 clean: ## Remove build output (keeps run/, the local Redis data)
 	$(CARGO) clean

@@ -10,6 +10,11 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 
+mod reference;
+mod rules;
+
+pub use reference::reference_markdown;
+
 /// Exit code for bad configuration (EX_USAGE in sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -293,8 +298,10 @@ impl Default for Config {
 /// Why the configuration was refused. Each prints as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// What clap refused, or what it was asked for instead of a run
+    /// (`--help`, `--version`): its kind tells the two apart.
     #[error("{0}")]
-    Cli(String),
+    Cli(clap::Error),
     #[error("cannot read config file {path}: {source}")]
     Read {
         path: PathBuf,
@@ -361,9 +368,8 @@ impl Config {
     {
         let matches = Config::command()
             .try_get_matches_from(args)
-            .map_err(|e| ConfigError::Cli(e.to_string()))?;
-        let mut c =
-            Config::from_arg_matches(&matches).map_err(|e| ConfigError::Cli(e.to_string()))?;
+            .map_err(ConfigError::Cli)?;
+        let mut c = Config::from_arg_matches(&matches).map_err(ConfigError::Cli)?;
         // Given on the command line or in the environment, as opposed to
         // defaulted: those win over the file.
         let given = |id: &str| {
@@ -496,23 +502,6 @@ impl Config {
         })
     }
 
-    /// The first Sentinel-only setting given, for a config without Sentinels.
-    fn sentinel_only(&self) -> Option<&'static str> {
-        [
-            (
-                "redis_sentinel_password",
-                self.redis_sentinel_password.is_some(),
-            ),
-            (
-                "redis_sentinel_username",
-                self.redis_sentinel_username.is_some(),
-            ),
-            ("redis_sentinel_tls", self.redis_sentinel_tls),
-        ]
-        .into_iter()
-        .find_map(|(field, given)| given.then_some(field))
-    }
-
     /// Whether any Redis connection is to use TLS, so the process needs
     /// its TLS client.
     pub fn redis_wants_tls(&self) -> bool {
@@ -549,185 +538,15 @@ impl Config {
         out
     }
 
-    /// Refuses settings the service cannot run with.
+    /// Refuses settings the service cannot run with: the first of
+    /// `rules::RULES` that refuses, named by its setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(field: &'static str, msg: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid {
-                field,
-                msg: msg.into(),
-            })
-        }
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
-            return bad(
-                "redis_url",
-                format!("{:?} must start with redis:// or rediss://", self.redis_url),
-            );
-        }
-        RedisAddr::parse(&self.redis_url).map_err(|msg| ConfigError::Invalid {
-            field: "redis_url",
-            msg,
-        })?;
-        // What redis_target can still refuse: a sentinel address, or a
-        // password given twice.
-        let target_field = if !self.redis_cluster.is_empty() {
-            if self.redis_db != 0 {
-                return bad("redis_db", "a Redis Cluster has only database 0");
-            }
-            if let Some(field) = self.sentinel_only() {
-                return bad(field, "is for redis_sentinels");
-            }
-            if self.pubsub == PubsubMode::Sharded && self.history_size > 0 {
-                return bad(
-                    "pubsub",
-                    "sharded on redis_cluster needs history_size 0: history keeps one order in one slot, and a room's channel is in its own; use plain (PUBLISH reaches every node) to keep history",
-                );
-            }
-            "redis_cluster"
-        } else if self.redis_sentinels.is_empty() {
-            if self.redis_db != 0 {
-                return bad(
-                    "redis_db",
-                    "is for redis_sentinels; with redis_url the database is the URL's path (redis://host:port/db)",
-                );
-            }
-            if let Some(field) = self.sentinel_only() {
-                return bad(field, "is for redis_sentinels");
-            }
-            if self.redis_tls && self.redis_url.starts_with("redis://") {
-                return bad(
-                    "redis_tls",
-                    "conflicts with a redis:// URL: write rediss:// for TLS",
-                );
-            }
-            "redis_password"
-        } else {
-            if self.redis_master_name.is_empty() {
-                return bad("redis_master_name", "is needed with redis_sentinels");
-            }
-            "redis_sentinels"
-        };
-        self.redis_target().map_err(|msg| ConfigError::Invalid {
-            field: target_field,
-            msg,
-        })?;
-        if let Some(path) = &self.redis_tls_ca_file {
-            if !self.redis_wants_tls() {
-                return bad(
-                    "redis_tls_ca_file",
-                    "is for TLS: a rediss:// URL, redis_tls or redis_sentinel_tls",
-                );
-            }
-            crate::tls::ca_roots(path).map_err(|e| ConfigError::Invalid {
-                field: "redis_tls_ca_file",
-                msg: e.to_string(),
+        for rule in rules::RULES {
+            (rule.check)(self).map_err(|msg| ConfigError::Invalid {
+                field: rule.field,
+                msg,
             })?;
         }
-        if self.redis_min_replicas > 16 {
-            return bad("redis_min_replicas", "must be at most 16");
-        }
-        if self.color.is_empty()
-            || !self
-                .color
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
-        {
-            return bad(
-                "color",
-                format!("{:?} must be letters, digits, - or _", self.color),
-            );
-        }
-        // Every duration, and whether 0 (off) is allowed.
-        let durations = [
-            ("heartbeat_interval", self.heartbeat_interval, false),
-            ("session_ttl", self.session_ttl, false),
-            ("flush_interval", self.flush_interval, false),
-            ("shutdown_grace", self.shutdown_grace, false),
-            ("handshake_timeout", self.handshake_timeout, false),
-            ("admin_request_timeout", self.admin_request_timeout, false),
-            ("idle_timeout", self.idle_timeout, true),
-            ("history_ttl", self.history_ttl, true),
-            ("drain_retry_after", self.drain_retry_after, true),
-        ];
-        for (field, d, zero_ok) in durations {
-            if d > MAX_DURATION {
-                return bad(field, "must be at most 10 years");
-            }
-            if d.is_zero() && !zero_ok {
-                return bad(field, "must be greater than 0");
-            }
-        }
-        if !self.idle_timeout.is_zero() && self.idle_timeout < Duration::from_secs(1) {
-            return bad("idle_timeout", "must be 0 (off) or at least 1s");
-        }
-        if self.session_ttl < Duration::from_secs(1) {
-            return bad("session_ttl", "must be at least 1s");
-        }
-        if self.max_message_bytes < 125 || self.max_message_bytes > 64 << 20 {
-            return bad("max_message_bytes", "must be between 125 and 67108864");
-        }
-        if self.max_connections == 0 {
-            return bad("max_connections", "must be at least 1");
-        }
-        if let Some(o) = self
-            .allowed_origins
-            .iter()
-            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/'))
-        {
-            return Err(ConfigError::Invalid {
-                field: "allowed_origins",
-                msg: format!("`{o}` is not an origin like https://example.com"),
-            });
-        }
-        if self.auth_secret.as_ref().is_some_and(|k| k.len() < 16) {
-            return bad("auth_secret", "must be at least 16 bytes");
-        }
-        if self.api_key.iter().any(|k| {
-            k.len() < 16 || k.len() > 256 || !k.bytes().all(|b| b.is_ascii_graphic() && b != b',')
-        }) {
-            return bad(
-                "api_key",
-                "each key must be 16 to 256 printable characters, without spaces or commas",
-            );
-        }
-        if self.admin_max_connections == 0 || self.admin_max_connections > 16_384 {
-            return bad("admin_max_connections", "must be between 1 and 16384");
-        }
-        if self.max_header_bytes < 1024 || self.max_header_bytes > 1 << 20 {
-            return bad("max_header_bytes", "must be between 1024 and 1048576");
-        }
-        if self.read_buffer_bytes < 256 || self.read_buffer_bytes > 1 << 20 {
-            return bad("read_buffer_bytes", "must be between 256 and 1048576");
-        }
-        if self.rate_limit > 0 && self.rate_burst == 0 {
-            return bad("rate_burst", "must be at least 1 when rate_limit is on");
-        }
-        if self.max_rooms == 0 {
-            return bad("max_rooms", "must be at least 1");
-        }
-        if self.history_size > 100_000 {
-            return bad(
-                "history_size",
-                "must be at most 100000 (0 turns history off)",
-            );
-        }
-        if self.history_size > 0 && self.history_ttl < Duration::from_secs(1) {
-            return bad("history_ttl", "must be at least 1s while history is on");
-        }
-        if self.outbound_queue == 0 {
-            return bad("outbound_queue", "must be at least 1");
-        }
-        if self.drain_retry_after >= self.shutdown_grace * 10 {
-            return bad(
-                "drain_retry_after",
-                "is implausibly long next to shutdown_grace",
-            );
-        }
-        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
-            ConfigError::Invalid {
-                field: "log_level",
-                msg: e.to_string(),
-            }
-        })?;
         Ok(())
     }
 }

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use shardcast::config::{Config, EXIT_CONFIG};
+use clap::error::ErrorKind;
+use shardcast::config::{Config, ConfigError, EXIT_CONFIG};
 use shardcast::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
@@ -16,8 +17,11 @@ fn main() -> ExitCode {
     shardcast::alloc::tune();
     let cfg = match Config::from_args(std::env::args_os()) {
         Ok(c) => c,
-        Err(shardcast::config::ConfigError::Cli(msg)) if is_help(&msg) => {
-            print!("{msg}");
+        // Asked for, not refused: the text is the answer, on stdout.
+        Err(ConfigError::Cli(e))
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) =>
+        {
+            print!("{e}");
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -40,10 +44,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn is_help(msg: &str) -> bool {
-    msg.starts_with("Sharded") || msg.starts_with("Usage") || msg.starts_with("shardcast ")
 }
 
 fn run(cfg: Config) -> anyhow::Result<ExitCode> {
