@@ -244,15 +244,15 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
             sp.settle = Duration::from_millis(100);
         });
         let r = s.run_one(two, Placement::Unpinned, spec)?;
+        connect.ours.extend(r.connect_all_s);
         if let Some(st) = &r.storm {
-            connect.ours.push(st.connect_all_s);
             resume.ours.push(st.resume_all_s);
         }
         // The peers have no resume: an Idle run times their connects.
         for srv in s.lineup(&[tt2]) {
             let spec = s.spec(Mode::Idle, storm_n, Load::Idle, srv, |sp| sp.procs = 2);
             let r = s.run_one(srv, Placement::Unpinned, spec)?;
-            connect.col(srv).extend(r.connect_ms.map(|c| c.max / 1e3));
+            connect.col(srv).extend(r.connect_all_s);
         }
     }
     figures.extend([connect, resume]);
