@@ -16,6 +16,7 @@
 //! - [`report`]: the summary table, JSON and the HTML page.
 //! - [`chart`]: the report's charts, as SVG for the page and as one PNG.
 //! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
+//! - [`provenance`]: the commit, tree state, date, CPU and kernel of a suite run.
 //! - [`scale`]: the multi-node scale-out test: its phases, on the same engine.
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod epoll;
 pub mod plan;
 pub mod pool;
+pub mod provenance;
 pub mod reply;
 pub mod report;
 pub mod run;
