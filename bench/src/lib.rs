@@ -17,6 +17,7 @@
 //! - [`chart`]: the report's charts, as SVG for the page and as one PNG.
 //! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
 //! - [`provenance`]: the commit, tree state, date, CPU and kernel of a suite run.
+//! - [`goals`]: the suite's figures and the goals set for them, verbatim, with their checks.
 //! - [`scale`]: the multi-node scale-out test: its phases, on the same engine.
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
@@ -24,6 +25,7 @@ pub mod chart;
 pub mod cli;
 pub mod engine;
 pub mod epoll;
+pub mod goals;
 pub mod plan;
 pub mod pool;
 pub mod provenance;
