@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz
+.PHONY: help build run test setup lint format clean load-test bench figures scale-test monitoring-up monitoring-down flamegraph fuzz
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -39,6 +39,10 @@ load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on
 bench: ## Standard suite against fresh release servers and the tt baseline; appends to bench/RESULTS.md
 	$(CARGO) build --release --workspace
 	target/release/shardcast-bench suite $(ARGS)
+
+figures: ## Rewrite the generated figures in README.md and docs/BENCHMARKS.md from bench/results/latest.json
+	$(CARGO) build --release -p shardcast-bench
+	target/release/shardcast-bench figures
 
 scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 nodes, PUBSUB=plain|sharded, REDIS=single|cluster (needs root)
 	$(CARGO) build --release -p shardcast -p shardcast-bench
