@@ -96,7 +96,8 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// The standard suite against fresh servers, appended to bench/RESULTS.md.
+    /// The standard suite against fresh servers, on HEAD's committed tree:
+    /// writes bench/results/latest.json and appends to bench/RESULTS.md.
     Suite(crate::suite::SuiteArgs),
     /// Rewrites the generated figures in README.md and docs/BENCHMARKS.md
     /// (between their `figures:begin` and `figures:end` lines) from

@@ -15,7 +15,7 @@
 //! - [`stats`]: counters, fault kinds and histograms that merge across workers.
 //! - [`report`]: the summary table, JSON and the HTML page.
 //! - [`chart`]: the report's charts, as SVG for the page and as one PNG.
-//! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
+//! - [`suite`]: the standard suite behind `make bench`: its runs, on HEAD's tree.
 //! - [`provenance`]: the commit, tree state, date, CPU and kernel of a suite run.
 //! - [`goals`]: the suite's figures and the goals set for them, verbatim, with their checks.
 //! - [`results`]: a suite run as data, `bench/results/latest.json`.

@@ -54,7 +54,7 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             scrape(shards, rounds.max(1));
             return Ok(ExitCode::SUCCESS);
         }
-        Cmd::Suite(args) => return suite::main(args),
+        Cmd::Suite(args) => return Ok(suite::main(args)?),
         Cmd::Figures(args) => return Ok(figures::main(&args)?),
         Cmd::Scale(args) => return scale_run(&args),
         Cmd::ScaleWorker { plan } => {
