@@ -48,7 +48,7 @@ pub struct SuiteArgs {
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
     /// Socket counts and durations cut down about tenfold, any --repeat:
-    /// checks the suite itself in a minute. Its figures mean little, so it
+    /// checks the suite itself in about two minutes. Its figures mean little, so it
     /// writes nothing under bench/: the table is printed and the JSON kept
     /// as quick.json under --raw.
     #[arg(long)]
