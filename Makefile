@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -36,9 +36,15 @@ load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	N=$(N) DURATION=$(DURATION) scripts/load-test $(ARGS)
 
-bench: ## Standard suite against fresh release servers and the tt baseline; appends to bench/RESULTS.md
+bench: ## Standard suite on HEAD's committed tree (ALLOW_DIRTY=1: a changed tree, marked so): bench/results/latest.json, bench/RESULTS.md, then make figures
 	$(CARGO) build --release --workspace
-	target/release/shardcast-bench suite $(ARGS)
+	@# The figures follow latest.json even when the suite exits 1 on faults; its exit code is kept.
+	target/release/shardcast-bench suite $(if $(filter 1,$(ALLOW_DIRTY)),--allow-dirty) $(ARGS); s=$$?; \
+		target/release/shardcast-bench figures && exit $$s
+
+figures: ## Rewrite the generated figures in README.md and docs/BENCHMARKS.md from bench/results/latest.json
+	$(CARGO) build --release -p shardcast-bench
+	target/release/shardcast-bench figures
 
 scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 nodes, PUBSUB=plain|sharded, REDIS=single|cluster (needs root)
 	$(CARGO) build --release -p shardcast -p shardcast-bench

@@ -96,8 +96,13 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
-    /// The standard suite against fresh servers, appended to bench/RESULTS.md.
+    /// The standard suite against fresh servers, on HEAD's committed tree:
+    /// writes bench/results/latest.json and appends to bench/RESULTS.md.
     Suite(crate::suite::SuiteArgs),
+    /// Rewrites the generated figures in README.md and docs/BENCHMARKS.md
+    /// (between their `figures:begin` and `figures:end` lines) from
+    /// bench/results/latest.json.
+    Figures(crate::figures::FiguresArgs),
     /// Scale-out test of a cluster: fanout, room broadcast, resume on every
     /// node, and a node killed under traffic; exits 1 when an assertion fails.
     Scale(crate::scale::ScaleArgs),

@@ -15,7 +15,12 @@
 //! - [`stats`]: counters, fault kinds and histograms that merge across workers.
 //! - [`report`]: the summary table, JSON and the HTML page.
 //! - [`chart`]: the report's charts, as SVG for the page and as one PNG.
-//! - [`suite`]: the standard suite behind `make bench` and `bench/RESULTS.md`.
+//! - [`suite`]: the standard suite behind `make bench`: its runs, on HEAD's tree.
+//! - [`provenance`]: the commit, tree state, date, CPU and kernel of a suite run.
+//! - [`goals`]: the suite's figures and the goals set for them, verbatim, with their checks.
+//! - [`results`]: a suite run as data, `bench/results/latest.json`.
+//! - [`figures`]: a run's text: its `bench/RESULTS.md` section and the generated blocks of
+//!   README.md and docs/BENCHMARKS.md (`make figures`).
 //! - [`scale`]: the multi-node scale-out test: its phases, on the same engine.
 //! - [`epoll`], [`sys`]: the thin layer over the kernel.
 
@@ -23,10 +28,14 @@ pub mod chart;
 pub mod cli;
 pub mod engine;
 pub mod epoll;
+pub mod figures;
+pub mod goals;
 pub mod plan;
 pub mod pool;
+pub mod provenance;
 pub mod reply;
 pub mod report;
+pub mod results;
 pub mod run;
 pub mod scale;
 pub mod stats;

@@ -8,7 +8,7 @@ use clap::Parser;
 use shardcast_bench::cli::{Cli, Cmd, Common};
 use shardcast_bench::plan::{Load, OnGo, Plan};
 use shardcast_bench::run::{self, Mode, RunSpec};
-use shardcast_bench::{pool, scale, suite, sys, worker};
+use shardcast_bench::{figures, pool, scale, suite, sys, worker};
 
 /// Exit codes: 0 clean run, 1 faults seen, 2 the run could not take place, 64 usage.
 const EXIT_FAULTS: u8 = 1;
@@ -54,7 +54,8 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             scrape(shards, rounds.max(1));
             return Ok(ExitCode::SUCCESS);
         }
-        Cmd::Suite(args) => return suite::main(args),
+        Cmd::Suite(args) => return Ok(suite::main(args)?),
+        Cmd::Figures(args) => return Ok(figures::main(&args)?),
         Cmd::Scale(args) => return scale_run(&args),
         Cmd::ScaleWorker { plan } => {
             scale::worker::main(&plan).context("scale worker")?;

@@ -270,7 +270,6 @@ impl<'a> Coordinator<'a> {
                 self.wait_until(connect_deadline, |w| w.all_ready());
                 // Filled in from the workers' stamps once their results are in.
                 self.storm = Some(StormFigures {
-                    connect_all_s: 0.0,
                     resume_all_s: 0.0,
                     dropped_ns: go,
                 });
@@ -550,6 +549,8 @@ impl<'a> Coordinator<'a> {
             fault_total: faults.total(),
             msgs_per_s,
             connect_ms: Quantiles::of(&connect, 1e6),
+            connect_all_s: (last_open > 0 && first_connect <= last_open)
+                .then(|| secs(last_open - first_connect)),
             reconnect_ms: Quantiles::of(&reconnect, 1e6),
             reconnected_within_1s: (!reconnect.is_empty())
                 .then(|| reconnect.count_between(0, 1_000_000_000) as f64 / reconnect.len() as f64),
@@ -557,7 +558,6 @@ impl<'a> Coordinator<'a> {
             server,
             generator,
             storm: self.storm.take().map(|st| StormFigures {
-                connect_all_s: secs(last_open.saturating_sub(first_connect)),
                 resume_all_s: secs(last_resume.saturating_sub(st.dropped_ns)),
                 ..st
             }),

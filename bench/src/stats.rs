@@ -1,6 +1,7 @@
 //! What a worker counts and records, in a form that crosses the pipe to the
 //! coordinator and merges there: plain counters, a fixed set of fault kinds and
-//! HDR histograms sent as their recorded (value, count) pairs.
+//! HDR histograms sent as their recorded (value, count) pairs; and the spread
+//! (median, min, max) that the suite gives each figure over its runs.
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,34 @@ pub fn merge_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
     }
 }
 
+/// The median and the range of one figure's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// None without a finite value: JSON, where a spread ends up, has no NaN.
+    /// An even count takes the mean of the middle two as its median.
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            _ if n % 2 == 1 => v[n / 2],
+            _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
 /// The end-of-run record of one worker.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkerResult {
@@ -215,6 +244,16 @@ mod tests {
         for q in [0.5, 0.99, 1.0] {
             assert_eq!(back.value_at_quantile(q), h.value_at_quantile(q));
         }
+    }
+
+    #[test]
+    fn spreads_take_the_middle_and_the_ends() {
+        let s = |v: &[f64]| Spread::of(v).map(|s| (s.median, s.min, s.max));
+        assert_eq!(s(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
+        assert_eq!(s(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+        assert_eq!(s(&[7.0]), Some((7.0, 7.0, 7.0)));
+        assert_eq!(s(&[f64::NAN, 5.0, f64::INFINITY]), Some((5.0, 5.0, 5.0)));
+        assert_eq!(s(&[]), None);
     }
 
     #[test]

@@ -1,21 +1,24 @@
 //! The standard suite behind `make bench`: a private redis-server, a fresh
 //! server process for every run (shardcast, and beside it the tokio-tungstenite
-//! baseline and the uWebSockets peer `uws-counter`), each figure repeated, and
-//! the table of medians, bests, ratios and goals appended to `bench/RESULTS.md`
-//! with the machine it ran on.
+//! baseline and the uWebSockets peer `uws-counter`), every figure run in N
+//! rounds with each server once per round, and the outcome written as
+//! `bench/results/latest.json` and a section of `bench/RESULTS.md`, with the
+//! commit, machine and kernel it ran on. It runs HEAD's committed tree only,
+//! unless told otherwise, and then says so everywhere.
 
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-
+use crate::figures::{self, FiguresError};
 use crate::plan::{Load, OnGo, Plan, Target};
-use crate::report::{bytes, Report};
-use crate::run::{self, Mode, RunSpec};
+use crate::provenance::{self, ProvenanceError};
+use crate::report::Report;
+use crate::results::{Collector, Column, Results, ResultsError};
+use crate::run::{self, Mode, RunError, RunSpec};
 use crate::sys;
 use shardcast_kit::process::free_port;
 use shardcast_kit::redis::Redis;
@@ -34,19 +37,53 @@ pub struct SuiteArgs {
     pub uws: PathBuf,
     #[arg(long, default_value = "redis-server")]
     pub redis_server: PathBuf,
-    /// Where the results table is appended.
+    /// Where the run's section is appended.
     #[arg(long, default_value = "bench/RESULTS.md")]
     pub out: PathBuf,
-    /// Runs of each figure; the table shows the median and the best.
+    /// Where the run is written as JSON, for `shardcast-bench figures`.
+    #[arg(long, default_value = figures::LATEST)]
+    pub json: PathBuf,
+    /// Rounds: each figure runs this many times against each server, the
+    /// servers of a round back to back. At least 3.
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
-    /// Socket counts and durations cut down about tenfold: checks the suite
-    /// itself in a minute, its figures mean little.
+    /// Socket counts and durations cut down about tenfold, any --repeat:
+    /// checks the suite itself in about two minutes. Its figures mean little, so it
+    /// writes nothing under bench/: the table is printed and the JSON kept
+    /// as quick.json under --raw.
     #[arg(long)]
     pub quick: bool,
+    /// Run although the tree differs from HEAD; every output then says
+    /// "with local changes".
+    #[arg(long)]
+    pub allow_dirty: bool,
     /// Where each run's JSON report is kept.
     #[arg(long, default_value = "target/bench")]
     pub raw: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuiteError {
+    #[error("--repeat {0}: a figure needs at least 3 runs (fewer only with --quick, at least 1)")]
+    TooFewRuns(u32),
+    #[error(transparent)]
+    Tree(#[from] ProvenanceError),
+    #[error("{0} is missing: build it with `cargo build --release`")]
+    Missing(PathBuf),
+    #[error("the suite's redis-server: {0}")]
+    Redis(String),
+    #[error("pinning the generator: {0}")]
+    Pin(std::io::Error),
+    #[error("starting {0}: {1}")]
+    Start(String, std::io::Error),
+    #[error("{0} did not become ready on {1}")]
+    NotReady(String, SocketAddr),
+    #[error("{0}: {1}")]
+    Run(String, RunError),
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error(transparent)]
+    Figures(#[from] FiguresError),
 }
 
 /// Which server a run is against: shardcast, the tokio-tungstenite baseline,
@@ -58,6 +95,29 @@ enum Server {
     Uws,
 }
 
+const ONE: Server = Server::Shardcast { shards: 1 };
+const TWO: Server = Server::Shardcast { shards: 2 };
+const TT1: Server = Server::Baseline { threads: 1 };
+const TT2: Server = Server::Baseline { threads: 2 };
+
+impl Server {
+    fn column(self) -> Column {
+        match self {
+            Server::Shardcast { .. } => Column::Shardcast,
+            Server::Baseline { .. } => Column::Tt,
+            Server::Uws => Column::Uws,
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Server::Shardcast { shards } => format!("shardcast {shards} shard(s)"),
+            Server::Baseline { threads } => format!("tt {threads} thread(s)"),
+            Server::Uws => "uws".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
     /// Server on CPU 1, generator (and the suite's redis-server) on CPU 0.
@@ -66,37 +126,18 @@ enum Placement {
     Unpinned,
 }
 
-struct Figure {
-    name: String,
-    unit: &'static str,
-    /// Whether a smaller value is better.
-    lower_better: bool,
-    goal: &'static str,
-    /// Goal check on the median, given the peers' medians in the same run.
-    met: Option<Check>,
-    ours: Vec<f64>,
-    baseline: Vec<f64>,
-    uws: Vec<f64>,
-}
-
-impl Figure {
-    /// The column that runs against `server` fill.
-    fn col(&mut self, server: Server) -> &mut Vec<f64> {
-        match server {
-            Server::Shardcast { .. } => &mut self.ours,
-            Server::Baseline { .. } => &mut self.baseline,
-            Server::Uws => &mut self.uws,
-        }
+pub fn main(args: SuiteArgs) -> Result<ExitCode, SuiteError> {
+    if args.repeat == 0 || (args.repeat < 3 && !args.quick) {
+        return Err(SuiteError::TooFewRuns(args.repeat));
     }
-}
-
-pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
+    // First, so that a refused tree costs nothing.
+    let provenance = provenance::establish(args.allow_dirty)?;
+    if provenance.dirty {
+        eprintln!("suite: the tree has local changes: every output says so");
+    }
     for bin in [&args.server, &args.baseline] {
         if !bin.exists() {
-            bail!(
-                "{} is missing: build it with `cargo build --release`",
-                bin.display()
-            );
+            return Err(SuiteError::Missing(bin.clone()));
         }
     }
     let uws = args.uws.is_file();
@@ -109,270 +150,62 @@ pub fn main(args: SuiteArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.raw).ok();
     let started = Instant::now();
     // The suite's own Redis on CPU 0, the generator's.
-    let redis = Redis::start_pinned(args.redis_server.clone(), 0).map_err(anyhow::Error::msg)?;
+    let redis = Redis::start_pinned(args.redis_server.clone(), 0).map_err(SuiteError::Redis)?;
     let mut s = Suite {
         args: &args,
         redis_url: format!("redis://127.0.0.1:{}", redis.port),
         uws,
-        faults: 0,
-        baseline_faults: 0,
-        uws_faults: 0,
+        faults: BTreeMap::new(),
         runs: 0,
+        rec: Collector::new(args.repeat),
     };
-    let q = |full: u32, quick: u32| if args.quick { quick } else { full };
-    let secs = |full: u64, quick: u64| Duration::from_secs(if args.quick { quick } else { full });
-
-    let mut figures = Vec::new();
-    let one = Server::Shardcast { shards: 1 };
-    let two = Server::Shardcast { shards: 2 };
-    let tt1 = Server::Baseline { threads: 1 };
-    let tt2 = Server::Baseline { threads: 2 };
-
-    // 1. Idle memory.
-    let idle_n = q(19_000, 2_000);
-    let mut f = lower("idle: userspace bytes per socket", "B")
-        .goal("≤ 1 KiB, then ≤ 512 B", |v, _| v <= 1024.0);
-    let per_socket = |r: &Report| r.server.as_ref()?.bytes_per_socket;
-    for _ in 0..args.repeat {
-        for srv in s.lineup(&[one, tt1]) {
-            let spec = s.spec(Mode::Idle, idle_n, Load::Idle, srv, |sp| {
-                sp.duration = secs(3, 1);
-            });
-            let r = s.run_one(srv, Placement::Pinned, spec)?;
-            f.col(srv).extend(per_socket(&r));
-        }
+    s.faults.insert(Column::Shardcast, 0);
+    s.faults.insert(Column::Tt, 0);
+    if uws {
+        s.faults.insert(Column::Uws, 0);
     }
-    figures.push(f);
-
-    // 2. Server CPU per reply, closed loop, 100 sockets: one core, then two.
-    let tp = |s: &Suite, srv| {
-        s.spec(
-            Mode::Throughput,
-            100,
-            Load::Closed { window: 8 },
-            srv,
-            |sp| {
-                (sp.duration, sp.warmup) = (secs(5, 2), Duration::from_secs(1));
-            },
-        )
-    };
-    let per_reply = |r: &Report| r.server.as_ref()?.cpu_us_per_reply;
-    let rps = |r: &Report| Some(r.msgs_per_s);
-    let mut cpu1 = lower("throughput, 1 shard pinned: server µs per reply", "µs").vs_uws();
-    let mut rps1 = higher("throughput, 1 shard pinned: replies/s", "/s");
-    let mut cpu2 = lower("throughput, 2 shards unpinned: server µs per reply", "µs")
-        .goal("≤ tt in the same run", |v, p| {
-            p.tt.is_some_and(|t| v <= t)
-        });
-    let mut rps2 = higher("throughput, 2 shards unpinned: replies/s", "/s");
-    let mut gen1 = lower("throughput, 1 shard pinned: generator µs per reply", "µs")
-        .goal("≤ 2 µs", |v, _| v <= 2.0);
-    let gen_per_reply = |r: &Report| r.generator.cpu_us_per_reply;
-    for _ in 0..args.repeat {
-        for srv in s.lineup(&[one, tt1]) {
-            let r = s.run_one(srv, Placement::Pinned, tp(&s, srv))?;
-            cpu1.col(srv).extend(per_reply(&r));
-            rps1.col(srv).extend(rps(&r));
-            gen1.col(srv).extend(gen_per_reply(&r));
-        }
-        // uws has one thread only: it sits out the 2-shard figures.
-        for srv in [two, tt2] {
-            let r = s.run_one(srv, Placement::Unpinned, tp(&s, srv))?;
-            cpu2.col(srv).extend(per_reply(&r));
-            rps2.col(srv).extend(rps(&r));
-        }
-    }
-    // Two shards cannot show their throughput on a 2-CPU box whose other
-    // CPU runs the generator; what a shard count changes is the CPU each
-    // reply costs. Same per-reply cost on 2 shards as on 1 means 2 cores
-    // give twice the replies of 1.
-    let mut scale = higher(
-        "2 shards vs 1: replies/s ratio on this box (the generator shares the 2 CPUs)",
-        "x",
-    );
-    scale.ours = ratios(&rps2.ours, &rps1.ours, 1.0);
-    scale.baseline = ratios(&rps2.baseline, &rps1.baseline, 1.0);
-    let mut per_core = higher(
-        "2 shards vs 1: scaling from per-reply CPU (2 × µs on 1 shard ÷ µs on 2)",
-        "x",
-    )
-    .goal("≥ 1.8x", |v, _| v >= 1.8);
-    per_core.ours = ratios(&cpu1.ours, &cpu2.ours, 2.0);
-    per_core.baseline = ratios(&cpu1.baseline, &cpu2.baseline, 2.0);
-    figures.extend([cpu1, rps1, gen1, cpu2, rps2, scale, per_core]);
-
-    // 3. Open-loop round trips at 10K sockets, pinned, one shard or thread
-    // each: the layout the goals are stated for.
-    let rate_n = q(10_000, 1_000);
-    let rate = if args.quick { 2_000.0 } else { 20_000.0 };
-    let [mut p50, mut p99, mut p999] = ["p50", "p99", "p99.9"].map(|q| {
-        lower(
-            &format!("rate 10K sockets, 20K msgs/s, 1 shard pinned: RTT {q}"),
-            "µs",
-        )
-        .vs_uws()
-    });
-    let mut rcpu = lower("rate: server µs per reply", "µs").vs_uws();
-    let mut rgen = lower("rate: generator µs per reply", "µs");
-    for _ in 0..args.repeat {
-        for srv in s.lineup(&[one, tt1]) {
-            let spec = s.spec(Mode::Rate, rate_n, Load::Open { rate }, srv, |sp| {
-                sp.duration = secs(10, 3);
-            });
-            let r = s.run_one(srv, Placement::Pinned, spec)?;
-            let q = r.rtt_us;
-            p50.col(srv).extend(q.map(|q| q.p50));
-            p99.col(srv).extend(q.map(|q| q.p99));
-            p999.col(srv).extend(q.map(|q| q.p999));
-            rcpu.col(srv).extend(per_reply(&r));
-            rgen.col(srv).extend(gen_per_reply(&r));
-        }
-    }
-    figures.extend([p50, p99, p999, rcpu, rgen]);
-
-    // 4. Storm: connect all at once, drop, resume from Redis.
-    let storm_n = q(10_000, 1_000);
-    let mut connect =
-        lower("storm 10K: all connected", "s").goal("no later than uws, no failures", at_most_uws);
-    let mut resume = lower("storm 10K: all resumed from Redis, counts exact", "s")
-        .goal("≤ 2 s", |v, _| v <= 2.0);
-    for _ in 0..args.repeat {
-        // Two workers: one connect() runs a whole loopback TCP handshake
-        // (about 50 µs here), so one generator process would time itself.
-        let spec = s.spec(Mode::Storm, storm_n, Load::Idle, two, |sp| {
-            (sp.procs, sp.plan.prime, sp.plan.on_go) = (2, 3, OnGo::DropAndResume);
-            sp.settle = Duration::from_millis(100);
-        });
-        let r = s.run_one(two, Placement::Unpinned, spec)?;
-        if let Some(st) = &r.storm {
-            connect.ours.push(st.connect_all_s);
-            resume.ours.push(st.resume_all_s);
-        }
-        // The peers have no resume: an Idle run times their connects.
-        for srv in s.lineup(&[tt2]) {
-            let spec = s.spec(Mode::Idle, storm_n, Load::Idle, srv, |sp| sp.procs = 2);
-            let r = s.run_one(srv, Placement::Unpinned, spec)?;
-            connect.col(srv).extend(r.connect_ms.map(|c| c.max / 1e3));
-        }
-    }
-    figures.extend([connect, resume]);
-
-    // 5. Drain.
-    let mut drain = lower("drain 10K: SIGTERM to last close", "s")
-        .goal("≤ 1 s, all with goodbye", |v, _| v <= 1.0);
-    let mut share = higher("drain 10K: goodbye + 1001 share", "%").goal("100%", |v, _| v >= 100.0);
-    let mut exit = lower("drain 10K: SIGTERM to process exit", "s");
-    for _ in 0..args.repeat {
-        let spec = s.spec(Mode::Drain, storm_n, Load::Idle, two, |sp| {
-            (sp.procs, sp.plan.on_go) = (2, OnGo::ExpectDrain);
-        });
-        let r = s.run_one(two, Placement::Unpinned, spec)?;
-        if let Some(d) = &r.drain {
-            drain.ours.push(d.last_close_s);
-            share.ours.push(d.goodbye_share * 100.0);
-            exit.ours.extend(d.exit_s);
-        }
-    }
-    figures.extend([drain, share, exit]);
-
-    // 6. The original service's load test, once.
-    let mix_n = q(10_000, 1_000);
-    let mut mix_p99 = lower("mix 10K for 60 s: reply RTT p99", "µs");
-    let mut mix_rate = higher("mix 10K for 60 s: replies/s", "/s");
-    let load = Load::Mix {
-        chatter_share: 0.8,
-        churn: 0.0,
-    };
-    let spec = s.spec(Mode::Mix, mix_n, load, two, |sp| {
-        (sp.plan.connect_rate, sp.plan.reconnect) = (2_000.0, true);
-        sp.duration = secs(60, 5);
-    });
-    let r = s.run_one(two, Placement::Unpinned, spec)?;
-    mix_p99.ours.extend(r.rtt_us.map(|q| q.p99));
-    mix_rate.ours.push(r.msgs_per_s);
-    figures.extend([mix_p99, mix_rate]);
-
+    s.idle()?;
+    s.closed()?;
+    s.rate()?;
+    s.storm()?;
+    s.drain()?;
+    s.mix()?;
     drop(redis);
-    let faults = Faults {
-        ours: s.faults,
-        baseline: s.baseline_faults,
-        uws: s.uws.then_some(s.uws_faults),
-    };
-    let table = render(&args, &figures, started.elapsed(), &faults);
-    println!("{table}");
-    append(&args.out, &table)?;
-    eprintln!(
-        "suite: {} runs in {:.0} s, faults: {}; appended to {}",
-        s.runs,
-        started.elapsed().as_secs_f64(),
-        faults,
-        args.out.display()
-    );
-    Ok(if s.faults == 0 {
+    let ours = s.faults[&Column::Shardcast];
+    let runs = s.runs;
+    let took = started.elapsed().as_secs_f64();
+    let results = s.rec.finish(provenance, args.quick, took, s.faults);
+    write(&args, &results)?;
+    eprintln!("suite: {runs} runs in {took:.0} s");
+    Ok(if ours == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
 }
 
-/// A goal check: shardcast's median against the peers' medians.
-type Check = fn(f64, Peers) -> bool;
-
-/// The peers' medians of one figure in one run.
-#[derive(Debug, Clone, Copy)]
-struct Peers {
-    tt: Option<f64>,
-    uws: Option<f64>,
-}
-
-/// The data plane's goal: at or below uWebSockets in the same run.
-fn at_most_uws(v: f64, p: Peers) -> bool {
-    p.uws.is_some_and(|u| v <= u)
-}
-
-/// A figure where a smaller value is better, with no goal yet.
-fn lower(name: &str, unit: &'static str) -> Figure {
-    Figure {
-        name: name.to_string(),
-        unit,
-        lower_better: true,
-        goal: "",
-        met: None,
-        ours: Vec::new(),
-        baseline: Vec::new(),
-        uws: Vec::new(),
+/// Prints the section; a full run also writes latest.json and appends the
+/// section to RESULTS.md, a quick one keeps its JSON with the raw reports.
+fn write(args: &SuiteArgs, results: &Results) -> Result<(), SuiteError> {
+    let section = figures::section(results);
+    println!("{section}");
+    if args.quick {
+        let path = args.raw.join("quick.json");
+        results.save(&path)?;
+        eprintln!(
+            "suite: quick run: nothing written under bench/; JSON in {}",
+            path.display()
+        );
+        return Ok(());
     }
-}
-
-fn higher(name: &str, unit: &'static str) -> Figure {
-    Figure {
-        lower_better: false,
-        ..lower(name, unit)
-    }
-}
-
-impl Figure {
-    fn goal(self, goal: &'static str, met: Check) -> Figure {
-        Figure {
-            goal,
-            met: Some(met),
-            ..self
-        }
-    }
-
-    /// The data plane's goal.
-    fn vs_uws(self) -> Figure {
-        self.goal("≤ uws in the same run", at_most_uws)
-    }
-}
-
-/// `k · a / b`, pair by pair, skipping zero denominators.
-fn ratios(a: &[f64], b: &[f64], k: f64) -> Vec<f64> {
-    a.iter()
-        .zip(b)
-        .filter(|(_, d)| **d > 0.0)
-        .map(|(n, d)| k * n / d)
-        .collect()
+    results.save(&args.json)?;
+    figures::append_section(&args.out, &section)?;
+    eprintln!(
+        "suite: wrote {} and appended to {}; `make figures` puts it in the README",
+        args.json.display(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 struct Suite<'a> {
@@ -380,16 +213,29 @@ struct Suite<'a> {
     redis_url: String,
     /// Whether the uws binary is there to run.
     uws: bool,
-    /// Faults in runs against shardcast: these fail the suite.
-    faults: u64,
-    /// Faults in runs against the baseline: reported, not failing.
-    baseline_faults: u64,
-    /// Faults in runs against uws: reported, not failing.
-    uws_faults: u64,
+    /// Faults per server; those against shardcast fail the suite.
+    faults: BTreeMap<Column, u64>,
     runs: u32,
+    rec: Collector,
 }
 
 impl Suite<'_> {
+    fn rounds(&self) -> usize {
+        self.args.repeat as usize
+    }
+
+    fn q(&self, full: u32, quick: u32) -> u32 {
+        if self.args.quick {
+            quick
+        } else {
+            full
+        }
+    }
+
+    fn secs(&self, full: u64, quick: u64) -> Duration {
+        Duration::from_secs(if self.args.quick { quick } else { full })
+    }
+
     /// `servers`, then uws when its binary is there.
     fn lineup(&self, servers: &[Server]) -> Vec<Server> {
         let mut v = servers.to_vec();
@@ -397,6 +243,154 @@ impl Suite<'_> {
             v.push(Server::Uws);
         }
         v
+    }
+
+    /// Records figure `id` of a run of `srv` in `round`.
+    fn put(&mut self, id: &'static str, round: usize, srv: Server, v: Option<f64>, r: &Report) {
+        self.rec.put(id, round, srv.column(), v, r.fault_total);
+    }
+
+    fn idle(&mut self) -> Result<(), SuiteError> {
+        let n = self.q(19_000, 2_000);
+        let hold = self.secs(3, 1);
+        for round in 0..self.rounds() {
+            for srv in self.lineup(&[ONE, TT1]) {
+                let spec = self.spec(Mode::Idle, n, Load::Idle, srv, |sp| sp.duration = hold);
+                let r = self.run_one(srv, Placement::Pinned, spec)?;
+                let v = r.server.as_ref().and_then(|s| s.bytes_per_socket);
+                self.put("idle_bytes", round, srv, v, &r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Server CPU per reply, closed loop, 100 sockets: one core, then two.
+    fn closed(&mut self) -> Result<(), SuiteError> {
+        let (duration, warmup) = (self.secs(5, 2), Duration::from_secs(1));
+        for round in 0..self.rounds() {
+            let tp = |s: &Suite, srv| {
+                let load = Load::Closed { window: 8 };
+                s.spec(Mode::Throughput, 100, load, srv, |sp| {
+                    (sp.duration, sp.warmup) = (duration, warmup);
+                })
+            };
+            for srv in self.lineup(&[ONE, TT1]) {
+                let r = self.run_one(srv, Placement::Pinned, tp(self, srv))?;
+                let server_cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_reply);
+                self.put("closed_cpu", round, srv, server_cpu, &r);
+                self.put("closed_rps", round, srv, Some(r.msgs_per_s), &r);
+                self.put("closed_gen", round, srv, r.generator.cpu_us_per_reply, &r);
+            }
+            // uws has one thread only: it sits out the 2-shard figures.
+            for srv in [TWO, TT2] {
+                let r = self.run_one(srv, Placement::Unpinned, tp(self, srv))?;
+                let server_cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_reply);
+                self.put("closed2_cpu", round, srv, server_cpu, &r);
+                self.put("closed2_rps", round, srv, Some(r.msgs_per_s), &r);
+            }
+            // Two shards cannot show their throughput on a 2-CPU box whose
+            // other CPU runs the generator; what a shard count changes is the
+            // CPU each reply costs. Same per-reply cost on 2 shards as on 1
+            // means 2 cores give twice the replies of 1.
+            for col in [Column::Shardcast, Column::Tt] {
+                let get = |id| self.rec.get(id, round, col).filter(|v| *v > 0.0);
+                let rps = get("closed2_rps")
+                    .zip(get("closed_rps"))
+                    .map(|(a, b)| a / b);
+                let cpu = get("closed_cpu")
+                    .zip(get("closed2_cpu"))
+                    .map(|(a, b)| 2.0 * a / b);
+                self.rec.put("scale_rps", round, col, rps, 0);
+                self.rec.put("scale_cpu", round, col, cpu, 0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Open-loop round trips at 10K sockets, pinned, one shard or thread
+    /// each: the layout the goals are stated for.
+    fn rate(&mut self) -> Result<(), SuiteError> {
+        let n = self.q(10_000, 1_000);
+        let rate = if self.args.quick { 2_000.0 } else { 20_000.0 };
+        let duration = self.secs(10, 3);
+        for round in 0..self.rounds() {
+            for srv in self.lineup(&[ONE, TT1]) {
+                let spec = self.spec(Mode::Rate, n, Load::Open { rate }, srv, |sp| {
+                    sp.duration = duration;
+                });
+                let r = self.run_one(srv, Placement::Pinned, spec)?;
+                let q = r.rtt_us;
+                self.put("rate_p50", round, srv, q.map(|q| q.p50), &r);
+                self.put("rate_p99", round, srv, q.map(|q| q.p99), &r);
+                self.put("rate_p999", round, srv, q.map(|q| q.p999), &r);
+                let server_cpu = r.server.as_ref().and_then(|s| s.cpu_us_per_reply);
+                self.put("rate_cpu", round, srv, server_cpu, &r);
+                self.put("rate_gen", round, srv, r.generator.cpu_us_per_reply, &r);
+            }
+        }
+        Ok(())
+    }
+
+    /// Connect all at once; shardcast's sockets are then dropped and resume
+    /// from Redis. Every server's figure is the same span, first connect to
+    /// last welcome.
+    fn storm(&mut self) -> Result<(), SuiteError> {
+        let n = self.q(10_000, 1_000);
+        for round in 0..self.rounds() {
+            // Two workers: one connect() runs a whole loopback TCP handshake
+            // (about 50 µs here), so one generator process would time itself.
+            let spec = self.spec(Mode::Storm, n, Load::Idle, TWO, |sp| {
+                (sp.procs, sp.plan.prime, sp.plan.on_go) = (2, 3, OnGo::DropAndResume);
+                sp.settle = Duration::from_millis(100);
+            });
+            let r = self.run_one(TWO, Placement::Unpinned, spec)?;
+            self.put("storm_connect", round, TWO, r.connect_all_s, &r);
+            let resume = r.storm.as_ref().map(|st| st.resume_all_s);
+            self.put("storm_resume", round, TWO, resume, &r);
+            // The peers have no resume: an Idle run times their connects.
+            for srv in self.lineup(&[TT2]) {
+                let spec = self.spec(Mode::Idle, n, Load::Idle, srv, |sp| sp.procs = 2);
+                let r = self.run_one(srv, Placement::Unpinned, spec)?;
+                self.put("storm_connect", round, srv, r.connect_all_s, &r);
+            }
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self) -> Result<(), SuiteError> {
+        let n = self.q(10_000, 1_000);
+        for round in 0..self.rounds() {
+            let spec = self.spec(Mode::Drain, n, Load::Idle, TWO, |sp| {
+                (sp.procs, sp.plan.on_go) = (2, OnGo::ExpectDrain);
+            });
+            let r = self.run_one(TWO, Placement::Unpinned, spec)?;
+            let d = r.drain.as_ref();
+            self.put("drain_close", round, TWO, d.map(|d| d.last_close_s), &r);
+            let share = d.map(|d| d.goodbye_share * 100.0);
+            self.put("drain_goodbye", round, TWO, share, &r);
+            self.put("drain_exit", round, TWO, d.and_then(|d| d.exit_s), &r);
+        }
+        Ok(())
+    }
+
+    /// The original service's load test.
+    fn mix(&mut self) -> Result<(), SuiteError> {
+        let n = self.q(10_000, 1_000);
+        let duration = self.secs(60, 5);
+        let load = Load::Mix {
+            chatter_share: 0.8,
+            churn: 0.0,
+        };
+        for round in 0..self.rounds() {
+            let spec = self.spec(Mode::Mix, n, load, TWO, |sp| {
+                (sp.plan.connect_rate, sp.plan.reconnect) = (2_000.0, true);
+                sp.duration = duration;
+            });
+            let r = self.run_one(TWO, Placement::Unpinned, spec)?;
+            self.put("mix_p99", round, TWO, r.rtt_us.map(|q| q.p99), &r);
+            self.put("mix_rps", round, TWO, Some(r.msgs_per_s), &r);
+        }
+        Ok(())
     }
 
     fn spec(
@@ -425,7 +419,7 @@ impl Suite<'_> {
         server: Server,
         place: Placement,
         mut spec: RunSpec,
-    ) -> anyhow::Result<Report> {
+    ) -> Result<Report, SuiteError> {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut child = self.start_server(server, place, addr)?;
@@ -435,11 +429,11 @@ impl Suite<'_> {
             Placement::Pinned => &[0],
             Placement::Unpinned => &[0, 1],
         };
-        sys::pin_to(gen_cpus).context("pinning the generator")?;
+        sys::pin_to(gen_cpus).map_err(SuiteError::Pin)?;
         let label = format!(
             "{} {} ({}, {} sockets)",
             spec.mode.name(),
-            server_label(server),
+            server.label(),
             if place == Placement::Pinned {
                 "pinned"
             } else {
@@ -453,25 +447,29 @@ impl Suite<'_> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let _ = wait_with_timeout(&mut child, Duration::from_secs(30));
-        let report = result.with_context(|| label.clone())?;
+        let report = result.map_err(|e| SuiteError::Run(label.clone(), e))?;
         self.runs += 1;
-        *match server {
-            Server::Shardcast { .. } => &mut self.faults,
-            Server::Baseline { .. } => &mut self.baseline_faults,
-            Server::Uws => &mut self.uws_faults,
-        } += report.fault_total;
+        *self.faults.entry(server.column()).or_default() += report.fault_total;
         if !report.ok() {
             eprintln!("suite: {label}: faults {:?}", report.faults);
         }
+        self.keep(&spec, server, &label, &report);
+        Ok(report)
+    }
+
+    /// Keeps the run's JSON, page and charts under --raw, for reading a run
+    /// afterwards; a run stands without them.
+    fn keep(&self, spec: &RunSpec, server: Server, label: &str, report: &Report) {
         let stem = self.args.raw.join(format!(
             "{:02}-{}-{}",
             self.runs,
             spec.mode.name(),
-            server_label(server).replace(' ', "-")
+            server.label().replace(' ', "-")
         ));
         let file = |ext: &str| stem.with_extension(ext);
-        let _ = std::fs::write(file("json"), serde_json::to_vec_pretty(&report)?);
-        // The charts are for reading a run afterwards; a run stands without them.
+        if let Ok(json) = serde_json::to_vec_pretty(report) {
+            let _ = std::fs::write(file("json"), json);
+        }
         match report.html().and_then(|h| Ok((h, report.png()?))) {
             Ok((html, png)) => {
                 let _ = std::fs::write(file("html"), html);
@@ -479,7 +477,6 @@ impl Suite<'_> {
             }
             Err(e) => eprintln!("suite: {label}: no charts: {e}"),
         }
-        Ok(report)
     }
 
     fn start_server(
@@ -487,7 +484,7 @@ impl Suite<'_> {
         server: Server,
         place: Placement,
         addr: SocketAddr,
-    ) -> anyhow::Result<Child> {
+    ) -> Result<Child, SuiteError> {
         let mut cmd = match place {
             Placement::Pinned => {
                 let mut c = Command::new("taskset");
@@ -537,25 +534,17 @@ impl Suite<'_> {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("starting {}", server_label(server)))?;
-        let ready = match server {
-            Server::Shardcast { .. } => wait_ready(addr, "/readyz", Duration::from_secs(20)),
-            Server::Baseline { .. } | Server::Uws => wait_ready(addr, "", Duration::from_secs(20)),
+            .map_err(|e| SuiteError::Start(server.label(), e))?;
+        let path = match server {
+            Server::Shardcast { .. } => "/readyz",
+            Server::Baseline { .. } | Server::Uws => "",
         };
-        if !ready {
+        if !wait_ready(addr, path, Duration::from_secs(20)) {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{} did not become ready on {addr}", server_label(server));
+            return Err(SuiteError::NotReady(server.label(), addr));
         }
         Ok(child)
-    }
-}
-
-fn server_label(s: Server) -> String {
-    match s {
-        Server::Shardcast { shards } => format!("shardcast {shards} shard(s)"),
-        Server::Baseline { threads } => format!("tt {threads} thread(s)"),
-        Server::Uws => "uws".into(),
     }
 }
 
@@ -594,255 +583,35 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::io::Result<()> 
     child.wait().map(|_| ())
 }
 
-pub fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    Some(if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
-}
-
-fn best(v: &[f64], lower_better: bool) -> Option<f64> {
-    let it = v.iter().copied();
-    if lower_better {
-        it.min_by(f64::total_cmp)
-    } else {
-        it.max_by(f64::total_cmp)
-    }
-}
-
-fn fmt_value(v: Option<f64>, unit: &str) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if unit == "B" => bytes(v),
-        Some(v) if unit == "/s" => format!("{v:.0}/s"),
-        Some(v) if unit == "%" => format!("{v:.2}%"),
-        Some(v) if unit == "x" => format!("{v:.2}x"),
-        Some(v) if unit == "s" => format!("{v:.3} s"),
-        Some(v) => format!("{v:.2} {unit}"),
-    }
-}
-
-/// Fault totals per server; `uws` is None when its runs were skipped.
-struct Faults {
-    ours: u64,
-    baseline: u64,
-    uws: Option<u64>,
-}
-
-impl std::fmt::Display for Faults {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} against shardcast, {} against tt",
-            self.ours, self.baseline
-        )?;
-        match self.uws {
-            Some(n) => write!(f, ", {n} against uws"),
-            None => write!(f, ", uws skipped"),
-        }
-    }
-}
-
-fn render(args: &SuiteArgs, figures: &[Figure], took: Duration, faults: &Faults) -> String {
-    let mut s = String::new();
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let dirty = Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .ok()
-        .is_some_and(|o| !o.stdout.is_empty());
-    let when = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let _ = writeln!(
-        s,
-        "\n## {when} · commit {commit}{} · {cpu} × {cpus} · Linux {kernel}{}\n",
-        if dirty { " (with local changes)" } else { "" },
-        if args.quick {
-            " · QUICK (reduced sizes)"
-        } else {
-            ""
-        }
-    );
-    let uws = match faults.uws {
-        Some(_) => "uws: uWebSockets peer `uws-counter`, one thread.".to_string(),
-        None => format!("uws: skipped, {} is missing.", args.uws.display()),
-    };
-    let _ = writeln!(
-        s,
-        "{} runs per figure (median, best in brackets); suite took {:.0} s; faults: {faults}. \
-         Pinned: server on CPU 1, generator and redis-server on CPU 0. \
-         tt: tokio-tungstenite 0.30 baseline, 4 KiB buffers. {uws}\n",
-        args.repeat,
-        took.as_secs_f64()
-    );
-    s.push_str(
-        "| figure | shardcast | tt | uws | shardcast / tt | shardcast / uws | goal | met |\n\
-         |---|---|---|---|---|---|---|---|\n",
-    );
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
-        _ => "-".into(),
-    };
-    for f in figures {
-        let (mo, mb, mu) = (median(&f.ours), median(&f.baseline), median(&f.uws));
-        let cell = |v: &[f64], m: Option<f64>| {
-            if v.len() > 1 {
-                format!(
-                    "{} ({})",
-                    fmt_value(m, f.unit),
-                    fmt_value(best(v, f.lower_better), f.unit)
-                )
-            } else {
-                fmt_value(m, f.unit)
-            }
-        };
-        let met = match (f.met, mo) {
-            (Some(check), Some(v)) => {
-                if check(v, Peers { tt: mb, uws: mu }) {
-                    "yes"
-                } else {
-                    "**no**"
-                }
-            }
-            _ => "",
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            f.name,
-            cell(&f.ours, mo),
-            cell(&f.baseline, mb),
-            cell(&f.uws, mu),
-            ratio(mo, mb),
-            ratio(mo, mu),
-            f.goal,
-            met
-        );
-    }
-    s
-}
-
-fn append(path: &PathBuf, table: &str) -> anyhow::Result<()> {
-    let header = "# Bench results\n\nAppended by `make bench` (`shardcast-bench suite`): each section is one run \
-                  of the standard suite on the machine it names. Compare figures only within a section: \
-                  the machines this runs on change speed between runs.\n";
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    if f.metadata()?.len() == 0 {
-        f.write_all(header.as_bytes())?;
-    }
-    f.write_all(table.as_bytes())?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
-    #[test]
-    fn medians_and_bests() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
-        assert_eq!(median(&[]), None);
-        assert_eq!(best(&[3.0, 1.0, 2.0], true), Some(1.0));
-        assert_eq!(best(&[3.0, 1.0, 2.0], false), Some(3.0));
-    }
-
-    #[test]
-    fn ratios_skip_zero_denominators() {
-        assert_eq!(
-            ratios(&[4.0, 6.0, 1.0], &[2.0, 0.0, 2.0], 1.0),
-            vec![2.0, 0.5]
-        );
-        assert_eq!(ratios(&[3.0], &[2.0], 2.0), vec![3.0]);
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        suite: SuiteArgs,
     }
 
     #[test]
     fn each_server_fills_its_own_column() {
-        let mut f = lower("f", "µs");
-        f.col(Server::Shardcast { shards: 1 }).push(1.0);
-        f.col(Server::Baseline { threads: 2 }).push(2.0);
-        f.col(Server::Uws).push(3.0);
-        assert_eq!(
-            (f.ours, f.baseline, f.uws),
-            (vec![1.0], vec![2.0], vec![3.0])
-        );
+        assert_eq!(ONE.column(), Column::Shardcast);
+        assert_eq!(TT2.column(), Column::Tt);
+        assert_eq!(Server::Uws.column(), Column::Uws);
     }
 
     #[test]
-    fn uws_goals_need_uws_in_the_run() {
-        let with = Peers {
-            tt: Some(1.0),
-            uws: Some(10.0),
-        };
-        assert!(at_most_uws(10.0, with));
-        assert!(!at_most_uws(10.5, with));
-        assert!(!at_most_uws(
-            1.0,
-            Peers {
-                tt: None,
-                uws: None
-            }
-        ));
-    }
-
-    #[test]
-    fn faults_name_uws_or_its_skip() {
-        let mut f = Faults {
-            ours: 0,
-            baseline: 1,
-            uws: Some(2),
-        };
-        assert_eq!(
-            f.to_string(),
-            "0 against shardcast, 1 against tt, 2 against uws"
-        );
-        f.uws = None;
-        assert_eq!(
-            f.to_string(),
-            "0 against shardcast, 1 against tt, uws skipped"
-        );
-    }
-
-    #[test]
-    fn values_print_in_their_units() {
-        assert_eq!(fmt_value(Some(10_600.0), "B"), "10.6 KB");
-        assert_eq!(fmt_value(Some(0.2345), "s"), "0.234 s");
-        assert_eq!(fmt_value(Some(1.825), "x"), "1.82x");
-        assert_eq!(fmt_value(None, "µs"), "-");
+    fn fewer_than_three_rounds_are_for_quick_runs_only() {
+        let args = |a: &[&str]| Cli::parse_from([&["suite"], a].concat()).suite;
+        let two = args(&["--repeat", "2"]);
+        assert!(matches!(main(two), Err(SuiteError::TooFewRuns(2))));
+        let zero = args(&["--repeat", "0", "--quick"]);
+        assert!(matches!(main(zero), Err(SuiteError::TooFewRuns(0))));
+        let text = SuiteError::TooFewRuns(2).to_string();
+        assert!(text.contains("at least 3 runs"), "{text}");
+        let d = args(&[]);
+        assert_eq!((d.repeat, d.quick, d.allow_dirty), (3, false, false));
+        assert_eq!(d.json, PathBuf::from("bench/results/latest.json"));
     }
 }
