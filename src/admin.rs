@@ -213,6 +213,12 @@ async fn route(admin: &Admin, req: Request) -> Vec<u8> {
     if !page && !routes::is_api(&req.path) {
         return http::error(404, "not found");
     }
+    // The console's page holds nothing, and a browser cannot send a key
+    // with a page load: it is served wherever the API is, and asks for the
+    // key itself.
+    if page && !matches!(admin.access, Access::Off) {
+        return routes::console();
+    }
     if let Err(why) = admin.access.check(&req) {
         let denial = Denial::from(why);
         admin.shared.metrics.app.admin_denials[denial as usize].inc();
@@ -220,9 +226,6 @@ async fn route(admin: &Admin, req: Request) -> Vec<u8> {
             tracing::info!(path = %req.path, reason = why.as_str(), unlogged, "admin API call refused: {}", why.status());
         }
         return routes::denied(why);
-    }
-    if page {
-        return routes::console();
     }
     forward(admin, req).await
 }

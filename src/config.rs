@@ -77,8 +77,8 @@ pub struct Config {
     #[arg(long, env = "SHARDCAST_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     /// Admin address for /metrics, /healthz and /readyz, and for the server
-    /// API and the console (open here only while this is a loopback address
-    /// and no api_key is set; behind the key otherwise). Served by a thread
+    /// API (open here only while this is a loopback address and no api_key
+    /// is set; behind the key otherwise) and its console. Served by a thread
     /// of its own that stays up through a drain (the shards' listeners close
     /// when it starts). `off`: no admin listener.
     #[arg(long, env = "SHARDCAST_ADMIN_LISTEN", default_value = "127.0.0.1:9180")]

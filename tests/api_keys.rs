@@ -184,8 +184,9 @@ fn with_a_key_the_admin_listener_wants_it_too() {
         http_with(admin, "POST", "/api/broadcast", &key(NEW), body).0,
         202
     );
-    // Probes and metrics stay open on the admin listener.
-    for path in ["/healthz", "/readyz", "/metrics"] {
+    // Probes and metrics stay open on the admin listener, and the console's
+    // page (its calls need the key, which it asks for).
+    for path in ["/healthz", "/readyz", "/metrics", "/"] {
         assert_eq!(http_with(admin, "GET", path, "", "").0, 200, "{path}");
     }
     let (_, m) = http_with(admin, "GET", "/metrics", "", "");
