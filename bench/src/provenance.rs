@@ -40,6 +40,19 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// A fixed one, for the unit tests of everything that prints it.
+    #[cfg(test)]
+    pub fn sample() -> Provenance {
+        Provenance {
+            commit: "196cb85".into(),
+            dirty: false,
+            date: "2026-12-03 22:17 UTC".into(),
+            cpu: "AMD EPYC 7B13".into(),
+            cpus: 2,
+            kernel: "6.18.44".into(),
+        }
+    }
+
     /// The commit as every output names it.
     pub fn commit_label(&self) -> String {
         if self.dirty {
@@ -154,14 +167,7 @@ mod tests {
 
     #[test]
     fn a_changed_tree_says_so_wherever_it_is_named() {
-        let mut p = Provenance {
-            commit: "196cb85".into(),
-            dirty: false,
-            date: "2026-12-03 22:17 UTC".into(),
-            cpu: "AMD EPYC 7B13".into(),
-            cpus: 2,
-            kernel: "6.18.44".into(),
-        };
+        let mut p = Provenance::sample();
         assert_eq!(p.commit_label(), "196cb85");
         assert_eq!(p.machine(), "AMD EPYC 7B13 × 2");
         p.dirty = true;

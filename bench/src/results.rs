@@ -366,14 +366,7 @@ pub(crate) fn example() -> Results {
     for (r, v) in [0.839, 0.838, 0.9].into_iter().enumerate() {
         c.put("storm_resume", r, Column::Shardcast, Some(v), 0);
     }
-    let provenance = Provenance {
-        commit: "196cb85".into(),
-        dirty: false,
-        date: "2026-12-03 22:17 UTC".into(),
-        cpu: "AMD EPYC 7B13".into(),
-        cpus: 2,
-        kernel: "6.18.44".into(),
-    };
+    let provenance = Provenance::sample();
     let faults = [(Column::Shardcast, 0), (Column::Tt, 0), (Column::Uws, 0)].into();
     c.finish(provenance, false, 339.0, faults)
 }
