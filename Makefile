@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check docker-test
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -31,6 +31,10 @@ lint: ## rustfmt check and clippy with warnings as errors, the workspace and fuz
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+
+docker-test: ## Build docker/Dockerfile, run compose.yml's Redis, blue, green and nginx: smoke, promote, image checks (Docker, else podman; installs it when root)
+	$(CARGO) build -p shardcast-bench
+	scripts/docker-test
 
 load-test: ## The original load test: N=6000 sockets, mix mode, DURATION=60s, on :8080 (starts a server if none); report and PNG in run/load-test/
 	$(CARGO) build --release -p shardcast -p shardcast-bench
