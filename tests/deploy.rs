@@ -20,12 +20,12 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// shardcast-bench, built beside this crate's binary by `cargo test --workspace`.
+/// shardcast-bench, built beside this crate's binary by `cargo test --workspace --features shardcast/full-tier`.
 fn bench_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_shardcast")).with_file_name("shardcast-bench");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `make test` (cargo test --workspace)",
+        "{} is missing: run the tests with `make test` (cargo test --workspace --features shardcast/full-tier)",
         bin.display()
     );
     bin

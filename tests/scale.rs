@@ -15,12 +15,12 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/scale-test")
 }
 
-/// shardcast-bench, built beside this crate's binary by `cargo test --workspace`.
+/// shardcast-bench, built beside this crate's binary by `cargo test --workspace --features shardcast/full-tier`.
 fn bench_bin() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_shardcast")).with_file_name("shardcast-bench");
     assert!(
         bin.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (make test)",
+        "{} is missing: run the tests with `cargo test --workspace --features shardcast/full-tier` (make test)",
         bin.display()
     );
     bin

@@ -15,6 +15,8 @@ use serde_json::Value;
 pub use shardcast_kit::process::*;
 pub use shardcast_kit::redis::*;
 
+pub mod mem;
+
 /// The session id of a welcome frame.
 pub fn session_id(welcome: &Value) -> String {
     welcome["session_id"]

@@ -7,7 +7,10 @@
 //!   broken client would), server frames in.
 //! - [`process`]: free ports, polling for readiness, throwaway directories.
 //! - [`redis`]: real `redis-server`s, clusters and Sentinels on free ports.
+//! - [`memredis`]: an in-memory Redis for the fast test tier, which needs
+//!   no `redis-server`.
 
+pub mod memredis;
 pub mod process;
 pub mod redis;
 pub mod wire;
