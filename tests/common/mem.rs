@@ -3,7 +3,7 @@
 //! shards are threads of the test) on `127.0.0.1:0`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use shardcast::store::FLUSH_SCRIPT;
@@ -55,16 +55,26 @@ pub fn mem_redis() -> MemRedis {
         .start()
 }
 
+/// One in-process server at a time per test binary: each shard's io_uring
+/// rings are locked memory, and a user's default memlock limit (8 MiB) holds
+/// one two-shard server, not four started by parallel tests. (Root is not
+/// limited, so this shows only when the tier runs as a user.)
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A server in this process, ready, with [`TEST_API_KEY`] and no history (the
 /// in-memory Redis has no streams); dropping it drains it.
 pub struct InProcess {
     server: Option<Server>,
     pub addr: SocketAddr,
+    /// Released after the server drained (fields drop after `drop`).
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl InProcess {
     /// `args` come after the fixture's own and win over them.
     pub fn start(redis: &MemRedis, args: &[&str]) -> InProcess {
+        // A test that failed while holding its turn must not fail the rest.
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let url = redis.url();
         let mut argv = vec![
             "shardcast",
@@ -92,6 +102,7 @@ impl InProcess {
         InProcess {
             server: Some(server),
             addr,
+            _turn: turn,
         }
     }
 
