@@ -313,7 +313,6 @@ impl Subscriber {
         }
     }
 
-    /// A push from Redis: a message for `on_message`, or a confirmation.
     /// A push from Redis on `lane`: a message for `on_message`, or a
     /// confirmation, or word that Redis dropped a subscription.
     pub(super) fn on_push(
