@@ -10,12 +10,12 @@
 //!
 //! Map of the folder:
 //!
-//! - [`room`]: channel names and the rules for room names;
-//! - [`verbs`]: the plain and sharded command sets, and the publishes they
+//! - `room`: channel names and the rules for room names;
+//! - `verbs`: the plain and sharded command sets, and the publishes they
 //!   build;
-//! - [`subscriber`]: a shard's rooms, their members and which connection
+//! - `subscriber`: a shard's rooms, their members and which connection
 //!   each channel rides;
-//! - [`lane`]: the subscription connection(s) that [`run`] holds for the
+//! - `lane`: the subscription connection(s) that [`run`] holds for the
 //!   shard's life.
 
 mod lane;
