@@ -107,72 +107,9 @@ async fn finish(
     } else {
         unsent
     };
-    let (code, wait_until) = match exit {
-        Exit::PeerClose(code) => {
-            let code = code.unwrap_or(1000);
-            codec::encode_text(&mut out, protocol::bye(session.count()).as_bytes());
-            codec::encode_close(&mut out, code, "");
-            (code, None)
-        }
-        Exit::Drain => {
-            let retry = ctx.retry_after_ms();
-            codec::encode_text(
-                &mut out,
-                protocol::bye_shutdown(session.count(), retry).as_bytes(),
-            );
-            codec::encode_close(&mut out, 1001, "server shutting down");
-            (1001, Some(ctx.drain_deadline()))
-        }
-        Exit::Invalid(e) => {
-            m.error(error_kind(*e));
-            tracing::info!(code = e.code(), reason = e.reason(), "closing on bad input");
-            codec::encode_close(&mut out, e.code(), e.reason());
-            (e.code(), Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::Kick => {
-            codec::encode_close(&mut out, 1008, "session deleted");
-            (1008, Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::SlowReader => {
-            m.error(ErrorKind::SlowReader);
-            tracing::info!("closing a slow reader: its backlog passed the bound");
-            codec::encode_close(&mut out, 1008, "slow reader");
-            (1008, None)
-        }
-        Exit::Idle => {
-            m.error(ErrorKind::IdleTimeout);
-            tracing::info!(
-                idle_s = ctx.cfg().idle_timeout.as_secs(),
-                "closing a silent socket"
-            );
-            codec::encode_text(&mut out, protocol::bye_idle(session.count()).as_bytes());
-            codec::encode_close(&mut out, 1001, "idle timeout");
-            (1001, Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::TokenExpired => {
-            m.denied(Denial::TokenExpired);
-            tracing::info!("closing a socket whose token expired: 4001");
-            let bye = protocol::bye_token(session.count(), "token_expired", None);
-            codec::encode_text(&mut out, bye.as_bytes());
-            codec::encode_close(&mut out, 4001, "token expired");
-            (4001, Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::TokenRefused(why) => {
-            m.denied(Denial::RefreshRefused);
-            tracing::info!(reason = why, "refresh refused: closing with 4001");
-            let bye = protocol::bye_token(session.count(), "token_refused", Some(why));
-            codec::encode_text(&mut out, bye.as_bytes());
-            codec::encode_close(&mut out, 4001, "token refused");
-            (4001, Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::RateLimited => {
-            codec::encode_close(&mut out, 1008, "rate limit exceeded");
-            (1008, Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::Gone => {
-            m.close(1006);
-            return 1006;
-        }
+    let Some((code, wait_until)) = farewell(ctx, session, exit, &mut out) else {
+        m.close(1006);
+        return 1006;
     };
     m.close(code);
     // Bounded: a peer that stopped reading must not hold the task for
@@ -188,6 +125,84 @@ async fn finish(
     }
     let _ = stream.close().await;
     code
+}
+
+/// Writes into `out` what a socket is told as it leaves for `exit` (a
+/// goodbye where the contract has one, then Close), counts and logs why, and
+/// returns the close code and how long to wait for the client's Close. None:
+/// the peer is gone, nothing can be told.
+fn farewell(
+    ctx: &Context,
+    session: &Session,
+    exit: &Exit,
+    out: &mut Vec<u8>,
+) -> Option<(u16, Option<Instant>)> {
+    let m = ctx.metrics();
+    let out = &mut *out;
+    Some(match exit {
+        Exit::PeerClose(code) => {
+            let code = code.unwrap_or(1000);
+            codec::encode_text(out, protocol::bye(session.count()).as_bytes());
+            codec::encode_close(out, code, "");
+            (code, None)
+        }
+        Exit::Drain => {
+            let retry = ctx.retry_after_ms();
+            codec::encode_text(
+                out,
+                protocol::bye_shutdown(session.count(), retry).as_bytes(),
+            );
+            codec::encode_close(out, 1001, "server shutting down");
+            (1001, Some(ctx.drain_deadline()))
+        }
+        Exit::Invalid(e) => {
+            m.error(error_kind(*e));
+            tracing::info!(code = e.code(), reason = e.reason(), "closing on bad input");
+            codec::encode_close(out, e.code(), e.reason());
+            (e.code(), Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::Kick => {
+            codec::encode_close(out, 1008, "session deleted");
+            (1008, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::SlowReader => {
+            m.error(ErrorKind::SlowReader);
+            tracing::info!("closing a slow reader: its backlog passed the bound");
+            codec::encode_close(out, 1008, "slow reader");
+            (1008, None)
+        }
+        Exit::Idle => {
+            m.error(ErrorKind::IdleTimeout);
+            tracing::info!(
+                idle_s = ctx.cfg().idle_timeout.as_secs(),
+                "closing a silent socket"
+            );
+            codec::encode_text(out, protocol::bye_idle(session.count()).as_bytes());
+            codec::encode_close(out, 1001, "idle timeout");
+            (1001, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::TokenExpired => {
+            m.denied(Denial::TokenExpired);
+            tracing::info!("closing a socket whose token expired: 4001");
+            let bye = protocol::bye_token(session.count(), "token_expired", None);
+            codec::encode_text(out, bye.as_bytes());
+            codec::encode_close(out, 4001, "token expired");
+            (4001, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::TokenRefused(why) => {
+            m.denied(Denial::RefreshRefused);
+            tracing::info!(reason = why, "refresh refused: closing with 4001");
+            let bye = protocol::bye_token(session.count(), "token_refused", Some(why));
+            codec::encode_text(out, bye.as_bytes());
+            codec::encode_close(out, 4001, "token refused");
+            (4001, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::RateLimited => {
+            codec::encode_close(out, 1008, "rate limit exceeded");
+            (1008, Some(Instant::now() + CLOSE_WAIT))
+        }
+        Exit::Gone => return None,
+    })
 }
 
 async fn await_peer_close(stream: &mut TcpStream, until: Instant) {
