@@ -20,7 +20,7 @@ use crate::loggate::LogGate;
 use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
 use crate::pubsub::Subscriber;
 use crate::readiness::Readiness;
-use crate::redis::Redis;
+use crate::redis::{Redis, RedisTarget};
 use crate::store::Store;
 
 /// What every shard may read: set at start; only `readiness` changes after.
@@ -29,6 +29,8 @@ pub struct Shared {
     pub cfg: Config,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Where every shard's Redis client finds Redis, from the settings.
+    pub redis_target: RedisTarget,
     /// The TLS client every shard's Redis links share.
     pub redis_tls: crate::redis::stream::Tls,
     /// Random per process start; names this process's writer fields in Redis.

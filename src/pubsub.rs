@@ -20,13 +20,12 @@ use futures_channel::oneshot;
 use futures_lite::future;
 
 use crate::config::PubsubMode;
-use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
 use crate::redis::backoff::Backoff;
 use crate::redis::cluster::Cluster;
 use crate::redis::sentinel::Switch;
 use crate::redis::stream::Tls;
-use crate::redis::{self as rds, Value};
+use crate::redis::{self as rds, RedisAddr, RedisTarget, Value};
 
 /// The channel of whole-service events ([`crate::protocol::BusEvent`]).
 pub const EVENTS_CHANNEL: &str = "shardcast:events";

@@ -13,7 +13,6 @@ use futures_lite::future;
 use glommio::net::TcpStream;
 use shards::{Control, ShardContext};
 
-use crate::config::RedisTarget;
 use crate::context::{Context, Shared};
 use crate::history::{self, History, Offset};
 use crate::metrics::ErrorKind;
@@ -21,7 +20,7 @@ use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
 use crate::redis::replicas::Replicas;
 use crate::redis::sentinel::{self, Switch};
-use crate::redis::Redis;
+use crate::redis::{Redis, RedisTarget};
 use crate::store::Store;
 use crate::ws::codec;
 use crate::ws::plane::{Plane, Slice};
@@ -181,10 +180,7 @@ struct Wired {
 /// Sentinel watch, which the link's first connect needs.
 fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
     let cfg = &shared.cfg;
-    // Validated at start, so it parses.
-    let target = cfg
-        .redis_target()
-        .expect("the redis settings were validated");
+    let target = shared.redis_target.clone();
     let switch = Rc::new(Switch::default());
     if let RedisTarget::Sentinel {
         sentinels, master, ..

@@ -24,8 +24,7 @@ use redis::ServerErrorKind;
 use super::link::{Link, LinkState};
 use super::sentinel::Switch;
 use super::stream::Tls;
-use super::{wire, RedisError, Value};
-use crate::config::{RedisAddr, RedisTarget};
+use super::{wire, RedisAddr, RedisError, RedisTarget, Value};
 use crate::metrics::{Metrics, REFUSED};
 use crate::readiness::Readiness;
 
@@ -673,7 +672,11 @@ mod tests {
 
     #[test]
     fn a_slots_reply_maps_every_slot_to_its_master() {
-        let asked = RedisAddr::parse("redis://:pw@10.0.0.1:7000").unwrap();
+        let asked = RedisAddr {
+            password: Some("pw".into()),
+            ..RedisAddr::default()
+        }
+        .at("10.0.0.1".into(), 7000);
         let reply = Value::Array(vec![
             Value::Array(vec![
                 Value::Int(0),
@@ -712,7 +715,7 @@ mod tests {
     #[test]
     fn redirects_are_read_from_error_replies() {
         let v = |s: &[u8]| redis::parse_redis_value(s).unwrap();
-        let at = |port| RedisAddr::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let at = |port| RedisAddr::default().at("127.0.0.1".into(), port);
         assert_eq!(
             redirect(
                 &[v(b"-MOVED 3999 127.0.0.1:6381\r\n")],
@@ -794,7 +797,7 @@ mod tests {
             );
         }
         // A stale map taking in a redirect keeps to its table.
-        let asked = RedisAddr::parse("redis://10.0.0.1:7000").unwrap();
+        let asked = RedisAddr::default().at("10.0.0.1".into(), 7000);
         let reply = Value::Array(vec![Value::Array(vec![
             Value::Int(0),
             Value::Int(16383),
@@ -815,7 +818,7 @@ mod tests {
     /// more ranges than slots is refused before any is read.
     #[test]
     fn a_slots_reply_cannot_overflow_the_table() {
-        let asked = RedisAddr::parse("redis://10.0.0.1:7000").unwrap();
+        let asked = RedisAddr::default().at("10.0.0.1".into(), 7000);
         let ranges = |n: usize| {
             Value::Array(
                 (0..n)
@@ -837,7 +840,7 @@ mod tests {
         let mut map = full.clone();
         map.masters.resize(NONE as usize, asked.clone());
         let before = map.clone();
-        map.moved(Slot(5), RedisAddr::parse("redis://10.9.9.9:1").unwrap());
+        map.moved(Slot(5), RedisAddr::default().at("10.9.9.9".into(), 1));
         assert_eq!(map, before, "a full table takes no new master");
     }
 

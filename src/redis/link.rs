@@ -20,8 +20,7 @@ use super::backoff::Backoff;
 use super::sentinel::Switch;
 use super::stream::{Stream, Tls};
 use super::wire::{RespReader, REPLY_TIMEOUT};
-use super::{connect_master, RedisError, Value};
-use crate::config::{RedisAddr, RedisTarget};
+use super::{connect_master, RedisAddr, RedisError, RedisTarget, Value};
 use crate::metrics::Metrics;
 
 /// Requests queued or in flight, per link. A caller past this waits for a

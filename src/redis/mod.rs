@@ -10,6 +10,7 @@
 //! slot. The shard's pub/sub connection, which rides on the same reader, is
 //! [`crate::pubsub`].
 //!
+//! - `addr`: where Redis is, as the client is given it;
 //! - [`stream`]: a connection's bytes, plain or TLS, and the process's
 //!   one TLS client;
 //! - `wire`: the RESP reader, a connect to one address (`AUTH` as its ACL
@@ -20,6 +21,7 @@
 //! - [`replicas`]: the `WAIT` after a write, for `--redis-min-replicas`;
 //! - `connect_master`: a connection to whichever server is master now.
 
+mod addr;
 pub mod backoff;
 pub mod cluster;
 pub mod link;
@@ -31,9 +33,9 @@ pub(crate) mod wire;
 use std::rc::Rc;
 use std::sync::Arc;
 
+pub use addr::{RedisAddr, RedisTarget};
 pub use redis::Value;
 
-use crate::config::{RedisAddr, RedisTarget};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use cluster::Cluster;

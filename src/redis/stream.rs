@@ -16,8 +16,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::wire::REPLY_TIMEOUT;
-use super::RedisError;
-use crate::config::{Config, RedisAddr};
+use super::{RedisAddr, RedisError};
+use crate::config::Config;
 use crate::tls::{ca_roots, TlsError};
 
 /// The process's TLS client, or none when no Redis link uses TLS. Built
