@@ -202,8 +202,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         shared.redis_tls.clone(),
         switch.clone(),
         (init, scripts + 1),
-        shared.metrics.clone(),
-        shared.readiness.clone(),
+        shared.redis_observer(id),
         id,
     );
     let replicas = Rc::new(Replicas::new(cfg.redis_min_replicas));
@@ -214,7 +213,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         cfg.session_ttl.as_millis() as u64,
         cfg.max_unflushed_sessions,
         replicas.clone(),
-        shared.metrics.clone(),
+        (shared.metrics.clone(), shared.readiness.clone()),
     );
     let history_on = cfg.history_size > 0;
     let keys = history::Keys::new(redis.is_cluster());
