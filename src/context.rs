@@ -5,7 +5,8 @@
 //!
 //! Nothing here is shared with another shard except the process's
 //! read-mostly [`Shared`] block (defined here, filled by the process) and
-//! this shard's own metric cells.
+//! this shard's own metric cells, where its Redis client's reports land
+//! ([`Shared::redis_observer`]).
 
 use std::cell::Cell;
 use std::rc::Rc;
