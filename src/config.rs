@@ -566,7 +566,8 @@ mod dur {
     }
 }
 
-/// Where the shards find their Redis master.
+/// Where the settings say the Redis master is. The process hands the
+/// client its own copy (`redis::RedisTarget`): the settings know no client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTarget {
     /// One server, as `redis_url` names it.
@@ -616,15 +617,6 @@ impl std::fmt::Debug for RedisAddr {
 }
 
 impl RedisAddr {
-    /// `host:port`, with an IPv6 host in brackets, for connecting and logs.
-    pub fn socket_text(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
     /// Another server of the same deployment (a cluster node, a master
     /// a Sentinel names): the same user, password and TLS, database 0.
     pub fn at(&self, host: String, port: u16) -> RedisAddr {
@@ -706,7 +698,6 @@ mod tests {
         );
         let a = RedisAddr::parse("redis://[::1]:7000").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 7000));
-        assert_eq!(a.socket_text(), "[::1]:7000");
         assert!(RedisAddr::parse("redis://:1").is_err());
         assert!(RedisAddr::parse("redis://h:notaport").is_err());
     }

@@ -5,22 +5,23 @@
 //!
 //! Nothing here is shared with another shard except the process's
 //! read-mostly [`Shared`] block (defined here, filled by the process) and
-//! this shard's own metric cells.
+//! this shard's own metric cells, where its Redis client's reports land
+//! ([`Shared::redis_observer`]).
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::apikey::ApiKeys;
 use crate::config::Config;
 use crate::drain::Drain;
 use crate::history::History;
 use crate::loggate::LogGate;
-use crate::metrics::{ErrorKind, Metrics, ShardMetrics};
+use crate::metrics::{ErrorKind, Metrics, ShardMetrics, REFUSED};
 use crate::pubsub::Subscriber;
 use crate::readiness::Readiness;
-use crate::redis::Redis;
+use crate::redis::{Observer, RedirectKind, Redis, RedisTarget};
 use crate::store::Store;
 
 /// What every shard may read: set at start; only `readiness` changes after.
@@ -29,6 +30,8 @@ pub struct Shared {
     pub cfg: Config,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// Where every shard's Redis client finds Redis, from the settings.
+    pub redis_target: RedisTarget,
     /// The TLS client every shard's Redis links share.
     pub redis_tls: crate::redis::stream::Tls,
     /// Random per process start; names this process's writer fields in Redis.
@@ -36,6 +39,18 @@ pub struct Shared {
     /// The server API's keys, from `cfg.api_key`.
     pub api_keys: ApiKeys,
     pub started: Instant,
+}
+
+impl Shared {
+    /// What shard `id`'s Redis client reports to: the shard's metric cells
+    /// and its readiness.
+    pub fn redis_observer(&self, id: usize) -> Rc<dyn Observer> {
+        Rc::new(RedisEvents {
+            metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
+            shard: id,
+        })
+    }
 }
 
 /// A shard's state, shared by its tasks through `Rc`.
@@ -156,5 +171,60 @@ impl Drop for Slot {
         if left == 0 {
             self.0.drain.wake();
         }
+    }
+}
+
+/// One shard's Redis events, as its metrics and readiness take them.
+struct RedisEvents {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    shard: usize,
+}
+
+impl RedisEvents {
+    fn cells(&self) -> &ShardMetrics {
+        &self.metrics.shards[self.shard]
+    }
+}
+
+impl Observer for RedisEvents {
+    fn sent(&self, commands: usize) {
+        self.cells().redis_commands_total.add(commands as u64);
+    }
+
+    fn queue_full(&self) {
+        self.cells().redis_queue_waits_total.inc();
+    }
+
+    fn answered(&self, elapsed: Duration, ok: bool) {
+        let m = self.cells();
+        m.redis_duration.observe_ns(elapsed.as_nanos() as u64);
+        if !ok {
+            m.redis_errors_total.inc();
+        }
+    }
+
+    fn error(&self) {
+        self.cells().redis_errors_total.inc();
+    }
+
+    fn redirect(&self, kind: RedirectKind) {
+        // In the order of `metrics::REDIRECTS`, the label's.
+        let i = match kind {
+            RedirectKind::Moved => 0,
+            RedirectKind::Ask => 1,
+            RedirectKind::TryAgain => 2,
+            RedirectKind::Refused => REFUSED,
+        };
+        self.cells().redis_redirects[i].inc();
+    }
+
+    fn up(&self, up: bool) {
+        self.readiness.shard(self.shard).set_redis_up(up);
+    }
+
+    fn interrupted(&self) {
+        // What is counted from now on waits for a replay.
+        self.readiness.shard(self.shard).set_redis_synced(false);
     }
 }

@@ -13,10 +13,13 @@ use shards::{Control, Runtime, RuntimeConfig};
 
 use crate::api::{Call, Mailboxes};
 use crate::apikey::ApiKeys;
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::context::Shared;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::redis::stream::Tls;
+use crate::redis::{RedisAddr, RedisTarget};
+use crate::tls::ca_roots;
 
 /// How long start waits for the shards' first Redis connection.
 const REDIS_START_WAIT: Duration = Duration::from_secs(1);
@@ -29,7 +32,57 @@ pub enum StartError {
     #[error("cannot create a shard's API mailbox: {0}")]
     Mailbox(std::io::Error),
     #[error("redis TLS: {0}")]
-    RedisTls(#[from] crate::tls::TlsError),
+    RedisCa(#[from] crate::tls::TlsError),
+    #[error("redis TLS: {0}")]
+    RedisTls(#[from] crate::redis::stream::TlsError),
+}
+
+/// Where the shards' Redis clients find Redis. The settings keep types of
+/// their own, so that they know no client; this hands them over.
+fn redis_target(cfg: &Config) -> RedisTarget {
+    let addr = |a: config::RedisAddr| RedisAddr {
+        host: a.host,
+        port: a.port,
+        username: a.username,
+        password: a.password,
+        db: a.db,
+        tls: a.tls,
+    };
+    // Validated with the rest of the settings, so it parses.
+    match cfg
+        .redis_target()
+        .expect("the redis settings were validated")
+    {
+        config::RedisTarget::Single(a) => RedisTarget::Single(addr(a)),
+        config::RedisTarget::Sentinel {
+            sentinels,
+            master,
+            username,
+            password,
+            db,
+            tls,
+        } => RedisTarget::Sentinel {
+            sentinels: sentinels.into_iter().map(addr).collect(),
+            master,
+            username,
+            password,
+            db,
+            tls,
+        },
+        config::RedisTarget::Cluster { seeds } => RedisTarget::Cluster {
+            seeds: seeds.into_iter().map(addr).collect(),
+        },
+    }
+}
+
+/// The TLS client the shards' Redis links share; none when no link uses
+/// TLS.
+fn redis_tls(cfg: &Config) -> Result<Tls, StartError> {
+    if !cfg.redis_wants_tls() {
+        return Ok(Tls::default());
+    }
+    let ca = cfg.redis_tls_ca_file.as_deref().map(ca_roots).transpose()?;
+    Ok(Tls::new(ca)?)
 }
 
 /// A running server.
@@ -57,9 +110,10 @@ impl Server {
             .app
             .connections_limit
             .set((cfg.max_connections * n) as u64);
-        let redis_tls = crate::redis::stream::Tls::from_config(&cfg)?;
+        let redis_tls = redis_tls(&cfg)?;
         let shared = Arc::new(Shared {
             api_keys: ApiKeys::new(&cfg.api_key),
+            redis_target: redis_target(&cfg),
             redis_tls,
             cfg,
             metrics,

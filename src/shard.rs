@@ -13,7 +13,6 @@ use futures_lite::future;
 use glommio::net::TcpStream;
 use shards::{Control, ShardContext};
 
-use crate::config::RedisTarget;
 use crate::context::{Context, Shared};
 use crate::history::{self, History, Offset};
 use crate::metrics::ErrorKind;
@@ -21,7 +20,7 @@ use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
 use crate::redis::replicas::Replicas;
 use crate::redis::sentinel::{self, Switch};
-use crate::redis::Redis;
+use crate::redis::{Redis, RedisTarget};
 use crate::store::Store;
 use crate::ws::codec;
 use crate::ws::plane::{Plane, Slice};
@@ -181,10 +180,7 @@ struct Wired {
 /// Sentinel watch, which the link's first connect needs.
 fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
     let cfg = &shared.cfg;
-    // Validated at start, so it parses.
-    let target = cfg
-        .redis_target()
-        .expect("the redis settings were validated");
+    let target = shared.redis_target.clone();
     let switch = Rc::new(Switch::default());
     if let RedisTarget::Sentinel {
         sentinels, master, ..
@@ -206,8 +202,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         shared.redis_tls.clone(),
         switch.clone(),
         (init, scripts + 1),
-        shared.metrics.clone(),
-        shared.readiness.clone(),
+        shared.redis_observer(id),
         id,
     );
     let replicas = Rc::new(Replicas::new(cfg.redis_min_replicas));
@@ -218,7 +213,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         cfg.session_ttl.as_millis() as u64,
         cfg.max_unflushed_sessions,
         replicas.clone(),
-        shared.metrics.clone(),
+        (shared.metrics.clone(), shared.readiness.clone()),
     );
     let history_on = cfg.history_size > 0;
     let keys = history::Keys::new(redis.is_cluster());

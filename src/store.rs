@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::pubsub::Publish;
+use crate::readiness::Readiness;
 use crate::redis::replicas::Replicas;
 use crate::redis::{as_u64, Redis, RedisError, Slot, Value};
 use crate::session::Session;
@@ -160,10 +161,15 @@ pub struct Store {
     /// When the unflushed gauges were last worked out from the queue.
     gauged: Cell<Option<Instant>>,
     metrics: Arc<Metrics>,
+    /// Whether every shard has written back what it counted while Redis
+    /// was away.
+    readiness: Arc<Readiness>,
     shard: usize,
 }
 
 impl Store {
+    /// `metrics` takes the store's counts; `readiness` says whether the
+    /// other shards have written back what they counted.
     pub fn new(
         redis: Redis,
         run_id: &str,
@@ -171,7 +177,7 @@ impl Store {
         ttl_ms: u64,
         max_unflushed: usize,
         replicas: Rc<Replicas>,
-        metrics: Arc<Metrics>,
+        (metrics, readiness): (Arc<Metrics>, Arc<Readiness>),
     ) -> Self {
         Self {
             redis,
@@ -184,6 +190,7 @@ impl Store {
             queue: RefCell::new(Vec::new()),
             gauged: Cell::new(None),
             metrics,
+            readiness,
             shard,
         }
     }
@@ -265,7 +272,7 @@ impl Store {
 
     /// Whether every shard has written what it buffered while Redis was away.
     fn all_synced(&self) -> bool {
-        self.redis.readiness().all_synced()
+        self.readiness.all_synced()
     }
 
     fn cached(&self, id: &Uuid) -> Option<Rc<Session>> {

@@ -1,6 +1,7 @@
 //! The CA bundle a setting names (`redis_tls_ca_file`): PEM certificates,
 //! each checked by rustls. Read by the configuration's check and by the
-//! Redis client's TLS setup, which is why it belongs to neither.
+//! process, which hands it to the Redis client's TLS, which is why it
+//! belongs to neither.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use rustls::RootCertStore;
 /// Largest CA bundle read.
 const MAX_BUNDLE: u64 = 4 << 20;
 
-/// Why the TLS client could not be set up.
+/// Why a CA bundle could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
@@ -21,8 +22,6 @@ pub enum TlsError {
     Empty { path: PathBuf },
     #[error("{path}: {msg}")]
     Bad { path: PathBuf, msg: String },
-    #[error("TLS client: {0}")]
-    Client(String),
 }
 
 /// The CAs in a PEM file, each one checked by rustls.

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use futures_lite::future;
 
-use crate::config::{RedisAddr, RedisTarget};
 use crate::redis::backoff::Backoff;
 use crate::redis::sentinel::Switch;
 use crate::redis::stream::{Stream, Tls};
 use crate::redis::{self as rds, RespReader, Value};
+use crate::redis::{RedisAddr, RedisTarget};
 
 use super::room::EVENTS_CHANNEL;
 use super::subscriber::{Subscriber, Target};

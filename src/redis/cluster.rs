@@ -10,24 +10,22 @@
 //! The map is asked again when a link breaks or a redirect says it is
 //! stale, and every few seconds otherwise, so a failover (a replica
 //! promoted) and a reshard are followed without a restart. Links open for
-//! every master in the map at once rather than on first use: the shard's
-//! `redis_up` then means what it says, that every slot's master answers.
+//! every master in the map at once rather than on first use: the cluster's
+//! `up` then means what it says, that every slot's master answers.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::ServerErrorKind;
 
 use super::link::{Link, LinkState};
+use super::observe::{Observer, RedirectKind};
 use super::sentinel::Switch;
 use super::stream::Tls;
-use super::{wire, RedisError, Value};
-use crate::config::{RedisAddr, RedisTarget};
-use crate::metrics::{Metrics, REFUSED};
-use crate::readiness::Readiness;
+use super::{wire, RedisAddr, RedisError, RedisTarget, Value};
 
 /// Hash slots in a cluster.
 pub const SLOTS: u16 = 16384;
@@ -318,8 +316,7 @@ pub struct Cluster {
     init_replies: usize,
     /// Itself, for the links' callbacks.
     me: Weak<Cluster>,
-    metrics: Arc<Metrics>,
-    readiness: Arc<Readiness>,
+    observer: Rc<dyn Observer>,
     shard: usize,
 }
 
@@ -329,8 +326,7 @@ impl Cluster {
         seeds: Vec<RedisAddr>,
         tls: Tls,
         (init, init_replies): (Rc<[u8]>, usize),
-        metrics: Arc<Metrics>,
-        readiness: Arc<Readiness>,
+        observer: Rc<dyn Observer>,
         shard: usize,
     ) -> Rc<Cluster> {
         Rc::new_cyclic(|me| Cluster {
@@ -346,8 +342,7 @@ impl Cluster {
             init,
             init_replies,
             me: me.clone(),
-            metrics,
-            readiness,
+            observer,
             shard,
         })
     }
@@ -395,7 +390,7 @@ impl Cluster {
     /// something new: a node that answers every command so would otherwise
     /// log every request.
     fn refused(&self, e: &RedirectError) {
-        self.metrics.shards[self.shard].redis_redirects[REFUSED].inc();
+        self.observer.redirect(RedirectKind::Refused);
         let why = e.to_string();
         if self.told.borrow().as_deref() != Some(why.as_str()) {
             tracing::warn!(error = %why, "redis cluster: redirect refused; resetting the link");
@@ -441,12 +436,11 @@ impl Cluster {
                 }
             };
             ask = false;
-            let kind = match r {
-                Redirect::Moved(..) => 0,
-                Redirect::Ask(_) => 1,
-                Redirect::TryAgain => 2,
-            };
-            self.metrics.shards[self.shard].redis_redirects[kind].inc();
+            self.observer.redirect(match r {
+                Redirect::Moved(..) => RedirectKind::Moved,
+                Redirect::Ask(_) => RedirectKind::Ask,
+                Redirect::TryAgain => RedirectKind::TryAgain,
+            });
             match r {
                 Redirect::Moved(slot, addr) => {
                     if let Some(m) = self.map.borrow_mut().as_mut() {
@@ -502,7 +496,7 @@ impl Cluster {
                     c.on_link(state)
                 }
             }),
-            self.metrics.clone(),
+            self.observer.clone(),
             self.shard,
         );
         self.links.borrow_mut().insert(addr.clone(), link.clone());
@@ -511,12 +505,11 @@ impl Cluster {
     }
 
     fn on_link(&self, state: LinkState) {
-        let ready = self.readiness.shard(self.shard);
         match state {
             LinkState::Up => self.epoch.set(self.epoch.get() + 1),
             LinkState::Lost | LinkState::Unreachable => {
                 // A master gone may be a failover under way.
-                ready.set_redis_synced(false);
+                self.observer.interrupted();
                 self.stale.bump();
             }
         }
@@ -535,7 +528,7 @@ impl Cluster {
             }
         });
         if self.up.replace(up) != up {
-            self.readiness.shard(self.shard).set_redis_up(up);
+            self.observer.up(up);
         }
     }
 
@@ -584,7 +577,7 @@ impl Cluster {
                         tracing::warn!(error = %why, "redis cluster: cannot read the slot map; retrying");
                         told = Some(why);
                     }
-                    self.readiness.shard(self.shard).set_redis_synced(false);
+                    self.observer.interrupted();
                     REFRESH_TROUBLED
                 }
             };
@@ -673,7 +666,11 @@ mod tests {
 
     #[test]
     fn a_slots_reply_maps_every_slot_to_its_master() {
-        let asked = RedisAddr::parse("redis://:pw@10.0.0.1:7000").unwrap();
+        let asked = RedisAddr {
+            password: Some("pw".into()),
+            ..RedisAddr::default()
+        }
+        .at("10.0.0.1".into(), 7000);
         let reply = Value::Array(vec![
             Value::Array(vec![
                 Value::Int(0),
@@ -712,7 +709,7 @@ mod tests {
     #[test]
     fn redirects_are_read_from_error_replies() {
         let v = |s: &[u8]| redis::parse_redis_value(s).unwrap();
-        let at = |port| RedisAddr::parse(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let at = |port| RedisAddr::default().at("127.0.0.1".into(), port);
         assert_eq!(
             redirect(
                 &[v(b"-MOVED 3999 127.0.0.1:6381\r\n")],
@@ -794,7 +791,7 @@ mod tests {
             );
         }
         // A stale map taking in a redirect keeps to its table.
-        let asked = RedisAddr::parse("redis://10.0.0.1:7000").unwrap();
+        let asked = RedisAddr::default().at("10.0.0.1".into(), 7000);
         let reply = Value::Array(vec![Value::Array(vec![
             Value::Int(0),
             Value::Int(16383),
@@ -815,7 +812,7 @@ mod tests {
     /// more ranges than slots is refused before any is read.
     #[test]
     fn a_slots_reply_cannot_overflow_the_table() {
-        let asked = RedisAddr::parse("redis://10.0.0.1:7000").unwrap();
+        let asked = RedisAddr::default().at("10.0.0.1".into(), 7000);
         let ranges = |n: usize| {
             Value::Array(
                 (0..n)
@@ -837,7 +834,7 @@ mod tests {
         let mut map = full.clone();
         map.masters.resize(NONE as usize, asked.clone());
         let before = map.clone();
-        map.moved(Slot(5), RedisAddr::parse("redis://10.9.9.9:1").unwrap());
+        map.moved(Slot(5), RedisAddr::default().at("10.9.9.9".into(), 1));
         assert_eq!(map, before, "a full table takes no new master");
     }
 

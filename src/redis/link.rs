@@ -10,19 +10,17 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use futures_channel::oneshot;
 
 use super::backoff::Backoff;
+use super::observe::Observer;
 use super::sentinel::Switch;
 use super::stream::{Stream, Tls};
 use super::wire::{RespReader, REPLY_TIMEOUT};
-use super::{connect_master, RedisError, Value};
-use crate::config::{RedisAddr, RedisTarget};
-use crate::metrics::Metrics;
+use super::{connect_master, RedisAddr, RedisError, RedisTarget, Value};
 
 /// Requests queued or in flight, per link. A caller past this waits for a
 /// slot (a storm of 10,000 resumes is a burst, not an outage) for at most
@@ -88,7 +86,7 @@ struct Inner {
     init: Rc<[u8]>,
     init_replies: usize,
     on_state: OnState,
-    metrics: Arc<Metrics>,
+    observer: Rc<dyn Observer>,
     shard: usize,
 }
 
@@ -102,7 +100,7 @@ impl Link {
         switch: Rc<Switch>,
         (init, init_replies): (Rc<[u8]>, usize),
         on_state: OnState,
-        metrics: Arc<Metrics>,
+        observer: Rc<dyn Observer>,
         shard: usize,
     ) -> Self {
         Self {
@@ -122,7 +120,7 @@ impl Link {
                 init,
                 init_replies,
                 on_state,
-                metrics,
+                observer,
                 shard,
             }),
         }
@@ -145,25 +143,25 @@ impl Link {
         if !self.is_up() {
             return Err(RedisError::Unavailable);
         }
-        let m = &self.inner.metrics.shards[self.inner.shard];
+        let observer = &self.inner.observer;
         let _slot = match self.inner.slots.try_acquire_permit(1) {
             Ok(p) => p,
             Err(_) => {
-                m.redis_queue_waits_total.inc();
+                observer.queue_full();
                 let wait = glommio::timer::timeout(REPLY_TIMEOUT, async {
                     Ok(self.inner.slots.acquire_permit(1).await)
                 });
                 match wait.await {
                     Ok(Ok(p)) if self.is_up() => p,
                     _ => {
-                        m.redis_errors_total.inc();
+                        observer.error();
                         return Err(RedisError::Unavailable);
                     }
                 }
             }
         };
         let (done, wait) = oneshot::channel();
-        m.redis_commands_total.add(replies as u64);
+        observer.sent(replies);
         {
             let mut q = self.inner.queue.borrow_mut();
             q.push_back(Request {
@@ -177,11 +175,7 @@ impl Link {
         }
         let queued = std::time::Instant::now();
         let out = wait.await.unwrap_or(Err(RedisError::Unavailable));
-        m.redis_duration
-            .observe_ns(queued.elapsed().as_nanos() as u64);
-        if out.is_err() {
-            m.redis_errors_total.inc();
-        }
+        observer.answered(queued.elapsed(), out.is_ok());
         out
     }
 
@@ -213,7 +207,7 @@ impl Link {
         if self.inner.running.replace(true) {
             return;
         }
-        let m = &self.inner.metrics.shards[self.inner.shard];
+        let observer = &self.inner.observer;
         let report = &self.inner.on_state;
         let mut backoff = Backoff::default();
         let mut was_up = true;
@@ -230,7 +224,7 @@ impl Link {
                     let err = self.serve(&mut stream, &mut reader).await;
                     self.inner.up.set(false);
                     report(LinkState::Lost);
-                    m.redis_errors_total.inc();
+                    observer.error();
                     tracing::warn!(redis = %self.target(), error = %err, "redis connection lost");
                     // Whatever queued while the connection broke fails fast.
                     for req in self.inner.queue.borrow_mut().drain(..) {
@@ -244,7 +238,7 @@ impl Link {
                         tracing::warn!(redis = %self.target(), error = %e, "redis unreachable; retrying with backoff");
                         was_up = false;
                     }
-                    m.redis_errors_total.inc();
+                    observer.error();
                 }
             }
             if self.inner.stopped.get() {

@@ -7,38 +7,41 @@
 //! glommio stream is not. So each shard holds a [`Redis`]: one pipelined
 //! [`link::Link`] to a single Redis (or the master its Sentinels name), or a
 //! [`cluster::Cluster`] of links, one per master, with requests routed by
-//! slot. The shard's pub/sub connection, which rides on the same reader, is
-//! [`crate::pubsub`].
+//! slot. A pub/sub connection rides on the same reader (`RespReader`)
+//! and `connect_master`; its owner keeps it.
 //!
+//! - `addr`: where Redis is, as the client is given it;
 //! - [`stream`]: a connection's bytes, plain or TLS, and the process's
 //!   one TLS client;
 //! - `wire`: the RESP reader, a connect to one address (`AUTH` as its ACL
 //!   user, `SELECT`), `ROLE`;
 //! - [`link`]: one pipelined command connection, reconnecting;
+//! - [`observe`]: what the client reports to its owner (counts, whether
+//!   Redis is up);
 //! - [`cluster`]: the slot map, routing and redirects;
 //! - [`sentinel`]: asking Sentinels for the master, and word of a switch;
 //! - [`replicas`]: the `WAIT` after a write, for `--redis-min-replicas`;
 //! - `connect_master`: a connection to whichever server is master now.
 
+mod addr;
 pub mod backoff;
 pub mod cluster;
 pub mod link;
+pub mod observe;
 pub mod replicas;
 pub mod sentinel;
 pub mod stream;
 pub(crate) mod wire;
 
 use std::rc::Rc;
-use std::sync::Arc;
 
+pub use addr::{RedisAddr, RedisTarget};
 pub use redis::Value;
 
-use crate::config::{RedisAddr, RedisTarget};
-use crate::metrics::Metrics;
-use crate::readiness::Readiness;
 use cluster::Cluster;
 pub use cluster::Slot;
 use link::{Link, LinkState};
+pub use observe::{Observer, RedirectKind};
 use sentinel::Switch;
 use stream::{Stream, Tls};
 pub use wire::as_u64;
@@ -123,7 +126,6 @@ pub(crate) async fn connect_master(
 #[derive(Clone)]
 pub struct Redis {
     kind: Kind,
-    readiness: Arc<Readiness>,
 }
 
 #[derive(Clone)]
@@ -136,38 +138,31 @@ impl Redis {
     /// A client that is down until [`Redis::run`] connects it. `init` is
     /// packed commands run on every (re)connect of every link (e.g. SCRIPT
     /// LOAD), with the number of replies they produce. `switch` is the
-    /// Sentinels' word of a new master.
+    /// Sentinels' word of a new master. `observer` is told of what happens,
+    /// on shard `shard`.
     pub fn new(
         target: RedisTarget,
         tls: Tls,
         switch: Rc<Switch>,
         (init, replies): (Vec<u8>, usize),
-        metrics: Arc<Metrics>,
-        readiness: Arc<Readiness>,
+        observer: Rc<dyn Observer>,
         shard: usize,
     ) -> Self {
         let init: Rc<[u8]> = init.into();
         let kind = match target {
-            RedisTarget::Cluster { seeds } => Kind::Cluster(Cluster::new(
-                seeds,
-                tls,
-                (init, replies),
-                metrics,
-                readiness.clone(),
-                shard,
-            )),
+            RedisTarget::Cluster { seeds } => {
+                Kind::Cluster(Cluster::new(seeds, tls, (init, replies), observer, shard))
+            }
             target => {
-                let r = readiness.clone();
+                let o = observer.clone();
                 let report = move |state| {
-                    let ready = r.shard(shard);
                     match state {
-                        LinkState::Up => ready.set_redis_up(true),
-                        LinkState::Lost => ready.set_redis_up(false),
+                        LinkState::Up => o.up(true),
+                        LinkState::Lost => o.up(false),
                         LinkState::Unreachable => {}
                     }
-                    // Whatever is counted from now on waits for a replay.
                     if state != LinkState::Up {
-                        ready.set_redis_synced(false);
+                        o.interrupted();
                     }
                 };
                 Kind::One(Link::new(
@@ -176,12 +171,12 @@ impl Redis {
                     switch,
                     (init, replies),
                     Rc::new(report),
-                    metrics,
+                    observer,
                     shard,
                 ))
             }
         };
-        Self { kind, readiness }
+        Self { kind }
     }
 
     /// Counts successful connects; a change means Redis may have restarted
@@ -191,11 +186,6 @@ impl Redis {
             Kind::One(l) => l.epoch(),
             Kind::Cluster(c) => c.epoch(),
         }
-    }
-
-    /// The process's readiness, which this shard's links keep up to date.
-    pub fn readiness(&self) -> &Readiness {
-        &self.readiness
     }
 
     /// Whether Redis answers now (on a cluster: every slot's master).

@@ -19,8 +19,7 @@ use redis::Value;
 use super::backoff::Backoff;
 use super::stream::Tls;
 use super::wire;
-use super::RedisError;
-use crate::config::RedisAddr;
+use super::{RedisAddr, RedisError};
 
 /// Asks every sentinel, from the `first`th on, where `name`'s master is,
 /// and believes the one with the newest configuration epoch: right after a

@@ -16,9 +16,14 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 
 use super::wire::REPLY_TIMEOUT;
-use super::RedisError;
-use crate::config::{Config, RedisAddr};
-use crate::tls::{ca_roots, TlsError};
+use super::{RedisAddr, RedisError};
+
+/// Why the TLS client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS client: {0}")]
+    Client(String),
+}
 
 /// The process's TLS client, or none when no Redis link uses TLS. Built
 /// once at start; cheap to clone into shards.
@@ -28,19 +33,14 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// From `redis_tls_ca_file`, or else the Mozilla roots compiled in:
-    /// they are the same on every host and in an image with no CA store,
-    /// and a private CA is what the file is for.
-    pub fn from_config(cfg: &Config) -> Result<Tls, TlsError> {
-        if !cfg.redis_wants_tls() {
-            return Ok(Tls::default());
-        }
-        let roots = match &cfg.redis_tls_ca_file {
-            Some(path) => ca_roots(path)?,
-            None => RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            },
-        };
+    /// A client that trusts the CAs in `ca`, or else the Mozilla roots
+    /// compiled in: they are the same on every host and in an image with
+    /// no CA store, and a private CA is what a bundle of one's own is for.
+    /// Where no link uses TLS, [`Tls::default`] builds none.
+    pub fn new(ca: Option<RootCertStore>) -> Result<Tls, TlsError> {
+        let roots = ca.unwrap_or_else(|| RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
         // ring, named here rather than left to the crate's features: its
         // lack of post-quantum key exchange (hence the deprecation) is the
         // price of a build with no cmake, which aws-lc-rs needs.

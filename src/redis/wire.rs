@@ -9,8 +9,7 @@ use futures_lite::AsyncReadExt;
 use redis::Value;
 
 use super::stream::{Stream, Tls};
-use super::RedisError;
-use crate::config::RedisAddr;
+use super::{RedisAddr, RedisError};
 
 /// A connect, or a reply, later than this means the peer is gone.
 pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
