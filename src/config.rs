@@ -566,68 +566,11 @@ mod dur {
     }
 }
 
-/// Where the settings say the Redis master is. The process hands the
-/// client its own copy (`redis::RedisTarget`): the settings know no client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// One server, as `redis_url` names it.
-    Single(RedisAddr),
-    /// The master that these Sentinels name `master`; asked again on every
-    /// connect, so a failover is followed.
-    Sentinel {
-        sentinels: Vec<RedisAddr>,
-        master: String,
-        /// The master's user, password, database and TLS (a replica
-        /// promoted shares them), not the Sentinels'.
-        username: Option<String>,
-        password: Option<String>,
-        db: u32,
-        tls: bool,
-    },
-    /// A Redis Cluster, found through these seed nodes (which carry the
-    /// nodes' password); its slot map says where each key lives.
-    Cluster { seeds: Vec<RedisAddr> },
-}
+pub use crate::addr::{RedisAddr, RedisTarget};
 
-/// Where Redis is, parsed from `redis[s]://[[user]:password@]host:port[/db]`
-/// (`rediss`: over TLS). As before ACL users, `password@` with no colon is
-/// a password. Its `Debug` hides the password, so an address can be logged.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct RedisAddr {
-    pub host: String,
-    pub port: u16,
-    /// The ACL user; None: `default`.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub db: u32,
-    pub tls: bool,
-}
-
-impl std::fmt::Debug for RedisAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisAddr")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "…"))
-            .field("db", &self.db)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
+/// `redis[s]://[[user]:password@]host:port[/db]` (`rediss`: over TLS). As
+/// before ACL users, `password@` with no colon is a password.
 impl RedisAddr {
-    /// Another server of the same deployment (a cluster node, a master
-    /// a Sentinel names): the same user, password and TLS, database 0.
-    pub fn at(&self, host: String, port: u16) -> RedisAddr {
-        RedisAddr {
-            host,
-            port,
-            db: 0,
-            ..self.clone()
-        }
-    }
-
     pub fn parse(url: &str) -> Result<RedisAddr, String> {
         let (rest, tls) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
             (Some(r), _) => (r, false),

@@ -21,6 +21,8 @@
 //!   of what a reconnecting socket missed.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
+//! - [`addr`]: where Redis is, plain data shared by the settings and the
+//!   client.
 //! - [`redis`]: Redis over a shard's own glommio sockets: the command
 //!   connection, the wire, and the master that Sentinels name.
 //! - [`metrics`]: per-shard cells summed at scrape.
@@ -34,6 +36,7 @@
 //! - [`auth`]: HS256 tokens for upgrades (`--auth-secret`): subject, rooms
 //!   and lifetime.
 
+pub mod addr;
 pub mod admin;
 pub mod alloc;
 pub mod api;

@@ -13,12 +13,11 @@ use shards::{Control, Runtime, RuntimeConfig};
 
 use crate::api::{Call, Mailboxes};
 use crate::apikey::ApiKeys;
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::context::Shared;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::redis::stream::Tls;
-use crate::redis::{RedisAddr, RedisTarget};
 use crate::tls::ca_roots;
 
 /// How long start waits for the shards' first Redis connection.
@@ -35,44 +34,6 @@ pub enum StartError {
     RedisCa(#[from] crate::tls::TlsError),
     #[error("redis TLS: {0}")]
     RedisTls(#[from] crate::redis::stream::TlsError),
-}
-
-/// Where the shards' Redis clients find Redis. The settings keep types of
-/// their own, so that they know no client; this hands them over.
-fn redis_target(cfg: &Config) -> RedisTarget {
-    let addr = |a: config::RedisAddr| RedisAddr {
-        host: a.host,
-        port: a.port,
-        username: a.username,
-        password: a.password,
-        db: a.db,
-        tls: a.tls,
-    };
-    // Validated with the rest of the settings, so it parses.
-    match cfg
-        .redis_target()
-        .expect("the redis settings were validated")
-    {
-        config::RedisTarget::Single(a) => RedisTarget::Single(addr(a)),
-        config::RedisTarget::Sentinel {
-            sentinels,
-            master,
-            username,
-            password,
-            db,
-            tls,
-        } => RedisTarget::Sentinel {
-            sentinels: sentinels.into_iter().map(addr).collect(),
-            master,
-            username,
-            password,
-            db,
-            tls,
-        },
-        config::RedisTarget::Cluster { seeds } => RedisTarget::Cluster {
-            seeds: seeds.into_iter().map(addr).collect(),
-        },
-    }
 }
 
 /// The TLS client the shards' Redis links share; none when no link uses
@@ -113,7 +74,10 @@ impl Server {
         let redis_tls = redis_tls(&cfg)?;
         let shared = Arc::new(Shared {
             api_keys: ApiKeys::new(&cfg.api_key),
-            redis_target: redis_target(&cfg),
+            // Validated with the rest of the settings, so it parses.
+            redis_target: cfg
+                .redis_target()
+                .expect("the redis settings were validated"),
             redis_tls,
             cfg,
             metrics,

@@ -10,7 +10,8 @@
 //! slot. A pub/sub connection rides on the same reader (`RespReader`)
 //! and `connect_master`; its owner keeps it.
 //!
-//! - `addr`: where Redis is, as the client is given it;
+//! - [`RedisAddr`], [`RedisTarget`]: where Redis is (`crate::addr`, plain
+//!   data the settings share; the one thing this folder takes from the crate);
 //! - [`stream`]: a connection's bytes, plain or TLS, and the process's
 //!   one TLS client;
 //! - `wire`: the RESP reader, a connect to one address (`AUTH` as its ACL
@@ -23,7 +24,6 @@
 //! - [`replicas`]: the `WAIT` after a write, for `--redis-min-replicas`;
 //! - `connect_master`: a connection to whichever server is master now.
 
-mod addr;
 pub mod backoff;
 pub mod cluster;
 pub mod link;
@@ -35,7 +35,7 @@ pub(crate) mod wire;
 
 use std::rc::Rc;
 
-pub use addr::{RedisAddr, RedisTarget};
+pub use crate::addr::{RedisAddr, RedisTarget};
 pub use redis::Value;
 
 use cluster::Cluster;

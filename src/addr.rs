@@ -1,7 +1,7 @@
-//! Where the client finds Redis: one server and how to log in to it
-//! ([`RedisAddr`]), and the topology that says which server is master
-//! ([`RedisTarget`]). Plain data: whoever builds a client fills them in
-//! from its own settings.
+//! Where Redis is: one server and how to log in to it ([`RedisAddr`]), and
+//! the topology that says which server is master ([`RedisTarget`]). Plain
+//! data that imports nothing: the settings parse it (`config`), the client
+//! connects to it (`redis`), and neither has to know the other.
 
 /// Where the shards find their Redis master.
 #[derive(Debug, Clone, PartialEq, Eq)]
