@@ -466,42 +466,10 @@ impl History {
                 b.kept_from = b.next;
             }
         });
-        let mut cmd = redis::cmd("EVALSHA");
-        let keys = if room.is_some() { 2 } else { 1 };
-        cmd.arg(self.recover.get_hash())
-            .arg(keys + 1)
-            .arg(self.keys.offset().as_ref())
-            .arg(self.keys.stream(crate::pubsub::EVENTS_CHANNEL).as_ref());
-        if let Some(r) = room {
-            cmd.arg(self.keys.stream(&crate::pubsub::room_channel(r)).as_ref());
-        }
-        cmd.arg(since.ms)
-            .arg(since.seq)
-            .arg(self.ttl_ms)
-            .arg(self.size);
-        let reply = redis.query(Some(self.keys.slot()), &cmd).await?;
-        let (complete, newest, streams) = match &reply {
-            Value::Array(v) if v.len() == keys + 2 => (
-                rds::as_u64(&v[0]) == Some(1),
-                text(&v[1]).and_then(|s| s.parse::<Offset>().ok()),
-                &v[2..],
-            ),
-            Value::ServerError(e) => return Err(RedisError::Server(format!("{e:?}"))),
-            other => return Err(RedisError::Reply(format!("recover: {other:?}"))),
-        };
-        let mut missed = Vec::new();
-        for (i, entries) in streams.iter().enumerate() {
-            let on = if i == 0 { None } else { room };
-            let Value::Array(entries) = entries else {
-                continue;
-            };
-            for e in entries {
-                if let Some((offset, message)) = entry(e) {
-                    missed.push((offset, on, message));
-                }
-            }
-        }
-        missed.sort_by_key(|(offset, _, _)| *offset);
+        let reply = redis
+            .query(Some(self.keys.slot()), &self.recover_command(since, room))
+            .await?;
+        let (complete, newest, missed) = read_recovery(&reply, room)?;
         // An offset from the future missed nothing, and has nothing yet.
         let since = since.min(newest.unwrap_or_default());
         self.heard(since);
@@ -515,7 +483,33 @@ impl History {
             out.texts.push(Rc::from(text));
             out.last = Some(*offset);
         }
-        let after = out.last.unwrap_or(since).max(since);
+        self.add_live(start, room, &mut out);
+        Ok(out)
+    }
+
+    /// The recover script's call: the offset key, then the global
+    /// channel's stream and the room's.
+    fn recover_command(&self, since: Offset, room: Option<&Rc<str>>) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.recover.get_hash())
+            .arg(streams_read(room) + 1)
+            .arg(self.keys.offset().as_ref())
+            .arg(self.keys.stream(crate::pubsub::EVENTS_CHANNEL).as_ref());
+        if let Some(r) = room {
+            cmd.arg(self.keys.stream(&crate::pubsub::room_channel(r)).as_ref());
+        }
+        cmd.arg(since.ms)
+            .arg(since.seq)
+            .arg(self.ttl_ms)
+            .arg(self.size);
+        cmd
+    }
+
+    /// Adds to `out` the live messages for the socket's channels that
+    /// arrived since its recovery began (`start`) and are newer than what
+    /// history gave it.
+    fn add_live(&self, start: u64, room: Option<&Rc<str>>, out: &mut Recovery) {
+        let after = out.has();
         let b = self.bridge.borrow();
         if b.kept_from > start {
             // Live messages this recovery needed were dropped at the bound.
@@ -532,8 +526,51 @@ impl History {
                 out.last = Some(k.offset);
             }
         }
-        Ok(out)
     }
+}
+
+/// The streams a recovery reads: the global channel's, and the room's.
+fn streams_read(room: Option<&Rc<str>>) -> usize {
+    if room.is_some() {
+        2
+    } else {
+        1
+    }
+}
+
+/// Messages history gave a recovery, oldest first, each with its room
+/// (None: the global channel).
+type Missed<'r> = Vec<(Offset, Option<&'r Rc<str>>, String)>;
+
+/// The recover script's reply: whether history still held all that was
+/// missed, the newest offset given out, and the messages.
+fn read_recovery<'r>(
+    reply: &Value,
+    room: Option<&'r Rc<str>>,
+) -> Result<(bool, Option<Offset>, Missed<'r>), RedisError> {
+    let (complete, newest, streams) = match reply {
+        Value::Array(v) if v.len() == streams_read(room) + 2 => (
+            rds::as_u64(&v[0]) == Some(1),
+            text(&v[1]).and_then(|s| s.parse::<Offset>().ok()),
+            &v[2..],
+        ),
+        Value::ServerError(e) => return Err(RedisError::Server(format!("{e:?}"))),
+        other => return Err(RedisError::Reply(format!("recover: {other:?}"))),
+    };
+    let mut missed = Vec::new();
+    for (i, entries) in streams.iter().enumerate() {
+        let on = if i == 0 { None } else { room };
+        let Value::Array(entries) = entries else {
+            continue;
+        };
+        for e in entries {
+            if let Some((offset, message)) = entry(e) {
+                missed.push((offset, on, message));
+            }
+        }
+    }
+    missed.sort_by_key(|(offset, _, _)| *offset);
+    Ok((complete, newest, missed))
 }
 
 /// Runs `f` when dropped: a recovery's bookkeeping ends however its future does.

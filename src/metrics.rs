@@ -529,74 +529,67 @@ impl Scrape<'_> {
         m.set_histogram(h);
         family(name, MetricType::HISTOGRAM, help, vec![m])
     }
-}
 
-impl Collector for Scrape<'_> {
-    /// None: an unchecked collector, as the Go client calls it. Its
-    /// families are made per scrape and never registered; the unit tests
-    /// hold their names, types and HELP lines.
-    fn desc(&self) -> Vec<&Desc> {
-        Vec::new()
+    /// The families of `SUMMED`, one series each.
+    fn summed(&self) -> impl Iterator<Item = MetricFamily> + '_ {
+        SUMMED
+            .iter()
+            .map(|(name, kind, help, read)| single(name, *kind, help, self.sum(read) as f64))
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
-        let m = self.metrics;
-        let mut out: Vec<MetricFamily> = SUMMED
-            .iter()
-            .map(|(name, kind, help, read)| {
-                family(
-                    name,
-                    *kind,
-                    help,
-                    vec![sample(*kind, &[], self.sum(read) as f64)],
-                )
-            })
-            .collect();
-        let one = |name: &str, kind, help: &str, v: f64| {
-            family(name, kind, help, vec![sample(kind, &[], v)])
-        };
-        out.push(one(
-            "pubsub_up",
-            GAUGE,
-            "1 when every shard's pub/sub connection is up.",
-            m.shards.iter().all(|s| s.pubsub_up.get() == 1) as u64 as f64,
-        ));
-        out.push(one(
-            "redis_up",
-            GAUGE,
-            "1 when every shard is connected to Redis.",
-            self.redis_up as u64 as f64,
-        ));
-        out.push(self.labelled(
-            "redis_redirects_total",
-            COUNTER,
-            "Redis Cluster redirects followed, by kind; refused: one that could not be followed (the link is reset).",
-            "kind",
-            REDIRECTS.iter().map(|k| k.to_string()),
-            |s, i| s.redis_redirects[i].get(),
-        ));
-        out.push(family(
-            "auth_denied_total",
-            COUNTER,
-            "Callers refused by an access check (API key, token rooms, token lifetime), by reason.",
-            Denial::ALL
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    let n = self.sum(|s| s.denials[i].get()) + m.app.admin_denials[i].get();
-                    sample(COUNTER, &[("reason", d.as_str().to_string())], n as f64)
-                })
-                .collect(),
-        ));
-        out.push(self.labelled(
-            "ws_errors_total",
-            COUNTER,
-            "Errors by kind.",
-            "kind",
-            ErrorKind::ALL.iter().map(|k| k.as_str().to_string()),
-            |s, i| s.errors[i].get(),
-        ));
-        out.push(
+    /// Whether the shards reach Redis, and the cluster redirects they followed.
+    fn links(&self) -> [MetricFamily; 3] {
+        let pubsub_up = self.metrics.shards.iter().all(|s| s.pubsub_up.get() == 1);
+        [
+            single(
+                "pubsub_up",
+                GAUGE,
+                "1 when every shard's pub/sub connection is up.",
+                pubsub_up as u64 as f64,
+            ),
+            single(
+                "redis_up",
+                GAUGE,
+                "1 when every shard is connected to Redis.",
+                self.redis_up as u64 as f64,
+            ),
+            self.labelled(
+                "redis_redirects_total",
+                COUNTER,
+                "Redis Cluster redirects followed, by kind; refused: one that could not be followed (the link is reset).",
+                "kind",
+                REDIRECTS.iter().map(|k| k.to_string()),
+                |s, i| s.redis_redirects[i].get(),
+            ),
+        ]
+    }
+
+    /// Callers refused, errors, and the codes sockets closed with.
+    fn refusals(&self) -> [MetricFamily; 3] {
+        // The admin listener refuses callers too, outside any shard.
+        let admin = &self.metrics.app.admin_denials;
+        [
+            family(
+                "auth_denied_total",
+                COUNTER,
+                "Callers refused by an access check (API key, token rooms, token lifetime), by reason.",
+                Denial::ALL
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        let n = self.sum(|s| s.denials[i].get()) + admin[i].get();
+                        sample(COUNTER, &[("reason", d.as_str().to_string())], n as f64)
+                    })
+                    .collect(),
+            ),
+            self.labelled(
+                "ws_errors_total",
+                COUNTER,
+                "Errors by kind.",
+                "kind",
+                ErrorKind::ALL.iter().map(|k| k.as_str().to_string()),
+                |s, i| s.errors[i].get(),
+            ),
             self.labelled(
                 "ws_closes_total",
                 COUNTER,
@@ -608,80 +601,117 @@ impl Collector for Scrape<'_> {
                     .chain(std::iter::once("other".to_string())),
                 |s, i| s.closes[i].get(),
             ),
-        );
-        out.push(self.per_shard(
-            "ws_shard_connections_active",
-            GAUGE,
-            "Open connections per shard.",
-            |s| s.connections_active.get() as f64,
-        ));
-        out.push(self.per_shard(
-            "ws_shard_messages_total",
-            COUNTER,
-            "Client text messages counted, per shard.",
-            |s| s.messages_total.get() as f64,
-        ));
-        out.push(self.per_shard(
-            "ws_shard_loop_lag_seconds",
-            GAUGE,
-            "How late the shard's event loop last ran a 100 ms timer.",
-            |s| s.loop_lag_ns.get() as f64 / 1e9,
-        ));
-        out.push(self.histogram(
-            "ws_message_duration_seconds",
-            "Time from a message's arrival to its reply being queued.",
-            |s| &s.message_duration,
-        ));
-        out.push(self.histogram(
-            "redis_command_duration_seconds",
-            "Round trip of a Redis request, from its queue to its reply.",
-            |s| &s.redis_duration,
-        ));
-        out.push(one(
-            "ws_connections_limit",
-            GAUGE,
-            "Connections the process accepts at most (max_connections per shard, all shards).",
-            m.app.connections_limit.get() as f64,
-        ));
-        let drain = m.drain_seconds();
-        out.push(one(
-            "app_draining",
-            GAUGE,
-            "1 from the start of a drain until the process exits.",
-            drain.is_some() as u64 as f64,
-        ));
-        out.push(one(
-            "app_drain_seconds",
-            GAUGE,
-            "Seconds since the drain began; 0 while not draining.",
-            drain.unwrap_or(0.0),
-        ));
-        let secs = |c: &Cell| c.get() as f64 / 1e6;
-        out.push(one(
-            "app_startup_seconds",
-            GAUGE,
-            "Time from process start to all shards serving.",
-            secs(&m.app.startup_micros),
-        ));
-        out.push(one(
-            "app_shutdown_seconds",
-            GAUGE,
-            "Time the last drain took.",
-            secs(&m.app.shutdown_micros),
-        ));
-        out.push(family(
-            "app_info",
-            GAUGE,
-            "Build and deployment.",
-            vec![sample(
+        ]
+    }
+
+    /// How the load spreads over the shards, and how late each one runs.
+    fn per_shard_load(&self) -> [MetricFamily; 3] {
+        [
+            self.per_shard(
+                "ws_shard_connections_active",
                 GAUGE,
-                &[
-                    ("version", m.version.to_string()),
-                    ("color", m.color.clone()),
-                ],
-                1.0,
-            )],
-        ));
+                "Open connections per shard.",
+                |s| s.connections_active.get() as f64,
+            ),
+            self.per_shard(
+                "ws_shard_messages_total",
+                COUNTER,
+                "Client text messages counted, per shard.",
+                |s| s.messages_total.get() as f64,
+            ),
+            self.per_shard(
+                "ws_shard_loop_lag_seconds",
+                GAUGE,
+                "How late the shard's event loop last ran a 100 ms timer.",
+                |s| s.loop_lag_ns.get() as f64 / 1e9,
+            ),
+        ]
+    }
+
+    fn durations(&self) -> [MetricFamily; 2] {
+        [
+            self.histogram(
+                "ws_message_duration_seconds",
+                "Time from a message's arrival to its reply being queued.",
+                |s| &s.message_duration,
+            ),
+            self.histogram(
+                "redis_command_duration_seconds",
+                "Round trip of a Redis request, from its queue to its reply.",
+                |s| &s.redis_duration,
+            ),
+        ]
+    }
+
+    /// The process as a whole: its limit, its drain, how long it took to
+    /// start and to stop, and its build.
+    fn lifecycle(&self) -> [MetricFamily; 6] {
+        let m = self.metrics;
+        let drain = m.drain_seconds();
+        let secs = |c: &Cell| c.get() as f64 / 1e6;
+        [
+            single(
+                "ws_connections_limit",
+                GAUGE,
+                "Connections the process accepts at most (max_connections per shard, all shards).",
+                m.app.connections_limit.get() as f64,
+            ),
+            single(
+                "app_draining",
+                GAUGE,
+                "1 from the start of a drain until the process exits.",
+                drain.is_some() as u64 as f64,
+            ),
+            single(
+                "app_drain_seconds",
+                GAUGE,
+                "Seconds since the drain began; 0 while not draining.",
+                drain.unwrap_or(0.0),
+            ),
+            single(
+                "app_startup_seconds",
+                GAUGE,
+                "Time from process start to all shards serving.",
+                secs(&m.app.startup_micros),
+            ),
+            single(
+                "app_shutdown_seconds",
+                GAUGE,
+                "Time the last drain took.",
+                secs(&m.app.shutdown_micros),
+            ),
+            family(
+                "app_info",
+                GAUGE,
+                "Build and deployment.",
+                vec![sample(
+                    GAUGE,
+                    &[
+                        ("version", m.version.to_string()),
+                        ("color", m.color.clone()),
+                    ],
+                    1.0,
+                )],
+            ),
+        ]
+    }
+}
+
+impl Collector for Scrape<'_> {
+    /// None: an unchecked collector, as the Go client calls it. Its
+    /// families are made per scrape and never registered; the unit tests
+    /// hold their names, types and HELP lines.
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out: Vec<MetricFamily> = self.summed().collect();
+        out.extend(self.links());
+        out.extend(self.refusals());
+        out.extend(self.per_shard_load());
+        out.extend(self.durations());
+        out.extend(self.lifecycle());
         out
     }
 }
@@ -733,6 +763,11 @@ fn family(name: &str, kind: MetricType, help: &str, series: Vec<Metric>) -> Metr
     f.set_field_type(kind);
     f.set_metric(series);
     f
+}
+
+/// A family of one series with no labels.
+fn single(name: &str, kind: MetricType, help: &str, v: f64) -> MetricFamily {
+    family(name, kind, help, vec![sample(kind, &[], v)])
 }
 
 fn sample(kind: MetricType, labels: &[(&str, String)], v: f64) -> Metric {

@@ -298,123 +298,183 @@ impl Link {
         .await
     }
 
+    /// Sends what is queued and answers it, checks an idle connection,
+    /// until the connection must go; returns why.
     async fn serve(&self, stream: &mut Stream, reader: &mut RespReader) -> RedisError {
         let mut batch: Vec<Request> = Vec::with_capacity(BATCH);
         let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
-        let switch = &self.inner.switch;
-        let generation = switch.generation();
+        let generation = self.inner.switch.generation();
         loop {
-            if self.inner.stopped.get() {
-                return RedisError::Topology("the node left the cluster's slot map".into());
+            if let Some(why) = self.must_close(generation) {
+                return why;
             }
-            if self.inner.reset.take() {
-                return RedisError::Reply("reset after a protocol error from the server".into());
-            }
-            if switch.generation() != generation {
-                return RedisError::Topology("the sentinels switched the master".into());
-            }
-            // Redis sends nothing unasked on a command connection, so an idle
-            // one that turns readable was closed (a restart, a kill): noticed
-            // at once, not by the next request, which would fail on it. A
-            // PING after IDLE_PING catches a peer that vanished silently.
-            // Over TLS too: the only records a server sends unasked (TLS
-            // 1.3 session tickets) come before the first reply, which the
-            // connect has read.
-            let idle = futures_lite::future::or(
-                async {
-                    self.wait_for_work().await;
-                    Idle::Work
-                },
-                futures_lite::future::or(
-                    async {
-                        let _ = glommio::net::readable(stream.as_raw_fd()).await;
-                        Idle::Readable
-                    },
-                    futures_lite::future::or(
-                        async {
-                            glommio::timer::sleep(IDLE_PING).await;
-                            Idle::Ping
-                        },
-                        async {
-                            switch.after(generation).await;
-                            Idle::Switched
-                        },
-                    ),
-                ),
-            )
-            .await;
-            if idle == Idle::Switched {
-                continue;
-            }
-            if idle == Idle::Readable {
-                return match reader.read_value(stream).await {
-                    Err(e) => e,
-                    Ok(v) => RedisError::Reply(format!("unasked reply {v:?}")),
-                };
-            }
-            if idle == Idle::Ping {
-                let ping = redis::cmd("PING").get_packed_command();
-                if let Err(e) = stream.send(&ping).await {
-                    return e;
-                }
-                if let Err(e) = reader.read_value(stream).await {
-                    return e;
-                }
-                continue;
-            }
-            {
-                let mut q = self.inner.queue.borrow_mut();
-                let n = q.len().min(BATCH);
-                batch.extend(q.drain(..n));
-            }
-            out.clear();
-            for r in &batch {
-                out.extend_from_slice(&r.bytes);
-            }
-            if let Err(err) = stream.send(&out).await {
-                for r in batch.drain(..) {
-                    let _ = r.done.send(Err(err.clone()));
-                }
-                return err;
-            }
-            let mut failed = None;
-            let mut demoted_under_us = false;
-            for r in batch.drain(..) {
-                if let Some(err) = &failed {
-                    let _ = r.done.send(Err(RedisError::clone(err)));
-                    continue;
-                }
-                let mut values = Vec::with_capacity(r.replies);
-                for _ in 0..r.replies {
-                    match reader.read_value(stream).await {
-                        Ok(v) => values.push(v),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match &failed {
-                    None => {
-                        demoted_under_us |= values.iter().any(demoted);
-                        let _ = r.done.send(Ok(values));
-                    }
-                    Some(e) => {
-                        let _ = r.done.send(Err(e.clone()));
-                    }
-                }
-            }
-            if out.capacity() > 1 << 20 {
-                out = Vec::with_capacity(16 << 10);
-            }
-            if let Some(e) = failed {
+            let step = match self.next_step(stream, generation).await {
+                // The check at the top of the loop says why.
+                Idle::Switched => continue,
+                Idle::Readable => return unasked(stream, reader).await,
+                Idle::Ping => ping(stream, reader).await,
+                Idle::Work => self.exchange(stream, reader, &mut batch, &mut out).await,
+            };
+            if let Err(e) = step {
                 return e;
-            }
-            if demoted_under_us {
-                // The refused writes were answered as such; the next
-                // connect asks again where the master is.
-                return RedisError::Topology("the server became a replica (READONLY)".into());
             }
         }
     }
+
+    /// Why the connection must go before its next turn, if it must.
+    fn must_close(&self, generation: u64) -> Option<RedisError> {
+        if self.inner.stopped.get() {
+            return Some(RedisError::Topology(
+                "the node left the cluster's slot map".into(),
+            ));
+        }
+        if self.inner.reset.take() {
+            return Some(RedisError::Reply(
+                "reset after a protocol error from the server".into(),
+            ));
+        }
+        if self.inner.switch.generation() != generation {
+            return Some(RedisError::Topology(
+                "the sentinels switched the master".into(),
+            ));
+        }
+        None
+    }
+
+    /// Whichever comes first: a request queued, the connection readable,
+    /// `IDLE_PING` of quiet, or the sentinels naming another master.
+    async fn next_step(&self, stream: &Stream, generation: u64) -> Idle {
+        // Redis sends nothing unasked on a command connection, so an idle
+        // one that turns readable was closed (a restart, a kill): noticed
+        // at once, not by the next request, which would fail on it. A
+        // PING after IDLE_PING catches a peer that vanished silently.
+        // Over TLS too: the only records a server sends unasked (TLS
+        // 1.3 session tickets) come before the first reply, which the
+        // connect has read.
+        futures_lite::future::or(
+            async {
+                self.wait_for_work().await;
+                Idle::Work
+            },
+            futures_lite::future::or(
+                async {
+                    let _ = glommio::net::readable(stream.as_raw_fd()).await;
+                    Idle::Readable
+                },
+                futures_lite::future::or(
+                    async {
+                        glommio::timer::sleep(IDLE_PING).await;
+                        Idle::Ping
+                    },
+                    async {
+                        self.inner.switch.after(generation).await;
+                        Idle::Switched
+                    },
+                ),
+            ),
+        )
+        .await
+    }
+
+    /// Writes up to `BATCH` queued requests as one batch and answers each
+    /// from the replies, in order. Err: why the connection must go, once
+    /// every request of the batch has its answer.
+    async fn exchange(
+        &self,
+        stream: &mut Stream,
+        reader: &mut RespReader,
+        batch: &mut Vec<Request>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RedisError> {
+        {
+            let mut q = self.inner.queue.borrow_mut();
+            let n = q.len().min(BATCH);
+            batch.extend(q.drain(..n));
+        }
+        out.clear();
+        for r in batch.iter() {
+            out.extend_from_slice(&r.bytes);
+        }
+        if let Err(err) = stream.send(out).await {
+            for r in batch.drain(..) {
+                let _ = r.done.send(Err(err.clone()));
+            }
+            return Err(err);
+        }
+        let answered = answer(stream, reader, batch).await;
+        if out.capacity() > 1 << 20 {
+            *out = Vec::with_capacity(16 << 10);
+        }
+        if answered? {
+            // The refused writes were answered as such; the next
+            // connect asks again where the master is.
+            return Err(RedisError::Topology(
+                "the server became a replica (READONLY)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What an idle connection that turned readable says: that it was closed,
+/// or something the protocol does not send unasked.
+async fn unasked(stream: &mut Stream, reader: &mut RespReader) -> RedisError {
+    match reader.read_value(stream).await {
+        Err(e) => e,
+        Ok(v) => RedisError::Reply(format!("unasked reply {v:?}")),
+    }
+}
+
+/// Checks a quiet connection: Err when it does not answer.
+async fn ping(stream: &mut Stream, reader: &mut RespReader) -> Result<(), RedisError> {
+    let ping = redis::cmd("PING").get_packed_command();
+    stream.send(&ping).await?;
+    reader.read_value(stream).await?;
+    Ok(())
+}
+
+/// Reads the replies of a batch sent and hands each request its own; Ok:
+/// whether a reply said the server became a replica. After a failed read
+/// the rest of the batch gets the same error, as its replies cannot be told
+/// apart any more.
+async fn answer(
+    stream: &mut Stream,
+    reader: &mut RespReader,
+    batch: &mut Vec<Request>,
+) -> Result<bool, RedisError> {
+    let mut failed: Option<RedisError> = None;
+    let mut demoted_under_us = false;
+    for r in batch.drain(..) {
+        if let Some(err) = &failed {
+            let _ = r.done.send(Err(err.clone()));
+            continue;
+        }
+        match replies(stream, reader, r.replies).await {
+            Ok(values) => {
+                demoted_under_us |= values.iter().any(demoted);
+                let _ = r.done.send(Ok(values));
+            }
+            Err(e) => {
+                let _ = r.done.send(Err(e.clone()));
+                failed = Some(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(demoted_under_us),
+    }
+}
+
+/// The next `n` replies.
+async fn replies(
+    stream: &mut Stream,
+    reader: &mut RespReader,
+    n: usize,
+) -> Result<Vec<Value>, RedisError> {
+    let mut values = Vec::with_capacity(n);
+    for _ in 0..n {
+        values.push(reader.read_value(stream).await?);
+    }
+    Ok(values)
 }

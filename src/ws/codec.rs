@@ -277,7 +277,13 @@ impl<P: Payload> Decoder<P> {
             self.frame = None;
             return Ok((self.finish_frame(fin)?, take));
         }
+        self.decode_header(buf)
+    }
 
+    /// A frame's header at the start of `buf`, and what follows it. This
+    /// and the helpers below are inlined: they are `decode`, split to read.
+    #[inline]
+    fn decode_header(&mut self, buf: &mut [u8]) -> Result<(Option<Event>, usize), WsError> {
         let mut cur = Cursor::new(&buf[..]);
         let (header, len) = match FrameHeader::parse(&mut cur) {
             Ok(Some(h)) => h,
@@ -291,66 +297,57 @@ impl<P: Payload> Decoder<P> {
         let Some(mask) = header.mask else {
             return Err(WsError::Protocol("client frames must be masked"));
         };
-        match header.opcode {
-            OpCode::Control(ctl) => {
-                if !header.is_final {
-                    return Err(WsError::Protocol("fragmented control frame"));
-                }
-                if len > 125 {
-                    return Err(WsError::Protocol("control frame too long"));
-                }
-                let len = len as usize;
-                if buf.len() < head + len {
-                    return Ok((None, 0));
-                }
-                let payload = &mut buf[head..head + len];
-                unmask(payload, mask, 0);
-                let ev = match ctl {
-                    Control::Ping => Event::Ping(head..head + len),
-                    Control::Pong => Event::Pong,
-                    Control::Close => Event::Close(parse_close(payload)?),
-                    Control::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
-                };
-                Ok((Some(ev), head + len))
-            }
-            OpCode::Data(data) => {
-                match data {
-                    Data::Continue if !self.in_message => {
-                        return Err(WsError::Protocol("continuation without a message"))
-                    }
-                    Data::Text | Data::Binary if self.in_message => {
-                        return Err(WsError::Protocol("new message inside a fragmented one"))
-                    }
-                    Data::Binary if !P::BINARY => return Err(WsError::Binary),
-                    Data::Binary if !header.is_final && !P::BINARY_FRAGMENTS => {
-                        return Err(WsError::Binary)
-                    }
-                    Data::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
-                    Data::Text | Data::Binary => {
-                        self.in_message = true;
-                        self.text = data == Data::Text;
-                        self.message_len = 0;
-                    }
-                    Data::Continue => {}
-                }
-                if (self.message_len as u64).saturating_add(len) > self.max_message as u64 {
-                    return Err(WsError::TooBig);
-                }
-                self.message_len += len as usize;
-                self.frame = Some(DataFrame {
-                    mask,
-                    fin: header.is_final,
-                    remaining: len,
-                    offset: 0,
-                });
-                if len == 0 {
-                    self.frame = None;
-                    return Ok((self.finish_frame(header.is_final)?, head));
-                }
-                let (ev, n) = self.decode(&mut buf[head..])?;
-                Ok((ev, head + n))
-            }
+        let data = match header.opcode {
+            OpCode::Control(ctl) => return control(ctl, header.is_final, len, mask, buf, head),
+            OpCode::Data(data) => data,
+        };
+        self.start_frame(data, header.is_final, len, mask)?;
+        if len == 0 {
+            self.frame = None;
+            return Ok((self.finish_frame(header.is_final)?, head));
         }
+        let (ev, n) = self.decode(&mut buf[head..])?;
+        Ok((ev, head + n))
+    }
+
+    /// Checks a data frame against the message in progress and the size
+    /// limit, and makes it the frame whose payload comes next.
+    #[inline]
+    fn start_frame(
+        &mut self,
+        data: Data,
+        fin: bool,
+        len: u64,
+        mask: [u8; 4],
+    ) -> Result<(), WsError> {
+        match data {
+            Data::Continue if !self.in_message => {
+                return Err(WsError::Protocol("continuation without a message"))
+            }
+            Data::Text | Data::Binary if self.in_message => {
+                return Err(WsError::Protocol("new message inside a fragmented one"))
+            }
+            Data::Binary if !P::BINARY => return Err(WsError::Binary),
+            Data::Binary if !fin && !P::BINARY_FRAGMENTS => return Err(WsError::Binary),
+            Data::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
+            Data::Text | Data::Binary => {
+                self.in_message = true;
+                self.text = data == Data::Text;
+                self.message_len = 0;
+            }
+            Data::Continue => {}
+        }
+        if (self.message_len as u64).saturating_add(len) > self.max_message as u64 {
+            return Err(WsError::TooBig);
+        }
+        self.message_len += len as usize;
+        self.frame = Some(DataFrame {
+            mask,
+            fin,
+            remaining: len,
+            offset: 0,
+        });
+        Ok(())
     }
 
     fn finish_frame(&mut self, fin: bool) -> Result<Option<Event>, WsError> {
@@ -368,6 +365,38 @@ impl<P: Payload> Decoder<P> {
             Event::Binary
         }))
     }
+}
+
+/// A control frame whose header ends at `head`: acted on only once all of
+/// it is in `buf`, as it is small (at most 125 bytes) and never fragmented.
+#[inline]
+fn control(
+    ctl: Control,
+    fin: bool,
+    len: u64,
+    mask: [u8; 4],
+    buf: &mut [u8],
+    head: usize,
+) -> Result<(Option<Event>, usize), WsError> {
+    if !fin {
+        return Err(WsError::Protocol("fragmented control frame"));
+    }
+    if len > 125 {
+        return Err(WsError::Protocol("control frame too long"));
+    }
+    let len = len as usize;
+    if buf.len() < head + len {
+        return Ok((None, 0));
+    }
+    let payload = &mut buf[head..head + len];
+    unmask(payload, mask, 0);
+    let ev = match ctl {
+        Control::Ping => Event::Ping(head..head + len),
+        Control::Pong => Event::Pong,
+        Control::Close => Event::Close(parse_close(payload)?),
+        Control::Reserved(_) => return Err(WsError::Protocol("reserved opcode")),
+    };
+    Ok((Some(ev), head + len))
 }
 
 /// Reads a Close payload: empty, or a valid code and a UTF-8 reason.
