@@ -33,6 +33,13 @@ pub struct Keep {
     done: Option<(bool, Vec<u8>)>,
 }
 
+impl Keep {
+    /// The last complete message, once: whether it was binary, its bytes.
+    pub fn take_done(&mut self) -> Option<(bool, Vec<u8>)> {
+        self.done.take()
+    }
+}
+
 impl Payload for Keep {
     const BINARY: bool = true;
 
@@ -67,7 +74,7 @@ impl Handler for Echo {
     }
 
     fn message(&self, _: &Rc<EchoSockets>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow {
-        if let Some((binary, payload)) = msg.payload.done.take() {
+        if let Some((binary, payload)) = msg.payload.take_done() {
             let op = if binary { Data::Binary } else { Data::Text };
             codec::encode(out, OpCode::Data(op), &payload);
         }

@@ -766,6 +766,238 @@ fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    use shardcast_kit::wire::{self, RawFrame};
+
+    use crate::ws::echo::Keep;
+
+    /// A handler for the transport's own tests: answers `got:<message>`,
+    /// parks on `park` (resumed 50 ms later with `resumed`), ends the socket
+    /// on `end`, and records every socket that leaves with its exit.
+    #[derive(Default)]
+    struct Probe {
+        left: RefCell<Vec<String>>,
+    }
+
+    impl Handler for Probe {
+        type State = ();
+        type Payload = Keep;
+
+        fn payload(&self) -> Keep {
+            Keep::default()
+        }
+
+        fn message(
+            &self,
+            plane: &Rc<Plane<Self>>,
+            msg: Message<'_, Self>,
+            out: &mut Vec<u8>,
+        ) -> Flow {
+            let (_, text) = msg.payload.take_done().expect("a complete message");
+            match &text[..] {
+                b"park" => {
+                    let (plane, conn, arrived) = (plane.clone(), msg.conn, msg.arrived);
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                        plane.resume(conn, arrived, |_, out| codec::encode_text(out, b"resumed"));
+                    })
+                    .detach();
+                    Flow::Park
+                }
+                b"end" => Flow::End(Exit::Kick),
+                _ => {
+                    codec::encode_text(out, &[b"got:", &text[..]].concat());
+                    Flow::Go
+                }
+            }
+        }
+
+        fn ended(&self, left: Left<()>) {
+            self.left.borrow_mut().push(format!("{:?}", left.exit));
+        }
+    }
+
+    /// One executor at a time: each locks memory for its rings, and a user's
+    /// memlock limit is 8 MiB.
+    static EXECUTOR: Mutex<()> = Mutex::new(());
+
+    /// Runs a plane of `Probe` with one socket, whose peer `client` drives
+    /// from a thread of its own (blocking reads there cannot stall the
+    /// plane); `during` runs on the plane's executor while the client works.
+    /// Returns what the client returned and the exits `Probe` recorded.
+    fn with_plane<T: Send + 'static>(
+        outbound_frames: u32,
+        client: impl FnOnce(UnixStream) -> T + Send + 'static,
+        during: impl Fn(&Rc<Plane<Probe>>) + 'static,
+    ) -> (T, Vec<String>) {
+        let _turn = EXECUTOR.lock().unwrap_or_else(|e| e.into_inner());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        ours.set_nonblocking(true).unwrap();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(64)
+            .make()
+            .unwrap()
+            .run(async move {
+                let limits = Limits {
+                    max_message: 1 << 20,
+                    outbound_frames,
+                    read_buffer: 16 << 10,
+                };
+                let plane = Plane::new(Probe::default(), limits).unwrap();
+                glommio::spawn_local(plane.clone().run()).detach();
+                plane.adopt(7, OwnedFd::from(ours), Vec::new(), b"", ());
+                let peer = std::thread::spawn(move || client(theirs));
+                while !peer.is_finished() {
+                    during(&plane);
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                let got = peer.join().unwrap();
+                // The client hung up: the plane sees it at its next wake.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !plane.is_empty() {
+                    assert!(Instant::now() < deadline, "the socket never left the table");
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                let left = plane.handler().left.borrow().clone();
+                (got, left)
+            })
+    }
+
+    /// Reads until `n` whole frames came, each as (opcode, payload).
+    fn frames(s: &mut UnixStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        while got.len() < n {
+            if let Some((RawFrame { first, payload }, used)) = wire::raw_frame(&buf).unwrap() {
+                got.push((first & 0x0F, payload.to_vec()));
+                buf.drain(..used);
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let k = s.read(&mut chunk).expect("the plane answered in time");
+            assert!(k > 0, "the plane hung up after {got:?}");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        got
+    }
+
+    const MASK: [u8; 4] = [1, 2, 3, 4];
+
+    #[test]
+    fn a_message_cut_anywhere_is_one_message_and_replies_keep_order() {
+        let (got, left) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::text_frame(&mut bytes, b"hello", MASK);
+                wire::masked(&mut bytes, 0x89, b"are you there", MASK);
+                wire::text_frame(&mut bytes, b"world", MASK);
+                // Cut inside the head, inside the payload, between frames.
+                for piece in [&bytes[..1], &bytes[1..4], &bytes[4..9], &bytes[9..]] {
+                    s.write_all(piece).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                frames(&mut s, 3)
+            },
+            |_| {},
+        );
+        assert_eq!(
+            got,
+            vec![
+                (0x1, b"got:hello".to_vec()),
+                (0xA, b"are you there".to_vec()),
+                (0x1, b"got:world".to_vec()),
+            ]
+        );
+        assert_eq!(left, vec!["Gone"], "the client hung up");
+    }
+
+    #[test]
+    fn a_parked_socket_reads_nothing_until_its_handler_resumes_it() {
+        let (got, _) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::text_frame(&mut bytes, b"park", MASK);
+                wire::text_frame(&mut bytes, b"after", MASK);
+                s.write_all(&bytes).unwrap();
+                frames(&mut s, 2)
+            },
+            |_| {},
+        );
+        assert_eq!(
+            got,
+            vec![(0x1, b"resumed".to_vec()), (0x1, b"got:after".to_vec())],
+            "what came after the parked message waited for the resume"
+        );
+    }
+
+    #[test]
+    fn a_close_or_the_handler_ends_the_socket_with_its_reason() {
+        let (_, left) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::close_frame(&mut bytes, 1000, MASK);
+                s.write_all(&bytes).unwrap();
+                // The plane ends the socket and hands it over: nothing more
+                // comes, and the peer sees the end once the probe drops it.
+                let mut b = [0u8; 16];
+                s.read(&mut b).unwrap()
+            },
+            |_| {},
+        );
+        assert_eq!(left, vec!["PeerClose(Some(1000))"]);
+        let (_, left) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::text_frame(&mut bytes, b"end", MASK);
+                s.write_all(&bytes).unwrap();
+                let mut b = [0u8; 16];
+                s.read(&mut b).unwrap()
+            },
+            |_| {},
+        );
+        assert_eq!(left, vec!["Kick"]);
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_ended_as_a_slow_reader() {
+        let frame = {
+            let mut f = Vec::new();
+            codec::encode_text(&mut f, &vec![b'x'; 64 << 10]);
+            f
+        };
+        // The client never reads; it waits until the plane gave up on it.
+        let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = gone.clone();
+        let (_, left) = with_plane(
+            4,
+            move |s| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                    assert!(Instant::now() < deadline, "never ended as a slow reader");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                drop(s);
+            },
+            move |plane| {
+                if plane.is_empty() {
+                    gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    plane.fan_out(&frame, &[]);
+                }
+            },
+        );
+        assert_eq!(left, vec!["SlowReader"]);
+    }
 
     #[test]
     fn slices_part_the_ids_evenly_and_once() {
