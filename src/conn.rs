@@ -8,10 +8,11 @@ use std::time::Duration;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
-use crate::context::{Context, Slot};
+use crate::context::Slot;
 use crate::http::{self, HeadError, Request};
 use crate::metrics::ErrorKind;
-use crate::ws::plane::Plane;
+use crate::ws::counter::Sockets;
+use crate::ws::echo::EchoSockets;
 
 /// Paths of the WebSocket endpoint.
 pub fn is_ws_path(path: &str) -> bool {
@@ -31,7 +32,14 @@ pub async fn refuse_full(mut stream: TcpStream) {
 /// Reads the request head and answers plain HTTP, or runs the upgrade up to
 /// the welcome and hands the socket to the plane. The connection's task,
 /// holding its slot under `max_connections`.
-pub async fn front(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream) {
+/// The planes a connection may hand its socket to: the counter's, and the
+/// conformance echo's when `--conformance-echo` is on.
+pub struct Planes {
+    pub counter: Rc<Sockets>,
+    pub echo: Option<Rc<EchoSockets>>,
+}
+
+pub async fn front(slot: Slot, planes: &Planes, mut stream: TcpStream) {
     let shard = &slot.ctx().clone();
     let cfg = shard.cfg();
     let m = shard.metrics();
@@ -73,15 +81,15 @@ pub async fn front(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream) {
         Ok(Ok(req)) => req,
     };
 
-    if cfg.conformance_echo && req.header("upgrade").is_some() {
-        Box::pin(conformance_echo(shard, stream, req)).await;
+    if let (Some(echo), Some(_)) = (&planes.echo, req.header("upgrade")) {
+        Box::pin(conformance_echo(slot, echo, stream, req)).await;
         return;
     }
     if is_ws_path(&req.path) {
         // Boxed, as are the answers below: their state is kilobytes and only
         // a finished head needs it, while the task of a head still being
         // read (thousands at once in a slowloris) stays small.
-        return Box::pin(crate::ws::socket::open(slot, plane, stream, req)).await;
+        return Box::pin(crate::ws::socket::open(slot, &planes.counter, stream, req)).await;
     }
     let answer = if req.header("upgrade").is_some() {
         // An upgrade anywhere else is a wrong URL, not a wrong protocol.
@@ -99,9 +107,15 @@ pub async fn front(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
-/// `--conformance-echo`: the upgrade checks of the real endpoint, then an
-/// echo socket in this (short-lived in production, test-only here) task.
-async fn conformance_echo(shard: &Context, mut stream: TcpStream, mut req: Request) {
+/// `--conformance-echo`: the upgrade checks of the real endpoint, then the
+/// socket joins the shard's echo plane, which runs the same transport as
+/// the counter's (reads, write queues, close) with the echo as its handler.
+async fn conformance_echo(
+    slot: Slot,
+    echo: &Rc<EchoSockets>,
+    mut stream: TcpStream,
+    mut req: Request,
+) {
     let accept = match crate::ws::handshake::validate(&req) {
         Ok(a) => a,
         Err(r) => {
@@ -109,14 +123,12 @@ async fn conformance_echo(shard: &Context, mut stream: TcpStream, mut req: Reque
             return;
         }
     };
-    if stream
-        .write_all(&crate::ws::handshake::accept_response(&accept))
-        .await
-        .is_err()
-    {
-        return;
-    }
     stream.set_nodelay(true).ok();
     let rest = std::mem::take(&mut req.rest);
-    crate::ws::echo::serve(stream, rest, shard.cfg().max_message_bytes).await;
+    let conn = slot.ctx().next_conn_id();
+    let Some(fd) = crate::ws::socket::take_fd(stream) else {
+        return;
+    };
+    let first = crate::ws::handshake::accept_response(&accept);
+    echo.adopt(conn, fd, rest, &first, slot);
 }

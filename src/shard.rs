@@ -2,7 +2,7 @@
 //! their tasks (Redis, pub/sub, the socket plane, heartbeats, sweeps,
 //! flushes), accepts connections, and carries out its part of a drain.
 //!
-//! Everything below the loop is handed the [`Context`] and the [`Plane`];
+//! Everything below the loop is handed the [`Context`] and the planes;
 //! nothing below reaches back up here.
 
 use std::rc::Rc;
@@ -13,6 +13,7 @@ use futures_lite::future;
 use glommio::net::TcpStream;
 use shards::{Control, ShardContext};
 
+use crate::conn::Planes;
 use crate::context::{Context, Shared};
 use crate::history::{self, History, Offset};
 use crate::metrics::ErrorKind;
@@ -23,7 +24,8 @@ use crate::redis::sentinel::{self, Switch};
 use crate::redis::{Redis, RedisTarget};
 use crate::store::Store;
 use crate::ws::codec;
-use crate::ws::plane::{Plane, Slice};
+use crate::ws::counter::{self, Sockets};
+use crate::ws::plane::Slice;
 
 /// The end of a drain kept for the last flush of counts to Redis.
 const FLUSH_RESERVE: Duration = Duration::from_millis(500);
@@ -34,7 +36,7 @@ const FLUSH_FLOOR: Duration = Duration::from_millis(100);
 const STOP_FLUSH: Duration = Duration::from_secs(2);
 
 /// A broadcast or kick from Redis, delivered to this shard's sockets.
-fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]) {
+fn on_bus_event(ctx: &Context, plane: &Sockets, target: Target<'_>, payload: &[u8]) {
     if target == Target::Head {
         if let Some(o) = std::str::from_utf8(payload)
             .ok()
@@ -92,7 +94,7 @@ fn on_bus_event(ctx: &Context, plane: &Plane, target: Target<'_>, payload: &[u8]
 }
 
 /// Heartbeats to one slice of the table.
-fn heartbeat(ctx: &Context, plane: &Plane, slice: Slice) {
+fn heartbeat(ctx: &Context, plane: &Sockets, slice: Slice) {
     let ts = crate::logging::rfc3339_millis(SystemTime::now());
     let mut frame = Vec::new();
     codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
@@ -113,7 +115,7 @@ fn heartbeat(ctx: &Context, plane: &Plane, slice: Slice) {
 /// heartbeat or a token's expiry many periods late). A late walk catches up,
 /// still one slice per loop turn.
 async fn walk(
-    plane: Rc<Plane>,
+    plane: Rc<Sockets>,
     period: Duration,
     per_tick: usize,
     capacity: usize,
@@ -148,7 +150,7 @@ pub async fn run(
     crate::logging::set_shard(ctx.id);
     let wired = wire(ctx.id, &shared);
     let shard = wired.shard.clone();
-    let plane = match Plane::new(shard.clone()) {
+    let plane = match counter::plane(shard.clone()) {
         Ok(p) => p,
         Err(e) => {
             tracing::error!(error = %e, "shard cannot start its socket plane");
@@ -156,6 +158,25 @@ pub async fn run(
         }
     };
     glommio::spawn_local(plane.clone().run()).detach();
+    let echo = match shared
+        .cfg
+        .conformance_echo
+        .then(|| crate::ws::echo::plane(&shared.cfg))
+    {
+        None => None,
+        Some(Ok(p)) => {
+            glommio::spawn_local(p.clone().run()).detach();
+            Some(p)
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "shard cannot start its echo plane");
+            return;
+        }
+    };
+    let planes = Rc::new(Planes {
+        counter: plane.clone(),
+        echo,
+    });
     if let Some(calls) = calls {
         glommio::spawn_local(crate::api::serve(calls.into_async(), shard.clone())).detach();
     }
@@ -163,7 +184,7 @@ pub async fn run(
     start_walks(&shard, &plane);
     glommio::spawn_local(measure_lag(shard.clone())).detach();
     glommio::spawn_local(flush_every(shard.clone(), shared.cfg.flush_interval)).detach();
-    serve(ctx, &shard, &plane).await;
+    serve(ctx, &shard, &planes).await;
 }
 
 /// A shard's parts before anything runs: its Redis link, and the context
@@ -250,7 +271,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
 
 /// The command link's task and the subscription's, whose events reach
 /// the plane's sockets.
-fn start_redis(wired: Wired, plane: &Rc<Plane>) {
+fn start_redis(wired: Wired, plane: &Rc<Sockets>) {
     let Wired {
         shard,
         redis,
@@ -272,7 +293,7 @@ fn start_redis(wired: Wired, plane: &Rc<Plane>) {
 }
 
 /// The heartbeat and the sweep, each a walk over the socket table.
-fn start_walks(shard: &Rc<Context>, plane: &Rc<Plane>) {
+fn start_walks(shard: &Rc<Context>, plane: &Rc<Sockets>) {
     let cfg = shard.cfg();
     // What one shard may hold, for sizing the walks' slices.
     let capacity = cfg.max_connections;
@@ -348,7 +369,7 @@ async fn flush_every(s: Rc<Context>, every: Duration) {
 
 /// Accepts until a drain or a stop, then carries it out: the drain, and
 /// the last flush of counts.
-async fn serve(ctx: ShardContext, shard: &Rc<Context>, plane: &Rc<Plane>) {
+async fn serve(ctx: ShardContext, shard: &Rc<Context>, planes: &Rc<Planes>) {
     let mut control = ctx.control;
     let listener = ctx.listener;
     // Nothing is buffered yet; a failed connect clears this.
@@ -374,7 +395,7 @@ async fn serve(ctx: ShardContext, shard: &Rc<Context>, plane: &Rc<Plane>) {
                             ctx.id
                         );
                     }
-                    accept_one(shard, plane, stream)
+                    accept_one(shard, planes, stream)
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
@@ -400,7 +421,7 @@ async fn serve(ctx: ShardContext, shard: &Rc<Context>, plane: &Rc<Plane>) {
     // to STOP_FLUSH.
     let flush_for = match drain_by {
         Some(by) => {
-            drain(shard, plane, &mut control, by).await;
+            drain(shard, planes, &mut control, by).await;
             by.saturating_duration_since(Instant::now())
                 .max(FLUSH_FLOOR)
         }
@@ -427,7 +448,7 @@ fn debug_panic_shard() -> Option<usize> {
         .ok()
 }
 
-fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, stream: TcpStream) {
+fn accept_one(shard: &Rc<Context>, planes: &Rc<Planes>, stream: TcpStream) {
     let Some(slot) = shard.try_open() else {
         shard.metrics().error(ErrorKind::OverCapacity);
         if let Some(unlogged) = shard.log_gate(ErrorKind::OverCapacity) {
@@ -444,13 +465,13 @@ fn accept_one(shard: &Rc<Context>, plane: &Rc<Plane>, stream: TcpStream) {
     // upgrade up to the welcome and hands the socket to the plane, then
     // ends: an open socket is an entry in the plane's table, not a task.
     // The slot goes with it to the end of its close: the drain waits for it.
-    let plane = plane.clone();
-    glommio::spawn_local(async move { crate::conn::front(slot, &plane, stream).await }).detach();
+    let planes = planes.clone();
+    glommio::spawn_local(async move { crate::conn::front(slot, &planes, stream).await }).detach();
 }
 
 async fn drain(
     shard: &Rc<Context>,
-    plane: &Rc<Plane>,
+    planes: &Planes,
     control: &mut shards::ControlReceiver,
     by: Instant,
 ) {
@@ -460,9 +481,13 @@ async fn drain(
         .unwrap_or(started)
         .max(started);
     shard.begin_drain(deadline);
+    let plane = &planes.counter;
     let sockets = plane.len();
     tracing::info!(sockets, "draining");
     plane.drain();
+    if let Some(echo) = &planes.echo {
+        echo.drain();
+    }
     let wait = future::or(
         async {
             // Requests, upgrades, sockets and their goodbyes: each holds

@@ -1,6 +1,7 @@
 //! Protocol conformance: the Autobahn test suite's cases 1-7, 9 and 10 (driven
-//! by kosoku, from PyPI) against the framing code the service uses, served
-//! by the `--conformance-echo` endpoint. Every case must end OK, NON-STRICT
+//! by kosoku, from PyPI) against the service's own transport (the shard's
+//! plane: its reads, decoder, write queues and close), with the
+//! `--conformance-echo` handler in place of the counter. Every case must end OK, NON-STRICT
 //! or INFORMATIONAL. Cases 12-13 test permessage-deflate, which the service
 //! does not offer. The reports are kept in target/autobahn/.
 mod common;

@@ -1,23 +1,43 @@
-//! The conformance echo endpoint (`--conformance-echo`): every message comes
-//! back as it was sent, text or binary, so an RFC 6455 test suite (Autobahn)
-//! can check the framing code the service uses. No session, no count, no
-//! Redis; the service's own sockets never run this. Never enable it in
-//! production: it holds whole messages, up to `max_message_bytes`.
+//! The conformance echo (`--conformance-echo`): a handler on the shard's
+//! plane that sends every message back as it was sent, text or binary, so
+//! an RFC 6455 test suite (Autobahn) checks the transport the service's own
+//! sockets run on: its reads, decoder, write queues and close. No session,
+//! no count, no Redis. Never enable it in production: it holds whole
+//! messages, up to `max_message_bytes`.
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use super::codec::{self, Decoder, Event, Payload};
+use crate::config::Config;
+use crate::context::Slot;
+use crate::ws::codec::{self, Payload};
+use crate::ws::goodbye::Exit;
+use crate::ws::plane::{Flow, Handler, Left, Limits, Message, Plane, PlaneError};
 
-const READ: usize = 64 << 10;
+/// How long an echo socket's Close may take to write.
+const CLOSE_WRITE: Duration = Duration::from_secs(2);
+
+/// The shard's echo sockets.
+pub type EchoSockets = Plane<Echo>;
 
 /// The echo's payload sink: keeps each message whole until it is echoed.
 #[derive(Debug, Default)]
-struct Keep {
+pub struct Keep {
     message: Vec<u8>,
     /// The last complete message: whether it was binary, and its bytes.
     done: Option<(bool, Vec<u8>)>,
+}
+
+impl Keep {
+    /// The last complete message, once: whether it was binary, its bytes.
+    pub fn take_done(&mut self) -> Option<(bool, Vec<u8>)> {
+        self.done.take()
+    }
 }
 
 impl Payload for Keep {
@@ -32,66 +52,62 @@ impl Payload for Keep {
     }
 }
 
-/// Serves an upgraded socket until it closes. `rest` holds bytes that came
-/// after the request head.
-pub async fn serve(mut stream: TcpStream, rest: Vec<u8>, max_message: usize) {
-    let mut decoder = Decoder::with(max_message, Keep::default());
-    let mut buf = rest;
-    buf.reserve(READ);
-    let mut start = 0;
-    let mut out = Vec::new();
-    loop {
-        // Handle everything buffered, then read more.
-        loop {
-            match decoder.decode(&mut buf[start..]) {
-                Ok((None, 0)) => break,
-                Ok((None, n)) => start += n,
-                Ok((Some(ev), n)) => {
-                    let at = start;
-                    start += n;
-                    match ev {
-                        Event::Text | Event::Binary => {
-                            if let Some((binary, payload)) = decoder.payload_mut().done.take() {
-                                let op = if binary { Data::Binary } else { Data::Text };
-                                codec::encode(&mut out, OpCode::Data(op), &payload);
-                            }
-                        }
-                        Event::Ping(r) => {
-                            let payload = buf[at + r.start..at + r.end].to_vec();
-                            codec::encode_pong(&mut out, &payload);
-                        }
-                        Event::Pong => {}
-                        Event::Close(code) => {
-                            // Echo the code (1000 for an empty Close), then
-                            // end the TCP connection: the server closes first.
-                            codec::encode_close(&mut out, code.unwrap_or(1000), "");
-                            let _ = stream.write_all(&out).await;
-                            let _ = stream.close().await;
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    codec::encode_close(&mut out, e.code(), e.reason());
-                    let _ = stream.write_all(&out).await;
-                    let _ = stream.close().await;
-                    return;
-                }
-            }
-        }
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        buf.drain(..start);
-        start = 0;
-        let len = buf.len();
-        buf.resize(len + READ, 0);
-        match stream.read(&mut buf[len..]).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.truncate(len + n),
-        }
+/// The echo handler; a socket's state is its slot under `max_connections`.
+pub struct Echo;
+
+/// The shard's echo plane, with the service's transport limits.
+pub fn plane(cfg: &Config) -> Result<Rc<EchoSockets>, PlaneError> {
+    let limits = Limits {
+        max_message: cfg.max_message_bytes,
+        outbound_frames: cfg.outbound_queue as u32,
+        read_buffer: cfg.read_buffer_bytes,
+    };
+    Plane::new(Echo, limits)
+}
+
+impl Handler for Echo {
+    type State = Slot;
+    type Payload = Keep;
+
+    fn payload(&self) -> Keep {
+        Keep::default()
     }
+
+    fn message(&self, _: &Rc<EchoSockets>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow {
+        if let Some((binary, payload)) = msg.payload.take_done() {
+            let op = if binary { Data::Binary } else { Data::Text };
+            codec::encode(out, OpCode::Data(op), &payload);
+        }
+        Flow::Go
+    }
+
+    fn ended(&self, left: Left<Slot>) {
+        glommio::spawn_local(close(left)).detach();
+    }
+}
+
+/// The Close an exit calls for (the peer's code echoed, 1000 for an empty
+/// one), then the end of the TCP connection: the server closes first.
+async fn close(left: Left<Slot>) {
+    let Left {
+        fd, exit, unsent, ..
+    } = left;
+    // SAFETY: the descriptor is open and owned; the stream takes it over.
+    let mut stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    let (code, reason) = match &exit {
+        Exit::PeerClose(code) => (code.unwrap_or(1000), ""),
+        Exit::Invalid(e) => (e.code(), e.reason()),
+        Exit::Drain => (1001, "server shutting down"),
+        Exit::Idle => (1001, "idle timeout"),
+        Exit::Gone => return,
+        _ => (1008, ""),
+    };
+    let mut out = if matches!(exit, Exit::SlowReader) {
+        Vec::new()
+    } else {
+        unsent
+    };
+    codec::encode_close(&mut out, code, reason);
+    let _ = glommio::timer::timeout(CLOSE_WRITE, async { Ok(stream.write_all(&out).await) }).await;
+    let _ = stream.close().await;
 }

@@ -1,12 +1,14 @@
 //! The WebSocket endpoint: the upgrade (`handshake`), the framing (`codec`),
-//! a socket's upgrade (`socket`), the shard's table of open sockets and its
-//! event loop (`plane`), the commands a client sends on its socket
-//! (`control`), and a socket's end (`goodbye`); `echo` is the
-//! conformance-test endpoint. Dependencies run one way: socket → plane →
-//! goodbye.
+//! a socket's upgrade (`socket`), the shard's transport (`plane`: the table
+//! of open sockets, its event loop, buffers, write queues and sweeps) and
+//! the handlers it runs (`counter`, the service; `echo`, the conformance
+//! echo), the commands a client sends on its socket (`control`), and a
+//! counting socket's end (`goodbye`). Dependencies run one way: socket →
+//! counter → plane, and counter → goodbye.
 
 pub mod codec;
 pub mod control;
+pub mod counter;
 pub mod echo;
 pub mod goodbye;
 pub mod handshake;

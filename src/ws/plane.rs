@@ -1,4 +1,4 @@
-//! The shard's WebSocket data plane: every open socket of the shard is a
+//! The shard's WebSocket transport: every open socket of the shard is a
 //! small struct in one table, readiness comes from one epoll descriptor that
 //! the shard awaits through glommio (one io_uring poll per wake, whatever
 //! the number of sockets), bytes land in one receive buffer per shard, frames
@@ -6,28 +6,22 @@
 //! socket. Pings, idle closes and stalled writers are found by sweeps over
 //! the table, not by timers per socket.
 //!
-//! A socket leaves the table when it ends; its goodbye, Close and the wait
-//! for the peer's Close run in a short task of their own ([`goodbye::close`]),
-//! so the table only ever holds sockets that are counting.
+//! The plane knows frames, buffers, write queues and timers, nothing of what
+//! a message means: a [`Handler`] does (`ws::counter`, the service's counter;
+//! `ws::echo`, the conformance echo), with state of its own beside each
+//! socket's. A socket leaves the table when it ends, and its handler takes
+//! over what is left of it ([`Left`]), so the table only ever holds sockets
+//! that are serving.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use uuid::Uuid;
-
-use crate::auth;
-use crate::config::Durability;
-use crate::context::{Context, Slot};
-use crate::metrics::ErrorKind;
-use crate::protocol;
-use crate::session::Session;
-use crate::ws::codec::{self, Decoder, Event, WsError};
-use crate::ws::control::{self, Command};
-use crate::ws::goodbye::{self, Ended, Exit};
+use crate::ws::codec::{self, Decoder, Event, Payload, WsError};
+use crate::ws::goodbye::Exit;
 
 /// Readiness events taken per `epoll_wait`.
 const EVENTS: usize = 512;
@@ -36,97 +30,87 @@ const WRITE_STALL: Duration = Duration::from_secs(10);
 /// Kept allocations above this are given back once empty.
 const KEEP: usize = 256;
 
-/// Token bucket for one socket; the rate and burst are the shard's.
-struct Bucket {
-    tokens: f32,
-    last: Instant,
-    strikes: u32,
-}
+/// What a socket's messages mean. The plane calls it for every complete
+/// text or binary message, asks it at each sweep whether a socket must end
+/// for its own reasons, and hands it each socket that left the table.
+pub trait Handler: Sized + 'static {
+    /// What the handler keeps per socket, beside the transport's state.
+    type State;
+    /// Where the decoder puts a message's payload.
+    type Payload: Payload;
 
-impl Bucket {
-    fn take(&mut self, now: Instant, rate: f32, burst: f32) -> bool {
-        if rate == 0.0 {
-            return true;
-        }
-        let refill = now.duration_since(self.last).as_secs_f32() * rate;
-        self.tokens = (self.tokens + refill).min(burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
+    /// A new socket's payload sink.
+    fn payload(&self) -> Self::Payload;
+
+    /// A complete message: replies go into `out` (sent after the wake's
+    /// other replies to this socket, in order). [`Flow::Park`] stops reading
+    /// this socket until the handler calls [`Plane::resume`].
+    fn message(&self, plane: &Rc<Plane<Self>>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow;
+
+    /// Whether the sweep ends the socket for the handler's own reason.
+    fn expired(&self, _state: &Self::State, _now: Instant) -> Option<Exit> {
+        None
     }
+
+    /// The socket left the table (it is out of the epoll set): its close.
+    fn ended(&self, left: Left<Self::State>);
 }
 
-/// What a socket's token granted, kept while it is open (with
-/// `--auth-secret` only; boxed so a socket without one pays a pointer).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The token's `sub`: a refresh must name the same one.
-    pub sub: Option<Box<str>>,
-    /// When the token expires; the sweep closes the socket past it.
-    pub expires: Option<Instant>,
+/// A complete message, as the plane hands it to its handler.
+pub struct Message<'a, H: Handler> {
+    pub conn: u64,
+    pub binary: bool,
+    pub state: &'a mut H::State,
+    /// The decoder's sink, holding what it kept of the message.
+    pub payload: &'a mut H::Payload,
+    /// When the read that completed it returned.
+    pub arrived: Instant,
 }
 
-/// One open socket: its descriptor, session and the few bytes of state
-/// between reads.
-struct Sock {
+/// What a message leads to.
+pub enum Flow {
+    Go,
+    /// Reading stops until [`Plane::resume`].
+    Park,
+    End(Exit),
+}
+
+/// A socket that left the table, handed to its handler.
+pub struct Left<S> {
+    pub conn: u64,
+    pub fd: OwnedFd,
+    pub state: S,
+    pub exit: Exit,
+    /// Bytes the kernel had not taken yet when the socket ended.
+    pub unsent: Vec<u8>,
+    pub opened: Instant,
+}
+
+/// One open socket: its descriptor and the few bytes of transport state
+/// between reads, and its handler's state.
+struct Sock<H: Handler> {
     fd: OwnedFd,
-    slot: Slot,
-    session: Rc<Session>,
-    room: Option<Rc<str>>,
-    grant: Option<Box<Grant>>,
-    decoder: Decoder,
-    bucket: Bucket,
-    /// An incomplete frame head (or, while a sync write is in flight, the
-    /// bytes after the message that waits): decoded before the next read.
+    decoder: Decoder<H::Payload>,
+    /// An incomplete frame head (or, while the socket is parked, the bytes
+    /// after the message that waits): decoded before the next read.
     partial: Vec<u8>,
     /// Bytes the kernel would not take yet, in order.
     backlog: Vec<u8>,
-    /// Frames appended to a non-empty backlog, against `outbound_queue`.
+    /// Frames appended to a non-empty backlog, against `outbound_frames`.
     backlog_frames: u32,
     /// When the backlog last stopped moving.
     stalled_since: Option<Instant>,
     /// When the peer last sent anything, and whether a Ping went out since.
     heard: Instant,
     pinged: bool,
-    /// A sync-durability write is in flight: reading waits for it.
+    /// Parked by its handler: reading waits for [`Plane::resume`].
     waiting: bool,
     /// The socket has ended and waits in `Plane::ended` to leave the table.
     ended: bool,
     /// The epoll events this socket is registered for.
     interest: u32,
     opened: Instant,
-    messages: u64,
-}
-
-/// A socket past its handshake, as the upgrade hands it over.
-pub struct Upgraded {
-    pub conn: u64,
-    pub fd: OwnedFd,
-    /// Its place under `max_connections`, given back when it ends.
-    pub slot: Slot,
-    pub session: Rc<Session>,
-    /// The room it joined, if any.
-    pub room: Option<Rc<str>>,
-    /// What its token granted (with `--auth-secret`).
-    pub grant: Option<Box<Grant>>,
-    /// What the client sent after its request head (its first frames).
-    pub rest: Vec<u8>,
-}
-
-/// What the bytes of one socket led to.
-enum Stop {
-    /// A text message counted in sync mode waits for Redis.
-    Park {
-        count: u64,
-        arrived: Instant,
-    },
-    Exit(Exit),
+    state: H::State,
 }
 
 /// One of `of` even parts of the socket table, by connection id (ids are
@@ -155,26 +139,30 @@ impl Slice {
     }
 }
 
-/// The settings the hot path reads, copied out of the config once.
-struct Limits {
-    max_message: usize,
-    rate: f32,
-    burst: f32,
-    strikes: u32,
-    outbound_frames: u32,
-    sync: bool,
+/// The transport's limits, from the settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest message, in bytes (1009 past it).
+    pub max_message: usize,
+    /// Frames a socket may have queued behind what the kernel would not
+    /// take; past it the socket is a slow reader.
+    pub outbound_frames: u32,
+    /// The shard's one receive buffer.
+    pub read_buffer: usize,
 }
 
-/// A shard's sockets and their epoll descriptor.
-pub struct Plane {
-    ctx: Rc<Context>,
+/// A shard's sockets of one handler, and their epoll descriptor.
+pub struct Plane<H: Handler> {
+    handler: H,
     epoll: OwnedFd,
-    socks: RefCell<HashMap<u64, Box<Sock>>>,
+    socks: RefCell<HashMap<u64, Box<Sock<H>>>>,
     rx: RefCell<Box<[u8]>>,
     /// Replies of the socket being handled.
     out: RefCell<Vec<u8>>,
     /// Sockets that ended while the table was borrowed.
     ended: RefCell<Vec<(u64, Exit)>>,
+    /// Set by [`Plane::drain`]: a socket adopted or resumed after it ends.
+    draining: Cell<bool>,
     limits: Limits,
 }
 
@@ -183,8 +171,14 @@ pub struct Plane {
 #[error("epoll_create1: {0}")]
 pub struct PlaneError(#[from] io::Error);
 
-impl Plane {
-    pub fn new(ctx: Rc<Context>) -> Result<Rc<Self>, PlaneError> {
+/// What the bytes of one socket led to.
+enum Stop {
+    Park,
+    Exit(Exit),
+}
+
+impl<H: Handler> Plane<H> {
+    pub fn new(handler: H, limits: Limits) -> Result<Rc<Self>, PlaneError> {
         // SAFETY: plain syscall; the descriptor is owned below.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -192,27 +186,22 @@ impl Plane {
         }
         // SAFETY: a fresh descriptor that nothing else owns.
         let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let cfg = ctx.cfg();
-        let limits = Limits {
-            max_message: cfg.max_message_bytes,
-            rate: cfg.rate_limit as f32,
-            burst: cfg.rate_burst as f32,
-            strikes: cfg.rate_strikes,
-            outbound_frames: cfg.outbound_queue as u32,
-            sync: cfg.durability == Durability::Sync,
-        };
-        let rx_bytes = cfg.read_buffer_bytes;
         Ok(Rc::new(Self {
-            ctx,
+            handler,
             epoll,
             socks: RefCell::new(HashMap::new()),
             // A read takes at most this much from one socket; level-triggered
             // epoll reports the socket again while more waits.
-            rx: RefCell::new(vec![0u8; rx_bytes].into_boxed_slice()),
+            rx: RefCell::new(vec![0u8; limits.read_buffer].into_boxed_slice()),
             out: RefCell::new(Vec::with_capacity(4096)),
             ended: RefCell::new(Vec::new()),
+            draining: Cell::new(false),
             limits,
         }))
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.handler
     }
 
     /// Open sockets in the table.
@@ -225,24 +214,22 @@ impl Plane {
     }
 
     /// Takes an upgraded socket into the table and sends `first` (the 101
-    /// and the welcome) as its first bytes. From here on every broadcast
-    /// reaches it, in order after the welcome.
-    pub fn adopt(self: &Rc<Self>, up: Upgraded, first: &[u8]) {
+    /// and what follows it) as its first bytes; `rest` is what the client
+    /// sent after its request head. From here on every frame sent to the
+    /// table reaches it, in order after `first`.
+    pub fn adopt(
+        self: &Rc<Self>,
+        conn: u64,
+        fd: OwnedFd,
+        rest: Vec<u8>,
+        first: &[u8],
+        state: H::State,
+    ) {
         let now = Instant::now();
-        let conn = up.conn;
         let mut sock = Box::new(Sock {
-            fd: up.fd,
-            slot: up.slot,
-            session: up.session,
-            room: up.room,
-            grant: up.grant,
-            decoder: Decoder::new(self.limits.max_message),
-            bucket: Bucket {
-                tokens: self.limits.burst,
-                last: now,
-                strikes: 0,
-            },
-            partial: up.rest,
+            fd,
+            decoder: Decoder::with(self.limits.max_message, self.handler.payload()),
+            partial: rest,
             backlog: Vec::new(),
             backlog_frames: 0,
             stalled_since: None,
@@ -252,17 +239,14 @@ impl Plane {
             ended: false,
             interest: 0,
             opened: now,
-            messages: 0,
+            state,
         });
-        let m = self.ctx.metrics();
-        m.connections_active.inc();
-        m.connections_total.inc();
         if let Err(e) = self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, &mut sock, libc::EPOLLIN as u32) {
             tracing::warn!(error = %e, "epoll_ctl add failed");
             self.end(conn, &mut sock, Exit::Gone);
         } else if let Err(exit) = self.write(conn, &mut sock, first) {
             self.end(conn, &mut sock, exit);
-        } else if self.ctx.is_draining() {
+        } else if self.draining.get() {
             // A drain that began while this upgrade waited on Redis.
             self.end(conn, &mut sock, Exit::Drain);
         } else if !sock.partial.is_empty() {
@@ -271,7 +255,6 @@ impl Plane {
         self.socks.borrow_mut().insert(conn, sock);
         self.close_ended();
     }
-
     /// The shard's socket loop: waits for the epoll descriptor, then handles
     /// every ready socket. Runs for the life of the shard.
     pub async fn run(self: Rc<Self>) {
@@ -333,7 +316,7 @@ impl Plane {
 
     /// One read into the shard's buffer, then everything it completes.
     /// Returns whether anything was read.
-    fn read(self: &Rc<Self>, conn: u64, sock: &mut Sock) -> bool {
+    fn read(self: &Rc<Self>, conn: u64, sock: &mut Sock<H>) -> bool {
         let mut rx = self.rx.borrow_mut();
         let kept = sock.partial.len();
         if kept >= rx.len() {
@@ -374,7 +357,7 @@ impl Plane {
 
     /// Decodes the socket's kept bytes alone (after a sync write, or the
     /// frames that came with the upgrade), without a read.
-    fn pump(self: &Rc<Self>, conn: u64, sock: &mut Sock, arrived: Option<Instant>) {
+    fn pump(self: &Rc<Self>, conn: u64, sock: &mut Sock<H>, arrived: Option<Instant>) {
         let arrived = arrived.unwrap_or_else(Instant::now);
         let mut rx = self.rx.borrow_mut();
         // Kept bytes fit the buffer but for an upgrade whose first frames
@@ -395,10 +378,10 @@ impl Plane {
 
     /// Handles every complete event in `buf`, writes the replies, keeps what
     /// is left, and parks or ends the socket when an event asks for it.
-    fn decode(self: &Rc<Self>, conn: u64, sock: &mut Sock, buf: &mut [u8], arrived: Instant) {
+    fn decode(self: &Rc<Self>, conn: u64, sock: &mut Sock<H>, buf: &mut [u8], arrived: Instant) {
         let mut out = self.out.borrow_mut();
         out.clear();
-        let (used, stop) = self.events(sock, buf, arrived, &mut out);
+        let (used, stop) = self.events(conn, sock, buf, arrived, &mut out);
         if used < buf.len() {
             sock.partial.extend_from_slice(&buf[used..]);
         } else if sock.partial.capacity() > KEEP {
@@ -412,15 +395,16 @@ impl Plane {
         drop(out);
         match (wrote, stop) {
             (Err(exit), _) | (Ok(()), Some(Stop::Exit(exit))) => self.end(conn, sock, exit),
-            (Ok(()), Some(Stop::Park { count, arrived })) => self.park(conn, sock, count, arrived),
+            (Ok(()), Some(Stop::Park)) => self.park(conn, sock),
             (Ok(()), None) => {}
         }
     }
 
     /// The events in `buf`: returns the bytes used and why it stopped early.
     fn events(
-        &self,
-        sock: &mut Sock,
+        self: &Rc<Self>,
+        conn: u64,
+        sock: &mut Sock<H>,
         buf: &mut [u8],
         arrived: Instant,
         out: &mut Vec<u8>,
@@ -433,149 +417,55 @@ impl Plane {
                 Err(e) => return (buf.len(), Some(Stop::Exit(Exit::Invalid(e)))),
             };
             start += n;
-            match ev {
+            let binary = match ev {
                 None if n == 0 => break,
-                None => {}
-                Some(Event::Text) => {
-                    // One clock read serves the rate limit and the latency histogram.
-                    let now = Instant::now();
-                    match self.admit(sock, now, out) {
-                        Err(exit) => return (buf.len(), Some(Stop::Exit(exit))),
-                        Ok(false) => continue,
-                        Ok(true) => {}
-                    }
-                    let count = sock.session.increment();
-                    if self.limits.sync {
-                        return (start, Some(Stop::Park { count, arrived }));
-                    }
-                    self.ctx.store.enqueue(&sock.session);
-                    self.counted(sock, count, arrived, now, out);
-                }
-                Some(Event::Binary) => {
-                    // A control frame costs a message of the rate limit, so
-                    // refreshes cannot be a way around it.
-                    match self.admit(sock, Instant::now(), out) {
-                        Err(exit) => return (buf.len(), Some(Stop::Exit(exit))),
-                        Ok(false) => continue,
-                        Ok(true) => {}
-                    }
-                    let Some(payload) = sock.decoder.payload_mut().take() else {
-                        let e = WsError::Protocol("control frame too long");
-                        return (buf.len(), Some(Stop::Exit(Exit::Invalid(e))));
-                    };
-                    match control::parse(&payload) {
-                        Err(e) => {
-                            tracing::info!(error = %e, "binary message is not a control frame");
-                            let e = WsError::Binary;
-                            return (buf.len(), Some(Stop::Exit(Exit::Invalid(e))));
-                        }
-                        Ok(Command::Refresh(token)) => match self.refresh(sock, &token) {
-                            Ok(text) => codec::encode_text(out, text.as_bytes()),
-                            Err(why) => {
-                                return (buf.len(), Some(Stop::Exit(Exit::TokenRefused(why))))
-                            }
-                        },
-                    }
-                }
+                None => continue,
+                Some(Event::Text) => false,
+                Some(Event::Binary) => true,
                 Some(Event::Ping(r)) => {
                     codec::encode_pong(out, &buf[base + r.start..base + r.end]);
+                    continue;
                 }
-                Some(Event::Pong) => {}
+                Some(Event::Pong) => continue,
                 Some(Event::Close(code)) => {
                     return (buf.len(), Some(Stop::Exit(Exit::PeerClose(code))))
                 }
+            };
+            let msg = Message {
+                conn,
+                binary,
+                state: &mut sock.state,
+                payload: sock.decoder.payload_mut(),
+                arrived,
+            };
+            match self.handler.message(self, msg, out) {
+                Flow::Go => {}
+                Flow::Park => return (start, Some(Stop::Park)),
+                Flow::End(exit) => return (buf.len(), Some(Stop::Exit(exit))),
             }
         }
         (start, None)
     }
 
-    /// The rate limit for one message: Ok(true) when it may go on, Ok(false)
-    /// when it is refused (the error reply is in `out`), Err when the socket
-    /// has been refused too often in a row.
-    fn admit(&self, sock: &mut Sock, now: Instant, out: &mut Vec<u8>) -> Result<bool, Exit> {
-        let l = &self.limits;
-        if sock.bucket.take(now, l.rate, l.burst) {
-            return Ok(true);
-        }
-        self.ctx.metrics().error(ErrorKind::RateLimited);
-        if let Some(unlogged) = self.ctx.log_gate(ErrorKind::RateLimited) {
-            tracing::info!(unlogged, "rate limited: message not counted");
-        }
-        if sock.bucket.strikes >= l.strikes {
-            return Err(Exit::RateLimited);
-        }
-        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
-        Ok(false)
-    }
-
-    /// A refresh: the new token must verify, name the same subject and
-    /// still allow the socket's room; then it replaces the old one and its
-    /// `exp` is the socket's new deadline. Returns the reply, or why the
-    /// socket must close (4001).
-    fn refresh(&self, sock: &mut Sock, token: &str) -> Result<String, &'static str> {
-        let (Some(secret), Some(grant)) = (&self.ctx.cfg().auth_secret, sock.grant.as_mut()) else {
-            // Without auth there is nothing to refresh; the socket stays.
-            return Ok(protocol::error("auth_off"));
-        };
-        let now_unix = auth::unix_now();
-        let id = auth::verify(secret.as_bytes(), token, now_unix).map_err(|e| e.reason())?;
-        if id.sub.as_deref() != grant.sub.as_deref() {
-            return Err("the token names another subject");
-        }
-        if let Some(room) = &sock.room {
-            if !id.rooms.allows(room) {
-                return Err("the token does not name the socket's room");
-            }
-        }
-        grant.expires = auth::deadline(id.exp, now_unix, Instant::now());
-        tracing::debug!(sub = id.sub, exp = id.exp, "token refreshed");
-        Ok(protocol::refreshed(id.exp))
-    }
-
-    /// Appends the reply to a counted message.
-    fn counted(
-        &self,
-        sock: &mut Sock,
-        count: u64,
-        arrived: Instant,
-        now: Instant,
-        out: &mut Vec<u8>,
-    ) {
-        let m = self.ctx.metrics();
-        sock.messages += 1;
-        m.messages_total.inc();
-        // The reply is under 126 bytes: a two-byte header, no allocation.
-        let at = out.len();
-        out.extend_from_slice(&[0x81, 0]);
-        protocol::count(out, count);
-        out[at + 1] = (out.len() - at - 2) as u8;
-        m.message_duration
-            .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
-    }
-
-    /// Sync durability: reading stops until Redis has the count.
-    fn park(self: &Rc<Self>, conn: u64, sock: &mut Sock, count: u64, arrived: Instant) {
+    /// The handler parked the socket: reading stops until it resumes it.
+    fn park(&self, conn: u64, sock: &mut Sock<H>) {
         sock.waiting = true;
         let interest = sock.interest & !(libc::EPOLLIN as u32);
         if self.set_interest(conn, sock, interest).is_err() {
             self.end(conn, sock, Exit::Gone);
-            return;
         }
-        let plane = self.clone();
-        let session = sock.session.clone();
-        glommio::spawn_local(async move {
-            // glommio polls a spawned task once, at once, inside this call,
-            // while the caller still holds the socket table; a write that
-            // fails without waiting (Redis down) would then resume into it.
-            futures_lite::future::yield_now().await;
-            let written = Box::pin(plane.ctx.store.persist(&session)).await;
-            plane.resume(conn, count, arrived, written.is_ok());
-        })
-        .detach();
     }
 
-    /// A sync write came back: answer the message, then go on decoding.
-    fn resume(self: &Rc<Self>, conn: u64, count: u64, arrived: Instant, written: bool) {
+    /// The handler's wait for a parked socket is over: `answer` writes what
+    /// it owes the socket (into the buffer it is given), then reading goes
+    /// on, starting with what the client sent meanwhile. `arrived` is when
+    /// those kept bytes were read. Nothing happens for a socket that ended.
+    pub fn resume(
+        self: &Rc<Self>,
+        conn: u64,
+        arrived: Instant,
+        answer: impl FnOnce(&mut H::State, &mut Vec<u8>),
+    ) {
         {
             let mut socks = self.socks.borrow_mut();
             let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
@@ -584,14 +474,7 @@ impl Plane {
             sock.waiting = false;
             let mut out = self.out.borrow_mut();
             out.clear();
-            // If another socket counted since, the increment can no longer
-            // be taken back: it stays, and is answered.
-            if !written && sock.session.undo(count) {
-                self.ctx.metrics().error(ErrorKind::RedisUnavailable);
-                codec::encode_text(&mut out, protocol::error("redis_unavailable").as_bytes());
-            } else {
-                self.counted(sock, count, arrived, Instant::now(), &mut out);
-            }
+            answer(&mut sock.state, &mut out);
             let wrote = self.write(conn, sock, &out);
             drop(out);
             let interest = sock.interest | libc::EPOLLIN as u32;
@@ -601,9 +484,9 @@ impl Plane {
                 self.end(conn, sock, Exit::Gone);
             } else {
                 self.pump(conn, sock, Some(arrived));
-                // A drain waited for this write; what the client sent before
-                // it has been answered now.
-                if self.ctx.is_draining() && !sock.waiting {
+                // A drain waited for this socket; what the client sent
+                // before it has been answered now.
+                if self.draining.get() && !sock.waiting {
                     self.end(conn, sock, Exit::Drain);
                 }
             }
@@ -613,7 +496,7 @@ impl Plane {
 
     /// Sends `bytes` now, or queues them behind what the kernel has not
     /// taken yet. Err when the socket must end.
-    fn write(&self, conn: u64, sock: &mut Sock, bytes: &[u8]) -> Result<(), Exit> {
+    fn write(&self, conn: u64, sock: &mut Sock<H>, bytes: &[u8]) -> Result<(), Exit> {
         if !sock.backlog.is_empty() {
             if sock.backlog_frames >= self.limits.outbound_frames {
                 return Err(Exit::SlowReader);
@@ -635,7 +518,7 @@ impl Plane {
     }
 
     /// The kernel has room again: send what waits.
-    fn flush_backlog(&self, conn: u64, sock: &mut Sock) -> Result<(), Exit> {
+    fn flush_backlog(&self, conn: u64, sock: &mut Sock<H>) -> Result<(), Exit> {
         if sock.backlog.is_empty() {
             return Ok(());
         }
@@ -658,14 +541,14 @@ impl Plane {
     }
 
     /// Changes the events the socket is registered for.
-    fn set_interest(&self, conn: u64, sock: &mut Sock, events: u32) -> io::Result<()> {
+    fn set_interest(&self, conn: u64, sock: &mut Sock<H>, events: u32) -> io::Result<()> {
         if events == sock.interest {
             return Ok(());
         }
         self.epoll_ctl(libc::EPOLL_CTL_MOD, conn, sock, events)
     }
 
-    fn epoll_ctl(&self, op: i32, conn: u64, sock: &mut Sock, events: u32) -> io::Result<()> {
+    fn epoll_ctl(&self, op: i32, conn: u64, sock: &mut Sock<H>, events: u32) -> io::Result<()> {
         let mut ev = libc::epoll_event { events, u64: conn };
         // SAFETY: both descriptors are open; `ev` lives across the call.
         let rc =
@@ -705,17 +588,17 @@ impl Plane {
         n
     }
 
-    /// The heartbeat for one slice of the table: `frame` to each of its
-    /// sockets, and each one's session queued for the next flush, so an open
-    /// but silent socket keeps its session alive. Returns how many took it.
-    pub fn heartbeat(&self, frame: &[u8], slice: Slice) -> u64 {
+    /// `frame` to each socket of one slice of the table, and `took` for
+    /// each that took it (the heartbeat: the counter keeps those sockets'
+    /// sessions alive). Returns how many took it.
+    pub fn send_slice(&self, frame: &[u8], slice: Slice, mut took: impl FnMut(&H::State)) -> u64 {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
             for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
                 if self.send_frame(conn, sock, frame) {
                     n += 1;
-                    self.ctx.store.enqueue(&sock.session);
+                    took(&sock.state);
                 }
             }
         }
@@ -724,7 +607,7 @@ impl Plane {
     }
 
     /// One frame to one socket; false when the socket has ended or ends now.
-    fn send_frame(&self, conn: u64, sock: &mut Sock, frame: &[u8]) -> bool {
+    fn send_frame(&self, conn: u64, sock: &mut Sock<H>, frame: &[u8]) -> bool {
         if sock.ended {
             return false;
         }
@@ -737,11 +620,11 @@ impl Plane {
         }
     }
 
-    /// The session was deleted: its sockets close with 1008.
-    pub fn kick(&self, id: &Uuid) {
+    /// Ends every socket whose state `which` picks, for `exit`.
+    pub fn end_where(&self, mut which: impl FnMut(&H::State) -> bool, exit: impl Fn() -> Exit) {
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
-            if sock.session.id == *id {
-                self.end(conn, sock, Exit::Kick);
+            if which(&sock.state) {
+                self.end(conn, sock, exit());
             }
         }
         self.close_ended();
@@ -750,7 +633,8 @@ impl Plane {
     /// The per-shard sweep over one slice of the table: a Ping after half
     /// of `idle` of silence, a close after all of it (when `idle` is not
     /// zero), the end of sockets whose unsent bytes stopped moving, and of
-    /// those whose token expired (no clock read per message for it).
+    /// those the handler says are done (a token that expired: no clock
+    /// read per message for it).
     pub fn sweep(&self, now: Instant, idle: Duration, slice: Slice) {
         let mut ping = Vec::new();
         codec::encode_ping(&mut ping, b"idle?");
@@ -769,13 +653,8 @@ impl Plane {
                     self.end(conn, sock, Exit::SlowReader);
                     continue;
                 }
-                if sock
-                    .grant
-                    .as_ref()
-                    .and_then(|g| g.expires)
-                    .is_some_and(|t| now >= t)
-                {
-                    self.end(conn, sock, Exit::TokenExpired);
+                if let Some(exit) = self.handler.expired(&sock.state, now) {
+                    self.end(conn, sock, exit);
                     continue;
                 }
                 if idle.is_zero() {
@@ -795,11 +674,11 @@ impl Plane {
         self.close_ended();
     }
 
-    /// The drain (the context is already draining): each socket answers
-    /// what its client already sent (in the kernel or kept here), then says
-    /// goodbye with 1001. A socket whose sync write is in flight goes when
-    /// the write returns.
+    /// The drain: each socket answers what its client already sent (in the
+    /// kernel or kept here), then ends for [`Exit::Drain`]. A parked socket
+    /// goes when it is resumed; one adopted later goes at once.
     pub fn drain(self: &Rc<Self>) {
+        self.draining.set(true);
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
             // Bounded: a client that keeps sending cannot hold the drain.
             for _ in 0..16 {
@@ -816,7 +695,7 @@ impl Plane {
 
     /// Marks the socket ended for `exit`, unless it already is: the first
     /// reason is the one its close reports.
-    fn end(&self, conn: u64, sock: &mut Sock, exit: Exit) {
+    fn end(&self, conn: u64, sock: &mut Sock<H>, exit: Exit) {
         if !sock.ended {
             sock.ended = true;
             self.ended.borrow_mut().push((conn, exit));
@@ -841,31 +720,21 @@ impl Plane {
                     std::ptr::null_mut(),
                 );
             }
-            if let Some(room) = &sock.room {
-                self.ctx.pubsub.leave(room, conn);
-            }
-            self.ctx.metrics().connections_active.dec();
             let Sock {
                 fd,
-                slot,
-                session,
+                state,
                 backlog,
                 opened,
-                messages,
                 ..
             } = *sock;
-            let ended = Ended {
+            self.handler.ended(Left {
                 conn,
                 fd,
-                slot,
-                session,
+                state,
                 exit,
                 unsent: backlog,
                 opened,
-                messages,
-            };
-            // The close keeps the socket's slot, so a drain waits for it.
-            glommio::spawn_local(goodbye::close(ended)).detach();
+            });
         }
     }
 }
@@ -897,6 +766,238 @@ fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+
+    use shardcast_kit::wire::{self, RawFrame};
+
+    use crate::ws::echo::Keep;
+
+    /// A handler for the transport's own tests: answers `got:<message>`,
+    /// parks on `park` (resumed 50 ms later with `resumed`), ends the socket
+    /// on `end`, and records every socket that leaves with its exit.
+    #[derive(Default)]
+    struct Probe {
+        left: RefCell<Vec<String>>,
+    }
+
+    impl Handler for Probe {
+        type State = ();
+        type Payload = Keep;
+
+        fn payload(&self) -> Keep {
+            Keep::default()
+        }
+
+        fn message(
+            &self,
+            plane: &Rc<Plane<Self>>,
+            msg: Message<'_, Self>,
+            out: &mut Vec<u8>,
+        ) -> Flow {
+            let (_, text) = msg.payload.take_done().expect("a complete message");
+            match &text[..] {
+                b"park" => {
+                    let (plane, conn, arrived) = (plane.clone(), msg.conn, msg.arrived);
+                    glommio::spawn_local(async move {
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                        plane.resume(conn, arrived, |_, out| codec::encode_text(out, b"resumed"));
+                    })
+                    .detach();
+                    Flow::Park
+                }
+                b"end" => Flow::End(Exit::Kick),
+                _ => {
+                    codec::encode_text(out, &[b"got:", &text[..]].concat());
+                    Flow::Go
+                }
+            }
+        }
+
+        fn ended(&self, left: Left<()>) {
+            self.left.borrow_mut().push(format!("{:?}", left.exit));
+        }
+    }
+
+    /// One executor at a time: each locks memory for its rings, and a user's
+    /// memlock limit is 8 MiB.
+    static EXECUTOR: Mutex<()> = Mutex::new(());
+
+    /// Runs a plane of `Probe` with one socket, whose peer `client` drives
+    /// from a thread of its own (blocking reads there cannot stall the
+    /// plane); `during` runs on the plane's executor while the client works.
+    /// Returns what the client returned and the exits `Probe` recorded.
+    fn with_plane<T: Send + 'static>(
+        outbound_frames: u32,
+        client: impl FnOnce(UnixStream) -> T + Send + 'static,
+        during: impl Fn(&Rc<Plane<Probe>>) + 'static,
+    ) -> (T, Vec<String>) {
+        let _turn = EXECUTOR.lock().unwrap_or_else(|e| e.into_inner());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        ours.set_nonblocking(true).unwrap();
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 << 10)
+            .ring_depth(64)
+            .make()
+            .unwrap()
+            .run(async move {
+                let limits = Limits {
+                    max_message: 1 << 20,
+                    outbound_frames,
+                    read_buffer: 16 << 10,
+                };
+                let plane = Plane::new(Probe::default(), limits).unwrap();
+                glommio::spawn_local(plane.clone().run()).detach();
+                plane.adopt(7, OwnedFd::from(ours), Vec::new(), b"", ());
+                let peer = std::thread::spawn(move || client(theirs));
+                while !peer.is_finished() {
+                    during(&plane);
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                let got = peer.join().unwrap();
+                // The client hung up: the plane sees it at its next wake.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !plane.is_empty() {
+                    assert!(Instant::now() < deadline, "the socket never left the table");
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                let left = plane.handler().left.borrow().clone();
+                (got, left)
+            })
+    }
+
+    /// Reads until `n` whole frames came, each as (opcode, payload).
+    fn frames(s: &mut UnixStream, n: usize) -> Vec<(u8, Vec<u8>)> {
+        let (mut buf, mut got) = (Vec::new(), Vec::new());
+        while got.len() < n {
+            if let Some((RawFrame { first, payload }, used)) = wire::raw_frame(&buf).unwrap() {
+                got.push((first & 0x0F, payload.to_vec()));
+                buf.drain(..used);
+                continue;
+            }
+            let mut chunk = [0u8; 4096];
+            let k = s.read(&mut chunk).expect("the plane answered in time");
+            assert!(k > 0, "the plane hung up after {got:?}");
+            buf.extend_from_slice(&chunk[..k]);
+        }
+        got
+    }
+
+    const MASK: [u8; 4] = [1, 2, 3, 4];
+
+    #[test]
+    fn a_message_cut_anywhere_is_one_message_and_replies_keep_order() {
+        let (got, left) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::text_frame(&mut bytes, b"hello", MASK);
+                wire::masked(&mut bytes, 0x89, b"are you there", MASK);
+                wire::text_frame(&mut bytes, b"world", MASK);
+                // Cut inside the head, inside the payload, between frames.
+                for piece in [&bytes[..1], &bytes[1..4], &bytes[4..9], &bytes[9..]] {
+                    s.write_all(piece).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                frames(&mut s, 3)
+            },
+            |_| {},
+        );
+        assert_eq!(
+            got,
+            vec![
+                (0x1, b"got:hello".to_vec()),
+                (0xA, b"are you there".to_vec()),
+                (0x1, b"got:world".to_vec()),
+            ]
+        );
+        assert_eq!(left, vec!["Gone"], "the client hung up");
+    }
+
+    #[test]
+    fn a_parked_socket_reads_nothing_until_its_handler_resumes_it() {
+        let (got, _) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::text_frame(&mut bytes, b"park", MASK);
+                wire::text_frame(&mut bytes, b"after", MASK);
+                s.write_all(&bytes).unwrap();
+                frames(&mut s, 2)
+            },
+            |_| {},
+        );
+        assert_eq!(
+            got,
+            vec![(0x1, b"resumed".to_vec()), (0x1, b"got:after".to_vec())],
+            "what came after the parked message waited for the resume"
+        );
+    }
+
+    #[test]
+    fn a_close_or_the_handler_ends_the_socket_with_its_reason() {
+        let (_, left) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::close_frame(&mut bytes, 1000, MASK);
+                s.write_all(&bytes).unwrap();
+                // The plane ends the socket and hands it over: nothing more
+                // comes, and the peer sees the end once the probe drops it.
+                let mut b = [0u8; 16];
+                s.read(&mut b).unwrap()
+            },
+            |_| {},
+        );
+        assert_eq!(left, vec!["PeerClose(Some(1000))"]);
+        let (_, left) = with_plane(
+            64,
+            |mut s| {
+                let mut bytes = Vec::new();
+                wire::text_frame(&mut bytes, b"end", MASK);
+                s.write_all(&bytes).unwrap();
+                let mut b = [0u8; 16];
+                s.read(&mut b).unwrap()
+            },
+            |_| {},
+        );
+        assert_eq!(left, vec!["Kick"]);
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_ended_as_a_slow_reader() {
+        let frame = {
+            let mut f = Vec::new();
+            codec::encode_text(&mut f, &vec![b'x'; 64 << 10]);
+            f
+        };
+        // The client never reads; it waits until the plane gave up on it.
+        let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = gone.clone();
+        let (_, left) = with_plane(
+            4,
+            move |s| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                    assert!(Instant::now() < deadline, "never ended as a slow reader");
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                drop(s);
+            },
+            move |plane| {
+                if plane.is_empty() {
+                    gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                } else {
+                    plane.fan_out(&frame, &[]);
+                }
+            },
+        );
+        assert_eq!(left, vec!["SlowReader"]);
+    }
 
     #[test]
     fn slices_part_the_ids_evenly_and_once() {

@@ -18,8 +18,8 @@ use crate::pubsub;
 use crate::session;
 use crate::store::OpenError;
 use crate::ws::codec;
+use crate::ws::counter::{Grant, Sockets};
 use crate::ws::handshake;
-use crate::ws::plane::{Grant, Plane, Upgraded};
 
 /// How long a connect waits for Redis to confirm its room's subscription.
 const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -140,7 +140,7 @@ fn admit(ctx: &Context, req: &Request) -> Result<Ask, Vec<u8>> {
 /// Validates the handshake, opens or resumes the session and sends the 101
 /// with the welcome, and hands the socket to the plane; a refused upgrade
 /// is answered here.
-pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req: Request) {
+pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut req: Request) {
     let ctx = slot.ctx().clone();
     let m = ctx.metrics();
     let Ask {
@@ -214,22 +214,14 @@ pub async fn open(slot: Slot, plane: &Rc<Plane>, mut stream: TcpStream, mut req:
         ctx.store.release(&session);
         return;
     };
-    let up = Upgraded {
-        conn,
-        fd,
-        slot,
-        session,
-        room,
-        grant,
-        rest,
-    };
-    plane.adopt(up, &first);
+    let state = plane.handler().open(slot, session, room, grant);
+    plane.adopt(conn, fd, rest, &first, state);
 }
 
 /// The descriptor the plane will own: a copy, since glommio's stream, and
 /// any poll it had armed, goes with the connection's task. None when the
 /// copy fails (out of descriptors).
-fn take_fd(stream: TcpStream) -> Option<OwnedFd> {
+pub(crate) fn take_fd(stream: TcpStream) -> Option<OwnedFd> {
     // SAFETY: duplicating an open descriptor; the copy is owned below.
     let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     drop(stream);

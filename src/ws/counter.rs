@@ -1,0 +1,332 @@
+//! The counter: what the service's sockets do on the plane. Every text
+//! message is counted in the socket's session and answered `{"count":n}`
+//! (after Redis has it, in sync durability), under the socket's rate limit;
+//! a binary message is a control frame (a token refresh); a token's expiry
+//! ends the socket at the sweep; a socket that leaves the table gets its
+//! goodbye from `goodbye`.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use crate::auth;
+use crate::config::Durability;
+use crate::context::{Context, Slot};
+use crate::metrics::ErrorKind;
+use crate::protocol;
+use crate::session::Session;
+use crate::ws::codec::{self, Controls, WsError};
+use crate::ws::control::{self, Command};
+use crate::ws::goodbye::{self, Ended, Exit};
+use crate::ws::plane::{Flow, Handler, Left, Limits, Message, Plane, PlaneError, Slice};
+
+/// The shard's counting sockets.
+pub type Sockets = Plane<Counter>;
+
+/// Token bucket for one socket; the rate and burst are the shard's.
+struct Bucket {
+    tokens: f32,
+    last: Instant,
+    strikes: u32,
+}
+
+impl Bucket {
+    fn take(&mut self, now: Instant, rate: f32, burst: f32) -> bool {
+        if rate == 0.0 {
+            return true;
+        }
+        let refill = now.duration_since(self.last).as_secs_f32() * rate;
+        self.tokens = (self.tokens + refill).min(burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
+
+/// What a socket's token granted, kept while it is open (with
+/// `--auth-secret` only; boxed so a socket without one pays a pointer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's `sub`: a refresh must name the same one.
+    pub sub: Option<Box<str>>,
+    /// When the token expires; the sweep closes the socket past it.
+    pub expires: Option<Instant>,
+}
+
+/// A counting socket's own state, beside the plane's.
+pub struct Conn {
+    /// Its place under `max_connections`, given back when its close ends.
+    slot: Slot,
+    pub session: Rc<Session>,
+    room: Option<Rc<str>>,
+    grant: Option<Box<Grant>>,
+    bucket: Bucket,
+    messages: u64,
+}
+
+/// The counter's settings, copied out of the config once, and the shard.
+pub struct Counter {
+    ctx: Rc<Context>,
+    rate: f32,
+    burst: f32,
+    strikes: u32,
+    sync: bool,
+}
+
+/// The shard's plane of counting sockets.
+pub fn plane(ctx: Rc<Context>) -> Result<Rc<Sockets>, PlaneError> {
+    let cfg = ctx.cfg();
+    let limits = Limits {
+        max_message: cfg.max_message_bytes,
+        outbound_frames: cfg.outbound_queue as u32,
+        read_buffer: cfg.read_buffer_bytes,
+    };
+    let counter = Counter {
+        rate: cfg.rate_limit as f32,
+        burst: cfg.rate_burst as f32,
+        strikes: cfg.rate_strikes,
+        sync: cfg.durability == Durability::Sync,
+        ctx,
+    };
+    Plane::new(counter, limits)
+}
+
+impl Counter {
+    /// A socket's state as it joins the plane, counted as open.
+    pub fn open(
+        &self,
+        slot: Slot,
+        session: Rc<Session>,
+        room: Option<Rc<str>>,
+        grant: Option<Box<Grant>>,
+    ) -> Conn {
+        let m = self.ctx.metrics();
+        m.connections_active.inc();
+        m.connections_total.inc();
+        Conn {
+            slot,
+            session,
+            room,
+            grant,
+            bucket: Bucket {
+                tokens: self.burst,
+                last: Instant::now(),
+                strikes: 0,
+            },
+            messages: 0,
+        }
+    }
+
+    fn text(
+        &self,
+        plane: &Rc<Sockets>,
+        conn: u64,
+        c: &mut Conn,
+        arrived: Instant,
+        out: &mut Vec<u8>,
+    ) -> Flow {
+        // One clock read serves the rate limit and the latency histogram.
+        let now = Instant::now();
+        match self.admit(c, now, out) {
+            Err(exit) => return Flow::End(exit),
+            Ok(false) => return Flow::Go,
+            Ok(true) => {}
+        }
+        let count = c.session.increment();
+        if self.sync {
+            persist_then_answer(plane, conn, c.session.clone(), count, arrived);
+            return Flow::Park;
+        }
+        self.ctx.store.enqueue(&c.session);
+        self.counted(c, count, arrived, now, out);
+        Flow::Go
+    }
+
+    fn binary(&self, c: &mut Conn, payload: &mut Controls, out: &mut Vec<u8>) -> Flow {
+        // A control frame costs a message of the rate limit, so refreshes
+        // cannot be a way around it.
+        match self.admit(c, Instant::now(), out) {
+            Err(exit) => return Flow::End(exit),
+            Ok(false) => return Flow::Go,
+            Ok(true) => {}
+        }
+        let Some(bytes) = payload.take() else {
+            return Flow::End(Exit::Invalid(WsError::Protocol("control frame too long")));
+        };
+        match control::parse(&bytes) {
+            Err(e) => {
+                tracing::info!(error = %e, "binary message is not a control frame");
+                Flow::End(Exit::Invalid(WsError::Binary))
+            }
+            Ok(Command::Refresh(token)) => match self.refresh(c, &token) {
+                Ok(text) => {
+                    codec::encode_text(out, text.as_bytes());
+                    Flow::Go
+                }
+                Err(why) => Flow::End(Exit::TokenRefused(why)),
+            },
+        }
+    }
+
+    /// The rate limit for one message: Ok(true) when it may go on, Ok(false)
+    /// when it is refused (the error reply is in `out`), Err when the socket
+    /// has been refused too often in a row.
+    fn admit(&self, c: &mut Conn, now: Instant, out: &mut Vec<u8>) -> Result<bool, Exit> {
+        if c.bucket.take(now, self.rate, self.burst) {
+            return Ok(true);
+        }
+        self.ctx.metrics().error(ErrorKind::RateLimited);
+        if let Some(unlogged) = self.ctx.log_gate(ErrorKind::RateLimited) {
+            tracing::info!(unlogged, "rate limited: message not counted");
+        }
+        if c.bucket.strikes >= self.strikes {
+            return Err(Exit::RateLimited);
+        }
+        codec::encode_text(out, protocol::error("rate_limited").as_bytes());
+        Ok(false)
+    }
+
+    /// A refresh: the new token must verify, name the same subject and
+    /// still allow the socket's room; then it replaces the old one and its
+    /// `exp` is the socket's new deadline. Returns the reply, or why the
+    /// socket must close (4001).
+    fn refresh(&self, c: &mut Conn, token: &str) -> Result<String, &'static str> {
+        let (Some(secret), Some(grant)) = (&self.ctx.cfg().auth_secret, c.grant.as_mut()) else {
+            // Without auth there is nothing to refresh; the socket stays.
+            return Ok(protocol::error("auth_off"));
+        };
+        let now_unix = auth::unix_now();
+        let id = auth::verify(secret.as_bytes(), token, now_unix).map_err(|e| e.reason())?;
+        if id.sub.as_deref() != grant.sub.as_deref() {
+            return Err("the token names another subject");
+        }
+        if let Some(room) = &c.room {
+            if !id.rooms.allows(room) {
+                return Err("the token does not name the socket's room");
+            }
+        }
+        grant.expires = auth::deadline(id.exp, now_unix, Instant::now());
+        tracing::debug!(sub = id.sub, exp = id.exp, "token refreshed");
+        Ok(protocol::refreshed(id.exp))
+    }
+
+    /// Appends the reply to a counted message.
+    fn counted(&self, c: &mut Conn, count: u64, arrived: Instant, now: Instant, out: &mut Vec<u8>) {
+        let m = self.ctx.metrics();
+        c.messages += 1;
+        m.messages_total.inc();
+        // The reply is under 126 bytes: a two-byte header, no allocation.
+        let at = out.len();
+        out.extend_from_slice(&[0x81, 0]);
+        protocol::count(out, count);
+        out[at + 1] = (out.len() - at - 2) as u8;
+        m.message_duration
+            .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
+    }
+
+    /// A sync write came back: the count's reply, or an error when Redis did
+    /// not take it and it could be taken back.
+    fn answer(&self, c: &mut Conn, count: u64, arrived: Instant, written: bool, out: &mut Vec<u8>) {
+        // If another socket counted since, the increment can no longer be
+        // taken back: it stays, and is answered.
+        if !written && c.session.undo(count) {
+            self.ctx.metrics().error(ErrorKind::RedisUnavailable);
+            codec::encode_text(out, protocol::error("redis_unavailable").as_bytes());
+        } else {
+            self.counted(c, count, arrived, Instant::now(), out);
+        }
+    }
+}
+
+/// Sync durability: the socket is parked while Redis takes the count, then
+/// answered and resumed.
+fn persist_then_answer(
+    plane: &Rc<Sockets>,
+    conn: u64,
+    session: Rc<Session>,
+    count: u64,
+    arrived: Instant,
+) {
+    let plane = plane.clone();
+    glommio::spawn_local(async move {
+        // glommio polls a spawned task once, at once, inside this call,
+        // while the plane still holds its socket table; a write that fails
+        // without waiting (Redis down) would then resume into it.
+        futures_lite::future::yield_now().await;
+        let counter = plane.handler();
+        let written = Box::pin(counter.ctx.store.persist(&session)).await.is_ok();
+        plane.resume(conn, arrived, |c, out| {
+            counter.answer(c, count, arrived, written, out)
+        });
+    })
+    .detach();
+}
+
+impl Handler for Counter {
+    type State = Conn;
+    type Payload = Controls;
+
+    fn payload(&self) -> Controls {
+        Controls::default()
+    }
+
+    fn message(&self, plane: &Rc<Sockets>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow {
+        if msg.binary {
+            self.binary(msg.state, msg.payload, out)
+        } else {
+            self.text(plane, msg.conn, msg.state, msg.arrived, out)
+        }
+    }
+
+    fn expired(&self, c: &Conn, now: Instant) -> Option<Exit> {
+        let expires = c.grant.as_ref().and_then(|g| g.expires)?;
+        (now >= expires).then_some(Exit::TokenExpired)
+    }
+
+    fn ended(&self, left: Left<Conn>) {
+        let Left {
+            conn,
+            fd,
+            state,
+            exit,
+            unsent,
+            opened,
+        } = left;
+        if let Some(room) = &state.room {
+            self.ctx.pubsub.leave(room, conn);
+        }
+        self.ctx.metrics().connections_active.dec();
+        let ended = Ended {
+            conn,
+            fd,
+            slot: state.slot,
+            session: state.session,
+            exit,
+            unsent,
+            opened,
+            messages: state.messages,
+        };
+        // The close keeps the socket's slot, so a drain waits for it.
+        glommio::spawn_local(goodbye::close(ended)).detach();
+    }
+}
+
+impl Plane<Counter> {
+    /// The session was deleted: its sockets close with 1008.
+    pub fn kick(&self, id: &uuid::Uuid) {
+        self.end_where(|c| c.session.id == *id, || Exit::Kick);
+    }
+
+    /// The heartbeat for one slice of the table: `frame` to each of its
+    /// sockets, and each one's session queued for the next flush, so an open
+    /// but silent socket keeps its session alive. Returns how many took it.
+    pub fn heartbeat(&self, frame: &[u8], slice: Slice) -> u64 {
+        let store = &self.handler().ctx.store;
+        self.send_slice(frame, slice, |c| store.enqueue(&c.session))
+    }
+}
