@@ -81,11 +81,7 @@ pub struct Counter {
 /// The shard's plane of counting sockets.
 pub fn plane(ctx: Rc<Context>) -> Result<Rc<Sockets>, PlaneError> {
     let cfg = ctx.cfg();
-    let limits = Limits {
-        max_message: cfg.max_message_bytes,
-        outbound_frames: cfg.outbound_queue as u32,
-        read_buffer: cfg.read_buffer_bytes,
-    };
+    let limits = Limits::of(cfg);
     let counter = Counter {
         rate: cfg.rate_limit as f32,
         burst: cfg.rate_burst as f32,

@@ -57,12 +57,7 @@ pub struct Echo;
 
 /// The shard's echo plane, with the service's transport limits.
 pub fn plane(cfg: &Config) -> Result<Rc<EchoSockets>, PlaneError> {
-    let limits = Limits {
-        max_message: cfg.max_message_bytes,
-        outbound_frames: cfg.outbound_queue as u32,
-        read_buffer: cfg.read_buffer_bytes,
-    };
-    Plane::new(Echo, limits)
+    Plane::new(Echo, Limits::of(cfg))
 }
 
 impl Handler for Echo {

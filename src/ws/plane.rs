@@ -151,6 +151,17 @@ pub struct Limits {
     pub read_buffer: usize,
 }
 
+impl Limits {
+    /// The service's transport limits, whatever the handler.
+    pub fn of(cfg: &crate::config::Config) -> Self {
+        Self {
+            max_message: cfg.max_message_bytes,
+            outbound_frames: cfg.outbound_queue as u32,
+            read_buffer: cfg.read_buffer_bytes,
+        }
+    }
+}
+
 /// A shard's sockets of one handler, and their epoll descriptor.
 pub struct Plane<H: Handler> {
     handler: H,
