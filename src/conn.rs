@@ -29,9 +29,6 @@ pub async fn refuse_full(mut stream: TcpStream) {
     .await;
 }
 
-/// Reads the request head and answers plain HTTP, or runs the upgrade up to
-/// the welcome and hands the socket to the plane. The connection's task,
-/// holding its slot under `max_connections`.
 /// The planes a connection may hand its socket to: the counter's, and the
 /// conformance echo's when `--conformance-echo` is on.
 pub struct Planes {
@@ -39,6 +36,9 @@ pub struct Planes {
     pub echo: Option<Rc<EchoSockets>>,
 }
 
+/// Reads the request head and answers plain HTTP, or runs the upgrade up to
+/// the welcome and hands the socket to a plane. The connection's task,
+/// holding its slot under `max_connections`.
 pub async fn front(slot: Slot, planes: &Planes, mut stream: TcpStream) {
     let shard = &slot.ctx().clone();
     let cfg = shard.cfg();

@@ -315,7 +315,7 @@ impl Handler for Counter {
 impl Plane<Counter> {
     /// The session was deleted: its sockets close with 1008.
     pub fn kick(&self, id: &uuid::Uuid) {
-        self.end_where(|c| c.session.id == *id, || Exit::Kick);
+        self.end_where(|c| c.session.id == *id, Exit::Kick);
     }
 
     /// The heartbeat for one slice of the table: `frame` to each of its

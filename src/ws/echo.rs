@@ -81,7 +81,7 @@ impl Handler for Echo {
     }
 }
 
-/// The Close an exit calls for (the peer's code echoed, 1000 for an empty
+/// The Close the exit calls for (the peer's code echoed, 1000 for an empty
 /// one), then the end of the TCP connection: the server closes first.
 async fn close(left: Left<Slot>) {
     let Left {
@@ -89,13 +89,8 @@ async fn close(left: Left<Slot>) {
     } = left;
     // SAFETY: the descriptor is open and owned; the stream takes it over.
     let mut stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    let (code, reason) = match &exit {
-        Exit::PeerClose(code) => (code.unwrap_or(1000), ""),
-        Exit::Invalid(e) => (e.code(), e.reason()),
-        Exit::Drain => (1001, "server shutting down"),
-        Exit::Idle => (1001, "idle timeout"),
-        Exit::Gone => return,
-        _ => (1008, ""),
+    let Some((code, reason)) = exit.close() else {
+        return;
     };
     let mut out = if matches!(exit, Exit::SlowReader) {
         Vec::new()

@@ -21,7 +21,7 @@ const PERSIST_TIMEOUT: Duration = Duration::from_secs(2);
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a socket ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Exit {
     PeerClose(Option<u16>),
     Invalid(WsError),
@@ -35,6 +35,25 @@ pub enum Exit {
     /// A refresh on the socket was refused, for this reason.
     TokenRefused(&'static str),
     Gone,
+}
+
+impl Exit {
+    /// The Close a socket is sent for this exit, code and reason, whatever
+    /// handler it ran under; None when the peer is gone.
+    pub fn close(&self) -> Option<(u16, &'static str)> {
+        Some(match self {
+            Exit::PeerClose(code) => (code.unwrap_or(1000), ""),
+            Exit::Invalid(e) => (e.code(), e.reason()),
+            Exit::Drain => (1001, "server shutting down"),
+            Exit::Kick => (1008, "session deleted"),
+            Exit::SlowReader => (1008, "slow reader"),
+            Exit::RateLimited => (1008, "rate limit exceeded"),
+            Exit::Idle => (1001, "idle timeout"),
+            Exit::TokenExpired => (4001, "token expired"),
+            Exit::TokenRefused(_) => (4001, "token refused"),
+            Exit::Gone => return None,
+        })
+    }
 }
 
 /// A socket's bad input, as the metric kind it counts under.
@@ -128,81 +147,69 @@ async fn finish(
 }
 
 /// Writes into `out` what a socket is told as it leaves for `exit` (a
-/// goodbye where the contract has one, then Close), counts and logs why, and
-/// returns the close code and how long to wait for the client's Close. None:
-/// the peer is gone, nothing can be told.
+/// goodbye where the contract has one, then its Close), counts and logs why,
+/// and returns the close code and until when to wait for the client's Close.
+/// None: the peer is gone, nothing can be told.
 fn farewell(
     ctx: &Context,
     session: &Session,
     exit: &Exit,
     out: &mut Vec<u8>,
 ) -> Option<(u16, Option<Instant>)> {
+    let (code, reason) = exit.close()?;
     let m = ctx.metrics();
-    let out = &mut *out;
-    Some(match exit {
-        Exit::PeerClose(code) => {
-            let code = code.unwrap_or(1000);
-            codec::encode_text(out, protocol::bye(session.count()).as_bytes());
-            codec::encode_close(out, code, "");
-            (code, None)
+    let soon = Some(Instant::now() + CLOSE_WAIT);
+    let bye = |out: &mut Vec<u8>, text: String| codec::encode_text(out, text.as_bytes());
+    let wait_until = match exit {
+        Exit::PeerClose(_) => {
+            bye(out, protocol::bye(session.count()));
+            None
         }
         Exit::Drain => {
             let retry = ctx.retry_after_ms();
-            codec::encode_text(
-                out,
-                protocol::bye_shutdown(session.count(), retry).as_bytes(),
-            );
-            codec::encode_close(out, 1001, "server shutting down");
-            (1001, Some(ctx.drain_deadline()))
+            bye(out, protocol::bye_shutdown(session.count(), retry));
+            Some(ctx.drain_deadline())
         }
         Exit::Invalid(e) => {
             m.error(error_kind(*e));
-            tracing::info!(code = e.code(), reason = e.reason(), "closing on bad input");
-            codec::encode_close(out, e.code(), e.reason());
-            (e.code(), Some(Instant::now() + CLOSE_WAIT))
+            tracing::info!(code, reason, "closing on bad input");
+            soon
         }
-        Exit::Kick => {
-            codec::encode_close(out, 1008, "session deleted");
-            (1008, Some(Instant::now() + CLOSE_WAIT))
-        }
+        Exit::Kick | Exit::RateLimited => soon,
         Exit::SlowReader => {
             m.error(ErrorKind::SlowReader);
             tracing::info!("closing a slow reader: its backlog passed the bound");
-            codec::encode_close(out, 1008, "slow reader");
-            (1008, None)
+            None
         }
         Exit::Idle => {
             m.error(ErrorKind::IdleTimeout);
-            tracing::info!(
-                idle_s = ctx.cfg().idle_timeout.as_secs(),
-                "closing a silent socket"
-            );
-            codec::encode_text(out, protocol::bye_idle(session.count()).as_bytes());
-            codec::encode_close(out, 1001, "idle timeout");
-            (1001, Some(Instant::now() + CLOSE_WAIT))
+            let idle_s = ctx.cfg().idle_timeout.as_secs();
+            tracing::info!(idle_s, "closing a silent socket");
+            bye(out, protocol::bye_idle(session.count()));
+            soon
         }
         Exit::TokenExpired => {
             m.denied(Denial::TokenExpired);
             tracing::info!("closing a socket whose token expired: 4001");
-            let bye = protocol::bye_token(session.count(), "token_expired", None);
-            codec::encode_text(out, bye.as_bytes());
-            codec::encode_close(out, 4001, "token expired");
-            (4001, Some(Instant::now() + CLOSE_WAIT))
+            bye(
+                out,
+                protocol::bye_token(session.count(), "token_expired", None),
+            );
+            soon
         }
         Exit::TokenRefused(why) => {
             m.denied(Denial::RefreshRefused);
             tracing::info!(reason = why, "refresh refused: closing with 4001");
-            let bye = protocol::bye_token(session.count(), "token_refused", Some(why));
-            codec::encode_text(out, bye.as_bytes());
-            codec::encode_close(out, 4001, "token refused");
-            (4001, Some(Instant::now() + CLOSE_WAIT))
-        }
-        Exit::RateLimited => {
-            codec::encode_close(out, 1008, "rate limit exceeded");
-            (1008, Some(Instant::now() + CLOSE_WAIT))
+            bye(
+                out,
+                protocol::bye_token(session.count(), "token_refused", Some(why)),
+            );
+            soon
         }
         Exit::Gone => return None,
-    })
+    };
+    codec::encode_close(out, code, reason);
+    Some((code, wait_until))
 }
 
 async fn await_peer_close(stream: &mut TcpStream, until: Instant) {

@@ -632,10 +632,10 @@ impl<H: Handler> Plane<H> {
     }
 
     /// Ends every socket whose state `which` picks, for `exit`.
-    pub fn end_where(&self, mut which: impl FnMut(&H::State) -> bool, exit: impl Fn() -> Exit) {
+    pub fn end_where(&self, mut which: impl FnMut(&H::State) -> bool, exit: Exit) {
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
             if which(&sock.state) {
-                self.end(conn, sock, exit());
+                self.end(conn, sock, exit.clone());
             }
         }
         self.close_ended();
