@@ -193,7 +193,6 @@ struct Shared {
     scripts: HashMap<String, ScriptFn>,
     stopped: AtomicBool,
     next_conn: AtomicU64,
-    commands: AtomicU64,
 }
 
 /// Scripts to stand in for, then [`MemRedisBuilder::start`].
@@ -222,7 +221,6 @@ impl MemRedisBuilder {
             scripts: self.scripts,
             stopped: AtomicBool::new(false),
             next_conn: AtomicU64::new(0),
-            commands: AtomicU64::new(0),
         });
         let s = shared.clone();
         let accept = thread::spawn(move || {
@@ -261,11 +259,6 @@ impl MemRedis {
 
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
-    }
-
-    /// Commands answered so far, over every connection.
-    pub fn commands(&self) -> u64 {
-        self.shared.commands.load(Ordering::SeqCst)
     }
 
     /// Runs `f` on the keyspace, as a test's look behind the client's back.
@@ -328,7 +321,6 @@ fn serve(shared: &Shared, stream: TcpStream) {
     let mut reader = BufReader::new(stream);
     let mut subscribed = 0usize;
     while let Some(args) = read_request(&mut reader) {
-        shared.commands.fetch_add(1, Ordering::SeqCst);
         let mut out = Vec::new();
         for reply in answer(shared, id, &writer, &mut subscribed, &args) {
             if let Reply::Error(e) = &reply {
