@@ -110,6 +110,17 @@ impl InProcess {
         self.server.as_ref().unwrap()
     }
 
+    /// Whether `what` of its metric cells is above zero on every shard (read
+    /// in this process: which shard the kernel gave a socket to shows here).
+    pub fn every_shard(&self, what: impl Fn(&shardcast::metrics::ShardMetrics) -> u64) -> bool {
+        self.server()
+            .shared()
+            .metrics
+            .shards
+            .iter()
+            .all(|s| what(s) > 0)
+    }
+
     /// Drains: listeners close, every socket gets its goodbye; returns once
     /// every shard has exited, whether it did so within `grace`.
     pub fn drain(&mut self, grace: Duration) -> bool {
