@@ -14,6 +14,7 @@ use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
 use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
 use crate::readiness::State;
+use crate::redis::Applied;
 
 /// The web console served at `/`: one self-contained page (see its top comment).
 pub const CONSOLE_HTML: &str = include_str!("console.html");
@@ -190,7 +191,7 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
                 Ok(()) => http::response(204, "application/json", &[], b""),
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "session not deleted: 503");
-                    unavailable(e.unconfirmed())
+                    unavailable(e.applied())
                 }
             }
         }
@@ -248,7 +249,7 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "broadcast not published: 503");
-            unavailable(e.unconfirmed())
+            unavailable(e.applied())
         }
     }
 }
@@ -257,10 +258,12 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
 /// master took it (a broadcast went out, a tombstone is there) but fewer
 /// replicas than `redis_min_replicas` hold it, so a failover may undo it;
 /// both writes are safe to repeat.
-fn unavailable(unconfirmed: bool) -> Vec<u8> {
-    if unconfirmed {
-        http::error(503, "replicas_unconfirmed")
-    } else {
-        http::error(503, "redis_unavailable")
+/// `outcome_unknown`: the request reached Redis and its reply was lost
+/// with the connection, so neither of the others would be true.
+fn unavailable(applied: Applied) -> Vec<u8> {
+    match applied {
+        Applied::Unconfirmed => http::error(503, "replicas_unconfirmed"),
+        Applied::Unknown => http::error(503, "outcome_unknown"),
+        Applied::No => http::error(503, "redis_unavailable"),
     }
 }

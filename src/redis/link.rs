@@ -174,7 +174,11 @@ impl Link {
             w.wake();
         }
         let queued = std::time::Instant::now();
-        let out = wait.await.unwrap_or(Err(RedisError::Unavailable));
+        // A request dropped unanswered may have been in flight: its
+        // outcome is unknown, never taken as not sent.
+        let out = wait
+            .await
+            .unwrap_or_else(|_| Err(RedisError::Io("the request was dropped unanswered".into())));
         observer.answered(queued.elapsed(), out.is_ok());
         out
     }

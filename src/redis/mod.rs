@@ -74,10 +74,35 @@ pub enum RedisError {
     Replicas { acked: u32, wanted: u32 },
 }
 
+/// What a failed write did on the server: what a client may be told of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Certainly not: the request never left the shard, or the server
+    /// refused it before running it (an error reply, a redirect).
+    No,
+    /// Yes, on the master, but fewer replicas confirmed it than asked for.
+    Unconfirmed,
+    /// Cannot be told: the request was sent, and its reply was lost with
+    /// the connection (or was not one the protocol allows).
+    Unknown,
+}
+
 impl RedisError {
-    /// The master took the write but too few replicas confirmed it.
-    pub fn unconfirmed(&self) -> bool {
-        matches!(self, RedisError::Replicas { .. })
+    /// What the write that failed with this error did. `Unavailable` is
+    /// only ever given to a request that was not written to a connection
+    /// (the link fails what it has queued, never what is in flight, with
+    /// it), and an error reply or a redirect comes before a command runs;
+    /// a broken connection or a reply that makes no sense leaves the
+    /// outcome unknown.
+    pub fn applied(&self) -> Applied {
+        match self {
+            RedisError::Unavailable
+            | RedisError::Auth(_)
+            | RedisError::Server(_)
+            | RedisError::Topology(_) => Applied::No,
+            RedisError::Replicas { .. } => Applied::Unconfirmed,
+            RedisError::Io(_) | RedisError::Tls(_) | RedisError::Reply(_) => Applied::Unknown,
+        }
     }
 }
 
