@@ -216,6 +216,13 @@ pub struct Config {
         default_value = "async"
     )]
     pub durability: Durability,
+    /// In sync durability, how long a reply may wait for Redis (through a
+    /// failover, say) before it answers with what it knows: counted but
+    /// not confirmed when a write may have reached Redis, not counted when
+    /// none can have.
+    #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_SYNC_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub sync_timeout: Duration,
     /// How long a drain may take before the process exits anyway.
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_SHUTDOWN_GRACE", value_parser = parse_duration, default_value = "10s")]

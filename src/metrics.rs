@@ -101,6 +101,7 @@ pub enum ErrorKind {
     SlowReader,
     Io,
     RedisUnavailable,
+    Unconfirmed,
     NotFound,
     ForbiddenOrigin,
     Unauthorized,
@@ -109,7 +110,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 17] = [
+    pub const ALL: [ErrorKind; 18] = [
         ErrorKind::Protocol,
         ErrorKind::Binary,
         ErrorKind::InvalidUtf8,
@@ -122,6 +123,7 @@ impl ErrorKind {
         ErrorKind::SlowReader,
         ErrorKind::Io,
         ErrorKind::RedisUnavailable,
+        ErrorKind::Unconfirmed,
         ErrorKind::NotFound,
         ErrorKind::ForbiddenOrigin,
         ErrorKind::Unauthorized,
@@ -142,6 +144,7 @@ impl ErrorKind {
             ErrorKind::SlowReader => "slow_reader",
             ErrorKind::Io => "io",
             ErrorKind::RedisUnavailable => "redis_unavailable",
+            ErrorKind::Unconfirmed => "unconfirmed",
             ErrorKind::NotFound => "not_found",
             ErrorKind::ForbiddenOrigin => "forbidden_origin",
             ErrorKind::Unauthorized => "unauthorized",

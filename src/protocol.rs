@@ -15,6 +15,13 @@ pub fn count(out: &mut Vec<u8>, n: u64) {
     out.push(b'}');
 }
 
+/// The reply to a message counted in sync durability that Redis's master
+/// may hold but too few replicas confirmed (or whose write's outcome is not
+/// known yet): counted, and written again until it is confirmed.
+pub fn count_unconfirmed(n: u64) -> String {
+    format!("{{\"count\":{n},\"confirmed\":false}}")
+}
+
 /// What the welcome says about history: the newest offset the server knew
 /// of, and, to a socket that asked with `since`, whether it got everything.
 #[derive(Debug, Clone, Copy, Default)]

@@ -7,10 +7,18 @@
 //! count twice, and two shards counting for one session never overwrite each
 //! other. `base` is what the other writers had when this shard loaded the
 //! session; `mine` is this shard's running contribution.
+//!
+//! An increment may be taken back (a sync write that failed) only while no
+//! write that carried it can have reached Redis: [`Session::undo`] asks
+//! that no write is in flight and that none whose outcome is unknown, or
+//! that the master took without its replicas, carried the value. Then "not
+//! counted" is always true.
 
 use std::cell::Cell;
 
 use uuid::Uuid;
+
+use crate::redis::Applied;
 
 /// One session in a shard's cache.
 #[derive(Debug)]
@@ -19,6 +27,11 @@ pub struct Session {
     base: Cell<u64>,
     mine: Cell<u64>,
     flushed: Cell<u64>,
+    /// The highest value a write carried that Redis may hold: applied
+    /// without its replicas, or with its reply lost.
+    maybe: Cell<u64>,
+    /// Writes of this session's value sent and not answered yet.
+    flying: Cell<u32>,
     conns: Cell<u32>,
     queued: Cell<bool>,
     deleted: Cell<bool>,
@@ -31,6 +44,8 @@ impl Session {
             base: Cell::new(base),
             mine: Cell::new(mine),
             flushed: Cell::new(mine),
+            maybe: Cell::new(mine),
+            flying: Cell::new(0),
             conns: Cell::new(0),
             queued: Cell::new(false),
             deleted: Cell::new(false),
@@ -61,14 +76,33 @@ impl Session {
         self.count()
     }
 
-    /// Takes back the last increment (a sync write that Redis refused), if no
-    /// other increment came after it. Returns whether it did.
+    /// Takes back the last increment (a sync write that Redis did not
+    /// apply), if no other increment came after it and no write can have
+    /// carried it to Redis. Returns whether it did.
     pub fn undo(&self, count: u64) -> bool {
-        if self.count() == count && self.mine.get() > self.flushed.get() {
+        let written = self.flushed.get().max(self.maybe.get());
+        if self.count() == count && self.flying.get() == 0 && self.mine.get() > written {
             self.mine.set(self.mine.get() - 1);
             true
         } else {
             false
+        }
+    }
+
+    /// A write of this session's value was taken to be sent: until its
+    /// [`Session::sent`], nothing is taken back.
+    pub fn sending(&self) {
+        self.flying.set(self.flying.get() + 1);
+    }
+
+    /// A write carrying `value` was answered: `applied` is what it did
+    /// (None: the master and its replicas hold it, see [`Session::acked`]).
+    pub fn sent(&self, value: u64, applied: Option<Applied>) {
+        self.flying.set(self.flying.get().saturating_sub(1));
+        if matches!(applied, Some(Applied::Unconfirmed | Applied::Unknown))
+            && value > self.maybe.get()
+        {
+            self.maybe.set(value);
         }
     }
 
@@ -168,6 +202,39 @@ mod tests {
         let c = s.increment();
         assert!(s.undo(c));
         assert_eq!(s.count(), 0);
+    }
+
+    /// "Not counted" must be true: an increment a write may have carried
+    /// to Redis stays, whatever later writes say.
+    #[test]
+    fn no_undo_of_what_a_write_may_have_carried() {
+        let s = Session::new(Uuid::new_v4(), 0, 0);
+        let c = s.increment();
+        s.sending();
+        assert!(!s.undo(c), "a write carrying it is in flight");
+        s.sent(c, Some(Applied::No));
+        assert!(s.undo(c), "the write was certainly not applied");
+
+        for maybe in [Applied::Unknown, Applied::Unconfirmed] {
+            let s = Session::new(Uuid::new_v4(), 0, 0);
+            let c = s.increment();
+            s.sending();
+            s.sent(c, Some(maybe));
+            // A later attempt that certainly failed does not change that.
+            s.sending();
+            s.sent(c, Some(Applied::No));
+            assert!(!s.undo(c), "{maybe:?}: Redis may hold it");
+            assert_eq!(s.count(), 1);
+        }
+
+        // A flush of an older value leaves the newest increment undoable.
+        let s = Session::new(Uuid::new_v4(), 0, 0);
+        s.increment();
+        s.sending();
+        s.sent(1, Some(Applied::Unknown));
+        let c = s.increment();
+        assert!(s.undo(c));
+        assert_eq!(s.count(), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::pubsub::Publish;
 use crate::readiness::Readiness;
 use crate::redis::replicas::Replicas;
-use crate::redis::{as_u64, Redis, RedisError, Slot, Value};
+use crate::redis::{as_u64, Applied, Redis, RedisError, Slot, Value};
 use crate::session::Session;
 
 /// Writes a batch of sessions in one call. KEYS holds each session's hash and
@@ -55,6 +55,9 @@ return out
 /// call the rate figure's RTT p99 was 3.5-4 ms, with 32 it is 0.4-0.7 ms, for
 /// about the same server CPU per reply.
 const FLUSH_BATCH: usize = 32;
+/// How often queued sessions are written while the replicas asked for
+/// cannot confirm writes (each write is then made again until they can).
+const SHORT_FLUSH_PERIOD: Duration = Duration::from_millis(250);
 /// How often the unflushed gauges are worked out while Redis is away.
 const GAUGE_PERIOD_DOWN: Duration = Duration::from_millis(250);
 
@@ -92,6 +95,22 @@ pub fn session_key(id: &Uuid) -> String {
 pub fn tombstone_key(id: &Uuid) -> String {
     key(id, "del")
 }
+
+/// What a sync write came to, within its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Redis has it, on as many replicas as `redis_min_replicas` asks.
+    Confirmed,
+    /// The master has it; too few replicas confirmed it in time.
+    Unconfirmed,
+    /// No try succeeded in time: what the tries did is the session's to
+    /// tell ([`Session::undo`]).
+    Failed,
+}
+
+/// A sync write's first pause before it tries again, and its longest.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(250);
 
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +179,9 @@ pub struct Store {
     queue: RefCell<Vec<Rc<Session>>>,
     /// When the unflushed gauges were last worked out from the queue.
     gauged: Cell<Option<Instant>>,
+    /// When the last flush wrote, and whether the master took it all.
+    flushed_at: Cell<Option<Instant>>,
+    flushed_clean: Cell<bool>,
     metrics: Arc<Metrics>,
     /// Whether every shard has written back what it counted while Redis
     /// was away.
@@ -189,6 +211,8 @@ impl Store {
             cache: RefCell::new(HashMap::new()),
             queue: RefCell::new(Vec::new()),
             gauged: Cell::new(None),
+            flushed_at: Cell::new(None),
+            flushed_clean: Cell::new(true),
             metrics,
             readiness,
             shard,
@@ -327,7 +351,26 @@ impl Store {
     /// Returns each session's outcome; a failed call, or an error reply,
     /// fails the whole batch. A batch too few replicas confirmed fails
     /// whole too: nothing in it counts as written, so it is written again.
+    ///
+    /// Each session of the batch must have been told [`Session::sending`]
+    /// when its value was taken; this tells each [`Session::sent`], with
+    /// what the write did.
     async fn write(
+        &self,
+        batch: &[(Rc<Session>, u64)],
+    ) -> Result<Vec<Result<(), RedisError>>, RedisError> {
+        let result = self.write_once(batch).await;
+        for (i, (s, value)) in batch.iter().enumerate() {
+            let applied = match &result {
+                Ok(each) => each[i].as_ref().err().map(RedisError::applied),
+                Err(e) => Some(e.applied()),
+            };
+            s.sent(*value, applied);
+        }
+        result
+    }
+
+    async fn write_once(
         &self,
         batch: &[(Rc<Session>, u64)],
     ) -> Result<Vec<Result<(), RedisError>>, RedisError> {
@@ -409,11 +452,13 @@ impl Store {
         self.redis.query(kick.slot, &kick.cmd).await.map(|_| ())
     }
 
-    /// Writes this session's count now and waits for Redis (close, sync mode).
+    /// Writes this session's count now and waits for Redis (a new session,
+    /// a close). One try; a failed write leaves the session queued.
     pub async fn persist(&self, s: &Rc<Session>) -> Result<(), RedisError> {
         if s.is_deleted() {
             return Ok(());
         }
+        s.sending();
         let result = self
             .write(&[(s.clone(), s.mine())])
             .await
@@ -422,6 +467,28 @@ impl Store {
             self.enqueue(s);
         }
         result
+    }
+
+    /// Writes this session's count for a sync reply, trying again until
+    /// Redis answers or `wait` has passed: a failover is waited through,
+    /// not answered with an error. A try whose outcome is unknown is made
+    /// again, harmlessly, since the value written is absolute.
+    pub async fn commit(&self, s: &Rc<Session>, wait: Duration) -> Commit {
+        let deadline = Instant::now() + wait;
+        let mut pause = RETRY_FIRST;
+        loop {
+            match self.persist(s).await {
+                Ok(()) => return Commit::Confirmed,
+                Err(e) if e.applied() == Applied::Unconfirmed => return Commit::Unconfirmed,
+                Err(_) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Commit::Failed;
+            }
+            glommio::timer::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(RETRY_MAX);
+        }
     }
 
     /// Writes every queued session, `FLUSH_BATCH` per script call. Sessions whose write fails
@@ -445,11 +512,32 @@ impl Store {
             self.update_gauges();
             return true;
         }
+        // Writes the replicas cannot confirm stay queued to be written again
+        // until they are; while they cannot be, that is not every interval.
+        if self.replicas.short()
+            && self
+                .flushed_at
+                .get()
+                .is_some_and(|at| at.elapsed() < SHORT_FLUSH_PERIOD)
+        {
+            return self.flushed_clean.get();
+        }
+        self.flushed_at.set(Some(Instant::now()));
+        let clean = self.flush_queue().await;
+        self.flushed_clean.set(clean);
+        clean
+    }
+
+    /// [`Store::flush`]'s writes: true when each one reached the master.
+    async fn flush_queue(&self) -> bool {
         let mut clean = true;
+        // Each value is in flight from the moment it is taken: a later
+        // batch's write still carries it.
         let mut pending: Vec<(Rc<Session>, u64)> = std::mem::take(&mut *self.queue.borrow_mut())
             .into_iter()
             .map(|s| {
                 s.set_queued(false);
+                s.sending();
                 let value = s.mine();
                 (s, value)
             })
@@ -465,19 +553,23 @@ impl Store {
             pending.chunks(FLUSH_BATCH).collect()
         };
         for batch in batches {
-            let oks: Vec<bool> = match self.write(batch).await {
-                Ok(each) => each.iter().map(Result::is_ok).collect(),
+            // Per session: whether the master has it, and whether the
+            // replicas asked for do too.
+            let outcomes: Vec<(bool, bool)> = match self.write(batch).await {
+                Ok(each) => each.iter().map(|r| (r.is_ok(), r.is_ok())).collect(),
                 Err(e) => {
                     // Too few replicas is logged on its own, once.
                     if matches!(e, RedisError::Server(_) | RedisError::Reply(_)) {
                         tracing::warn!(error = %e, "redis refused a flush");
                     }
-                    vec![false; batch.len()]
+                    let applied = e.applied() == Applied::Unconfirmed;
+                    vec![(applied, false); batch.len()]
                 }
             };
-            for ((s, _), ok) in batch.iter().zip(oks) {
-                clean &= ok;
-                if !ok || s.unflushed() > 0 && !s.is_deleted() {
+            for ((s, _), (applied, confirmed)) in batch.iter().zip(outcomes) {
+                // Applied is enough for a resume elsewhere to find it.
+                clean &= applied;
+                if !confirmed || s.unflushed() > 0 && !s.is_deleted() {
                     self.enqueue(s);
                 }
                 self.maybe_evict(s);

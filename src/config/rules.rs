@@ -106,6 +106,9 @@ pub(crate) static RULES: &[Rule] = &[
     Rule::of("session_ttl", |c| {
         duration(c.session_ttl, Zero::Refused, SECOND)
     }),
+    Rule::of("sync_timeout", |c| {
+        duration(c.sync_timeout, Zero::Refused, Duration::from_millis(10))
+    }),
     Rule::of("flush_interval", |c| {
         duration(c.flush_interval, Zero::Refused, Duration::ZERO)
     }),

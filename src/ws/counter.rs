@@ -14,6 +14,7 @@ use crate::context::{Context, Slot};
 use crate::metrics::ErrorKind;
 use crate::protocol;
 use crate::session::Session;
+use crate::store::Commit;
 use crate::ws::codec::{self, Controls, WsError};
 use crate::ws::control::{self, Command};
 use crate::ws::goodbye::{self, Ended, Exit};
@@ -225,17 +226,42 @@ impl Counter {
             .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
     }
 
-    /// A sync write came back: the count's reply, or an error when Redis did
-    /// not take it and it could be taken back.
-    fn answer(&self, c: &mut Conn, count: u64, arrived: Instant, written: bool, out: &mut Vec<u8>) {
-        // If another socket counted since, the increment can no longer be
-        // taken back: it stays, and is answered.
-        if !written && c.session.undo(count) {
-            self.ctx.metrics().error(ErrorKind::RedisUnavailable);
-            codec::encode_text(out, protocol::error("redis_unavailable").as_bytes());
-        } else {
-            self.counted(c, count, arrived, Instant::now(), out);
+    /// A sync write came back: one of three answers, each true. Confirmed:
+    /// the count's plain reply. Not counted: only when no write can have
+    /// carried the increment, which is then taken back. Otherwise (the
+    /// master took it without its replicas, or a try's outcome is unknown,
+    /// or another socket counted since) the increment stays, is written
+    /// again by the flush, and is answered as counted, not confirmed.
+    fn answer(
+        &self,
+        c: &mut Conn,
+        count: u64,
+        arrived: Instant,
+        commit: Commit,
+        out: &mut Vec<u8>,
+    ) {
+        let confirmed = match commit {
+            Commit::Confirmed => true,
+            Commit::Failed if c.session.undo(count) => {
+                self.ctx.metrics().error(ErrorKind::RedisUnavailable);
+                codec::encode_text(out, protocol::error("redis_unavailable").as_bytes());
+                return;
+            }
+            Commit::Unconfirmed | Commit::Failed => false,
+        };
+        let now = Instant::now();
+        if confirmed {
+            self.counted(c, count, arrived, now, out);
+            return;
         }
+        self.ctx.metrics().error(ErrorKind::Unconfirmed);
+        c.messages += 1;
+        self.ctx.metrics().messages_total.inc();
+        codec::encode_text(out, protocol::count_unconfirmed(count).as_bytes());
+        self.ctx
+            .metrics()
+            .message_duration
+            .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
     }
 }
 
@@ -255,9 +281,10 @@ fn persist_then_answer(
         // without waiting (Redis down) would then resume into it.
         futures_lite::future::yield_now().await;
         let counter = plane.handler();
-        let written = Box::pin(counter.ctx.store.persist(&session)).await.is_ok();
+        let wait = counter.ctx.cfg().sync_timeout;
+        let commit = Box::pin(counter.ctx.store.commit(&session, wait)).await;
         plane.resume(conn, arrived, |c, out| {
-            counter.answer(c, count, arrived, written, out)
+            counter.answer(c, count, arrived, commit, out)
         });
     })
     .detach();

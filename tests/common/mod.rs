@@ -793,37 +793,62 @@ fn parse_frame(b: &[u8]) -> Option<(Frame, usize)> {
 }
 
 /// A client counting in a loop on its own thread, for failover tests. Every
-/// count it is answered must be the previous plus one; an error reply
-/// (Redis away) is retried; it stops once told to. Start the server with
-/// [`ServerBuilder::for_counters`].
+/// count it is answered must be the previous plus one, whether confirmed or
+/// not; "not counted" (`redis_unavailable`) is sent again, as a real client
+/// would; any other reply, or a close, ends the thread with a panic. It
+/// stops once told to. Start the server with [`ServerBuilder::for_counters`].
 pub struct Counter {
     pub id: String,
-    /// The last count the server acknowledged.
+    /// The last count the server answered (confirmed or not).
     pub acked: Arc<AtomicU64>,
+    /// The last count the server answered as confirmed.
+    pub confirmed: Arc<AtomicU64>,
+    /// Messages answered "not counted".
     pub errors: Arc<AtomicU64>,
+    /// When each "counted, not confirmed" answer came.
+    pub unconfirmed: Arc<Mutex<Vec<Instant>>>,
     pub handle: thread::JoinHandle<()>,
 }
 
 pub fn counter(server: &Server, stop: Arc<AtomicBool>) -> Counter {
+    counter_paced(server, stop, Duration::ZERO)
+}
+
+/// A [`counter`] that sends at most one message per `pace`.
+pub fn counter_paced(server: &Server, stop: Arc<AtomicBool>, pace: Duration) -> Counter {
     let (mut c, welcome) = server.connect("");
     let id = session_id(&welcome);
     let acked = Arc::new(AtomicU64::new(0));
+    let confirmed = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let unconfirmed = Arc::new(Mutex::new(Vec::new()));
     let handle = thread::spawn({
-        let (acked, errors) = (acked.clone(), errors.clone());
+        let (acked, confirmed) = (acked.clone(), confirmed.clone());
+        let (errors, unconfirmed) = (errors.clone(), unconfirmed.clone());
         move || {
             while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 c.send_text("tick");
                 let v = c.recv_skipping_heartbeats().json();
                 if let Some(n) = v["count"].as_u64() {
                     let last = acked.load(Ordering::Relaxed);
                     assert_eq!(n, last + 1, "count after {last} was {n}: a gap or a repeat");
                     acked.store(n, Ordering::Relaxed);
+                    match v.get("confirmed") {
+                        None => confirmed.store(n, Ordering::Relaxed),
+                        Some(Value::Bool(false)) => {
+                            unconfirmed.lock().unwrap().push(Instant::now())
+                        }
+                        Some(other) => panic!("confirmed is {other} in {v}"),
+                    }
                 } else {
                     assert_eq!(v["error"], "redis_unavailable", "unexpected reply {v}");
                     errors.fetch_add(1, Ordering::Relaxed);
                     // Redis is away: the client backs off, as a real one would.
                     thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(rest) = pace.checked_sub(sent.elapsed()) {
+                    thread::sleep(rest);
                 }
             }
         }
@@ -831,9 +856,70 @@ pub fn counter(server: &Server, stop: Arc<AtomicBool>) -> Counter {
     Counter {
         id,
         acked,
+        confirmed,
         errors,
+        unconfirmed,
         handle,
     }
+}
+
+/// What a failover test's counters were told, once checked against Redis.
+pub struct Tally {
+    /// Counts answered, all clients.
+    pub told: u64,
+    /// Messages answered "not counted".
+    pub refused: u64,
+    /// When each "counted, not confirmed" answer came, sorted.
+    pub unconfirmed: Vec<Instant>,
+}
+
+/// Stops nothing: call once the counters were told to stop. Joins them (a
+/// panic there is a gap, a repeat, a reply of no known kind, or a closed
+/// socket) and holds every answer to the truth, with `stored` reading a
+/// session's count where Redis has it now: each session ends with exactly
+/// the count its client was last told, so no confirmed count was lost and
+/// no message answered "not counted" was counted. A count answered as not
+/// confirmed may reach Redis after its socket closes (the shard writes it
+/// again until it is confirmed): the check waits for it.
+pub fn tally(counters: Vec<Counter>, stored: impl Fn(&str) -> Option<u64>) -> Tally {
+    let mut t = Tally {
+        told: 0,
+        refused: 0,
+        unconfirmed: Vec::new(),
+    };
+    for c in counters {
+        c.handle
+            .join()
+            .expect("a counter saw a gap, a repeat, an unknown reply or a close");
+        let acked = c.acked.load(Ordering::Relaxed);
+        let confirmed = c.confirmed.load(Ordering::Relaxed);
+        let now = stored(&c.id).unwrap_or(0);
+        assert!(
+            now >= confirmed,
+            "session {}: Redis has {now}, the client was confirmed {confirmed}",
+            c.id
+        );
+        wait_for(
+            &format!("session {} to hold {acked} (it has {now})", c.id),
+            Duration::from_secs(15),
+            || (stored(&c.id) == Some(acked)).then_some(()),
+        );
+        t.told += acked;
+        t.refused += c.errors.load(Ordering::Relaxed);
+        t.unconfirmed.extend(c.unconfirmed.lock().unwrap().iter());
+    }
+    t.unconfirmed.sort();
+    t
+}
+
+/// Waits until every counter was confirmed at least `at_least`.
+pub fn wait_confirmed(counters: &[Counter], at_least: u64, what: &str) {
+    wait_for(what, Duration::from_secs(60), || {
+        counters
+            .iter()
+            .all(|c| c.confirmed.load(Ordering::Relaxed) >= at_least)
+            .then_some(())
+    });
 }
 
 pub fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn() -> String) {
