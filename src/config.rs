@@ -122,7 +122,7 @@ pub struct Config {
     pub redis_sentinels: Vec<String>,
     /// Seed nodes (`host:port`) of a Redis Cluster; when set, the shards
     /// route each request to the master of its keys' slot instead of using
-    /// `redis_url`. Sharded pub/sub on a cluster needs `history_size` 0.
+    /// `redis_url`.
     #[arg(long, env = "SHARDCAST_REDIS_CLUSTER", value_delimiter = ',')]
     pub redis_cluster: Vec<String>,
     /// The master's name in the Sentinels' configuration.
@@ -814,10 +814,6 @@ mod tests {
             (
                 vec!["--redis-url", "redis://h:1", "--redis-cluster", "h:2"],
                 "invalid redis_cluster: give one of",
-            ),
-            (
-                vec!["--redis-cluster", "h:2", "--pubsub", "sharded"],
-                "needs history_size 0",
             ),
             (
                 vec!["--redis-cluster", "h:2", "--redis-db", "3"],

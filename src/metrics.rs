@@ -193,7 +193,7 @@ pub struct ShardMetrics {
     pub heartbeats_sent_total: Cell,
     pub broadcasts_delivered_total: Cell,
     pub sessions_resumed_total: Cell,
-    /// Upgrades that asked for `since`, those that could not get all they
+    /// Upgrades that asked to recover (a position or `since`), those that could not get all they
     /// missed, and the messages recovered.
     pub recoveries_total: Cell,
     pub recoveries_incomplete_total: Cell,
@@ -384,7 +384,7 @@ const SUMMED: [Single; 17] = [
     (
         "ws_recoveries_total",
         COUNTER,
-        "Upgrades that asked for the broadcasts missed since an offset.",
+        "Upgrades that asked for the broadcasts missed since a position (or a since offset).",
         |s| s.recoveries_total.get(),
     ),
     (

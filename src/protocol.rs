@@ -5,7 +5,7 @@
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::history::Offset;
+use crate::history::{Lost, Offset, Piece};
 
 /// `{"count":n}` appended to `out`.
 pub fn count(out: &mut Vec<u8>, n: u64) {
@@ -22,11 +22,13 @@ pub fn count_unconfirmed(n: u64) -> String {
     format!("{{\"count\":{n},\"confirmed\":false}}")
 }
 
-/// What the welcome says about history: the newest offset the server knew
-/// of, and, to a socket that asked with `since`, whether it got everything.
-#[derive(Debug, Clone, Copy, Default)]
+/// What the welcome says about history: the socket's position (and, for
+/// clients of before, its offset on the global channel), and, to a socket
+/// that asked to recover, whether it gets everything it missed.
+#[derive(Debug, Clone, Default)]
 pub struct WelcomeHistory {
     pub offset: Option<Offset>,
+    pub position: Option<String>,
     pub recovered: Option<bool>,
 }
 
@@ -35,10 +37,23 @@ pub fn welcome(id: &Uuid, count: u64, resumed: bool, history: WelcomeHistory) ->
     if let Some(o) = history.offset {
         w["offset"] = o.to_string().into();
     }
+    if let Some(p) = history.position {
+        w["position"] = p.into();
+    }
     if let Some(r) = history.recovered {
         w["recovered"] = r.into();
     }
     w.to_string()
+}
+
+/// Told after the welcome, once per channel whose missed broadcasts a
+/// recovery could not all give: the client refetches that channel's state.
+pub fn unrecovered(room: Option<&str>, why: Lost) -> String {
+    let mut u = json!({ "reason": why.as_str() });
+    if let Some(r) = room {
+        u["room"] = r.into();
+    }
+    json!({ "unrecovered": u }).to_string()
 }
 
 pub fn heartbeat(ts: &str) -> String {
@@ -86,13 +101,28 @@ pub fn error(kind: &str) -> String {
     json!({ "error": kind }).to_string()
 }
 
-/// A broadcast frame: with history, its offset, and its room when it went
-/// to one. Live and recovered copies of a message come from here, so they
-/// are the same bytes.
-pub fn broadcast(message: &str, offset: Option<Offset>, room: Option<&str>) -> String {
+/// A broadcast frame: with history, its offset and epoch on its channel,
+/// the position of the socket once it has it (when not empty), its room
+/// when it went to one, and `"recovered":true` when it comes from history
+/// to a socket that reconnected.
+pub fn broadcast(
+    message: &str,
+    history: Option<(Piece, &str)>,
+    room: Option<&str>,
+    recovered: bool,
+) -> String {
     let mut b = json!({ "broadcast": message });
-    if let Some(o) = offset {
-        b["offset"] = o.to_string().into();
+    if recovered {
+        b["recovered"] = true.into();
+    }
+    if let Some((piece, position)) = history {
+        b["offset"] = piece.offset.to_string().into();
+        if let Some(e) = piece.epoch {
+            b["epoch"] = e.to_string().into();
+        }
+        if !position.is_empty() {
+            b["position"] = position.into();
+        }
         if let Some(r) = room {
             b["room"] = r.into();
         }
@@ -114,6 +144,9 @@ pub struct BusEvent {
     pub broadcast: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<String>,
+    /// The epoch of the channel's stream, beside `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 impl BusEvent {
@@ -151,26 +184,45 @@ mod tests {
             json!({"bye": true, "total": 9, "reason": "shutdown", "retry_after_ms": 250})
         );
         let m: serde_json::Value =
-            serde_json::from_str(&broadcast("a\"b\n", None, Some("r"))).unwrap();
+            serde_json::from_str(&broadcast("a\"b\n", None, Some("r"), false)).unwrap();
         assert_eq!(
             m,
             json!({"broadcast": "a\"b\n"}),
             "no offset, no room: today's frame"
         );
         let at = Offset { ms: 17, seq: 2 };
-        let m: serde_json::Value =
-            serde_json::from_str(&broadcast("x", Some(at), Some("lobby"))).unwrap();
+        let piece = Piece {
+            epoch: Some(crate::history::Epoch(0xab)),
+            offset: at,
+        };
+        let m: serde_json::Value = serde_json::from_str(&broadcast(
+            "x",
+            Some((piece, "1.xyz")),
+            Some("lobby"),
+            false,
+        ))
+        .unwrap();
         assert_eq!(
             m,
-            json!({"broadcast": "x", "offset": "17-2", "room": "lobby"})
+            json!({"broadcast": "x", "offset": "17-2", "epoch": "00000000000000ab",
+                   "position": "1.xyz", "room": "lobby"})
         );
         let h = WelcomeHistory {
             offset: Some(at),
+            position: Some("1.xyz".into()),
             recovered: Some(false),
         };
         let w: serde_json::Value = serde_json::from_str(&welcome(&id, 0, false, h)).unwrap();
-        assert_eq!(w["offset"], "17-2");
-        assert_eq!(w["recovered"], false);
+        assert_eq!(
+            (&w["offset"], &w["position"], &w["recovered"]),
+            (&json!("17-2"), &json!("1.xyz"), &json!(false))
+        );
+        let u: serde_json::Value =
+            serde_json::from_str(&unrecovered(Some("lobby"), Lost::EpochChanged)).unwrap();
+        assert_eq!(
+            u,
+            json!({"unrecovered": {"room": "lobby", "reason": "epoch_changed"}})
+        );
         let e = serde_json::to_string(&BusEvent::kick("x".into())).unwrap();
         assert_eq!(e, r#"{"kick":"x"}"#);
         let b: BusEvent = serde_json::from_str(r#"{"broadcast":"m","offset":"1-0"}"#).unwrap();

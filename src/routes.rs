@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::context::Shared;
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
-use crate::pubsub::{check_room, room_channel, EVENTS_CHANNEL};
+use crate::pubsub::check_room;
 use crate::readiness::State;
 use crate::redis::Applied;
 
@@ -218,32 +218,31 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
             );
         }
     };
-    let channel = match &b.room {
-        None => EVENTS_CHANNEL.to_string(),
-        Some(room) => match check_room(room) {
-            Ok(()) => room_channel(room),
-            Err(e) => {
-                shard.metrics().error(ErrorKind::BadRequest);
-                tracing::info!(room = %room, "broadcast refused: bad room: 400");
-                return http::error(400, &e.to_string());
-            }
-        },
-    };
+    if let Some(room) = &b.room {
+        if let Err(e) = check_room(room) {
+            shard.metrics().error(ErrorKind::BadRequest);
+            tracing::info!(room = %room, "broadcast refused: bad room: 400");
+            return http::error(400, &e.to_string());
+        }
+    }
     match shard
         .history
-        .publish(shard.redis(), &channel, &b.message)
+        .publish(shard.redis(), b.room.as_deref(), &b.message)
         .await
     {
         // Redis counts subscriptions, and each shard (of any process)
         // holding the channel has one: for a room, the shards where it has
         // members. Sockets are not counted anywhere on the way.
-        Ok((offset, n)) => {
+        Ok((piece, n)) => {
             let mut body = json!({ "status": "accepted", "shards": n });
             if let Some(room) = &b.room {
                 body["room"] = room.as_str().into();
             }
-            if let Some(o) = offset {
-                body["offset"] = o.to_string().into();
+            if let Some(p) = piece {
+                body["offset"] = p.offset.to_string().into();
+                if let Some(e) = p.epoch {
+                    body["epoch"] = e.to_string().into();
+                }
             }
             http::json(202, &body)
         }

@@ -15,7 +15,7 @@ use shards::{Control, ShardContext};
 
 use crate::conn::Planes;
 use crate::context::{Context, Shared};
-use crate::history::{self, History, Offset};
+use crate::history::{History, Piece};
 use crate::metrics::ErrorKind;
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::{self, Subscriber, Target};
@@ -38,12 +38,12 @@ const STOP_FLUSH: Duration = Duration::from_secs(2);
 /// A broadcast or kick from Redis, delivered to this shard's sockets.
 fn on_bus_event(ctx: &Context, plane: &Sockets, target: Target<'_>, payload: &[u8]) {
     if target == Target::Head {
-        if let Some(o) = std::str::from_utf8(payload)
+        // The global channel's head, read before the subscription; empty:
+        // the channel has no stream.
+        let head = std::str::from_utf8(payload)
             .ok()
-            .and_then(|s| s.parse().ok())
-        {
-            ctx.history.heard(o);
-        }
+            .and_then(Piece::parse_head);
+        ctx.history.set_head(None, head);
         return;
     }
     let event = match serde_json::from_slice::<BusEvent>(payload) {
@@ -54,31 +54,31 @@ fn on_bus_event(ctx: &Context, plane: &Sockets, target: Target<'_>, payload: &[u
         }
     };
     if let Some(msg) = event.broadcast {
-        let offset = event.offset.and_then(|o| o.parse::<Offset>().ok());
         let room = match target {
             Target::Room(r) => ctx.pubsub.room_name(r),
             _ => None,
         };
-        let text = protocol::broadcast(&msg, offset, room.as_deref());
-        let mut frame = Vec::new();
-        codec::encode_text(&mut frame, text.as_bytes());
-        // Sockets that recovered this one already (rare, and brief).
-        let skip = offset.map(|o| ctx.history.skip(o)).unwrap_or_default();
-        let n = match target {
-            Target::Room(r) => {
-                let mut members = Vec::new();
-                ctx.pubsub.for_each_member(r, |c| {
-                    if skip.binary_search(&c).is_err() {
-                        members.push(c)
-                    }
-                });
-                plane.send_to(&members, &frame)
+        let piece = event
+            .offset
+            .and_then(|o| o.parse().ok())
+            .map(|offset| Piece {
+                epoch: event.epoch.and_then(|e| e.parse().ok()),
+                offset,
+            });
+        let n = match piece {
+            None => {
+                let mut frame = Vec::new();
+                let text = protocol::broadcast(&msg, None, room.as_deref(), false);
+                codec::encode_text(&mut frame, text.as_bytes());
+                deliver(ctx, plane, target, &[], |_| &frame)
             }
-            _ => plane.fan_out(&frame, &skip),
+            Some(piece) => {
+                // Sockets that recovered this one already (rare, and brief).
+                let skip = ctx.history.skip(room.as_ref(), piece);
+                ctx.history.on_live(room.as_ref(), piece, &msg);
+                live(ctx, plane, target, &msg, room.as_ref(), piece, &skip)
+            }
         };
-        if let Some(o) = offset {
-            ctx.history.on_live(o, room.as_ref(), &text);
-        }
         ctx.metrics().broadcasts_delivered_total.add(n);
     } else if let Some(id) = event.kick {
         // Kicks travel on the events channel only.
@@ -90,6 +90,65 @@ fn on_bus_event(ctx: &Context, plane: &Sockets, target: Target<'_>, payload: &[u
         };
         ctx.store.forget(&id);
         plane.kick(&id);
+    }
+}
+
+/// A broadcast with history: its frame carries each reader's position, so
+/// a room's broadcast is one frame, and a global one a frame per room with
+/// members here (and one for sockets in none).
+fn live(
+    ctx: &Context,
+    plane: &Sockets,
+    target: Target<'_>,
+    msg: &str,
+    room: Option<&Rc<str>>,
+    piece: Piece,
+    skip: &[u64],
+) -> u64 {
+    let h = &ctx.history;
+    let encode = |other: Option<&Rc<str>>| {
+        let mut frame = Vec::new();
+        let text = h.live_frame(msg, room, piece, other);
+        codec::encode_text(&mut frame, text.as_bytes());
+        frame
+    };
+    if room.is_some() {
+        let frame = encode(None);
+        return deliver(ctx, plane, target, skip, |_| &frame);
+    }
+    let mut frames = h.take_scratch();
+    frames.insert(None, encode(None));
+    ctx.pubsub.for_each_room(|r| {
+        frames.insert(Some(r.clone()), encode(Some(r)));
+    });
+    let none = &frames[&None];
+    let n = deliver(ctx, plane, target, skip, |c| {
+        frames.get(&c.room().cloned()).unwrap_or(none)
+    });
+    h.put_scratch(frames);
+    n
+}
+
+/// Sends a broadcast's frame (as `frame` picks it per socket) to the
+/// channel's sockets here, but those in `skip`.
+fn deliver<'f>(
+    ctx: &Context,
+    plane: &Sockets,
+    target: Target<'_>,
+    skip: &[u64],
+    frame: impl Fn(&counter::Conn) -> &'f [u8],
+) -> u64 {
+    match target {
+        Target::Room(r) => {
+            let mut members = Vec::new();
+            ctx.pubsub.for_each_member(r, |c| {
+                if skip.binary_search(&c).is_err() {
+                    members.push(c)
+                }
+            });
+            plane.send_to_with(&members, frame)
+        }
+        _ => plane.fan_out_with(skip, frame),
     }
 }
 
@@ -237,11 +296,10 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         (shared.metrics.clone(), shared.readiness.clone()),
     );
     let history_on = cfg.history_size > 0;
-    let keys = history::Keys::new(redis.is_cluster());
     let pubsub = Subscriber::new(
         cfg.pubsub,
         cfg.max_rooms,
-        history_on.then(|| keys.offset().into_owned()),
+        history_on.then(History::global_head_key),
         redis.cluster(),
         shared.metrics.clone(),
         id,
@@ -251,7 +309,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         cfg.history_ttl.as_millis() as u64,
         pubsub.verbs().publish,
         replicas,
-        keys,
+        cfg.max_rooms,
     );
     let shard = Rc::new(Context::new(
         id,

@@ -5,7 +5,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use super::{Config, PubsubMode, RedisAddr, MAX_DURATION};
+use super::{Config, RedisAddr, MAX_DURATION};
 
 /// One check of the configuration.
 pub(crate) struct Rule {
@@ -65,12 +65,6 @@ pub(crate) static RULES: &[Rule] = &[
     }),
     Rule::with("redis_sentinel_tls", SENTINELS, |c| {
         sentinel_only(c, c.redis_sentinel_tls)
-    }),
-    Rule::with("pubsub", &["redis_cluster", "history_size"], |c| {
-        if redis(c) == Redis::Cluster && c.pubsub == PubsubMode::Sharded && c.history_size > 0 {
-            return Err("sharded on redis_cluster needs history_size 0: history keeps one order in one slot, and a room's channel is in its own; use plain (PUBLISH reaches every node) to keep history".into());
-        }
-        Ok(())
     }),
     Rule::with("redis_tls", &["redis_url"], |c| {
         if redis(c) == Redis::Single && c.redis_tls && c.redis_url.starts_with("redis://") {

@@ -278,6 +278,11 @@ impl<F: Fn(Target<'_>, &[u8])> LaneTask<F> {
                 live.heard_now();
                 (self.on_message)(Target::Head, &head);
             }
+            Value::Nil if self.sub.head_key.is_some() => {
+                // And only it with nothing: the key does not exist.
+                live.heard_now();
+                (self.on_message)(Target::Head, b"");
+            }
             // A PONG on a connection with no subscriptions.
             _ => live.heard_now(),
         }

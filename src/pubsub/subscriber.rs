@@ -199,6 +199,15 @@ impl Subscriber {
         }
     }
 
+    /// Calls `f` with each room that has members on this shard.
+    pub fn for_each_room(&self, mut f: impl FnMut(&Rc<str>)) {
+        for (name, r) in self.rooms.borrow().iter() {
+            if !r.members.is_empty() {
+                f(name);
+            }
+        }
+    }
+
     /// Publishes `payload` on `channel` through the shard's command
     /// connection; returns how many subscribers (shards, of any process)
     /// hold the channel.

@@ -93,6 +93,13 @@ pub fn plane(ctx: Rc<Context>) -> Result<Rc<Sockets>, PlaneError> {
     Plane::new(counter, limits)
 }
 
+impl Conn {
+    /// The room the socket is in, if any.
+    pub fn room(&self) -> Option<&Rc<str>> {
+        self.room.as_ref()
+    }
+}
+
 impl Counter {
     /// A socket's state as it joins the plane, counted as open.
     pub fn open(

@@ -574,24 +574,34 @@ impl<H: Handler> Plane<H> {
     /// Sends an encoded frame to every socket but those in `skip` (sorted);
     /// returns how many took it.
     pub fn fan_out(&self, frame: &[u8], skip: &[u64]) -> u64 {
+        self.fan_out_with(skip, |_| frame)
+    }
+
+    /// The same with each socket's frame picked by `frame` from its state:
+    /// a broadcast whose frame says something of each reader's other
+    /// channels, encoded once per kind of reader, not once per socket.
+    pub fn fan_out_with<'f>(&self, skip: &[u64], frame: impl Fn(&H::State) -> &'f [u8]) -> u64 {
         let mut n = 0;
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
             if skip.is_empty() || skip.binary_search(&conn).is_err() {
-                n += u64::from(self.send_frame(conn, sock, frame));
+                let f = frame(&sock.state);
+                n += u64::from(self.send_frame(conn, sock, f));
             }
         }
         self.close_ended();
         n
     }
 
-    /// Sends an encoded frame to the sockets named; returns how many took it.
-    pub fn send_to(&self, conns: &[u64], frame: &[u8]) -> u64 {
+    /// Sends an encoded frame to the sockets named, each socket's frame
+    /// picked by `frame` from its state; returns how many took it.
+    pub fn send_to_with<'f>(&self, conns: &[u64], frame: impl Fn(&H::State) -> &'f [u8]) -> u64 {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
             for &conn in conns {
                 if let Some(sock) = socks.get_mut(&conn) {
-                    n += u64::from(self.send_frame(conn, sock, frame));
+                    let f = frame(&sock.state);
+                    n += u64::from(self.send_frame(conn, sock, f));
                 }
             }
         }

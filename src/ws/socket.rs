@@ -10,7 +10,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::context::{Context, Slot};
-use crate::history::{self, Offset, Recovery};
+use crate::history::{self, Offset, Position, Recovery, Since};
 use crate::http::{self, Request};
 use crate::metrics::{Denial, ErrorKind};
 use crate::protocol::{self, WelcomeHistory};
@@ -40,7 +40,7 @@ struct Ask {
     /// The session it resumes, if it names one.
     requested: Option<uuid::Uuid>,
     room: Option<String>,
-    since: Option<Offset>,
+    since: Option<Since>,
     grant: Option<Box<Grant>>,
     sub: Option<String>,
 }
@@ -110,15 +110,22 @@ fn admit(ctx: &Context, req: &Request) -> Result<Ask, Vec<u8>> {
             return Err(http::json(403, &body));
         }
     }
-    let raw_since = req.param(&[history::SINCE_PARAM]);
-    let since = raw_since
-        .map(str::parse::<Offset>)
-        .transpose()
-        .map_err(|e| {
+    let since = match (
+        req.param(&[history::POSITION_PARAM]),
+        req.param(&[history::SINCE_PARAM]),
+    ) {
+        (Some(raw), _) => Some(Since::Position(raw.parse::<Position>().map_err(|e| {
             m.error(ErrorKind::BadRequest);
-            tracing::info!(since = raw_since, "upgrade refused: bad since: 400");
+            tracing::info!(position = raw, "upgrade refused: bad position: 400");
             http::error(400, &e.to_string())
-        })?;
+        })?)),
+        (None, Some(raw)) => Some(Since::Offset(raw.parse::<Offset>().map_err(|e| {
+            m.error(ErrorKind::BadRequest);
+            tracing::info!(since = raw, "upgrade refused: bad since: 400");
+            http::error(400, &e.to_string())
+        })?)),
+        (None, None) => None,
+    };
     // Read now, once: the deadline is an Instant from here on.
     let grant = identity.map(|id| {
         let now = std::time::Instant::now();
@@ -192,17 +199,24 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     }
     // From the recovery read to `adopt` below there is no await: the
     // bridge's messages are the socket's up to the moment it joins the plane.
+    let asked = since.is_some();
     let (recovery, said) = Box::pin(recover(&ctx, since, room.as_ref())).await;
-    if since.is_some() && ctx.history.enabled() {
-        ctx.history.set_floor(conn, recovery.has());
+    if asked && ctx.history.enabled() {
+        for (chan, has) in &recovery.has {
+            ctx.history.set_floor(conn, chan.clone(), *has);
+        }
     }
     stream.set_nodelay(true).ok();
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), since = ?since.map(|o| o.to_string()), recovered = said.recovered, missed = recovery.texts.len(), "ws open");
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), asked, recovered = said.recovered, missed = recovery.texts.len(), "ws open");
     let mut first = handshake::accept_response(&accept);
     codec::encode_text(
         &mut first,
         protocol::welcome(&session.id, session.count(), resumed, said).as_bytes(),
     );
+    for (chan, why) in &recovery.lost {
+        let text = protocol::unrecovered(chan.as_deref(), *why);
+        codec::encode_text(&mut first, text.as_bytes());
+    }
     for text in &recovery.texts {
         codec::encode_text(&mut first, text.as_bytes());
     }
@@ -248,6 +262,7 @@ async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<Rc<str>> {
             return None;
         }
     };
+    let fresh = confirmed.is_some();
     if let Some(confirmed) = confirmed {
         // Bounded: with the subscription connection down the socket still
         // opens, and gets the room's broadcasts once it is back.
@@ -263,54 +278,57 @@ async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<Rc<str>> {
             );
         }
     }
+    // The room's head, read once the subscription holds (so nothing falls
+    // between the two), when this shard has not been hearing the room.
+    let h = &ctx.history;
+    if h.enabled() && (fresh || h.head(Some(&name)).is_none()) {
+        if let Err(e) = h.read_head(ctx.redis(), &name).await {
+            tracing::warn!(room, error = %e, "room head not read; the welcome leaves the room out of the position");
+        }
+    }
     Some(name)
 }
 
-/// What a socket that asked for `since` missed, and what its welcome says
+/// What a socket that asked to recover missed, and what its welcome says
 /// about history. Without history the welcome says nothing of it, except
 /// `recovered: false` to a client that asked.
 async fn recover(
     ctx: &Context,
-    since: Option<Offset>,
+    since: Option<Since>,
     room: Option<&std::rc::Rc<str>>,
 ) -> (Recovery, WelcomeHistory) {
     let h = &ctx.history;
     if !h.enabled() {
         let said = WelcomeHistory {
-            offset: None,
             recovered: since.map(|_| false),
+            ..WelcomeHistory::default()
         };
         return (Recovery::default(), said);
     }
     let Some(since) = since else {
+        let position = h.position_now(room);
         let said = WelcomeHistory {
-            offset: Some(h.head()),
+            offset: position.of(None).map(|p| p.offset),
+            position: Some(position.token()),
             recovered: None,
         };
         return (Recovery::default(), said);
     };
     let m = ctx.metrics();
-    let recovery = match h.recover(ctx.redis(), since, room).await {
-        Ok(r) => r,
-        Err(e) => {
-            // The socket still opens: it is told it may have missed some.
-            tracing::warn!(error = %e, "history not read; welcome says recovered false");
-            Recovery {
-                since: since.min(h.head()),
-                ..Recovery::default()
-            }
-        }
-    };
+    let recovery = h.recover(ctx.redis(), &since, room).await;
     m.recoveries_total.inc();
-    if !recovery.complete {
+    if !recovery.complete() {
         m.recoveries_incomplete_total.inc();
     }
     m.recovered_messages_total.add(recovery.texts.len() as u64);
-    // Never below what it has: a client must not be sent back.
-    let offset = h.head().max(recovery.has());
     let said = WelcomeHistory {
-        offset: Some(offset),
-        recovered: Some(recovery.complete),
+        offset: recovery
+            .start
+            .iter()
+            .find(|(c, _)| c.is_none())
+            .map(|(_, p)| p.offset),
+        position: Some(Recovery::token(&recovery.start)),
+        recovered: Some(recovery.complete()),
     };
     (recovery, said)
 }
