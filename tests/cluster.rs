@@ -54,27 +54,31 @@ fn sessions_on_every_master_resume_elsewhere_and_broadcasts_reach_every_process(
     }
 
     // Broadcasts, global and to a room, reach both processes, with offsets
-    // from history (one slot of the cluster holds it).
+    // from history (each channel's stream in the channel's own slot).
     let (mut on_a, _) = a.connect("room=lobby");
     let (mut on_b, w) = b.connect("room=lobby");
     let id = session_id(&w);
     let r = publish(&a, json!({ "message": "hello" }));
     for c in [&mut on_a, &mut on_b] {
         let f = next_broadcast_frame(c);
-        assert_eq!(f, json!({ "broadcast": "hello", "offset": r["offset"] }));
+        assert_eq!(
+            (&f["broadcast"], &f["offset"]),
+            (&json!("hello"), &r["offset"])
+        );
     }
     let r = publish(&b, json!({ "message": "to the lobby", "room": "lobby" }));
+    let mut last = String::new();
     for c in [&mut on_a, &mut on_b] {
         let f = next_broadcast_frame(c);
         assert_eq!(f["offset"], r["offset"], "{f}");
         assert_eq!(f["room"], "lobby");
+        last = f["position"].as_str().unwrap().to_string();
     }
-    let last = r["offset"].as_str().unwrap().to_string();
     drop(on_b);
     let missed: Vec<_> = (0..3)
         .map(|i| publish(&a, json!({ "message": format!("m{i}"), "room": "lobby" })))
         .collect();
-    let (mut back, w) = a.connect(&format!("session_id={id}&room=lobby&since={last}"));
+    let (mut back, w) = a.connect(&format!("session_id={id}&room=lobby&position={last}"));
     assert_eq!(w["recovered"], true, "{w}");
     for r in &missed {
         assert_eq!(next_broadcast_frame(&mut back)["offset"], r["offset"]);
@@ -280,6 +284,68 @@ fn a_seed_that_is_not_a_cluster_is_one_clear_line_and_the_node_keeps_serving() {
     assert_eq!(c.count("hello"), 1);
 }
 
+/// `per` room names whose channels live on each master, with the master's port.
+fn rooms_on_every_master(cluster: &RedisCluster, per: usize) -> Vec<(String, u16)> {
+    let masters = cluster.masters().len();
+    let mut rooms: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let room = format!("r{i}");
+        let owner = cluster
+            .owner(cluster.slot_of(&format!("shardcast:room:{room}")))
+            .port;
+        if rooms.iter().filter(|(_, o)| *o == owner).count() < per {
+            rooms.push((room, owner));
+        }
+        if rooms.len() == per * masters {
+            break;
+        }
+    }
+    rooms
+}
+
+/// History with sharded pub/sub on a cluster: each room's stream and head
+/// live on the master of the room's own channel, and a client that comes
+/// back on the other process recovers what its room missed there.
+#[test]
+fn history_with_sharded_pubsub_lives_with_each_room() {
+    let cluster = RedisCluster::start();
+    let start = || {
+        Server::builder_cluster(&cluster)
+            .shards(2)
+            .arg("--pubsub", "sharded")
+            .start()
+    };
+    let (a, b) = (start(), start());
+    for (room, owner) in rooms_on_every_master(&cluster, 2) {
+        let (mut c, w) = a.connect(&format!("room={room}"));
+        let id = session_id(&w);
+        let r = publish(&b, json!({ "message": "first", "room": room }));
+        let f = next_broadcast_frame(&mut c);
+        assert_eq!((&f["offset"], &f["epoch"]), (&r["offset"], &r["epoch"]));
+        let position = f["position"].as_str().unwrap().to_string();
+        drop(c);
+        let missed: Vec<_> = (0..3)
+            .map(|i| publish(&a, json!({ "message": format!("m{i}"), "room": room })))
+            .collect();
+        let node = cluster.nodes.iter().find(|n| n.port == owner).unwrap();
+        for key in ["h", "e"] {
+            let k = format!("{{shardcast:room:{room}}}:{key}");
+            assert_eq!(
+                node.cli(&["EXISTS", &k]).trim(),
+                "1",
+                "{k} on its room's master"
+            );
+        }
+        let q = format!("session_id={id}&room={room}&position={position}");
+        let (mut back, w) = b.connect(&q);
+        assert_eq!(w["recovered"], true, "{w}");
+        for r in &missed {
+            let f = next_broadcast_frame(&mut back);
+            assert_eq!((&f["offset"], &f["room"]), (&r["offset"], &json!(room)));
+        }
+    }
+}
+
 /// Sharded pub/sub on a cluster: each room's channel lives on its slot's
 /// master, every shard subscribes it there, and when the slot moves the
 /// subscription follows.
@@ -294,21 +360,8 @@ fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
             .start()
     };
     let (a, b) = (start(), start());
-    // Two rooms on each master.
     let masters: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
-    let mut rooms: Vec<(String, u16)> = Vec::new();
-    for i in 0.. {
-        let room = format!("r{i}");
-        let owner = cluster
-            .owner(cluster.slot_of(&format!("shardcast:room:{room}")))
-            .port;
-        if rooms.iter().filter(|(_, o)| *o == owner).count() < 2 {
-            rooms.push((room, owner));
-        }
-        if rooms.len() == 2 * masters.len() {
-            break;
-        }
-    }
+    let rooms = rooms_on_every_master(&cluster, 2);
     let mut members: Vec<(Client, Client)> = rooms
         .iter()
         .map(|(room, _)| {

@@ -516,12 +516,16 @@ fn broadcast_is_202_and_reaches_every_socket_on_every_shard() {
     let body = json!({ "message": message }).to_string();
     let r = request(server.addr, "POST", "/api/broadcast", &body);
     assert_eq!(r.status, 202, "{r:?}");
-    let offset = serde_json::from_str::<Value>(&r.body).unwrap()["offset"].clone();
-    assert!(offset.is_string(), "{r:?}");
+    let answer = serde_json::from_str::<Value>(&r.body).unwrap();
+    let (offset, epoch) = (answer["offset"].clone(), answer["epoch"].clone());
+    assert!(offset.is_string() && epoch.is_string(), "{r:?}");
     for (i, c) in clients.iter_mut().enumerate() {
+        let mut f = c.recv().json();
+        let position = f.as_object_mut().unwrap().remove("position");
+        assert!(position.is_some_and(|p| p.is_string()), "socket {i}");
         assert_eq!(
-            c.recv().json(),
-            json!({ "broadcast": message, "offset": offset }),
+            f,
+            json!({ "broadcast": message, "offset": offset, "epoch": epoch }),
             "socket {i}"
         );
         assert_eq!(

@@ -246,13 +246,13 @@ fn promote_there_and_back_under_load_loses_nothing() {
         .collect();
     let mut published: Vec<_> = d
         .redis
-        .stream_offsets("shardcast:events")
+        .stream_offsets("{shardcast:events}:h")
         .into_iter()
         .map(|o| (o, false))
         .collect();
     published.extend(
         d.redis
-            .stream_offsets("shardcast:room:deploy")
+            .stream_offsets("{shardcast:room:deploy}:h")
             .into_iter()
             .map(|o| (o, true)),
     );

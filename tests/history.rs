@@ -1,6 +1,7 @@
-//! Broadcast history: offsets in frames and welcomes, recovery with `since`,
-//! the seam between history and live delivery, trimmed and expired history,
-//! and the refusals of a bad `since`.
+//! Broadcast history: offsets, epochs and positions in frames and
+//! welcomes, recovery with a position (and with `since`, as before), the
+//! seam between history and live delivery, trimmed, expired and lost
+//! history said plainly, and the refusals of a bad position or `since`.
 
 mod common;
 
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use common::offset_of as offset;
 use common::{
-    check_followed, follow, next_broadcast_frame, publish, publish_at, session_id, wait_for,
-    Client, Redis, Server,
+    check_followed, follow, next_broadcast_frame, piece_offset, position_of, publish, publish_at,
+    session_id, wait_for, Client, Redis, Server,
 };
 use serde_json::json;
 
@@ -21,76 +22,102 @@ fn server(redis: &Redis, mode: &str, extra: &[(&str, &str)]) -> Server {
     b.start()
 }
 
+/// A broadcast frame as the contract has it, its position checked and
+/// taken out (it depends on what else the socket is in).
+fn without_position(f: &serde_json::Value) -> serde_json::Value {
+    let mut f = f.clone();
+    let p = f.as_object_mut().unwrap().remove("position");
+    position_of(&p.unwrap_or_else(|| panic!("a frame with history carries a position: {f}")));
+    f
+}
+
 fn frames_carry_offsets_and_recovery_replays_in_order(mode: &str) {
     let redis = Redis::start();
     let a = server(&redis, mode, &[]);
     let b = server(&redis, mode, &[]);
     let (mut lobby, w) = a.connect("room=lobby");
-    let start = w["offset"].clone();
-    offset(&start);
-    assert!(w.get("recovered").is_none(), "no since, no verdict: {w}");
+    offset(&w["offset"]);
+    assert!(w.get("recovered").is_none(), "no position, no verdict: {w}");
     let id = session_id(&w);
 
-    // Live: each frame carries the offset the 202 named, and its room.
+    // Live: each frame carries the offset and epoch the 202 named, its
+    // room, and the socket's position on both of its channels.
     let r = publish(&b, json!({ "message": "hello" }));
     let f = next_broadcast_frame(&mut lobby);
-    assert_eq!(f, json!({ "broadcast": "hello", "offset": r["offset"] }));
-    assert!(offset(&r["offset"]) > offset(&start));
+    assert_eq!(
+        without_position(&f),
+        json!({ "broadcast": "hello", "offset": r["offset"], "epoch": r["epoch"] })
+    );
+    assert_eq!(piece_offset(&f["position"], ""), Some(offset(&r["offset"])));
     let r = publish(&a, json!({ "message": "in lobby", "room": "lobby" }));
     let f = next_broadcast_frame(&mut lobby);
     assert_eq!(
-        f,
-        json!({ "broadcast": "in lobby", "offset": r["offset"], "room": "lobby" })
+        without_position(&f),
+        json!({ "broadcast": "in lobby", "offset": r["offset"], "epoch": r["epoch"], "room": "lobby" })
     );
-    let last = f["offset"].as_str().unwrap().to_string();
+    let pieces = position_of(&f["position"]);
+    assert_eq!(pieces.len(), 2, "{pieces:?}");
+    assert_eq!(
+        piece_offset(&f["position"], "lobby"),
+        Some(offset(&r["offset"]))
+    );
+    let last = f["position"].as_str().unwrap().to_string();
     drop(lobby);
 
     // Away: the global channel, this room, and a room it is not in.
-    let mut want = Vec::new();
+    let (mut global, mut room) = (Vec::new(), Vec::new());
     for i in 0..12 {
-        let (body, mine) = match i % 3 {
-            0 => (json!({ "message": format!("g{i}") }), true),
-            1 => (json!({ "message": format!("l{i}"), "room": "lobby" }), true),
-            _ => (
-                json!({ "message": format!("o{i}"), "room": "other" }),
-                false,
-            ),
+        let body = match i % 3 {
+            0 => json!({ "message": format!("g{i}") }),
+            1 => json!({ "message": format!("l{i}"), "room": "lobby" }),
+            _ => json!({ "message": format!("o{i}"), "room": "other" }),
         };
         let r = publish(if i % 2 == 0 { &a } else { &b }, body.clone());
-        if mine {
-            want.push((body["message"].clone(), r["offset"].clone()));
+        match i % 3 {
+            0 => global.push((body["message"].clone(), r["offset"].clone())),
+            1 => room.push((body["message"].clone(), r["offset"].clone())),
+            _ => {}
         }
     }
-    // Back, on the other process: all it missed, in publish order, then live.
-    let (mut back, w) = b.connect(&format!("session_id={id}&room=lobby&since={last}"));
+    // Back, on the other process: all it missed, each channel in publish
+    // order (the global one first), then live.
+    let (mut back, w) = b.connect(&format!("session_id={id}&room=lobby&position={last}"));
     assert_eq!(w["recovered"], true, "{w}");
     assert_eq!(w["resumed"], true);
-    assert!(
-        offset(&w["offset"]) >= offset(&want.last().unwrap().1),
-        "{w}"
+    assert_eq!(
+        w["position"],
+        last.as_str(),
+        "the welcome starts where it left"
     );
-    for (message, at) in &want {
+    let mut position = last;
+    for (message, at) in global.iter().chain(&room) {
         let f = next_broadcast_frame(&mut back);
         assert_eq!(&f["broadcast"], message, "{f}");
         assert_eq!(&f["offset"], at, "{f}");
+        assert_eq!(f["recovered"], true, "a replay says so: {f}");
+        position = f["position"].as_str().unwrap().to_string();
     }
+    assert_eq!(
+        piece_offset(&json!(position), ""),
+        Some(offset(&global[3].1))
+    );
+    assert_eq!(
+        piece_offset(&json!(position), "lobby"),
+        Some(offset(&room[3].1))
+    );
     let r = publish(&a, json!({ "message": "live again" }));
     let f = next_broadcast_frame(&mut back);
     assert_eq!(
-        f,
-        json!({ "broadcast": "live again", "offset": r["offset"] }),
+        without_position(&f),
+        json!({ "broadcast": "live again", "offset": r["offset"], "epoch": r["epoch"] }),
         "nothing between the recovered and the live ones"
     );
 
-    // A later `since` gets only what came after it; the room-less socket
-    // gets no room's messages.
-    let mid = want[5].1.as_str().unwrap();
+    // The parameter of before: `since`, one offset, on the global channel.
+    let mid = global[1].1.as_str().unwrap();
     let (mut c, w) = a.connect(&format!("since={mid}"));
     assert_eq!(w["recovered"], true);
-    for (message, at) in want[6..]
-        .iter()
-        .filter(|(m, _)| m.as_str().unwrap().starts_with('g'))
-    {
+    for (message, at) in &global[2..] {
         let f = next_broadcast_frame(&mut c);
         assert_eq!((&f["broadcast"], &f["offset"]), (message, at));
     }
@@ -171,6 +198,10 @@ fn trimmed_or_expired_history_says_recovered_false() {
     // left comes, newest last.
     let (mut c, w) = s.connect(&format!("since={}", first.as_str().unwrap()));
     assert_eq!(w["recovered"], false, "{w}");
+    assert_eq!(
+        c.recv().json(),
+        json!({ "unrecovered": { "reason": "trimmed" } })
+    );
     let f = next_broadcast_frame(&mut c);
     assert!(offset(&f["offset"]) > offset(&first));
     let mut last = f;
@@ -185,7 +216,7 @@ fn trimmed_or_expired_history_says_recovered_false() {
     }
     // Expired: the stream key outlives its last publish by the ttl only.
     wait_for("the stream to expire", Duration::from_secs(10), || {
-        (redis.cli(&["EXISTS", "shardcast:events"]).trim() == "0").then_some(())
+        (redis.cli(&["EXISTS", "{shardcast:events}:h"]).trim() == "0").then_some(())
     });
     let (_c, w) = s.connect(&format!("since={}", offsets[296].as_str().unwrap()));
     assert_eq!(w["recovered"], false, "{w}");
@@ -196,7 +227,7 @@ fn trimmed_or_expired_history_says_recovered_false() {
 }
 
 #[test]
-fn a_bad_since_is_refused_and_a_future_one_misses_nothing() {
+fn a_bad_since_or_position_is_refused_and_a_future_one_misses_nothing() {
     let redis = Redis::start();
     let s = server(&redis, "plain", &[]);
     for bad in [
@@ -217,24 +248,26 @@ fn a_bad_since_is_refused_and_a_future_one_misses_nothing() {
         assert_eq!(status, 400, "since={bad:?}: {body}");
         assert!(body.contains("since must be an offset"), "{body}");
     }
+    for bad in ["", "abc", "1.", "1.!!", "2.W10", "1.e30"] {
+        let refused = Client::try_connect(s.addr, &format!("position={bad}"));
+        let Err((status, body)) = refused else {
+            panic!("position={bad:?} was accepted");
+        };
+        assert_eq!(status, 400, "position={bad:?}: {body}");
+        assert!(body.contains("position must be a token"), "{body}");
+    }
     let (mut c, w) = s.connect("since=99999999999999-0");
     assert_eq!(
         w["recovered"], true,
         "an offset from the future missed nothing: {w}"
     );
     let r = publish(&s, json!({ "message": "after" }));
-    assert_eq!(
-        next_broadcast_frame(&mut c),
-        json!({ "broadcast": "after", "offset": r["offset"] })
-    );
+    assert_eq!(next_broadcast_frame(&mut c)["offset"], r["offset"]);
     // Each refusal counted and logged once.
-    assert_eq!(s.metric("ws_errors_total{kind=\"bad_request\"}"), 9.0);
-    let logged = s
-        .log_lines()
-        .iter()
-        .filter(|l| l["msg"] == "upgrade refused: bad since: 400")
-        .count();
-    assert_eq!(logged, 9);
+    assert_eq!(s.metric("ws_errors_total{kind=\"bad_request\"}"), 15.0);
+    let logged = |msg: &str| s.log_lines().iter().filter(|l| l["msg"] == msg).count();
+    assert_eq!(logged("upgrade refused: bad since: 400"), 9);
+    assert_eq!(logged("upgrade refused: bad position: 400"), 6);
 }
 
 #[test]
@@ -248,7 +281,7 @@ fn without_history_frames_are_as_before_and_since_says_not_recovered() {
     assert_eq!(next_broadcast_frame(&mut c), json!({ "broadcast": "x" }));
     let (_c, w) = s.connect("since=1-0");
     assert_eq!(w["recovered"], false, "{w}");
-    assert_eq!(redis.cli(&["EXISTS", "shardcast:events"]).trim(), "0");
+    assert_eq!(redis.cli(&["EXISTS", "{shardcast:events}:h"]).trim(), "0");
 }
 
 /// A process that starts after broadcasts were published reads the newest
@@ -269,9 +302,71 @@ fn a_fresh_process_starts_from_the_newest_offset() {
     });
     let (mut c, w) = b.connect("");
     assert_eq!(w["offset"], last, "{w}");
+    assert_eq!(piece_offset(&w["position"], ""), Some(offset(&last)));
     let r = publish(&a, json!({ "message": "after" }));
+    assert_eq!(next_broadcast_frame(&mut c)["offset"], r["offset"]);
+}
+
+/// A stream lost while a client was away (deleted here by hand, as a
+/// restart without persistence or a failover to a replica that never had
+/// it would lose it): the epoch tells, and the client is told, for that
+/// channel only, while the other recovers in full.
+#[test]
+fn a_lost_stream_is_told_by_its_epoch_never_a_silent_gap() {
+    let redis = Redis::start();
+    let s = server(&redis, "plain", &[]);
+    let (mut c, w) = s.connect("room=lobby");
+    let id = session_id(&w);
+    publish(&s, json!({ "message": "l0", "room": "lobby" }));
+    let f = next_broadcast_frame(&mut c);
+    let old_epoch = f["epoch"].clone();
+    let position = f["position"].as_str().unwrap().to_string();
+    drop(c);
+
+    let g = publish(&s, json!({ "message": "g1" }));
+    publish(&s, json!({ "message": "l1", "room": "lobby" }));
+    // The room's stream and its head are gone; the next publish starts a
+    // new life with a new epoch.
+    redis.cli(&[
+        "DEL",
+        "{shardcast:room:lobby}:h",
+        "{shardcast:room:lobby}:e",
+    ]);
+    let l2 = publish(&s, json!({ "message": "l2", "room": "lobby" }));
+    assert_ne!(l2["epoch"], old_epoch, "a new life, a new epoch");
+    assert!(l2["epoch"].as_str().is_some_and(|e| e.len() == 16));
+
+    let (mut back, w) = s.connect(&format!("session_id={id}&room=lobby&position={position}"));
+    assert_eq!(w["recovered"], false, "{w}");
     assert_eq!(
-        next_broadcast_frame(&mut c),
-        json!({ "broadcast": "after", "offset": r["offset"] })
+        back.recv().json(),
+        json!({ "unrecovered": { "room": "lobby", "reason": "epoch_changed" } })
     );
+    // The global channel recovers all the same; the room starts at its
+    // new life's head, so l2 is not sent again.
+    let f = next_broadcast_frame(&mut back);
+    assert_eq!(
+        (&f["broadcast"], &f["offset"]),
+        (&json!("g1"), &g["offset"])
+    );
+    assert_eq!(
+        piece_offset(&f["position"], "lobby"),
+        Some(offset(&l2["offset"]))
+    );
+    let l3 = publish(&s, json!({ "message": "l3", "room": "lobby" }));
+    let f = next_broadcast_frame(&mut back);
+    assert_eq!((&f["broadcast"], &f["epoch"]), (&json!("l3"), &l3["epoch"]));
+    assert_eq!(s.metric("ws_recoveries_incomplete_total"), 1.0);
+
+    // A stream that was never there when the position was made: all of it
+    // is new to the client.
+    let (c, w) = s.connect("room=fresh");
+    let fresh = piece_offset(&w["position"], "fresh");
+    assert_eq!(fresh, Some((0, 0)), "{w}");
+    let position = w["position"].as_str().unwrap().to_string();
+    drop(c);
+    let first = publish(&s, json!({ "message": "f0", "room": "fresh" }));
+    let (mut back, w) = s.connect(&format!("room=fresh&position={position}"));
+    assert_eq!(w["recovered"], true, "{w}");
+    assert_eq!(next_broadcast_frame(&mut back)["offset"], first["offset"]);
 }

@@ -364,7 +364,7 @@ fn deletes_and_broadcasts_wait_for_the_replicas_asked_for() {
     let tombstone = format!("shardcast:{{{id}}}:del");
     assert_eq!(replica.cli(&["EXISTS", &tombstone]).trim(), "1");
     let sent = publish(&server, serde_json::json!({ "message": "held" }));
-    let stream = replica.cli(&["XRANGE", "shardcast:events", "-", "+"]);
+    let stream = replica.cli(&["XRANGE", "{shardcast:events}:h", "-", "+"]);
     assert!(stream.contains("held"), "{sent}: replica has {stream:?}");
 
     replica.kill9();

@@ -499,42 +499,81 @@ pub fn offset_of(v: &Value) -> (u64, u64) {
     (ms.parse().unwrap(), seq.parse().unwrap())
 }
 
-/// A welcome with its history offset checked (a well-formed `ms-seq`) and
-/// taken out: what is left is PROTOCOL.md's welcome.
+/// A welcome with its history offset and position checked (a well-formed
+/// `ms-seq`, a token that decodes) and taken out: what is left is
+/// PROTOCOL.md's welcome.
 pub fn contract_welcome(w: &Value) -> Value {
     let mut w = w.clone();
     let offset = w.as_object_mut().and_then(|o| o.remove("offset"));
     let offset = offset.unwrap_or_else(|| panic!("a welcome carries an offset: {w}"));
     offset_of(&offset);
+    let position = w.as_object_mut().and_then(|o| o.remove("position"));
+    let position = position.unwrap_or_else(|| panic!("a welcome carries a position: {w}"));
+    position_of(&position);
     w
 }
 
-/// What a [`follow`]er saw: its first welcome's offset, every broadcast
-/// offset in the order received, and how often it came back with `since`.
+/// A position token's pieces, as `(room, epoch, offset)`: room `""` for
+/// the global channel, epoch `""` for a channel that had no stream.
+pub fn position_of(v: &Value) -> Vec<(String, String, (u64, u64))> {
+    use base64::Engine as _;
+    let token = v
+        .as_str()
+        .unwrap_or_else(|| panic!("a position must be a string: {v}"));
+    let b64 = token.strip_prefix("1.").expect("a version 1 token");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b64)
+        .expect("base64url");
+    let list: Vec<[String; 3]> = serde_json::from_slice(&json).expect("a list of pieces");
+    list.into_iter()
+        .map(|[r, e, o]| {
+            let offset = offset_of(&Value::String(o));
+            (r, e, offset)
+        })
+        .collect()
+}
+
+/// A position's offset on one channel (`""`: the global one), if it names it.
+pub fn piece_offset(position: &Value, room: &str) -> Option<(u64, u64)> {
+    position_of(position)
+        .into_iter()
+        .find(|(r, _, _)| r == room)
+        .map(|(_, _, o)| o)
+}
+
+/// What a [`follow`]er saw: where its first welcome put it on each channel
+/// (the global one, then its room), every broadcast in the order received
+/// with whether it was its room's, and how often it came back.
 #[derive(Debug)]
 pub struct Followed {
-    pub first: (u64, u64),
-    pub got: Vec<(u64, u64)>,
+    pub first: [(u64, u64); 2],
+    pub got: Vec<(bool, (u64, u64))>,
     pub reconnects: usize,
 }
 
 /// A client on its own thread that follows broadcasts until one whose text
 /// is `end`: when the server closes it (a drain) or after every
-/// `drop_every` broadcasts, it comes back with its session and `since`, on
-/// the next of `addrs`, retrying refused or failed connects for up to 20 s.
-/// Every welcome after the first must say `recovered: true`.
+/// `drop_every` broadcasts, it comes back with its session and its newest
+/// `position`, on the next of `addrs`, retrying refused or failed connects
+/// for up to 20 s. Every welcome after the first must say `recovered: true`.
 pub fn follow(
     addrs: Vec<SocketAddr>,
     room: Option<String>,
     drop_every: Option<usize>,
 ) -> std::thread::JoinHandle<Followed> {
-    let base = room.map_or(String::new(), |r| format!("room={r}&"));
+    let base = room
+        .as_ref()
+        .map_or(String::new(), |r| format!("room={r}&"));
     let (mut c, w) = Client::connect(addrs[0], base.trim_end_matches('&'));
-    let first = offset_of(&w["offset"]);
+    let room_name = room.unwrap_or_default();
+    let first = [
+        piece_offset(&w["position"], "").unwrap_or_default(),
+        piece_offset(&w["position"], &room_name).unwrap_or_default(),
+    ];
     let id = session_id(&w);
     std::thread::spawn(move || {
-        let mut got: Vec<(u64, u64)> = Vec::new();
-        let mut last = w["offset"].as_str().unwrap().to_string();
+        let mut got = Vec::new();
+        let mut last = w["position"].as_str().unwrap().to_string();
         let mut reconnects = 0;
         let mut since_drop = 0;
         loop {
@@ -545,8 +584,8 @@ pub fn follow(
                 Some(f) => {
                     let v = f.json();
                     if let Some(text) = v["broadcast"].as_str() {
-                        got.push(offset_of(&v["offset"]));
-                        last = v["offset"].as_str().unwrap().to_string();
+                        got.push((v.get("room").is_some(), offset_of(&v["offset"])));
+                        last = v["position"].as_str().unwrap().to_string();
                         if text == "end" {
                             return Followed {
                                 first,
@@ -566,42 +605,62 @@ pub fn follow(
             drop(c);
             since_drop = 0;
             reconnects += 1;
-            let query = format!("{base}session_id={id}&since={last}");
-            c = wait_for("a reconnect with since", Duration::from_secs(20), || {
-                let addr = addrs[reconnects % addrs.len()];
-                let mut c = Client::try_connect(addr, &query).ok()?;
-                let w = c.try_recv()?.json();
-                assert_eq!(w["recovered"], true, "{w}");
-                Some(c)
-            });
+            let query = format!("{base}session_id={id}&position={last}");
+            c = wait_for(
+                "a reconnect with a position",
+                Duration::from_secs(20),
+                || {
+                    let addr = addrs[reconnects % addrs.len()];
+                    let mut c = Client::try_connect(addr, &query).ok()?;
+                    let w = c.try_recv()?.json();
+                    assert_eq!(w["recovered"], true, "{w}");
+                    Some(c)
+                },
+            );
         }
     })
 }
 
-/// Checks that each follower got every broadcast of `published` (offset,
-/// and whether it went to its room) after its first welcome, in order,
-/// none twice; returns how many deliveries that checked.
+/// Checks that each follower got, on each of its channels, every broadcast
+/// of `published` (offset, and whether it went to a room) after where its
+/// first welcome put it, in the channel's order, none twice; returns how
+/// many deliveries that checked.
 pub fn check_followed(published: &[((u64, u64), bool)], followed: &[(bool, Followed)]) -> usize {
-    let mut order = published.to_vec();
-    order.sort();
     let mut checked = 0;
     for (i, (in_room, f)) in followed.iter().enumerate() {
-        let want: Vec<(u64, u64)> = order
-            .iter()
-            .filter(|(o, room)| *o > f.first && (*in_room || !room))
-            .map(|(o, _)| *o)
-            .collect();
-        if f.got != want {
-            let repeated: Vec<_> = f.got.windows(2).filter(|w| w[0] >= w[1]).collect();
-            let missing: Vec<_> = want.iter().filter(|o| !f.got.contains(o)).collect();
-            let extra: Vec<_> = f.got.iter().filter(|o| !want.contains(o)).collect();
-            panic!(
-                "follower {i}: out of order or repeated {repeated:?}, missing {missing:?}, \
-                 extra {extra:?} (first {:?}, {} reconnects)",
-                f.first, f.reconnects
-            );
+        for (room, from) in [(false, f.first[0]), (true, f.first[1])] {
+            if room && !in_room {
+                assert!(
+                    !f.got.iter().any(|(r, _)| *r),
+                    "follower {i} got a room's broadcast"
+                );
+                continue;
+            }
+            let mut want: Vec<(u64, u64)> = published
+                .iter()
+                .filter(|(o, r)| *r == room && *o > from)
+                .map(|(o, _)| *o)
+                .collect();
+            want.sort();
+            let got: Vec<(u64, u64)> = f
+                .got
+                .iter()
+                .filter(|(r, _)| *r == room)
+                .map(|(_, o)| *o)
+                .collect();
+            if got != want {
+                let repeated: Vec<_> = got.windows(2).filter(|w| w[0] >= w[1]).collect();
+                let missing: Vec<_> = want.iter().filter(|o| !got.contains(o)).collect();
+                let extra: Vec<_> = got.iter().filter(|o| !want.contains(o)).collect();
+                panic!(
+                    "follower {i}, {} channel: out of order or repeated {repeated:?}, missing \
+                     {missing:?}, extra {extra:?} (from {from:?}, {} reconnects)",
+                    if room { "room" } else { "global" },
+                    f.reconnects
+                );
+            }
+            checked += got.len();
         }
-        checked += f.got.len();
     }
     checked
 }
