@@ -190,6 +190,13 @@ pub struct Config {
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_HISTORY_TTL", value_parser = parse_duration, default_value = "5m")]
     pub history_ttl: Duration,
+    /// With history on, how often each shard compares every channel it
+    /// delivers with its stream in Redis, so that a subscription that died
+    /// without a word is found and its gap read back. 0 turns the probe off
+    /// (a gap is then found by the next broadcast on the channel).
+    #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_HISTORY_PROBE_INTERVAL", value_parser = parse_duration, default_value = "10s")]
+    pub history_probe_interval: Duration,
     /// Interval between heartbeat frames to every socket.
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value = "30s")]

@@ -12,13 +12,15 @@
 //! - [`ws`]: the WebSocket endpoint: handshake, framing, the shard's socket
 //!   plane, a socket's upgrade and close.
 //! - [`context`]: a shard's state, handed to everything below its loop.
+//! - [`deliver`]: broadcasts and kicks from Redis to a shard's sockets, in
+//!   each channel's order, with gaps read back from history.
 //! - [`drain`]: a shard's drain: its deadline and the wait for the last
 //!   connection, woken rather than polled.
 //! - [`protocol`]: the JSON payloads of the wire contract.
 //! - [`readiness`]: whether the process should get traffic (`/readyz`).
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
-//! - [`history`]: broadcast offsets, each channel's stream, and the recovery
-//!   of what a reconnecting socket missed.
+//! - [`history`]: each channel's stream, offsets and epoch, positions, the
+//!   recovery of what a reconnecting socket missed, and gaps on live ones.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
 //! - [`addr`]: where Redis is, plain data shared by the settings and the
@@ -45,6 +47,7 @@ pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod context;
+pub mod deliver;
 pub mod drain;
 pub mod history;
 pub mod http;

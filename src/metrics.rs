@@ -198,10 +198,18 @@ pub struct ShardMetrics {
     pub recoveries_total: Cell,
     pub recoveries_incomplete_total: Cell,
     pub recovered_messages_total: Cell,
+    /// Gaps found on live channels (a broadcast whose predecessor never
+    /// came, a probe that found the stream ahead), the broadcasts read back
+    /// into them, and the gaps history could not fill.
+    pub history_gaps_total: Cell,
+    pub history_gap_recovered_total: Cell,
+    pub history_gaps_unrecoverable_total: Cell,
     pub errors: [Cell; ErrorKind::ALL.len()],
     pub denials: [Cell; Denial::ALL.len()],
     pub closes: [Cell; CLOSE_CODES.len() + 1],
     pub message_duration: Histogram,
+    /// From a broadcast's append to history to its frames' send here.
+    pub broadcast_lag: Histogram,
     pub redis_commands_total: Cell,
     pub redis_errors_total: Cell,
     /// Commands that found the shard's Redis queue full and waited.
@@ -332,7 +340,7 @@ type Single = (
     fn(&ShardMetrics) -> u64,
 );
 
-const SUMMED: [Single; 17] = [
+const SUMMED: [Single; 20] = [
     (
         "ws_connections_active",
         GAUGE,
@@ -398,6 +406,24 @@ const SUMMED: [Single; 17] = [
         COUNTER,
         "Broadcasts sent to reconnecting sockets from history.",
         |s| s.recovered_messages_total.get(),
+    ),
+    (
+        "ws_history_gaps_total",
+        COUNTER,
+        "Gaps found on live channels: a broadcast whose predecessor never came, or a probe that found the stream ahead.",
+        |s| s.history_gaps_total.get(),
+    ),
+    (
+        "ws_history_gap_recovered_total",
+        COUNTER,
+        "Broadcasts read back from history into gaps on live channels.",
+        |s| s.history_gap_recovered_total.get(),
+    ),
+    (
+        "ws_history_gaps_unrecoverable_total",
+        COUNTER,
+        "Times a live channel's sockets were told broadcasts are gone (unrecovered frame).",
+        |s| s.history_gaps_unrecoverable_total.get(),
     ),
     (
         "redis_commands_total",
@@ -631,12 +657,17 @@ impl Scrape<'_> {
         ]
     }
 
-    fn durations(&self) -> [MetricFamily; 2] {
+    fn durations(&self) -> [MetricFamily; 3] {
         [
             self.histogram(
                 "ws_message_duration_seconds",
                 "Time from a message's arrival to its reply being queued.",
                 |s| &s.message_duration,
+            ),
+            self.histogram(
+                "ws_broadcast_lag_seconds",
+                "Time from a broadcast's append to history (Redis's clock) to its frames' send (this node's clock).",
+                |s| &s.broadcast_lag,
             ),
             self.histogram(
                 "redis_command_duration_seconds",

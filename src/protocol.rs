@@ -147,6 +147,10 @@ pub struct BusEvent {
     /// The epoch of the channel's stream, beside `offset`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// The offset before this one in the stream; empty for the first of
+    /// its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<String>,
 }
 
 impl BusEvent {

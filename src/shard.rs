@@ -15,10 +15,11 @@ use shards::{Control, ShardContext};
 
 use crate::conn::Planes;
 use crate::context::{Context, Shared};
-use crate::history::{History, Piece};
+use crate::deliver;
+use crate::history::History;
 use crate::metrics::ErrorKind;
-use crate::protocol::{self, BusEvent};
-use crate::pubsub::{self, Subscriber, Target};
+use crate::protocol;
+use crate::pubsub::{self, Subscriber};
 use crate::redis::replicas::Replicas;
 use crate::redis::sentinel::{self, Switch};
 use crate::redis::{Redis, RedisTarget};
@@ -34,123 +35,6 @@ const FLUSH_RESERVE: Duration = Duration::from_millis(500);
 const FLUSH_FLOOR: Duration = Duration::from_millis(100);
 /// The last flush on a stop that no drain came before.
 const STOP_FLUSH: Duration = Duration::from_secs(2);
-
-/// A broadcast or kick from Redis, delivered to this shard's sockets.
-fn on_bus_event(ctx: &Context, plane: &Sockets, target: Target<'_>, payload: &[u8]) {
-    if target == Target::Head {
-        // The global channel's head, read before the subscription; empty:
-        // the channel has no stream.
-        let head = std::str::from_utf8(payload)
-            .ok()
-            .and_then(Piece::parse_head);
-        ctx.history.set_head(None, head);
-        return;
-    }
-    let event = match serde_json::from_slice::<BusEvent>(payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "ignoring malformed event from redis");
-            return;
-        }
-    };
-    if let Some(msg) = event.broadcast {
-        let room = match target {
-            Target::Room(r) => ctx.pubsub.room_name(r),
-            _ => None,
-        };
-        let piece = event
-            .offset
-            .and_then(|o| o.parse().ok())
-            .map(|offset| Piece {
-                epoch: event.epoch.and_then(|e| e.parse().ok()),
-                offset,
-            });
-        let n = match piece {
-            None => {
-                let mut frame = Vec::new();
-                let text = protocol::broadcast(&msg, None, room.as_deref(), false);
-                codec::encode_text(&mut frame, text.as_bytes());
-                deliver(ctx, plane, target, &[], |_| &frame)
-            }
-            Some(piece) => {
-                // Sockets that recovered this one already (rare, and brief).
-                let skip = ctx.history.skip(room.as_ref(), piece);
-                ctx.history.on_live(room.as_ref(), piece, &msg);
-                live(ctx, plane, target, &msg, room.as_ref(), piece, &skip)
-            }
-        };
-        ctx.metrics().broadcasts_delivered_total.add(n);
-    } else if let Some(id) = event.kick {
-        // Kicks travel on the events channel only.
-        if target != Target::Events {
-            return;
-        }
-        let Some(id) = crate::session::parse_id(&id) else {
-            return;
-        };
-        ctx.store.forget(&id);
-        plane.kick(&id);
-    }
-}
-
-/// A broadcast with history: its frame carries each reader's position, so
-/// a room's broadcast is one frame, and a global one a frame per room with
-/// members here (and one for sockets in none).
-fn live(
-    ctx: &Context,
-    plane: &Sockets,
-    target: Target<'_>,
-    msg: &str,
-    room: Option<&Rc<str>>,
-    piece: Piece,
-    skip: &[u64],
-) -> u64 {
-    let h = &ctx.history;
-    let encode = |other: Option<&Rc<str>>| {
-        let mut frame = Vec::new();
-        let text = h.live_frame(msg, room, piece, other);
-        codec::encode_text(&mut frame, text.as_bytes());
-        frame
-    };
-    if room.is_some() {
-        let frame = encode(None);
-        return deliver(ctx, plane, target, skip, |_| &frame);
-    }
-    let mut frames = h.take_scratch();
-    frames.insert(None, encode(None));
-    ctx.pubsub.for_each_room(|r| {
-        frames.insert(Some(r.clone()), encode(Some(r)));
-    });
-    let none = &frames[&None];
-    let n = deliver(ctx, plane, target, skip, |c| {
-        frames.get(&c.room().cloned()).unwrap_or(none)
-    });
-    h.put_scratch(frames);
-    n
-}
-
-/// Sends a broadcast's frame (as `frame` picks it per socket) to the
-/// channel's sockets here, but those in `skip`.
-fn deliver<'f>(
-    ctx: &Context,
-    plane: &Sockets,
-    target: Target<'_>,
-    skip: &[u64],
-    frame: impl Fn(&counter::Conn) -> &'f [u8],
-) -> u64 {
-    match target {
-        Target::Room(r) => {
-            let mut members = Vec::new();
-            ctx.pubsub.for_each_member(r, |c| {
-                if skip.binary_search(&c).is_err() {
-                    members.push(c)
-                }
-            });
-            plane.send_to_with(&members, frame)
-        }
-        _ => plane.fan_out_with(skip, frame),
-    }
-}
 
 /// Heartbeats to one slice of the table.
 fn heartbeat(ctx: &Context, plane: &Sockets, slice: Slice) {
@@ -241,6 +125,7 @@ pub async fn run(
     }
     start_redis(wired, &plane);
     start_walks(&shard, &plane);
+    start_probe(&shard, &plane);
     glommio::spawn_local(measure_lag(shard.clone())).detach();
     glommio::spawn_local(flush_every(shard.clone(), shared.cfg.flush_interval)).detach();
     serve(ctx, &shard, &planes).await;
@@ -345,9 +230,18 @@ fn start_redis(wired: Wired, plane: &Rc<Sockets>) {
         target,
         tls,
         switch,
-        move |to, payload| on_bus_event(&shard, &p, to, payload),
+        move |to, payload| deliver::on_bus_event(&shard, &p, to, payload),
     ))
     .detach();
+}
+
+/// With history on, the probe of every channel the shard delivers.
+fn start_probe(shard: &Rc<Context>, plane: &Rc<Sockets>) {
+    let every = shard.cfg().history_probe_interval;
+    if shard.history.enabled() && !every.is_zero() {
+        let (s, p) = (shard.clone(), plane.clone());
+        glommio::spawn_local(deliver::probe_every(s, p, every)).detach();
+    }
 }
 
 /// The heartbeat and the sweep, each a walk over the socket table.

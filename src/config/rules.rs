@@ -118,6 +118,13 @@ pub(crate) static RULES: &[Rule] = &[
     Rule::of("idle_timeout", |c| {
         duration(c.idle_timeout, Zero::Off, SECOND)
     }),
+    Rule::of("history_probe_interval", |c| {
+        duration(
+            c.history_probe_interval,
+            Zero::Off,
+            Duration::from_millis(100),
+        )
+    }),
     Rule::of("history_ttl", |c| {
         duration(c.history_ttl, Zero::Off, Duration::ZERO)
     }),

@@ -19,6 +19,7 @@
 //! than the read's, and joins the plane in the same loop turn: nothing
 //! twice, nothing missing.
 
+pub mod gap;
 pub mod position;
 pub mod scripts;
 
@@ -32,6 +33,7 @@ use crate::pubsub::{room_channel, EVENTS_CHANNEL};
 use crate::redis::replicas::Replicas;
 use crate::redis::{self as rds, RedisError};
 
+pub use gap::{Arrival, Held};
 pub use position::{Epoch, Offset, OffsetError, Piece, Position, PositionError};
 pub use position::{POSITION_PARAM, SINCE_PARAM};
 pub use scripts::Lost;
@@ -180,6 +182,12 @@ pub struct History {
     floors: RefCell<Vec<(u64, Chan, Piece, Instant)>>,
     /// Frames encoded for a global broadcast, per room: scratch, kept.
     scratch: Cell<Option<HashMap<Chan, Vec<u8>>>>,
+    /// Channels whose gap is being read back, and what they hold meanwhile.
+    repairs: RefCell<HashMap<Chan, gap::Repair>>,
+    /// Rooms whose head was read from Redis at a join, not delivered here:
+    /// a broadcast published between the room's subscription and that read
+    /// may still arrive below it, and is the shard's first, not a repeat.
+    tentative: RefCell<std::collections::HashSet<Rc<str>>>,
 }
 
 impl History {
@@ -202,6 +210,8 @@ impl History {
             max_heads: max_rooms.saturating_mul(2).max(16),
             floors: RefCell::new(Vec::new()),
             scratch: Cell::new(None),
+            repairs: RefCell::new(HashMap::new()),
+            tentative: RefCell::new(std::collections::HashSet::new()),
         }
     }
 
@@ -225,7 +235,8 @@ impl History {
         head_key(EVENTS_CHANNEL)
     }
 
-    /// The newest piece this shard heard of on a channel; None: unknown.
+    /// The newest piece this shard delivered on a channel (or, for the
+    /// global one, read before it subscribed); None: unknown.
     pub fn head(&self, room: Option<&Rc<str>>) -> Option<Piece> {
         self.heads.borrow().get(&room.cloned()).copied()
     }
@@ -236,8 +247,33 @@ impl History {
         let mut heads = self.heads.borrow_mut();
         if heads.len() >= self.max_heads && !heads.contains_key(&room.cloned()) {
             heads.retain(|k, _| k.is_none());
+            self.tentative.borrow_mut().clear();
         }
         heads.insert(room.cloned(), head.unwrap_or_default());
+    }
+
+    /// Forgets what the shard delivered on a room: it is subscribing to it
+    /// afresh, and what it delivered before says nothing of what its new
+    /// members have.
+    pub fn forget_head(&self, room: &Rc<str>) {
+        self.heads.borrow_mut().remove(&Some(room.clone()));
+        self.tentative.borrow_mut().remove(room);
+    }
+
+    /// A room's head as read at a join, when the shard has delivered
+    /// nothing there since it subscribed: what the sockets' positions say
+    /// until the first broadcast, which replaces it whatever its offset.
+    pub fn set_tentative_head(&self, room: &Rc<str>, head: Piece) {
+        if self.head(Some(room)).is_none() {
+            self.set_head(Some(room), Some(head));
+            self.tentative.borrow_mut().insert(room.clone());
+        }
+    }
+
+    /// Whether `room`'s head is only the one read at a join; it is not
+    /// once this returns (the caller delivers the room's first broadcast).
+    fn take_tentative(&self, room: Option<&Rc<str>>) -> bool {
+        room.is_some_and(|r| self.tentative.borrow_mut().remove(r))
     }
 
     /// Raises a channel's head to `piece` (a new epoch always wins).
@@ -253,23 +289,33 @@ impl History {
         }
     }
 
-    /// Reads a room's head from Redis, for the welcome of a socket that
-    /// joins a room the shard did not hear yet.
-    pub async fn read_head(&self, redis: &rds::Redis, room: &Rc<str>) -> Result<(), RedisError> {
-        let channel = room_channel(room);
+    /// A channel's head as Redis has it now (`Piece::default()`: no
+    /// stream). Read, not kept: what the shard delivered is another thing
+    /// (a broadcast at or under a kept head would be dropped as delivered).
+    pub async fn read_head(
+        &self,
+        redis: &rds::Redis,
+        room: Option<&Rc<str>>,
+    ) -> Result<Piece, RedisError> {
+        let channel = channel_of(room.map(|r| &**r));
         let cmd = redis::cmd("GET").arg(head_key(&channel)).clone();
         let v = redis.query(Some(slot(&channel)), &cmd).await?;
-        self.set_head(Some(room), text(&v).and_then(Piece::parse_head));
-        Ok(())
+        Ok(text(&v).and_then(Piece::parse_head).unwrap_or_default())
     }
 
     /// The position of a socket on `room` (and the global channel) that
-    /// asked for nothing: the heads. A channel whose head is unknown is
-    /// left out, so a recovery from the token starts it at its head then.
-    pub fn position_now(&self, room: Option<&Rc<str>>) -> Position {
+    /// asked for nothing: the heads, the room's as read at its join when
+    /// the shard has delivered nothing there yet. A channel whose head is
+    /// unknown is left out, so a recovery from the token starts it at its
+    /// head then.
+    pub fn position_now(&self, room: Option<&Rc<str>>, room_head: Option<Piece>) -> Position {
         let mut channels = Vec::with_capacity(2);
         for c in channels_of(room) {
-            if let Some(p) = self.head(c) {
+            let head = match c {
+                Some(_) => self.head(c).or(room_head),
+                None => self.head(c),
+            };
+            if let Some(p) = head {
                 channels.push((c.map(|r| r.to_string()), p));
             }
         }
@@ -432,6 +478,7 @@ impl History {
         redis: &rds::Redis,
         since: &Since,
         room: Option<&Rc<str>>,
+        room_head: Option<Piece>,
     ) -> Recovery {
         let start = {
             let mut b = self.bridge.borrow_mut();
@@ -452,7 +499,8 @@ impl History {
             let name = chan.map(|r| &**r);
             let Some((piece, want)) = since.of(name) else {
                 // Not the socket's channel before: it starts at the head.
-                let head = self.head(chan).unwrap_or_default();
+                let head = self.head(chan).or(room_head.filter(|_| chan.is_some()));
+                let head = head.unwrap_or_default();
                 out.start.push((chan.cloned(), head));
                 continue;
             };
@@ -461,7 +509,6 @@ impl History {
                     if let Some(why) = read.lost {
                         out.lost.push((chan.cloned(), why));
                     }
-                    self.heard(chan, read.head.unwrap_or_default());
                     if read.lost == Some(Lost::EpochChanged) {
                         // Another life: the client refetches its state,
                         // and is at the new life's head.
@@ -512,8 +559,9 @@ impl History {
         out
     }
 
-    /// One channel's recover script call.
-    async fn read(
+    /// One channel's recover script call: what its stream holds after
+    /// `piece` (checked against `want`, the epoch: `""` none, `"*"` any).
+    pub async fn read(
         &self,
         redis: &rds::Redis,
         chan: Option<&Rc<str>>,
@@ -682,7 +730,7 @@ mod tests {
         );
         let h = history();
         h.set_head(None, Some(at(1)));
-        let token = h.position_now(None).token();
+        let token = h.position_now(None, None).token();
         assert_eq!(token.parse::<Position>().unwrap().channels.len(), 1);
     }
 

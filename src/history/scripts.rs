@@ -30,7 +30,8 @@ pub fn slot(channel: &str) -> Slot {
 }
 
 /// Appends a broadcast to its channel's stream and publishes it with its
-/// offset and epoch, atomically. KEYS: the stream, the head. ARGV: max
+/// offset, its epoch and the offset before it in the stream (`prev`, empty
+/// for the first of a life: what lets a shard see a gap), atomically. KEYS: the stream, the head. ARGV: max
 /// length, ttl ms, publish verb, the message as a JSON string, the channel,
 /// an epoch to use if the stream starts a new life. Returns the offset, the
 /// epoch and the subscriber count.
@@ -44,9 +45,10 @@ pub const PUBLISH_SCRIPT: &str = r#"
 local key, headkey = KEYS[1], KEYS[2]
 local size, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local head = redis.call('GET', headkey)
-local epoch = head and string.match(head, '^(%x+):')
+local epoch, prev = nil, ''
+if head then epoch, prev = string.match(head, '^(%x+):(.+)$') end
 if not epoch or redis.call('EXISTS', key) == 0 then
-  epoch = ARGV[6]
+  epoch, prev = ARGV[6], ''
   redis.call('DEL', key)
 end
 local t = redis.call('TIME')
@@ -80,7 +82,8 @@ end
 redis.call('PEXPIRE', key, ttl)
 redis.call('SET', headkey, epoch .. ':' .. id, 'PX', ttl)
 local n = redis.call(ARGV[3], ARGV[5],
-  '{"broadcast":' .. ARGV[4] .. ',"offset":"' .. id .. '","epoch":"' .. epoch .. '"}')
+  '{"broadcast":' .. ARGV[4] .. ',"offset":"' .. id .. '","epoch":"' .. epoch ..
+  '","prev":"' .. prev .. '"}')
 return {id, epoch, n}
 "#;
 

@@ -10,7 +10,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::context::{Context, Slot};
-use crate::history::{self, Offset, Position, Recovery, Since};
+use crate::history::{self, Offset, Piece, Position, Recovery, Since};
 use crate::http::{self, Request};
 use crate::metrics::{Denial, ErrorKind};
 use crate::protocol::{self, WelcomeHistory};
@@ -183,10 +183,10 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
         }
     };
     let conn = ctx.next_conn_id();
-    let room = match room {
-        None => None,
+    let (room, room_head) = match room {
+        None => (None, None),
         Some(r) => match Box::pin(join_room(&ctx, &r, conn)).await {
-            Some(name) => Some(name),
+            Some((name, head)) => (Some(name), head),
             None => {
                 ctx.store.release(&session);
                 let _ = stream.write_all(&http::error(503, "too_many_rooms")).await;
@@ -200,7 +200,7 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     // From the recovery read to `adopt` below there is no await: the
     // bridge's messages are the socket's up to the moment it joins the plane.
     let asked = since.is_some();
-    let (recovery, said) = Box::pin(recover(&ctx, since, room.as_ref())).await;
+    let (recovery, said) = Box::pin(recover(&ctx, since, room.as_ref(), room_head)).await;
     if asked && ctx.history.enabled() {
         for (chan, has) in &recovery.has {
             ctx.history.set_floor(conn, chan.clone(), *has);
@@ -245,9 +245,11 @@ pub(crate) fn take_fd(stream: TcpStream) -> Option<OwnedFd> {
 
 /// Adds socket `conn` to `room` and waits (a bounded time) for Redis to
 /// confirm the room's subscription, so that a client that has its welcome
-/// gets every room broadcast published after it. None when the shard holds
-/// all the rooms it may (`max_rooms`).
-async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<Rc<str>> {
+/// gets every room broadcast published after it. Returns the room's name
+/// and, with history, its head as read now when the shard has delivered
+/// nothing there. None when the shard holds all the rooms it may
+/// (`max_rooms`).
+async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<(Rc<str>, Option<Piece>)> {
     let (name, confirmed) = match ctx.pubsub.join(room, conn) {
         Ok(j) => j,
         Err(e) => {
@@ -278,15 +280,26 @@ async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<Rc<str>> {
             );
         }
     }
-    // The room's head, read once the subscription holds (so nothing falls
-    // between the two), when this shard has not been hearing the room.
+    // The room's head for the welcome, read once the subscription holds
+    // (so nothing falls between the two), when this shard has delivered
+    // nothing there since it subscribed.
     let h = &ctx.history;
-    if h.enabled() && (fresh || h.head(Some(&name)).is_none()) {
-        if let Err(e) = h.read_head(ctx.redis(), &name).await {
-            tracing::warn!(room, error = %e, "room head not read; the welcome leaves the room out of the position");
+    if fresh {
+        h.forget_head(&name);
+    }
+    let mut head = None;
+    if h.enabled() && h.head(Some(&name)).is_none() {
+        match h.read_head(ctx.redis(), Some(&name)).await {
+            Ok(p) => {
+                h.set_tentative_head(&name, p);
+                head = Some(p);
+            }
+            Err(e) => {
+                tracing::warn!(room, error = %e, "room head not read; the welcome leaves the room out of the position");
+            }
         }
     }
-    Some(name)
+    Some((name, head))
 }
 
 /// What a socket that asked to recover missed, and what its welcome says
@@ -296,6 +309,7 @@ async fn recover(
     ctx: &Context,
     since: Option<Since>,
     room: Option<&std::rc::Rc<str>>,
+    room_head: Option<Piece>,
 ) -> (Recovery, WelcomeHistory) {
     let h = &ctx.history;
     if !h.enabled() {
@@ -306,7 +320,7 @@ async fn recover(
         return (Recovery::default(), said);
     }
     let Some(since) = since else {
-        let position = h.position_now(room);
+        let position = h.position_now(room, room_head);
         let said = WelcomeHistory {
             offset: position.of(None).map(|p| p.offset),
             position: Some(position.token()),
@@ -315,7 +329,7 @@ async fn recover(
         return (Recovery::default(), said);
     };
     let m = ctx.metrics();
-    let recovery = h.recover(ctx.redis(), &since, room).await;
+    let recovery = h.recover(ctx.redis(), &since, room, room_head).await;
     m.recoveries_total.inc();
     if !recovery.complete() {
         m.recoveries_incomplete_total.inc();

@@ -1,0 +1,355 @@
+//! What a shard does with what Redis pub/sub brings it: kicks, and
+//! broadcasts delivered to its sockets in each channel's order, with gaps
+//! found and read back from history ([`crate::history::gap`]), and a probe
+//! that catches a subscription that died without a word.
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::context::Context;
+use crate::history::{Arrival, Chan, Lost, Piece};
+use crate::protocol::{self, BusEvent};
+use crate::pubsub::Target;
+use crate::ws::codec;
+use crate::ws::counter::{Conn, Sockets};
+
+/// How long a probe that found the stream ahead of the shard waits for the
+/// broadcast that may be on its way before it takes it for a gap.
+const PROBE_GRACE: Duration = Duration::from_millis(500);
+
+/// A broadcast or kick from Redis, delivered to this shard's sockets.
+pub fn on_bus_event(ctx: &Rc<Context>, plane: &Rc<Sockets>, target: Target<'_>, payload: &[u8]) {
+    if target == Target::Head {
+        on_head(ctx, plane, payload);
+        return;
+    }
+    let event = match serde_json::from_slice::<BusEvent>(payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring malformed event from redis");
+            return;
+        }
+    };
+    if let Some(msg) = event.broadcast {
+        let room = match target {
+            Target::Room(r) => ctx.pubsub.room_name(r),
+            _ => None,
+        };
+        let offset = event.offset.and_then(|o| o.parse().ok());
+        let Some(offset) = offset else {
+            // History off: the frame of before, one for all.
+            let mut frame = Vec::new();
+            let text = protocol::broadcast(&msg, None, room.as_deref(), false);
+            codec::encode_text(&mut frame, text.as_bytes());
+            let n = send(ctx, plane, room.as_ref(), &[], |_| &frame);
+            ctx.metrics().broadcasts_delivered_total.add(n);
+            return;
+        };
+        let piece = Piece {
+            epoch: event.epoch.and_then(|e| e.parse().ok()),
+            offset,
+        };
+        let prev = event
+            .prev
+            .filter(|p| !p.is_empty())
+            .and_then(|p| p.parse().ok());
+        arrived(ctx, plane, room, piece, prev, &msg);
+    } else if let Some(id) = event.kick {
+        // Kicks travel on the events channel only.
+        if target != Target::Events {
+            return;
+        }
+        let Some(id) = crate::session::parse_id(&id) else {
+            return;
+        };
+        ctx.store.forget(&id);
+        plane.kick(&id);
+    }
+}
+
+/// A live broadcast with history, as its channel's order says.
+fn arrived(
+    ctx: &Rc<Context>,
+    plane: &Rc<Sockets>,
+    room: Chan,
+    piece: Piece,
+    prev: Option<crate::history::Offset>,
+    msg: &str,
+) {
+    match ctx.history.arrive(room.as_ref(), piece, prev, msg) {
+        Arrival::Deliver => deliver(ctx, plane, room.as_ref(), piece, msg),
+        Arrival::Duplicate | Arrival::Held => {}
+        Arrival::Gap => start_repair(ctx, plane, room),
+        Arrival::NewLife { first } => {
+            tell(ctx, plane, room.as_ref(), Lost::EpochChanged);
+            if first {
+                deliver(ctx, plane, room.as_ref(), piece, msg);
+            } else {
+                // The new life's start is read back from its stream.
+                ctx.history.repaired_to(room.as_ref(), Piece::default());
+                start_repair(ctx, plane, room);
+            }
+        }
+    }
+}
+
+/// The global channel's head, read on every fresh subscription connection
+/// before it subscribes: the first sets where the shard starts; a later
+/// one (the connection was lost and made again) shows what was published
+/// meanwhile, which is read back, and every room is probed the same way.
+fn on_head(ctx: &Rc<Context>, plane: &Rc<Sockets>, payload: &[u8]) {
+    let h = &ctx.history;
+    let now = std::str::from_utf8(payload)
+        .ok()
+        .and_then(Piece::parse_head)
+        .unwrap_or_default();
+    let Some(ours) = h.head(None) else {
+        h.set_head(None, Some(now));
+        return;
+    };
+    if behind(ours, now) && h.begin_repair(None) {
+        spawn_repair(ctx, plane, None);
+    }
+    let (ctx, plane) = (ctx.clone(), plane.clone());
+    glommio::spawn_local(async move { probe_rooms(&ctx, &plane).await }).detach();
+}
+
+/// Whether a stream whose head is `now` has broadcasts the shard, at
+/// `ours`, has not delivered.
+fn behind(ours: Piece, now: Piece) -> bool {
+    match (ours.epoch, now.epoch) {
+        (_, None) => false,
+        (a, b) if a == b => now.offset > ours.offset,
+        _ => true,
+    }
+}
+
+/// Delivers a broadcast the channel's order allows: its frame (with each
+/// reader's position) to the channel's sockets here, but those that
+/// recovered it already.
+fn deliver(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, piece: Piece, msg: &str) {
+    let h = &ctx.history;
+    // Sockets that recovered this one already (rare, and brief).
+    let skip = h.skip(room, piece);
+    h.on_live(room, piece, msg);
+    let encode = |other: Option<&Rc<str>>| {
+        let mut frame = Vec::new();
+        let text = h.live_frame(msg, room, piece, other);
+        codec::encode_text(&mut frame, text.as_bytes());
+        frame
+    };
+    let n = if room.is_some() {
+        let frame = encode(None);
+        send(ctx, plane, room, &skip, |_| &frame)
+    } else {
+        // A frame per room with members here, and one for sockets in none.
+        let mut frames = h.take_scratch();
+        frames.insert(None, encode(None));
+        ctx.pubsub.for_each_room(|r| {
+            frames.insert(Some(r.clone()), encode(Some(r)));
+        });
+        let none = &frames[&None];
+        let n = send(ctx, plane, None, &skip, |c| {
+            frames.get(&c.room().cloned()).unwrap_or(none)
+        });
+        h.put_scratch(frames);
+        n
+    };
+    let m = ctx.metrics();
+    m.broadcasts_delivered_total.add(n);
+    // Offsets are Redis's clock at the append: the lag from append to send.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    m.broadcast_lag.observe_ns(
+        now_ms
+            .saturating_sub(piece.offset.ms)
+            .saturating_mul(1_000_000),
+    );
+}
+
+/// Tells a channel's sockets that broadcasts of it are gone, and why.
+fn tell(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, why: Lost) {
+    ctx.metrics().history_gaps_unrecoverable_total.inc();
+    tracing::warn!(
+        room = room.map(|r| &**r),
+        reason = why.as_str(),
+        "broadcasts lost on a live channel; its sockets are told"
+    );
+    let mut frame = Vec::new();
+    let text = protocol::unrecovered(room.map(|r| &**r), why);
+    codec::encode_text(&mut frame, text.as_bytes());
+    send(ctx, plane, room, &[], |_| &frame);
+}
+
+/// Sends a frame (as `frame` picks it per socket) to a channel's sockets
+/// here (a room's members, or all for the global one), but those in
+/// `skip`.
+fn send<'f>(
+    ctx: &Context,
+    plane: &Sockets,
+    room: Option<&Rc<str>>,
+    skip: &[u64],
+    frame: impl Fn(&Conn) -> &'f [u8],
+) -> u64 {
+    match room {
+        Some(r) => {
+            let mut members = Vec::new();
+            ctx.pubsub.for_each_member(r, |c| {
+                if skip.binary_search(&c).is_err() {
+                    members.push(c)
+                }
+            });
+            plane.send_to_with(&members, frame)
+        }
+        None => plane.fan_out_with(skip, frame),
+    }
+}
+
+/// A gap was found by an arrival: the channel holds from now on.
+fn start_repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
+    // `arrive` marked the channel as under repair when it held the message.
+    spawn_repair(ctx, plane, room);
+}
+
+fn spawn_repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
+    ctx.metrics().history_gaps_total.inc();
+    let (ctx, plane) = (ctx.clone(), plane.clone());
+    glommio::spawn_local(async move { repair(&ctx, &plane, room).await }).detach();
+}
+
+/// Reads a channel's gap back from its stream and delivers it, then what
+/// the channel held meanwhile, in order, none twice; goes round until
+/// nothing more is held. What the stream no longer has is told.
+async fn repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
+    let h = &ctx.history;
+    let r = room.as_ref();
+    loop {
+        let from = h.head(r).unwrap_or_default();
+        let want = from.epoch.map(|e| e.to_string()).unwrap_or_default();
+        let read = match h.read(ctx.redis(), r, from, &want).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(room = r.map(|r| &**r), error = %e, "history not read to fill a gap");
+                tell(ctx, plane, r, Lost::Unavailable);
+                flush_held(ctx, plane, r);
+                return;
+            }
+        };
+        match read.lost {
+            Some(Lost::EpochChanged) => {
+                tell(ctx, plane, r, Lost::EpochChanged);
+                // The new life is read from its start on the next round.
+                h.repaired_to(r, Piece::default());
+                continue;
+            }
+            Some(why) => tell(ctx, plane, r, why),
+            None => {}
+        }
+        let epoch = read.head.and_then(|p| p.epoch);
+        let mut filled = 0;
+        for (offset, message) in read.missed {
+            let piece = Piece { epoch, offset };
+            if behind(h.head(r).unwrap_or_default(), piece) {
+                deliver(ctx, plane, r, piece, &message);
+                filled += 1;
+            }
+        }
+        ctx.metrics().history_gap_recovered_total.add(filled);
+        let (held, overflowed) = h.take_held(r);
+        if overflowed {
+            tell(ctx, plane, r, Lost::Overflow);
+        }
+        let mut again = false;
+        let mut told = false;
+        for m in held {
+            let head = h.head(r).unwrap_or_default();
+            if !behind(head, m.piece) {
+                continue;
+            }
+            let next = match m.prev {
+                Some(p) => head.epoch == m.piece.epoch && p == head.offset,
+                None => head.epoch != m.piece.epoch,
+            };
+            if next {
+                deliver(ctx, plane, r, m.piece, &m.message);
+            } else if filled == 0 {
+                // The stream gave nothing and still does not reach this
+                // one's predecessor: that range is gone. Say so, once,
+                // and go on from here.
+                if !told {
+                    tell(ctx, plane, r, Lost::Trimmed);
+                    told = true;
+                }
+                deliver(ctx, plane, r, m.piece, &m.message);
+            } else {
+                // Published while the read was out: the stream has it and
+                // what came before it; the next round reads them.
+                again = true;
+                break;
+            }
+        }
+        if !again && h.end_repair(r) {
+            return;
+        }
+    }
+}
+
+/// Redis could not be read: what the channel held goes out as it is, and
+/// the repair ends.
+fn flush_held(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>) {
+    let h = &ctx.history;
+    loop {
+        let (held, _) = h.take_held(room);
+        for m in held {
+            if behind(h.head(room).unwrap_or_default(), m.piece) {
+                deliver(ctx, plane, room, m.piece, &m.message);
+            }
+        }
+        if h.end_repair(room) {
+            return;
+        }
+    }
+}
+
+/// Probes every channel this shard delivers every `every`: a subscription
+/// that died without a word shows as a stream ahead of the shard.
+pub async fn probe_every(ctx: Rc<Context>, plane: Rc<Sockets>, every: Duration) {
+    loop {
+        glommio::timer::sleep(every).await;
+        probe(&ctx, &plane, None).await;
+        probe_rooms(&ctx, &plane).await;
+    }
+}
+
+async fn probe_rooms(ctx: &Rc<Context>, plane: &Rc<Sockets>) {
+    let mut rooms = Vec::new();
+    ctx.pubsub.for_each_room(|r| rooms.push(r.clone()));
+    for r in rooms {
+        probe(ctx, plane, Some(r)).await;
+    }
+}
+
+/// Compares one channel's stream head with what the shard delivered, and
+/// starts a repair when the stream is ahead past a grace period.
+async fn probe(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
+    let h = &ctx.history;
+    let r = room.as_ref();
+    if h.head(r).is_none() || h.repairing(r) {
+        return;
+    }
+    let Ok(now) = h.read_head(ctx.redis(), r).await else {
+        return;
+    };
+    if !h.head(r).is_some_and(|ours| behind(ours, now)) {
+        return;
+    }
+    glommio::timer::sleep(PROBE_GRACE).await;
+    if h.head(r).is_some_and(|ours| behind(ours, now)) && h.begin_repair(r) {
+        tracing::info!(
+            room = r.map(|r| &**r),
+            "probe: the stream is ahead of what this shard delivered; reading the gap"
+        );
+        spawn_repair(ctx, plane, room);
+    }
+}
