@@ -182,7 +182,7 @@ fn promote_there_and_back_under_load_loses_nothing() {
     wait_for("300 sockets on blue", Duration::from_secs(20), || {
         (d.connections(d.blue) >= 300).then_some(())
     });
-    // Followers ride both drains through nginx and come back with `since`,
+    // Followers ride both drains through nginx and come back with a position,
     // half of them in a room, while a broadcaster posts every 20 ms.
     let followers: Vec<_> = (0..10)
         .map(|i| {
@@ -236,10 +236,15 @@ fn promote_there_and_back_under_load_loses_nothing() {
     assert_eq!(d.status(d.green), None, "green is gone after its drain");
     stop.store(true, Ordering::SeqCst);
     broadcaster.join().unwrap();
-    wait_for("the end broadcast", Duration::from_secs(10), || {
-        let body = r#"{"message":"end"}"#;
-        (http(colors[0], "POST", "/api/broadcast", body).0 == 202).then_some(())
-    });
+    // An end on each channel: a follower stops once it has both.
+    for body in [
+        r#"{"message":"end"}"#,
+        r#"{"message":"end","room":"deploy"}"#,
+    ] {
+        wait_for("the end broadcasts", Duration::from_secs(10), || {
+            (http(colors[0], "POST", "/api/broadcast", body).0 == 202).then_some(())
+        });
+    }
     let followed: Vec<_> = followers
         .into_iter()
         .map(|(in_room, f)| (in_room, f.join().unwrap()))

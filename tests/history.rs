@@ -166,9 +166,11 @@ fn the_seam_between_history_and_live_loses_and_repeats_nothing() {
         );
         published.push((offset(&r["offset"]), room.is_some()));
     }
-    // Every follower stops at this one, so it goes to every channel.
-    let r = publish_at(addrs[0], json!({ "message": "end" }));
-    published.push((offset(&r["offset"]), false));
+    // Every follower stops once it has an end on each of its channels.
+    for room in [None, Some("seam")] {
+        let r = publish_at(addrs[0], json!({ "message": "end", "room": room }));
+        published.push((offset(&r["offset"]), room.is_some()));
+    }
     let followed: Vec<_> = followers
         .into_iter()
         .map(|(in_room, f)| (in_room, f.join().unwrap()))
@@ -369,4 +371,87 @@ fn a_lost_stream_is_told_by_its_epoch_never_a_silent_gap() {
     let (mut back, w) = s.connect(&format!("room=fresh&position={position}"));
     assert_eq!(w["recovered"], true, "{w}");
     assert_eq!(next_broadcast_frame(&mut back)["offset"], first["offset"]);
+}
+
+/// Subscriptions cut while broadcasts stream in (Redis closes every pub/sub
+/// connection, three times): each shard finds the gap (the next broadcast
+/// names a predecessor it never got, or the head read on its new
+/// connection is ahead) and reads it back from the stream, so every socket
+/// ends with every broadcast of its channels after its welcome, in order,
+/// none twice, without ever reconnecting.
+#[test]
+fn a_cut_subscription_is_found_and_its_gap_filled_on_live_sockets() {
+    const MESSAGES: usize = 600;
+    let redis = Redis::start();
+    let probe = [("--history-probe-interval", "300ms")];
+    let servers = [
+        server(&redis, "plain", &probe),
+        server(&redis, "plain", &probe),
+    ];
+    let addrs = [servers[0].addr, servers[1].addr];
+    // Followers that never drop by themselves.
+    let followers: Vec<_> = (0..6)
+        .map(|i| {
+            let in_room = i % 2 == 0;
+            let at = vec![addrs[i % 2]];
+            (
+                in_room,
+                follow(at, in_room.then(|| "cut".to_string()), None),
+            )
+        })
+        .collect();
+    let mut published = Vec::new();
+    for i in 0..MESSAGES {
+        if i % 150 == 75 {
+            redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        }
+        let room = (i % 3 == 2).then_some("cut");
+        let r = publish_at(
+            addrs[i % 2],
+            json!({ "message": format!("m{i}"), "room": room }),
+        );
+        published.push((offset(&r["offset"]), room.is_some()));
+    }
+    for room in [None, Some("cut")] {
+        let r = publish_at(addrs[0], json!({ "message": "end", "room": room }));
+        published.push((offset(&r["offset"]), room.is_some()));
+    }
+    let followed: Vec<_> = followers
+        .into_iter()
+        .map(|(in_room, f)| (in_room, f.join().unwrap()))
+        .collect();
+    let reconnects: usize = followed.iter().map(|(_, f)| f.reconnects).sum();
+    assert_eq!(reconnects, 0, "no socket had to reconnect");
+    let checked = check_followed(&published, &followed);
+    let sum = |name: &str| servers.iter().map(|s| s.metric(name)).sum::<f64>();
+    let gaps = sum("ws_history_gaps_total");
+    let filled = sum("ws_history_gap_recovered_total");
+    assert!(gaps >= 1.0, "the cuts made no gap: nothing was tested");
+    assert_eq!(sum("ws_history_gaps_unrecoverable_total"), 0.0);
+    eprintln!("cut subscriptions: {checked} deliveries checked; {gaps} gaps found, {filled} broadcasts read back into them");
+}
+
+/// A room's stream lost while sockets listen live (deleted by hand): the
+/// next broadcast is the first of a new life, and the sockets are told
+/// before they get it.
+#[test]
+fn a_stream_lost_under_live_sockets_is_told_by_its_epoch() {
+    let redis = Redis::start();
+    let s = server(&redis, "plain", &[]);
+    let (mut c, _) = s.connect("room=lost");
+    let first = publish(&s, json!({ "message": "before", "room": "lost" }));
+    assert_eq!(next_broadcast_frame(&mut c)["offset"], first["offset"]);
+    redis.cli(&["DEL", "{shardcast:room:lost}:h", "{shardcast:room:lost}:e"]);
+    let after = publish(&s, json!({ "message": "after", "room": "lost" }));
+    assert_ne!(after["epoch"], first["epoch"]);
+    assert_eq!(
+        c.recv().json(),
+        json!({ "unrecovered": { "room": "lost", "reason": "epoch_changed" } })
+    );
+    let f = next_broadcast_frame(&mut c);
+    assert_eq!(
+        (&f["broadcast"], &f["epoch"]),
+        (&json!("after"), &after["epoch"])
+    );
+    assert_eq!(s.metric("ws_history_gaps_unrecoverable_total"), 1.0);
 }

@@ -551,8 +551,10 @@ pub struct Followed {
     pub reconnects: usize,
 }
 
-/// A client on its own thread that follows broadcasts until one whose text
-/// is `end`: when the server closes it (a drain) or after every
+/// A client on its own thread that follows broadcasts until it has had one
+/// whose text is `end` on each of its channels (channels are not ordered
+/// against each other, so one end could overtake another channel's last
+/// broadcasts): when the server closes it (a drain) or after every
 /// `drop_every` broadcasts, it comes back with its session and its newest
 /// `position`, on the next of `addrs`, retrying refused or failed connects
 /// for up to 20 s. Every welcome after the first must say `recovered: true`.
@@ -565,6 +567,7 @@ pub fn follow(
         .as_ref()
         .map_or(String::new(), |r| format!("room={r}&"));
     let (mut c, w) = Client::connect(addrs[0], base.trim_end_matches('&'));
+    let ends = 1 + usize::from(room.is_some());
     let room_name = room.unwrap_or_default();
     let first = [
         piece_offset(&w["position"], "").unwrap_or_default(),
@@ -576,6 +579,7 @@ pub fn follow(
         let mut last = w["position"].as_str().unwrap().to_string();
         let mut reconnects = 0;
         let mut since_drop = 0;
+        let mut ended = 0;
         loop {
             let gone = match c.try_recv() {
                 None => true,
@@ -586,7 +590,8 @@ pub fn follow(
                     if let Some(text) = v["broadcast"].as_str() {
                         got.push((v.get("room").is_some(), offset_of(&v["offset"])));
                         last = v["position"].as_str().unwrap().to_string();
-                        if text == "end" {
+                        ended += usize::from(text == "end");
+                        if ended == ends {
                             return Followed {
                                 first,
                                 got,
