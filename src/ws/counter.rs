@@ -289,7 +289,22 @@ fn persist_then_answer(
         futures_lite::future::yield_now().await;
         let counter = plane.handler();
         let wait = counter.ctx.cfg().sync_timeout;
-        let commit = Box::pin(counter.ctx.store.commit(&session, wait)).await;
+        // The commit stops trying at `wait`, but a try already sent may
+        // take longer (a WAIT, a slow reply): the reply does not wait for
+        // it. The try goes on by itself, and its session cannot be taken
+        // back while it flies, so the answer then is "counted, not
+        // confirmed", which is true.
+        let (done, commit) = futures_channel::oneshot::channel();
+        let ctx = counter.ctx.clone();
+        let s = session.clone();
+        glommio::spawn_local(async move {
+            let _ = done.send(Box::pin(ctx.store.commit(&s, wait)).await);
+        })
+        .detach();
+        let commit =
+            glommio::timer::timeout(wait, async { Ok(commit.await.unwrap_or(Commit::Failed)) })
+                .await
+                .unwrap_or(Commit::Failed);
         plane.resume(conn, arrived, |c, out| {
             counter.answer(c, count, arrived, commit, out)
         });
