@@ -871,6 +871,8 @@ pub struct Counter {
     pub errors: Arc<AtomicU64>,
     /// When each "counted, not confirmed" answer came.
     pub unconfirmed: Arc<Mutex<Vec<Instant>>>,
+    /// The longest wait for a reply, in milliseconds.
+    pub slowest_ms: Arc<AtomicU64>,
     pub handle: thread::JoinHandle<()>,
 }
 
@@ -881,19 +883,26 @@ pub fn counter(server: &Server, stop: Arc<AtomicBool>) -> Counter {
 /// A [`counter`] that sends at most one message per `pace`.
 pub fn counter_paced(server: &Server, stop: Arc<AtomicBool>, pace: Duration) -> Counter {
     let (mut c, welcome) = server.connect("");
+    // Long enough to see how slow a slow reply is, not just that it was.
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let id = session_id(&welcome);
     let acked = Arc::new(AtomicU64::new(0));
     let confirmed = Arc::new(AtomicU64::new(0));
+    let slowest_ms = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let unconfirmed = Arc::new(Mutex::new(Vec::new()));
     let handle = thread::spawn({
         let (acked, confirmed) = (acked.clone(), confirmed.clone());
         let (errors, unconfirmed) = (errors.clone(), unconfirmed.clone());
+        let slowest_ms = slowest_ms.clone();
         move || {
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
                 c.send_text("tick");
                 let v = c.recv_skipping_heartbeats().json();
+                slowest_ms.fetch_max(sent.elapsed().as_millis() as u64, Ordering::Relaxed);
                 if let Some(n) = v["count"].as_u64() {
                     let last = acked.load(Ordering::Relaxed);
                     assert_eq!(n, last + 1, "count after {last} was {n}: a gap or a repeat");
@@ -923,8 +932,18 @@ pub fn counter_paced(server: &Server, stop: Arc<AtomicBool>, pace: Duration) -> 
         confirmed,
         errors,
         unconfirmed,
+        slowest_ms,
         handle,
     }
+}
+
+/// Held by the tests of one file that each run a Redis Cluster or hundreds
+/// of clients: two of them at once on two CPUs starve each other's timers
+/// (a failover's replies, a moved slot's subscription) past their bounds.
+/// A test that panics poisons it; the next takes it all the same.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a failover test's counters were told, once checked against Redis.
@@ -935,6 +954,8 @@ pub struct Tally {
     pub refused: u64,
     /// When each "counted, not confirmed" answer came, sorted.
     pub unconfirmed: Vec<Instant>,
+    /// The longest any client waited for a reply.
+    pub slowest: Duration,
 }
 
 /// Stops nothing: call once the counters were told to stop. Joins them (a
@@ -945,16 +966,24 @@ pub struct Tally {
 /// no message answered "not counted" was counted. A count answered as not
 /// confirmed may reach Redis after its socket closes (the shard writes it
 /// again until it is confirmed): the check waits for it.
-pub fn tally(counters: Vec<Counter>, stored: impl Fn(&str) -> Option<u64>) -> Tally {
+pub fn tally(
+    counters: Vec<Counter>,
+    stored: impl Fn(&str) -> Option<u64>,
+    why_not: impl Fn() -> String,
+) -> Tally {
     let mut t = Tally {
         told: 0,
         refused: 0,
         unconfirmed: Vec::new(),
+        slowest: Duration::ZERO,
     };
     for c in counters {
-        c.handle
-            .join()
-            .expect("a counter saw a gap, a repeat, an unknown reply or a close");
+        if c.handle.join().is_err() {
+            panic!(
+                "a counter saw a gap, a repeat, an unknown reply or a close; {}",
+                why_not()
+            );
+        }
         let acked = c.acked.load(Ordering::Relaxed);
         let confirmed = c.confirmed.load(Ordering::Relaxed);
         let now = stored(&c.id).unwrap_or(0);
@@ -971,19 +1000,45 @@ pub fn tally(counters: Vec<Counter>, stored: impl Fn(&str) -> Option<u64>) -> Ta
         t.told += acked;
         t.refused += c.errors.load(Ordering::Relaxed);
         t.unconfirmed.extend(c.unconfirmed.lock().unwrap().iter());
+        let slowest = Duration::from_millis(c.slowest_ms.load(Ordering::Relaxed));
+        t.slowest = t.slowest.max(slowest);
     }
     t.unconfirmed.sort();
     t
 }
 
-/// Waits until every counter was confirmed at least `at_least`.
-pub fn wait_confirmed(counters: &[Counter], at_least: u64, what: &str) {
-    wait_for(what, Duration::from_secs(60), || {
-        counters
-            .iter()
-            .all(|c| c.confirmed.load(Ordering::Relaxed) >= at_least)
-            .then_some(())
-    });
+/// Waits until every counter was confirmed at least `at_least`; on a
+/// timeout, says what `why_not` finds.
+pub fn wait_confirmed(
+    counters: &[Counter],
+    at_least: u64,
+    what: &str,
+    why_not: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !counters
+        .iter()
+        .all(|c| c.confirmed.load(Ordering::Relaxed) >= at_least)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; {}",
+            why_not()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A server's log lines at warn and above, and its socket closes, for a
+/// failure's message.
+pub fn warnings(server: &Server) -> String {
+    let lines: Vec<String> = server
+        .log_lines()
+        .iter()
+        .filter(|l| l["level"] == "warn" || l["level"] == "error" || l["msg"] == "ws close")
+        .map(|l| l.to_string())
+        .collect();
+    format!("the server's warnings and closes: {lines:#?}")
 }
 
 pub fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn() -> String) {
