@@ -14,6 +14,31 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 
+/// Moves `slots` slots, with their keys, from `src` to `dst` with
+/// `redis-cli --cluster reshard`, as an operator would.
+fn reshard(src: &Redis, dst: &Redis, slots: u32) {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{}", src.port),
+            "--cluster-from",
+            &RedisCluster::node_id(src),
+            "--cluster-to",
+            &RedisCluster::node_id(dst),
+            "--cluster-slots",
+            &slots.to_string(),
+            "--cluster-yes",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "reshard: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 fn redirects(server: &Server, kind: &str) -> f64 {
     server.metric(&format!("redis_redirects_total{{kind=\"{kind}\"}}"))
 }
@@ -162,33 +187,10 @@ fn slots_migrated_under_counting_lose_nothing() {
     assert_eq!(cluster.session_count(&id), Some(2));
 
     // In bulk, with every counter counting through it.
-    let before = counters
-        .iter()
-        .map(|c| c.acked.load(Ordering::Relaxed))
-        .max()
-        .unwrap();
+    let before = most_acked(&counters);
     let src = cluster.masters()[0];
     let dst = cluster.masters()[1];
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "--cluster",
-            "reshard",
-            &format!("127.0.0.1:{}", src.port),
-            "--cluster-from",
-            &RedisCluster::node_id(src),
-            "--cluster-to",
-            &RedisCluster::node_id(dst),
-            "--cluster-slots",
-            "500",
-            "--cluster-yes",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reshard: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    reshard(src, dst, 500);
     wait_counts(&counters, before + 20, "counts after the reshard", || {
         format!("redirects: {}", a.metric("redis_redirects_total"))
     });
@@ -377,31 +379,8 @@ fn rooms_resharded_under_broadcasts_miss_and_double_nothing() {
     });
     wait_counts(&counters, 5, "counts before the reshard", String::new);
     let (src, dst) = (cluster.masters()[0], cluster.masters()[1]);
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "--cluster",
-            "reshard",
-            &format!("127.0.0.1:{}", src.port),
-            "--cluster-from",
-            &RedisCluster::node_id(src),
-            "--cluster-to",
-            &RedisCluster::node_id(dst),
-            "--cluster-slots",
-            "3000",
-            "--cluster-yes",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "reshard: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let before = counters
-        .iter()
-        .map(|c| c.acked.load(Ordering::Relaxed))
-        .max()
-        .unwrap();
+    reshard(src, dst, 3000);
+    let before = most_acked(&counters);
     wait_counts(
         &counters,
         before + 5,

@@ -31,6 +31,25 @@ fn without_position(f: &serde_json::Value) -> serde_json::Value {
     f
 }
 
+/// Publishes an end on the global channel and on `room` (each follower
+/// stops once it has one on each of its channels), keeps their offsets in
+/// `published`, and waits for the followers.
+fn end_and_join(
+    at: std::net::SocketAddr,
+    room: &str,
+    published: &mut Vec<((u64, u64), bool)>,
+    followers: Vec<(bool, std::thread::JoinHandle<common::Followed>)>,
+) -> Vec<(bool, common::Followed)> {
+    for room in [None, Some(room)] {
+        let r = publish_at(at, json!({ "message": "end", "room": room }));
+        published.push((offset(&r["offset"]), room.is_some()));
+    }
+    followers
+        .into_iter()
+        .map(|(in_room, f)| (in_room, f.join().unwrap()))
+        .collect()
+}
+
 fn frames_carry_offsets_and_recovery_replays_in_order(mode: &str) {
     let redis = Redis::start();
     let a = server(&redis, mode, &[]);
@@ -166,15 +185,7 @@ fn the_seam_between_history_and_live_loses_and_repeats_nothing() {
         );
         published.push((offset(&r["offset"]), room.is_some()));
     }
-    // Every follower stops once it has an end on each of its channels.
-    for room in [None, Some("seam")] {
-        let r = publish_at(addrs[0], json!({ "message": "end", "room": room }));
-        published.push((offset(&r["offset"]), room.is_some()));
-    }
-    let followed: Vec<_> = followers
-        .into_iter()
-        .map(|(in_room, f)| (in_room, f.join().unwrap()))
-        .collect();
+    let followed = end_and_join(addrs[0], "seam", &mut published, followers);
     let reconnects: usize = followed.iter().map(|(_, f)| f.reconnects).sum();
     let checked = check_followed(&published, &followed);
     assert!(reconnects >= CLIENTS * 10, "{reconnects} reconnects");
@@ -412,14 +423,7 @@ fn a_cut_subscription_is_found_and_its_gap_filled_on_live_sockets() {
         );
         published.push((offset(&r["offset"]), room.is_some()));
     }
-    for room in [None, Some("cut")] {
-        let r = publish_at(addrs[0], json!({ "message": "end", "room": room }));
-        published.push((offset(&r["offset"]), room.is_some()));
-    }
-    let followed: Vec<_> = followers
-        .into_iter()
-        .map(|(in_room, f)| (in_room, f.join().unwrap()))
-        .collect();
+    let followed = end_and_join(addrs[0], "cut", &mut published, followers);
     let reconnects: usize = followed.iter().map(|(_, f)| f.reconnects).sum();
     assert_eq!(reconnects, 0, "no socket had to reconnect");
     let checked = check_followed(&published, &followed);

@@ -92,11 +92,7 @@ fn counts_through_a_killed_master(replicas: usize, clients: usize) -> (Duration,
     if replicas == 1 {
         master.spawn();
     }
-    let before = counters
-        .iter()
-        .map(|c| c.acked.load(Ordering::Relaxed))
-        .max()
-        .unwrap();
+    let before = most_acked(&counters);
     wait_confirmed(
         &counters,
         before + 3,
@@ -265,11 +261,7 @@ fn a_manual_failover_is_followed_with_no_gap() {
     wait_for("the roles to swap", Duration::from_secs(30), || {
         (replica.role() == "master" && master.role() == "slave").then_some(())
     });
-    let before = counters
-        .iter()
-        .map(|c| c.acked.load(Ordering::Relaxed))
-        .max()
-        .unwrap();
+    let before = most_acked(&counters);
     wait_counts(
         &counters,
         before + 20,

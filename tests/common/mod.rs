@@ -1007,6 +1007,15 @@ pub fn tally(
     t
 }
 
+/// The highest count any of the counters was answered so far.
+pub fn most_acked(counters: &[Counter]) -> u64 {
+    counters
+        .iter()
+        .map(|c| c.acked.load(Ordering::Relaxed))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Waits until every counter was confirmed at least `at_least`; on a
 /// timeout, says what `why_not` finds.
 pub fn wait_confirmed(
