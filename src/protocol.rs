@@ -6,6 +6,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::history::{Lost, Offset, Piece};
+use crate::redis::{Applied, RedisError};
 
 /// `{"count":n}` appended to `out`.
 pub fn count(out: &mut Vec<u8>, n: u64) {
@@ -20,6 +21,20 @@ pub fn count(out: &mut Vec<u8>, n: u64) {
 /// known yet): counted, and written again until it is confirmed.
 pub fn count_unconfirmed(n: u64) -> String {
     format!("{{\"count\":{n},\"confirmed\":false}}")
+}
+
+/// Why a write the server API asked for did not go as asked (its `503`
+/// body): `replicas_unconfirmed`, the master took it (a broadcast went
+/// out, a tombstone is there) but fewer replicas than `redis_min_replicas`
+/// hold it, so a failover may undo it; `outcome_unknown`, the request
+/// reached Redis and its reply was lost with the connection;
+/// `redis_unavailable`, it was not done. Each is true of its case.
+pub fn write_refusal(e: &RedisError) -> &'static str {
+    match e.applied() {
+        Applied::Unconfirmed => "replicas_unconfirmed",
+        Applied::Unknown => "outcome_unknown",
+        Applied::No => "redis_unavailable",
+    }
 }
 
 /// What the welcome says about history: the socket's position (and, for
@@ -171,6 +186,24 @@ mod tests {
         let mut v = vec![];
         count(&mut v, 12345);
         assert_eq!(v, b"{\"count\":12345}");
+    }
+
+    #[test]
+    fn a_refused_write_is_named_by_what_it_did() {
+        let unconfirmed = RedisError::Replicas {
+            acked: 0,
+            wanted: 1,
+        };
+        assert_eq!(write_refusal(&unconfirmed), "replicas_unconfirmed");
+        assert_eq!(
+            write_refusal(&RedisError::Io("reset".into())),
+            "outcome_unknown"
+        );
+        assert_eq!(write_refusal(&RedisError::Unavailable), "redis_unavailable");
+        assert_eq!(
+            write_refusal(&RedisError::Server("READONLY".into())),
+            "redis_unavailable"
+        );
     }
 
     #[test]

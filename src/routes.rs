@@ -12,9 +12,9 @@ use crate::context::Context;
 use crate::context::Shared;
 use crate::http::{self, Request};
 use crate::metrics::ErrorKind;
+use crate::protocol;
 use crate::pubsub::check_room;
 use crate::readiness::State;
-use crate::redis::Applied;
 
 /// The web console served at `/`: one self-contained page (see its top comment).
 pub const CONSOLE_HTML: &str = include_str!("console.html");
@@ -191,7 +191,7 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
                 Ok(()) => http::response(204, "application/json", &[], b""),
                 Err(e) => {
                     tracing::warn!(session = %id, error = %e, "session not deleted: 503");
-                    unavailable(e.applied())
+                    http::error(503, protocol::write_refusal(&e))
                 }
             }
         }
@@ -248,21 +248,7 @@ async fn broadcast(shard: &Context, body: &[u8]) -> Vec<u8> {
         }
         Err(e) => {
             tracing::warn!(error = %e, "broadcast not published: 503");
-            unavailable(e.applied())
+            http::error(503, protocol::write_refusal(&e))
         }
-    }
-}
-
-/// The `503` for a write Redis did not take. `replicas_unconfirmed`: the
-/// master took it (a broadcast went out, a tombstone is there) but fewer
-/// replicas than `redis_min_replicas` hold it, so a failover may undo it;
-/// both writes are safe to repeat.
-/// `outcome_unknown`: the request reached Redis and its reply was lost
-/// with the connection, so neither of the others would be true.
-fn unavailable(applied: Applied) -> Vec<u8> {
-    match applied {
-        Applied::Unconfirmed => http::error(503, "replicas_unconfirmed"),
-        Applied::Unknown => http::error(503, "outcome_unknown"),
-        Applied::No => http::error(503, "redis_unavailable"),
     }
 }
