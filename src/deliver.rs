@@ -79,15 +79,15 @@ fn arrived(
     match ctx.history.arrive(room.as_ref(), piece, prev, msg) {
         Arrival::Deliver => deliver(ctx, plane, room.as_ref(), piece, msg),
         Arrival::Duplicate | Arrival::Held => {}
-        Arrival::Gap => start_repair(ctx, plane, room),
+        Arrival::Gap => spawn_repair(ctx, plane, room),
         Arrival::NewLife { first } => {
             tell(ctx, plane, room.as_ref(), Lost::EpochChanged);
             if first {
                 deliver(ctx, plane, room.as_ref(), piece, msg);
             } else {
                 // The new life's start is read back from its stream.
-                ctx.history.repaired_to(room.as_ref(), Piece::default());
-                start_repair(ctx, plane, room);
+                ctx.history.set_head(room.as_ref(), None);
+                spawn_repair(ctx, plane, room);
             }
         }
     }
@@ -206,12 +206,8 @@ fn send<'f>(
     }
 }
 
-/// A gap was found by an arrival: the channel holds from now on.
-fn start_repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
-    // `arrive` marked the channel as under repair when it held the message.
-    spawn_repair(ctx, plane, room);
-}
-
+/// Reads a channel's gap back on a task of its own; the channel was marked
+/// as under repair (it holds its broadcasts) by whoever found the gap.
 fn spawn_repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
     ctx.metrics().history_gaps_total.inc();
     let (ctx, plane) = (ctx.clone(), plane.clone());
@@ -240,7 +236,7 @@ async fn repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
             Some(Lost::EpochChanged) => {
                 tell(ctx, plane, r, Lost::EpochChanged);
                 // The new life is read from its start on the next round.
-                h.repaired_to(r, Piece::default());
+                h.set_head(r, None);
                 continue;
             }
             Some(why) => tell(ctx, plane, r, why),

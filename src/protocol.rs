@@ -8,19 +8,18 @@ use uuid::Uuid;
 use crate::history::{Lost, Offset, Piece};
 use crate::redis::{Applied, RedisError};
 
-/// `{"count":n}` appended to `out`.
-pub fn count(out: &mut Vec<u8>, n: u64) {
+/// `{"count":n}` appended to `out`; `{"count":n,"confirmed":false}` for a
+/// message counted in sync durability that Redis's master may hold but too
+/// few replicas confirmed (or whose write's outcome is not known yet): it
+/// is counted, and written again until it is confirmed.
+pub fn count(out: &mut Vec<u8>, n: u64, confirmed: bool) {
     let mut b = itoa::Buffer::new();
     out.extend_from_slice(b"{\"count\":");
     out.extend_from_slice(b.format(n).as_bytes());
+    if !confirmed {
+        out.extend_from_slice(b",\"confirmed\":false");
+    }
     out.push(b'}');
-}
-
-/// The reply to a message counted in sync durability that Redis's master
-/// may hold but too few replicas confirmed (or whose write's outcome is not
-/// known yet): counted, and written again until it is confirmed.
-pub fn count_unconfirmed(n: u64) -> String {
-    format!("{{\"count\":{n},\"confirmed\":false}}")
 }
 
 /// Why a write the server API asked for did not go as asked (its `503`
@@ -184,8 +183,11 @@ mod tests {
     #[test]
     fn count_is_exact_json() {
         let mut v = vec![];
-        count(&mut v, 12345);
+        count(&mut v, 12345, true);
         assert_eq!(v, b"{\"count\":12345}");
+        v.clear();
+        count(&mut v, 7, false);
+        assert_eq!(v, b"{\"count\":7,\"confirmed\":false}");
     }
 
     #[test]

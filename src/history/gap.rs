@@ -163,12 +163,6 @@ impl History {
             }
         }
     }
-
-    /// Sets a channel's head to what a repair delivered: the stream's own,
-    /// which may be a new life.
-    pub fn repaired_to(&self, room: Option<&Rc<str>>, head: Piece) {
-        self.set_head(room, Some(head));
-    }
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ impl Counter {
             return Flow::Park;
         }
         self.ctx.store.enqueue(&c.session);
-        self.counted(c, count, arrived, now, out);
+        self.counted(c, (count, true), arrived, now, out);
         Flow::Go
     }
 
@@ -220,14 +220,21 @@ impl Counter {
     }
 
     /// Appends the reply to a counted message.
-    fn counted(&self, c: &mut Conn, count: u64, arrived: Instant, now: Instant, out: &mut Vec<u8>) {
+    fn counted(
+        &self,
+        c: &mut Conn,
+        (count, confirmed): (u64, bool),
+        arrived: Instant,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
         let m = self.ctx.metrics();
         c.messages += 1;
         m.messages_total.inc();
         // The reply is under 126 bytes: a two-byte header, no allocation.
         let at = out.len();
         out.extend_from_slice(&[0x81, 0]);
-        protocol::count(out, count);
+        protocol::count(out, count, confirmed);
         out[at + 1] = (out.len() - at - 2) as u8;
         m.message_duration
             .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
@@ -256,19 +263,10 @@ impl Counter {
             }
             Commit::Unconfirmed | Commit::Failed => false,
         };
-        let now = Instant::now();
-        if confirmed {
-            self.counted(c, count, arrived, now, out);
-            return;
+        if !confirmed {
+            self.ctx.metrics().error(ErrorKind::Unconfirmed);
         }
-        self.ctx.metrics().error(ErrorKind::Unconfirmed);
-        c.messages += 1;
-        self.ctx.metrics().messages_total.inc();
-        codec::encode_text(out, protocol::count_unconfirmed(count).as_bytes());
-        self.ctx
-            .metrics()
-            .message_duration
-            .observe_ns(now.saturating_duration_since(arrived).as_nanos() as u64);
+        self.counted(c, (count, confirmed), arrived, Instant::now(), out);
     }
 }
 
