@@ -80,6 +80,10 @@ fn arrived(
         Arrival::Deliver => deliver(ctx, plane, room.as_ref(), piece, msg),
         Arrival::Duplicate | Arrival::Held => {}
         Arrival::Gap => spawn_repair(ctx, plane, room),
+        Arrival::Rewound => {
+            deliver(ctx, plane, room.as_ref(), piece, msg);
+            spawn_end_life(ctx, room, piece);
+        }
         Arrival::NewLife { first } => {
             tell(ctx, plane, room.as_ref(), Lost::EpochChanged);
             if first {
@@ -110,8 +114,18 @@ fn on_head(ctx: &Rc<Context>, plane: &Rc<Sockets>, payload: &[u8]) {
     if behind(ours, now) && h.begin_repair(None) {
         spawn_repair(ctx, plane, None);
     }
+    // A head older than what the shard delivered may be a rewound stream,
+    // or only a read that crossed a live broadcast on another connection:
+    // the probe reads again and tells the two apart.
+    let again = rewound(ours, now);
     let (ctx, plane) = (ctx.clone(), plane.clone());
-    glommio::spawn_local(async move { probe_rooms(&ctx, &plane).await }).detach();
+    glommio::spawn_local(async move {
+        if again {
+            probe(&ctx, &plane, None).await;
+        }
+        probe_rooms(&ctx, &plane).await
+    })
+    .detach();
 }
 
 /// Whether a stream whose head is `now` has broadcasts the shard, at
@@ -122,6 +136,44 @@ fn behind(ours: Piece, now: Piece) -> bool {
         (a, b) if a == b => now.offset > ours.offset,
         _ => true,
     }
+}
+
+/// Whether a stream whose head is `now` lacks broadcasts the shard, at
+/// `ours`, delivered in the same life: Redis lost its newest writes.
+fn rewound(ours: Piece, now: Piece) -> bool {
+    ours.epoch.is_some() && ours.epoch == now.epoch && now.offset < ours.offset
+}
+
+/// Ends the life of a channel's stream that lacks what the shard
+/// delivered (`seen`, of the rewound life) on a task of its own: its
+/// offsets now name different broadcasts in different copies, so the
+/// next publish starts a new life, and every reader is told
+/// (`epoch_changed`) when it reaches them. One shard that saw the loss is
+/// enough; the script leaves a later life alone.
+fn spawn_end_life(ctx: &Rc<Context>, room: Chan, seen: Piece) {
+    let Some(epoch) = seen.epoch else { return };
+    let ctx = ctx.clone();
+    glommio::spawn_local(async move {
+        let r = room.as_deref();
+        match ctx.history.end_life(ctx.redis(), room.as_ref(), epoch).await {
+            Ok(ended) => {
+                if ended {
+                    ctx.metrics().history_rewound_total.inc();
+                }
+                tracing::warn!(
+                    room = r,
+                    delivered = %seen.offset,
+                    ended,
+                    "the stream lacks broadcasts this shard delivered (Redis lost its newest \
+                     writes); its life is ended, and its readers will be told"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(room = r, error = %e, "a rewound stream's life not ended; the next probe tries again")
+            }
+        }
+    })
+    .detach();
 }
 
 /// Delivers a broadcast the channel's order allows: its frame (with each
@@ -233,6 +285,14 @@ async fn repair(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
             }
         };
         match read.lost {
+            Some(Lost::Rewound) => {
+                // The stream lost what the shard delivered: its life is
+                // ended, and what it has after its own head now still goes
+                // out (the next round reads it from there).
+                spawn_end_life(ctx, room.clone(), from);
+                h.set_head(r, read.head);
+                continue;
+            }
             Some(Lost::EpochChanged) => {
                 tell(ctx, plane, r, Lost::EpochChanged);
                 // The new life is read from its start on the next round.
@@ -331,12 +391,19 @@ async fn probe_rooms(ctx: &Rc<Context>, plane: &Rc<Sockets>) {
 async fn probe(ctx: &Rc<Context>, plane: &Rc<Sockets>, room: Chan) {
     let h = &ctx.history;
     let r = room.as_ref();
-    if h.head(r).is_none() || h.repairing(r) {
+    let Some(sent) = h.head(r).filter(|_| !h.repairing(r)) else {
         return;
-    }
+    };
     let Ok(now) = h.read_head(ctx.redis(), r).await else {
         return;
     };
+    // Against what the shard had delivered before the read went out: all
+    // of that was in Redis already (appended before it was published);
+    // what came live while the read was out may be newer than its answer.
+    if rewound(sent, now) {
+        spawn_end_life(ctx, room, sent);
+        return;
+    }
     if !h.head(r).is_some_and(|ours| behind(ours, now)) {
         return;
     }

@@ -204,6 +204,7 @@ pub struct ShardMetrics {
     pub history_gaps_total: Cell,
     pub history_gap_recovered_total: Cell,
     pub history_gaps_unrecoverable_total: Cell,
+    pub history_rewound_total: Cell,
     pub errors: [Cell; ErrorKind::ALL.len()],
     pub denials: [Cell; Denial::ALL.len()],
     pub closes: [Cell; CLOSE_CODES.len() + 1],
@@ -340,7 +341,7 @@ type Single = (
     fn(&ShardMetrics) -> u64,
 );
 
-const SUMMED: [Single; 20] = [
+const SUMMED: [Single; 21] = [
     (
         "ws_connections_active",
         GAUGE,
@@ -424,6 +425,12 @@ const SUMMED: [Single; 20] = [
         COUNTER,
         "Times a live channel's sockets were told broadcasts are gone (unrecovered frame).",
         |s| s.history_gaps_unrecoverable_total.get(),
+    ),
+    (
+        "ws_history_rewound_total",
+        COUNTER,
+        "Streams found to lack broadcasts this shard delivered (Redis lost its newest writes), whose life was ended.",
+        |s| s.history_rewound_total.get(),
     ),
     (
         "redis_commands_total",

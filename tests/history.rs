@@ -459,3 +459,88 @@ fn a_stream_lost_under_live_sockets_is_told_by_its_epoch() {
     );
     assert_eq!(s.metric("ws_history_gaps_unrecoverable_total"), 1.0);
 }
+
+/// The next frame that is not a heartbeat.
+fn next_frame(c: &mut Client) -> serde_json::Value {
+    loop {
+        let v = c.recv().json();
+        if v.get("ts").is_none() {
+            return v;
+        }
+    }
+}
+
+/// Redis losing its newest writes, as a failover to a replica that had not
+/// got them does (here by hand: the newest entry deleted and the head set
+/// back to the one before): a client whose token is past the stream's head
+/// is told `rewound`; the shard that delivered the lost one sees the next
+/// broadcast name an older predecessor and ends the stream's life; from
+/// then on every reader, live or coming back with a token from before the
+/// loss, is told `epoch_changed`. Never a silent gap, never one offset for
+/// two broadcasts.
+#[test]
+fn a_stream_that_lost_its_newest_writes_starts_a_new_life() {
+    let redis = Redis::start();
+    let s = server(&redis, "plain", &[]);
+    let (mut live, _) = s.connect("room=rw");
+    let sent: Vec<serde_json::Value> = (0..3)
+        .map(|i| publish(&s, json!({ "message": format!("m{i}"), "room": "rw" })))
+        .collect();
+    let got: Vec<serde_json::Value> = (0..3).map(|_| next_broadcast_frame(&mut live)).collect();
+    let token = |f: &serde_json::Value| f["position"].as_str().unwrap().to_string();
+    let epoch = sent[0]["epoch"].as_str().unwrap();
+    let (stream, head) = ("{shardcast:room:rw}:h", "{shardcast:room:rw}:e");
+    redis.cli(&["XDEL", stream, sent[2]["offset"].as_str().unwrap()]);
+    let behind = format!("{epoch}:{}", sent[1]["offset"].as_str().unwrap());
+    redis.cli(&["SET", head, &behind, "PX", "3600000"]);
+
+    let (mut ahead, w) = s.connect(&format!("room=rw&position={}", token(&got[2])));
+    assert_eq!(w["recovered"], false, "{w}");
+    assert_eq!(
+        next_frame(&mut ahead),
+        json!({ "unrecovered": { "room": "rw", "reason": "rewound" } })
+    );
+
+    // Its predecessor is m1, older than m2 which the live socket's shard
+    // delivered: that shard ends the stream's life.
+    let m3 = publish(&s, json!({ "message": "m3", "room": "rw" }));
+    assert_eq!(
+        m3["epoch"], sent[0]["epoch"],
+        "the rewound life goes on until ended"
+    );
+    assert_eq!(next_broadcast_frame(&mut live)["offset"], m3["offset"]);
+    assert_eq!(next_broadcast_frame(&mut ahead)["offset"], m3["offset"]);
+    wait_for(
+        "the rewound life to be ended",
+        Duration::from_secs(10),
+        || (redis.cli(&["EXISTS", head]).trim() == "0").then_some(()),
+    );
+    assert_eq!(s.metric("ws_history_rewound_total"), 1.0);
+
+    // A client from before the loss (it had m0) cannot be given m1 and m2
+    // as one life: it is told.
+    let (mut before, w) = s.connect(&format!("room=rw&position={}", token(&got[0])));
+    assert_eq!(w["recovered"], false, "{w}");
+    assert_eq!(
+        next_frame(&mut before),
+        json!({ "unrecovered": { "room": "rw", "reason": "epoch_changed" } })
+    );
+
+    let m4 = publish(&s, json!({ "message": "m4", "room": "rw" }));
+    assert_ne!(m4["epoch"], sent[0]["epoch"], "a new life");
+    for c in [&mut live, &mut ahead] {
+        assert_eq!(
+            next_frame(c),
+            json!({ "unrecovered": { "room": "rw", "reason": "epoch_changed" } })
+        );
+        let f = next_broadcast_frame(c);
+        assert_eq!((&f["offset"], &f["epoch"]), (&m4["offset"], &m4["epoch"]));
+    }
+    // Its shard tells every socket of the room when the new life comes,
+    // this one again too (it is told at most twice, never missed).
+    let mut f = next_frame(&mut before);
+    if f.get("unrecovered").is_some() {
+        f = next_frame(&mut before);
+    }
+    assert_eq!(f["offset"], m4["offset"], "{f}");
+}

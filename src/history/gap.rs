@@ -36,6 +36,12 @@ pub enum Arrival {
     /// sockets are told; then like [`Arrival::Gap`] when it is not the
     /// first of the new life, else delivered.
     NewLife { first: bool },
+    /// Next in the stream's order now, but the stream says its predecessor
+    /// is older than what the shard delivered: the stream lost broadcasts
+    /// the shard delivered (Redis lost its newest writes). Deliver it, and
+    /// end the stream's life: its offsets no longer name one broadcast
+    /// each.
+    Rewound,
 }
 
 /// A broadcast held while its channel is repaired.
@@ -111,11 +117,14 @@ impl History {
             }
             return Arrival::Duplicate;
         }
-        if prev == Some(head.offset) {
-            return Arrival::Deliver;
+        match prev {
+            Some(p) if p == head.offset => Arrival::Deliver,
+            Some(p) if p < head.offset => Arrival::Rewound,
+            _ => {
+                hold(&mut repairs);
+                Arrival::Gap
+            }
         }
-        hold(&mut repairs);
-        Arrival::Gap
     }
 
     /// Marks `room`'s channel as under repair (a probe found its stream
@@ -233,6 +242,18 @@ mod tests {
         h.set_head(None, None);
         assert_eq!(h.arrive(None, at(1, 1), None, "first"), Arrival::Deliver);
         assert_eq!(h.arrive(None, at(1, 3), off(2), "skip"), Arrival::Gap);
+    }
+
+    #[test]
+    fn a_predecessor_older_than_what_was_delivered_is_a_rewound_stream() {
+        let h = history();
+        h.on_live(None, at(1, 5), "a");
+        h.on_live(None, at(1, 6), "b");
+        // The stream lost 6 (and maybe 5): what comes next names 4.
+        assert_eq!(h.arrive(None, at(1, 9), off(4), "c"), Arrival::Rewound);
+        assert!(!h.repairing(None), "nothing to read back: it is delivered");
+        h.on_live(None, at(1, 9), "c");
+        assert_eq!(h.arrive(None, at(1, 10), off(9), "d"), Arrival::Deliver);
     }
 
     #[test]

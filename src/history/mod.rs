@@ -38,7 +38,7 @@ pub use position::{Epoch, Offset, OffsetError, Piece, Position, PositionError};
 pub use position::{POSITION_PARAM, SINCE_PARAM};
 pub use scripts::Lost;
 use scripts::{head_key, read_publish, read_recovery, slot, stream_key, text};
-use scripts::{PUBLISH_SCRIPT, RECOVER_SCRIPT};
+use scripts::{END_LIFE_SCRIPT, PUBLISH_SCRIPT, RECOVER_SCRIPT};
 
 /// Live messages a shard keeps while recoveries run. A recovery that
 /// outlives this many arrivals reports what it could not give, never a gap.
@@ -166,6 +166,7 @@ pub struct History {
     replicas: Rc<Replicas>,
     publish: redis::Script,
     recover: redis::Script,
+    end_life: redis::Script,
     bridge: RefCell<Bridge>,
     /// The newest piece this shard heard of on each channel: read from
     /// Redis when it started to hear the channel, then each message
@@ -205,6 +206,7 @@ impl History {
             replicas,
             publish: redis::Script::new(PUBLISH_SCRIPT),
             recover: redis::Script::new(RECOVER_SCRIPT),
+            end_life: redis::Script::new(END_LIFE_SCRIPT),
             bridge: RefCell::new(Bridge::default()),
             heads: RefCell::new(HashMap::new()),
             max_heads: max_rooms.saturating_mul(2).max(16),
@@ -223,10 +225,11 @@ impl History {
     /// replies they produce.
     pub fn init_commands() -> (Vec<u8>, usize) {
         let mut out = Vec::new();
-        for s in [PUBLISH_SCRIPT, RECOVER_SCRIPT] {
+        let scripts = [PUBLISH_SCRIPT, RECOVER_SCRIPT, END_LIFE_SCRIPT];
+        for s in scripts {
             out.extend(redis::cmd("SCRIPT").arg("LOAD").arg(s).get_packed_command());
         }
-        (out, 2)
+        (out, scripts.len())
     }
 
     /// The key whose value a fresh subscription reads first: the global
@@ -301,6 +304,26 @@ impl History {
         let cmd = redis::cmd("GET").arg(head_key(&channel)).clone();
         let v = redis.query(Some(slot(&channel)), &cmd).await?;
         Ok(text(&v).and_then(Piece::parse_head).unwrap_or_default())
+    }
+
+    /// Ends the life of `room`'s stream, found rewound at `epoch` (it lacks
+    /// broadcasts this shard delivered), unless a later life began already.
+    /// True when this call ended it.
+    pub async fn end_life(
+        &self,
+        redis: &rds::Redis,
+        room: Option<&Rc<str>>,
+        epoch: Epoch,
+    ) -> Result<bool, RedisError> {
+        let channel = channel_of(room.map(|r| &**r));
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.end_life.get_hash())
+            .arg(2)
+            .arg(stream_key(&channel))
+            .arg(head_key(&channel))
+            .arg(epoch.to_string());
+        let v = redis.query(Some(slot(&channel)), &cmd).await?;
+        Ok(rds::as_u64(&v) == Some(1))
     }
 
     /// The position of a socket on `room` (and the global channel) that
@@ -509,9 +532,10 @@ impl History {
                     if let Some(why) = read.lost {
                         out.lost.push((chan.cloned(), why));
                     }
-                    if read.lost == Some(Lost::EpochChanged) {
-                        // Another life: the client refetches its state,
-                        // and is at the new life's head.
+                    if matches!(read.lost, Some(Lost::EpochChanged | Lost::Rewound)) {
+                        // Another life, or one that lost what the client
+                        // had: the client refetches its state, and is at
+                        // the stream's head.
                         read.head.unwrap_or_default()
                     } else {
                         let epoch = read.head.and_then(|h| h.epoch);

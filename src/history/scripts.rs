@@ -94,7 +94,9 @@ return {id, epoch, n}
 /// then), ttl ms, limit. Returns {status, head or false, entries}; status
 /// is `ok`, `epoch_changed` (the stream is another life than the
 /// client's), `trimmed` (entries after the offset were trimmed, expired or
-/// lost) or `expired` (a `since` older than the ttl, with no stream).
+/// lost), `rewound` (the offset is past the head of the client's epoch:
+/// the stream lost entries the client had) or `expired` (a `since` older than the ttl,
+/// with no stream).
 pub const RECOVER_SCRIPT: &str = r#"
 local key, headkey = KEYS[1], KEYS[2]
 local sms, sseq = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -113,6 +115,13 @@ if not epoch then
     if now - sms >= ttl then return {'expired', false, {}} end
   end
   return {'ok', false, {}}
+end
+if want ~= '' and want ~= '*' then
+  local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+  lms, lseq = tonumber(lms), tonumber(lseq)
+  if sms > lms or (sms == lms and sseq > lseq) then
+    return {'rewound', head, {}}
+  end
 end
 if redis.call('EXISTS', key) == 0 then
   if last == since then return {'ok', head, {}} end
@@ -135,6 +144,22 @@ end
 return {status, head, got}
 "#;
 
+/// Ends a stream's life when a shard found it rewound (it lacks entries
+/// the shard delivered: Redis lost its newest writes in a failover to a
+/// replica that had not got them, or a restart from an older copy). Its
+/// offsets now name different broadcasts in different copies, so no
+/// position of that epoch can be trusted: the stream and its head go, and
+/// the next publish starts a new life that every reader is told of. Only
+/// while the head is still of the epoch found rewound (ARGV[1]): a later
+/// life is left alone. KEYS: the stream, the head. Returns 1 if it ended
+/// the life, else 0.
+pub const END_LIFE_SCRIPT: &str = r#"
+local head = redis.call('GET', KEYS[2])
+if not head or string.match(head, '^(%x+):') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"#;
+
 /// Why a recovery could not give a channel everything it missed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lost {
@@ -150,6 +175,10 @@ pub enum Lost {
     /// More live broadcasts came during the recovery than the shard keeps
     /// for it.
     Overflow,
+    /// The position is past the stream's head: the stream lost broadcasts
+    /// the client had (Redis lost its newest writes in a failover or a
+    /// restart from an older copy).
+    Rewound,
 }
 
 impl Lost {
@@ -159,6 +188,7 @@ impl Lost {
             Lost::Trimmed => "trimmed",
             Lost::Unavailable => "unavailable",
             Lost::Overflow => "overflow",
+            Lost::Rewound => "rewound",
         }
     }
 }
@@ -187,6 +217,7 @@ pub fn read_recovery(reply: &Value) -> Result<Read, RedisError> {
         Some("ok") => None,
         Some("epoch_changed") => Some(Lost::EpochChanged),
         Some("trimmed" | "expired") => Some(Lost::Trimmed),
+        Some("rewound") => Some(Lost::Rewound),
         _ => return Err(RedisError::Reply(format!("recover status {status:?}"))),
     };
     let head = text(head).and_then(Piece::parse_head);
