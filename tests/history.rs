@@ -544,3 +544,51 @@ fn a_stream_that_lost_its_newest_writes_starts_a_new_life() {
     }
     assert_eq!(f["offset"], m4["offset"], "{f}");
 }
+
+/// A subscription that dies without a word (a proxy drops what Redis sends
+/// on it, and the connection stays open: no RST, no FIN): the probe finds
+/// each channel's stream ahead of what the shard delivered and reads the
+/// gap back, so the sockets behind that shard get every broadcast, in
+/// order, without reconnecting.
+#[test]
+fn a_subscription_that_dies_without_a_word_is_caught_by_the_probe() {
+    use common::blackhole::Blackhole;
+    const MESSAGES: usize = 200;
+    let redis = Redis::start();
+    let hole = Blackhole::start(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let behind = Server::builder_url(&format!("redis://{}", hole.addr), true)
+        .shards(2)
+        .arg("--history-probe-interval", "300ms")
+        .start();
+    let direct = server(&redis, "plain", &[]);
+    let followers: Vec<_> = (0..4)
+        .map(|i| {
+            let in_room = i % 2 == 0;
+            let f = follow(
+                vec![behind.addr],
+                in_room.then(|| "quiet".to_string()),
+                None,
+            );
+            (in_room, f)
+        })
+        .collect();
+    wait_for("the shards to subscribe", Duration::from_secs(10), || {
+        (hole.subscribers() >= 2).then_some(())
+    });
+    let mut published = Vec::new();
+    for i in 0..MESSAGES {
+        if i == MESSAGES / 4 {
+            hole.silence();
+        }
+        let room = (i % 2 == 1).then_some("quiet");
+        let r = publish(&direct, json!({ "message": format!("m{i}"), "room": room }));
+        published.push((offset(&r["offset"]), room.is_some()));
+    }
+    let followed = end_and_join(direct.addr, "quiet", &mut published, followers);
+    assert_eq!(followed.iter().map(|(_, f)| f.reconnects).sum::<usize>(), 0);
+    let checked = check_followed(&published, &followed);
+    let gaps = behind.metric("ws_history_gaps_total");
+    let filled = behind.metric("ws_history_gap_recovered_total");
+    assert!(gaps >= 1.0, "no gap was found: the silence was not met");
+    eprintln!("silent subscription: {checked} deliveries checked; the probe found {gaps} gaps and read {filled} broadcasts back");
+}

@@ -15,6 +15,7 @@ use serde_json::Value;
 pub use shardcast_kit::process::*;
 pub use shardcast_kit::redis::*;
 
+pub mod blackhole;
 pub mod mem;
 
 /// The session id of a welcome frame.
