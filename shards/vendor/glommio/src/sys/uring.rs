@@ -1939,11 +1939,17 @@ impl Reactor {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
             if let Some(dur) = user_timer {
+                // The armed timer counts only while it is still in flight:
+                // one that fired was consumed by the `consume_rings!` above
+                // (after this call's first check), and trusting its
+                // deadline then would sleep with no timer at all, until
+                // some I/O came.
                 let due = std::time::Instant::now() + dur;
-                let armed_in_time = self
-                    .latency_preemption_deadline
-                    .get()
-                    .is_some_and(|d| d <= due);
+                let armed_in_time = !self.latency_timer_fired()
+                    && self
+                        .latency_preemption_deadline
+                        .get()
+                        .is_some_and(|d| d <= due);
                 if !armed_in_time {
                     drop(self.latency_preemption_timeout_src.take());
                     self.latency_preemption_timeout_src
