@@ -237,6 +237,17 @@ pub struct Config {
     /// Largest message (all fragments together) a client may send.
     #[arg(long, env = "SHARDCAST_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
     pub max_message_bytes: usize,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it. Each
+    /// message is compressed on its own (no context kept between messages),
+    /// so an idle socket holds no compression state, and a broadcast is
+    /// compressed once per shard.
+    #[arg(long, env = "SHARDCAST_PERMESSAGE_DEFLATE", default_value_t = false, action = ArgAction::Set)]
+    pub permessage_deflate: bool,
+    /// With permessage-deflate, frames with fewer bytes than this go
+    /// uncompressed (a count reply, a heartbeat): compressing them saves
+    /// nothing.
+    #[arg(long, env = "SHARDCAST_DEFLATE_MIN_BYTES", default_value_t = 128)]
+    pub deflate_min_bytes: usize,
     /// Open connections per shard; more get `503`.
     #[arg(long, env = "SHARDCAST_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,

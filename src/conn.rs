@@ -129,6 +129,8 @@ async fn conformance_echo(
     let Some(fd) = crate::ws::socket::take_fd(stream) else {
         return;
     };
-    let first = crate::ws::handshake::accept_response(&accept);
-    echo.adopt(conn, fd, rest, &first, slot);
+    let agreed = crate::ws::handshake::deflate(&req, slot.ctx().cfg().permessage_deflate);
+    let first = crate::ws::handshake::accept_response(&accept, agreed.as_ref());
+    let mode = agreed.map_or(Default::default(), |a| a.mode);
+    echo.adopt(conn, fd, rest, &first, mode, slot);
 }

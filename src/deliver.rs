@@ -10,8 +10,14 @@ use crate::context::Context;
 use crate::history::{Arrival, Chan, Lost, Piece};
 use crate::protocol::{self, BusEvent};
 use crate::pubsub::Target;
-use crate::ws::codec;
+use crate::ws::codec::TextFrame;
 use crate::ws::counter::{Conn, Sockets};
+
+thread_local! {
+    /// A global broadcast's frames, one per room with members here.
+    static SCRATCH: std::cell::Cell<std::collections::HashMap<Chan, TextFrame>> =
+        std::cell::Cell::new(std::collections::HashMap::new());
+}
 
 /// How long a probe that found the stream ahead of the shard waits for the
 /// broadcast that may be on its way before it takes it for a gap.
@@ -38,9 +44,8 @@ pub fn on_bus_event(ctx: &Rc<Context>, plane: &Rc<Sockets>, target: Target<'_>, 
         let offset = event.offset.and_then(|o| o.parse().ok());
         let Some(offset) = offset else {
             // History off: the frame of before, one for all.
-            let mut frame = Vec::new();
             let text = protocol::broadcast(&msg, None, room.as_deref(), false);
-            codec::encode_text(&mut frame, text.as_bytes());
+            let frame = TextFrame::new(text.as_bytes(), plane.limits().deflate_min);
             let n = send(ctx, plane, room.as_ref(), &[], |_| &frame);
             ctx.metrics().broadcasts_delivered_total.add(n);
             return;
@@ -184,18 +189,18 @@ fn deliver(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, piece: Piece,
     // Sockets that recovered this one already (rare, and brief).
     let skip = h.skip(room, piece);
     h.on_live(room, piece, msg);
+    let min = plane.limits().deflate_min;
     let encode = |other: Option<&Rc<str>>| {
-        let mut frame = Vec::new();
-        let text = h.live_frame(msg, room, piece, other);
-        codec::encode_text(&mut frame, text.as_bytes());
-        frame
+        TextFrame::new(h.live_frame(msg, room, piece, other).as_bytes(), min)
     };
     let n = if room.is_some() {
         let frame = encode(None);
         send(ctx, plane, room, &skip, |_| &frame)
     } else {
-        // A frame per room with members here, and one for sockets in none.
-        let mut frames = h.take_scratch();
+        // A frame per room with members here, and one for sockets in none;
+        // the table is kept between broadcasts, not made anew each time.
+        let mut frames = SCRATCH.take();
+        frames.clear();
         frames.insert(None, encode(None));
         ctx.pubsub.for_each_room(|r| {
             frames.insert(Some(r.clone()), encode(Some(r)));
@@ -204,7 +209,8 @@ fn deliver(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, piece: Piece,
         let n = send(ctx, plane, None, &skip, |c| {
             frames.get(&c.room().cloned()).unwrap_or(none)
         });
-        h.put_scratch(frames);
+        frames.clear();
+        SCRATCH.set(frames);
         n
     };
     let m = ctx.metrics();
@@ -228,9 +234,8 @@ fn tell(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, why: Lost) {
         reason = why.as_str(),
         "broadcasts lost on a live channel; its sockets are told"
     );
-    let mut frame = Vec::new();
     let text = protocol::unrecovered(room.map(|r| &**r), why);
-    codec::encode_text(&mut frame, text.as_bytes());
+    let frame = TextFrame::new(text.as_bytes(), plane.limits().deflate_min);
     send(ctx, plane, room, &[], |_| &frame);
 }
 
@@ -242,7 +247,7 @@ fn send<'f>(
     plane: &Sockets,
     room: Option<&Rc<str>>,
     skip: &[u64],
-    frame: impl Fn(&Conn) -> &'f [u8],
+    frame: impl Fn(&Conn) -> &'f TextFrame,
 ) -> u64 {
     match room {
         Some(r) => {

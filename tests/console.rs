@@ -79,6 +79,7 @@ fn start_second_server(redis: &Redis, port: u16) -> (Reaped, u32) {
         .args(["--redis-url", &redis.url()])
         .args(["--shards", "2", "--pin", "false", "--log-level", "info"])
         .args(["--color", "green", "--heartbeat-interval", "1s"])
+        .args(["--permessage-deflate", "true"])
         .args(["--api-key", TEST_API_KEY, "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -114,6 +115,7 @@ fn console_in_a_real_browser() {
         .arg("--color", "blue")
         .arg("--heartbeat-interval", "1s")
         .arg("--shutdown-grace", "5s")
+        .arg("--permessage-deflate", "true")
         .start();
 
     // The page itself, as any client sees it.

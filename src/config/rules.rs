@@ -131,6 +131,9 @@ pub(crate) static RULES: &[Rule] = &[
     Rule::of("drain_retry_after", |c| {
         duration(c.drain_retry_after, Zero::Off, Duration::ZERO)
     }),
+    Rule::of("deflate_min_bytes", |c| {
+        at_most(c.deflate_min_bytes, 64 << 20)
+    }),
     Rule::of("max_message_bytes", |c| {
         between(c.max_message_bytes, 125, 64 << 20)
     }),

@@ -23,7 +23,7 @@ pub mod gap;
 pub mod position;
 pub mod scripts;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -181,8 +181,6 @@ pub struct History {
     /// connections), and must not reach that socket twice. In the order
     /// they were set, with when.
     floors: RefCell<Vec<(u64, Chan, Piece, Instant)>>,
-    /// Frames encoded for a global broadcast, per room: scratch, kept.
-    scratch: Cell<Option<HashMap<Chan, Vec<u8>>>>,
     /// Channels whose gap is being read back, and what they hold meanwhile.
     repairs: RefCell<HashMap<Chan, gap::Repair>>,
     /// Rooms whose head was read from Redis at a join, not delivered here:
@@ -211,7 +209,6 @@ impl History {
             heads: RefCell::new(HashMap::new()),
             max_heads: max_rooms.saturating_mul(2).max(16),
             floors: RefCell::new(Vec::new()),
-            scratch: Cell::new(None),
             repairs: RefCell::new(HashMap::new()),
             tentative: RefCell::new(std::collections::HashSet::new()),
         }
@@ -478,18 +475,6 @@ impl History {
         }
         let position = Position { channels }.token();
         protocol::broadcast(message, Some((piece, &position)), room.map(|r| &**r), false)
-    }
-
-    /// Scratch space for a global broadcast's frames, one per room, kept
-    /// between broadcasts so its table is not made anew each time.
-    pub fn take_scratch(&self) -> HashMap<Chan, Vec<u8>> {
-        let mut m = self.scratch.take().unwrap_or_default();
-        m.clear();
-        m
-    }
-
-    pub fn put_scratch(&self, m: HashMap<Chan, Vec<u8>>) {
-        self.scratch.set(Some(m));
     }
 
     /// What a socket on the global channel and `room` missed since what it

@@ -8,7 +8,9 @@
 
 use std::io::Cursor;
 
-use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+pub use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+
+use super::deflate::{self, InflateError, Inflating, Mode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// A reason to close the connection, with the close code the contract names.
@@ -221,6 +223,11 @@ impl Payload for Controls {
 #[derive(Debug)]
 pub struct Decoder<P: Payload = Controls> {
     max_message: usize,
+    /// permessage-deflate was agreed: a message's first frame may set RSV1.
+    deflate: bool,
+    /// The message in progress is compressed: its inflater (from the
+    /// shard's pool, only while it arrives).
+    inflating: Option<Inflating>,
     frame: Option<DataFrame>,
     /// A message is in progress (a first fragment arrived, no final yet).
     in_message: bool,
@@ -243,6 +250,8 @@ impl<P: Payload> Decoder<P> {
     pub fn with(max_message: usize, payload: P) -> Self {
         Self {
             max_message,
+            deflate: false,
+            inflating: None,
             frame: None,
             in_message: false,
             text: true,
@@ -256,6 +265,11 @@ impl<P: Payload> Decoder<P> {
         &mut self.payload
     }
 
+    /// permessage-deflate was agreed for this socket.
+    pub fn allow_deflate(&mut self) {
+        self.deflate = true;
+    }
+
     /// Decodes from `buf` (bytes received and not yet consumed). Returns the
     /// event, if one completed, and how many bytes were consumed. Payload bytes
     /// are unmasked in place. `(None, 0)` means: read more.
@@ -264,10 +278,28 @@ impl<P: Payload> Decoder<P> {
             let take = (f.remaining.min(buf.len() as u64)) as usize;
             let chunk = &mut buf[..take];
             unmask(chunk, f.mask, f.offset);
-            if self.text {
-                self.utf8.push(chunk)?;
+            match &mut self.inflating {
+                Some(inflating) => {
+                    let (text, utf8, payload) = (self.text, &mut self.utf8, &mut self.payload);
+                    let mut bad = Ok(());
+                    let mut piece = |b: &[u8]| {
+                        if text && bad.is_ok() {
+                            bad = utf8.push(b);
+                        }
+                        payload.piece(b, !text);
+                    };
+                    inflating
+                        .feed(chunk, self.max_message, &mut piece)
+                        .map_err(inflate_error)?;
+                    bad?;
+                }
+                None => {
+                    if self.text {
+                        self.utf8.push(chunk)?;
+                    }
+                    self.payload.piece(chunk, !self.text);
+                }
             }
-            self.payload.piece(chunk, !self.text);
             f.offset += take;
             f.remaining -= take as u64;
             if f.remaining > 0 {
@@ -291,7 +323,9 @@ impl<P: Payload> Decoder<P> {
             Err(_) => return Err(WsError::Protocol("reserved opcode")),
         };
         let head = cur.position() as usize;
-        if header.rsv1 || header.rsv2 || header.rsv3 {
+        // RSV1 marks a compressed message, on its first frame only.
+        let first_data = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !(self.deflate && first_data)) {
             return Err(WsError::Protocol("reserved bits set"));
         }
         let Some(mask) = header.mask else {
@@ -302,6 +336,9 @@ impl<P: Payload> Decoder<P> {
             OpCode::Data(data) => data,
         };
         self.start_frame(data, header.is_final, len, mask)?;
+        if header.rsv1 {
+            self.inflating = Some(Inflating::start());
+        }
         if len == 0 {
             self.frame = None;
             return Ok((self.finish_frame(header.is_final)?, head));
@@ -355,6 +392,20 @@ impl<P: Payload> Decoder<P> {
             return Ok(None);
         }
         self.in_message = false;
+        if let Some(mut inflating) = self.inflating.take() {
+            let (text, utf8, payload) = (self.text, &mut self.utf8, &mut self.payload);
+            let mut bad = Ok(());
+            let mut piece = |b: &[u8]| {
+                if text && bad.is_ok() {
+                    bad = utf8.push(b);
+                }
+                payload.piece(b, !text);
+            };
+            inflating
+                .finish(self.max_message, &mut piece)
+                .map_err(inflate_error)?;
+            bad?;
+        }
         if self.text {
             self.utf8.finish()?;
         }
@@ -364,6 +415,13 @@ impl<P: Payload> Decoder<P> {
         } else {
             Event::Binary
         }))
+    }
+}
+
+fn inflate_error(e: InflateError) -> WsError {
+    match e {
+        InflateError::Corrupt => WsError::Protocol("invalid compressed data"),
+        InflateError::TooBig => WsError::TooBig,
     }
 }
 
@@ -418,9 +476,15 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
 
 /// Appends an unmasked server frame.
 pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    encode_with(out, opcode, payload, false);
+}
+
+/// Appends an unmasked server frame whose payload is `payload` as it goes
+/// on the wire: compressed (RSV1 set) when `compressed`.
+pub fn encode_with(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], compressed: bool) {
     let header = FrameHeader {
         is_final: true,
-        rsv1: false,
+        rsv1: compressed,
         rsv2: false,
         rsv3: false,
         opcode,
@@ -433,6 +497,60 @@ pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 
 pub fn encode_text(out: &mut Vec<u8>, payload: &[u8]) {
     encode(out, OpCode::Data(Data::Text), payload);
+}
+
+/// Appends a data frame for a socket that agreed `mode` of
+/// permessage-deflate: compressed when it did and the payload has at
+/// least `min` bytes, else as it is.
+pub fn encode_for(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mode: Mode, min: usize) {
+    if !mode.on() || payload.len() < min {
+        return encode(out, opcode, payload);
+    }
+    let mut packed = Vec::with_capacity(payload.len() / 2 + 16);
+    deflate::compress(payload, mode, &mut packed);
+    encode_with(out, opcode, &packed, true);
+}
+
+/// One text message for many sockets: encoded once as it is, and once
+/// compressed per deflate mode, only when a socket of that mode takes it.
+#[derive(Debug)]
+pub struct TextFrame {
+    /// The frame as it is; its payload is the text.
+    plain: Vec<u8>,
+    len: usize,
+    min: usize,
+    packed: [std::cell::OnceCell<Vec<u8>>; 2],
+}
+
+impl TextFrame {
+    /// `text`, compressed for the sockets that agreed to it when it has at
+    /// least `min` bytes.
+    pub fn new(text: &[u8], min: usize) -> Self {
+        let mut plain = Vec::with_capacity(text.len() + 10);
+        encode_text(&mut plain, text);
+        Self {
+            plain,
+            len: text.len(),
+            min,
+            packed: Default::default(),
+        }
+    }
+
+    /// The frame's bytes for a socket of `mode`.
+    pub fn for_mode(&self, mode: Mode) -> &[u8] {
+        let slot = match mode {
+            Mode::Off => return &self.plain,
+            _ if self.len < self.min => return &self.plain,
+            Mode::Full => 0,
+            Mode::HuffmanOnly => 1,
+        };
+        self.packed[slot].get_or_init(|| {
+            let text = &self.plain[self.plain.len() - self.len..];
+            let mut f = Vec::new();
+            encode_for(&mut f, OpCode::Data(Data::Text), text, mode, 0);
+            f
+        })
+    }
 }
 
 pub fn encode_ping(out: &mut Vec<u8>, payload: &[u8]) {
@@ -469,7 +587,15 @@ mod tests {
 
     /// Feeds `bytes` in pieces of `step` and collects events or the error.
     fn run(bytes: &[u8], step: usize, max: usize) -> Result<Vec<Event>, WsError> {
-        let mut d = Decoder::new(max);
+        run_with(Decoder::new(max), bytes, step).map(|(ev, _)| ev)
+    }
+
+    /// [`run`] with a given decoder; also returns the decoder.
+    fn run_with(
+        mut d: Decoder,
+        bytes: &[u8],
+        step: usize,
+    ) -> Result<(Vec<Event>, Decoder), WsError> {
         let mut buf: Vec<u8> = Vec::new();
         let mut out = vec![];
         for piece in bytes.chunks(step) {
@@ -484,7 +610,90 @@ mod tests {
                 }
             }
         }
-        Ok(out)
+        Ok((out, d))
+    }
+
+    fn deflated(text: &[u8]) -> Vec<u8> {
+        let mut c = Vec::new();
+        deflate::compress(text, Mode::Full, &mut c);
+        c
+    }
+
+    fn deflating(max: usize) -> Decoder {
+        let mut d = Decoder::new(max);
+        d.allow_deflate();
+        d
+    }
+
+    #[test]
+    fn a_compressed_message_in_any_split_is_one_checked_event() {
+        let text = "héllo wörld ✓ ".repeat(20);
+        let packed = deflated(text.as_bytes());
+        let bytes = frame(0xC1, &packed);
+        for step in 1..bytes.len() {
+            let (ev, _) = run_with(deflating(1024), &bytes, step).unwrap();
+            assert_eq!(ev, vec![Event::Text], "step {step}");
+        }
+        // In fragments: RSV1 on the first only.
+        let mut b = frame(0x41, &packed[..5]);
+        b.extend(frame(0x80, &packed[5..]));
+        assert_eq!(
+            run_with(deflating(1024), &b, 3).unwrap().0,
+            vec![Event::Text]
+        );
+        // A control frame's bytes come out inflated.
+        let (ev, mut d) = run_with(deflating(1024), &frame(0xC2, &deflated(b"{}")), 4).unwrap();
+        assert_eq!(ev, vec![Event::Binary]);
+        assert_eq!(d.payload_mut().take(), Some(b"{}".to_vec()));
+    }
+
+    #[test]
+    fn rsv1_is_refused_where_no_compression_was_agreed_or_allowed() {
+        let packed = deflated(b"hi");
+        let reserved = Err(WsError::Protocol("reserved bits set"));
+        assert_eq!(run(&frame(0xC1, &packed), 1, 1024), reserved);
+        let mut cont = frame(0x01, b"a");
+        cont.extend(frame(0xC0, b"b"));
+        assert_eq!(run_with(deflating(1024), &cont, 1).map(|x| x.0), reserved);
+        assert_eq!(
+            run_with(deflating(1024), &frame(0xC9, b""), 1).map(|x| x.0),
+            reserved,
+            "a ping"
+        );
+    }
+
+    #[test]
+    fn compressed_bad_text_a_bomb_and_garbage_close_the_socket() {
+        let bad = frame(0xC1, &deflated(b"ok \xff\xfe"));
+        assert_eq!(
+            run_with(deflating(1024), &bad, 2).map(|x| x.0),
+            Err(WsError::InvalidUtf8)
+        );
+        let bomb = frame(0xC1, &deflated(&vec![b'a'; 1 << 20]));
+        assert_eq!(
+            run_with(deflating(64 << 10), &bomb, 64).map(|x| x.0),
+            Err(WsError::TooBig)
+        );
+        assert_eq!(
+            run_with(deflating(1024), &frame(0xC1, &[0xff; 8]), 3).map(|x| x.0),
+            Err(WsError::Protocol("invalid compressed data"))
+        );
+    }
+
+    #[test]
+    fn a_shared_frame_is_compressed_once_per_mode_and_only_when_it_pays() {
+        let text = "{\"broadcast\":\"deploy at 18:00\"}".repeat(10);
+        let f = TextFrame::new(text.as_bytes(), 128);
+        let mut plain = Vec::new();
+        encode_text(&mut plain, text.as_bytes());
+        assert_eq!(f.for_mode(Mode::Off), &plain[..]);
+        let full = f.for_mode(Mode::Full);
+        assert_eq!(full[0], 0xC1, "FIN, RSV1, text");
+        assert!(full.len() < plain.len() / 2);
+        assert!(std::ptr::eq(full, f.for_mode(Mode::Full)), "made once");
+        assert_eq!(f.for_mode(Mode::HuffmanOnly)[0], 0xC1);
+        let short = TextFrame::new(b"{\"count\":1}", 128);
+        assert_eq!(short.for_mode(Mode::Full)[0], 0x81, "under the threshold");
     }
 
     #[test]

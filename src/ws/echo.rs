@@ -68,10 +68,11 @@ impl Handler for Echo {
         Keep::default()
     }
 
-    fn message(&self, _: &Rc<EchoSockets>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow {
+    fn message(&self, plane: &Rc<EchoSockets>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow {
         if let Some((binary, payload)) = msg.payload.take_done() {
             let op = if binary { Data::Binary } else { Data::Text };
-            codec::encode(out, OpCode::Data(op), &payload);
+            let min = plane.limits().deflate_min;
+            codec::encode_for(out, OpCode::Data(op), &payload, msg.deflate, min);
         }
         Flow::Go
     }

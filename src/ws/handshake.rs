@@ -1,6 +1,7 @@
 //! Checks an upgrade request and builds the `101` answer.
 
 use crate::http::Request;
+use crate::ws::deflate::{self, Agreed};
 
 /// Why an upgrade was refused: the status and a short reason for the body.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,9 +54,26 @@ pub fn validate(req: &Request) -> Result<String, Refusal> {
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
-/// The `101` response head.
-pub fn accept_response(accept: &str) -> Vec<u8> {
-    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+/// What the upgrade agrees of permessage-deflate, when the server offers
+/// it (`enabled`) and the request asks for it.
+pub fn deflate(req: &Request, enabled: bool) -> Option<Agreed> {
+    if !enabled {
+        return None;
+    }
+    deflate::negotiate(
+        req.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-extensions"))
+            .map(|(_, v)| v.as_str()),
+    )
+}
+
+/// The `101` response head, with the extension agreed, if any.
+pub fn accept_response(accept: &str, agreed: Option<&Agreed>) -> Vec<u8> {
+    let ext = agreed
+        .map(|a| format!("Sec-WebSocket-Extensions: {}\r\n", a.answer))
+        .unwrap_or_default();
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{ext}\r\n")
         .into_bytes()
 }
 

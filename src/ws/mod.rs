@@ -2,13 +2,14 @@
 //! a socket's upgrade (`socket`), the shard's transport (`plane`: the table
 //! of open sockets, its event loop, buffers, write queues and sweeps) and
 //! the handlers it runs (`counter`, the service; `echo`, the conformance
-//! echo), the commands a client sends on its socket (`control`), and a
+//! echo), permessage-deflate (`deflate`), the commands a client sends on its socket (`control`), and a
 //! counting socket's end (`goodbye`). Dependencies run one way: socket →
 //! counter → plane, and counter → goodbye.
 
 pub mod codec;
 pub mod control;
 pub mod counter;
+pub mod deflate;
 pub mod echo;
 pub mod goodbye;
 pub mod handshake;

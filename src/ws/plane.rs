@@ -20,7 +20,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::ws::codec::{self, Decoder, Event, Payload, WsError};
+use crate::ws::codec::{self, Decoder, Event, Payload, TextFrame, WsError};
+use crate::ws::deflate::Mode;
 use crate::ws::goodbye::Exit;
 
 /// Readiness events taken per `epoll_wait`.
@@ -65,6 +66,8 @@ pub struct Message<'a, H: Handler> {
     pub payload: &'a mut H::Payload,
     /// When the read that completed it returned.
     pub arrived: Instant,
+    /// What the socket agreed of permessage-deflate.
+    pub deflate: Mode,
 }
 
 /// What a message leads to.
@@ -109,6 +112,8 @@ struct Sock<H: Handler> {
     ended: bool,
     /// The epoll events this socket is registered for.
     interest: u32,
+    /// What the socket agreed of permessage-deflate.
+    deflate: Mode,
     opened: Instant,
     state: H::State,
 }
@@ -149,6 +154,9 @@ pub struct Limits {
     pub outbound_frames: u32,
     /// The shard's one receive buffer.
     pub read_buffer: usize,
+    /// With permessage-deflate, text frames under this many bytes go
+    /// uncompressed.
+    pub deflate_min: usize,
 }
 
 impl Limits {
@@ -158,6 +166,7 @@ impl Limits {
             max_message: cfg.max_message_bytes,
             outbound_frames: cfg.outbound_queue as u32,
             read_buffer: cfg.read_buffer_bytes,
+            deflate_min: cfg.deflate_min_bytes,
         }
     }
 }
@@ -215,6 +224,10 @@ impl<H: Handler> Plane<H> {
         &self.handler
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Open sockets in the table.
     pub fn len(&self) -> usize {
         self.socks.borrow().len()
@@ -226,20 +239,26 @@ impl<H: Handler> Plane<H> {
 
     /// Takes an upgraded socket into the table and sends `first` (the 101
     /// and what follows it) as its first bytes; `rest` is what the client
-    /// sent after its request head. From here on every frame sent to the
-    /// table reaches it, in order after `first`.
+    /// sent after its request head; `deflate` what it agreed of
+    /// permessage-deflate. From here on every frame sent to the table
+    /// reaches it, in order after `first`.
     pub fn adopt(
         self: &Rc<Self>,
         conn: u64,
         fd: OwnedFd,
         rest: Vec<u8>,
         first: &[u8],
+        deflate: Mode,
         state: H::State,
     ) {
         let now = Instant::now();
+        let mut decoder = Decoder::with(self.limits.max_message, self.handler.payload());
+        if deflate.on() {
+            decoder.allow_deflate();
+        }
         let mut sock = Box::new(Sock {
             fd,
-            decoder: Decoder::with(self.limits.max_message, self.handler.payload()),
+            decoder,
             partial: rest,
             backlog: Vec::new(),
             backlog_frames: 0,
@@ -249,6 +268,7 @@ impl<H: Handler> Plane<H> {
             waiting: false,
             ended: false,
             interest: 0,
+            deflate,
             opened: now,
             state,
         });
@@ -448,6 +468,7 @@ impl<H: Handler> Plane<H> {
                 state: &mut sock.state,
                 payload: sock.decoder.payload_mut(),
                 arrived,
+                deflate: sock.deflate,
             };
             match self.handler.message(self, msg, out) {
                 Flow::Go => {}
@@ -574,17 +595,30 @@ impl<H: Handler> Plane<H> {
     /// Sends an encoded frame to every socket but those in `skip` (sorted);
     /// returns how many took it.
     pub fn fan_out(&self, frame: &[u8], skip: &[u64]) -> u64 {
-        self.fan_out_with(skip, |_| frame)
-    }
-
-    /// The same with each socket's frame picked by `frame` from its state:
-    /// a broadcast whose frame says something of each reader's other
-    /// channels, encoded once per kind of reader, not once per socket.
-    pub fn fan_out_with<'f>(&self, skip: &[u64], frame: impl Fn(&H::State) -> &'f [u8]) -> u64 {
         let mut n = 0;
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
             if skip.is_empty() || skip.binary_search(&conn).is_err() {
-                let f = frame(&sock.state);
+                n += u64::from(self.send_frame(conn, sock, frame));
+            }
+        }
+        self.close_ended();
+        n
+    }
+
+    /// A text frame to every socket but those in `skip` (sorted), each
+    /// socket's frame picked by `frame` from its state (a broadcast whose
+    /// frame says something of each reader's other channels is encoded once
+    /// per kind of reader, not once per socket) and sent compressed to the
+    /// sockets that agreed to permessage-deflate (compressed once for all).
+    pub fn fan_out_with<'f>(
+        &self,
+        skip: &[u64],
+        frame: impl Fn(&H::State) -> &'f TextFrame,
+    ) -> u64 {
+        let mut n = 0;
+        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+            if skip.is_empty() || skip.binary_search(&conn).is_err() {
+                let f = frame(&sock.state).for_mode(sock.deflate);
                 n += u64::from(self.send_frame(conn, sock, f));
             }
         }
@@ -592,15 +626,19 @@ impl<H: Handler> Plane<H> {
         n
     }
 
-    /// Sends an encoded frame to the sockets named, each socket's frame
-    /// picked by `frame` from its state; returns how many took it.
-    pub fn send_to_with<'f>(&self, conns: &[u64], frame: impl Fn(&H::State) -> &'f [u8]) -> u64 {
+    /// A text frame to the sockets named, as [`Plane::fan_out_with`] picks
+    /// and compresses it; returns how many took it.
+    pub fn send_to_with<'f>(
+        &self,
+        conns: &[u64],
+        frame: impl Fn(&H::State) -> &'f TextFrame,
+    ) -> u64 {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
             for &conn in conns {
                 if let Some(sock) = socks.get_mut(&conn) {
-                    let f = frame(&sock.state);
+                    let f = frame(&sock.state).for_mode(sock.deflate);
                     n += u64::from(self.send_frame(conn, sock, f));
                 }
             }
@@ -870,10 +908,11 @@ mod tests {
                     max_message: 1 << 20,
                     outbound_frames,
                     read_buffer: 16 << 10,
+                    deflate_min: 128,
                 };
                 let plane = Plane::new(Probe::default(), limits).unwrap();
                 glommio::spawn_local(plane.clone().run()).detach();
-                plane.adopt(7, OwnedFd::from(ours), Vec::new(), b"", ());
+                plane.adopt(7, OwnedFd::from(ours), Vec::new(), b"", Mode::Off, ());
                 let peer = std::thread::spawn(move || client(theirs));
                 while !peer.is_finished() {
                     during(&plane);

@@ -19,7 +19,10 @@ use crate::session;
 use crate::store::OpenError;
 use crate::ws::codec;
 use crate::ws::counter::{Grant, Sockets};
+use crate::ws::deflate::{Agreed, Mode};
 use crate::ws::handshake;
+
+const TEXT: codec::OpCode = codec::OpCode::Data(codec::Data::Text);
 
 /// How long a connect waits for Redis to confirm its room's subscription.
 const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +40,8 @@ fn origin_allowed(allowed: &[String], origin: &str) -> bool {
 struct Ask {
     /// The handshake's `Sec-WebSocket-Accept`.
     accept: String,
+    /// What it agrees of permessage-deflate.
+    deflate: Option<Agreed>,
     /// The session it resumes, if it names one.
     requested: Option<uuid::Uuid>,
     room: Option<String>,
@@ -136,6 +141,7 @@ fn admit(ctx: &Context, req: &Request) -> Result<Ask, Vec<u8>> {
     });
     Ok(Ask {
         accept,
+        deflate: handshake::deflate(req, ctx.cfg().permessage_deflate),
         requested: req.param(&session::ID_PARAMS).and_then(session::parse_id),
         room,
         since,
@@ -152,6 +158,7 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     let m = ctx.metrics();
     let Ask {
         accept,
+        deflate,
         requested,
         room,
         since,
@@ -208,17 +215,21 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     }
     stream.set_nodelay(true).ok();
     tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), asked, recovered = said.recovered, missed = recovery.texts.len(), "ws open");
-    let mut first = handshake::accept_response(&accept);
-    codec::encode_text(
-        &mut first,
-        protocol::welcome(&session.id, session.count(), resumed, said).as_bytes(),
-    );
+    let mut first = handshake::accept_response(&accept, deflate.as_ref());
+    let mode = deflate.map_or(Mode::Off, |a| a.mode);
+    let min = plane.limits().deflate_min;
+    let mut text = |t: &str| codec::encode_for(&mut first, TEXT, t.as_bytes(), mode, min);
+    text(&protocol::welcome(
+        &session.id,
+        session.count(),
+        resumed,
+        said,
+    ));
     for (chan, why) in &recovery.lost {
-        let text = protocol::unrecovered(chan.as_deref(), *why);
-        codec::encode_text(&mut first, text.as_bytes());
+        text(&protocol::unrecovered(chan.as_deref(), *why));
     }
-    for text in &recovery.texts {
-        codec::encode_text(&mut first, text.as_bytes());
+    for t in &recovery.texts {
+        text(t);
     }
     let Some(fd) = take_fd(stream) else {
         m.error(ErrorKind::Io);
@@ -229,7 +240,7 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
         return;
     };
     let state = plane.handler().open(slot, session, room, grant);
-    plane.adopt(conn, fd, rest, &first, state);
+    plane.adopt(conn, fd, rest, &first, mode, state);
 }
 
 /// The descriptor the plane will own: a copy, since glommio's stream, and

@@ -436,11 +436,15 @@ pub fn client_list_has(list: &str, user: &str, cmd: &str) -> bool {
         .any(|l| l.contains(&format!(" user={user} ")) && l.contains(&format!(" cmd={cmd} ")))
 }
 
-/// A frame the server sent.
+/// A frame the server sent; a compressed one (permessage-deflate, RSV1)
+/// comes inflated, and says it was.
 #[derive(Debug, Clone)]
 pub struct Frame {
     pub opcode: u8,
     pub payload: Vec<u8>,
+    pub compressed: bool,
+    /// The payload's length on the wire (compressed, when it was).
+    pub wire: usize,
 }
 
 impl Frame {
@@ -473,13 +477,20 @@ pub fn publish_at(addr: SocketAddr, body: Value) -> Value {
 
 /// The next broadcast frame's JSON a socket receives (heartbeats skipped).
 pub fn next_broadcast_frame(c: &mut Client) -> Value {
+    next_broadcast_raw(c).json()
+}
+
+/// The next broadcast frame a socket receives, as it came (heartbeats
+/// skipped).
+pub fn next_broadcast_raw(c: &mut Client) -> Frame {
     loop {
-        let v = c.recv().json();
+        let f = c.recv();
+        let v = f.json();
         if v.get("ts").is_some() {
             continue;
         }
         assert!(v["broadcast"].is_string(), "expected a broadcast, got {v}");
-        return v;
+        return f;
     }
 }
 
@@ -727,6 +738,8 @@ pub fn check_channel(
 pub struct Client {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// The 101's head, as the server sent it.
+    pub head: String,
 }
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -800,6 +813,7 @@ impl Client {
         Ok(Client {
             stream: s,
             buf: Vec::new(),
+            head: text,
         })
     }
 
@@ -900,13 +914,55 @@ impl Client {
 fn parse_frame(b: &[u8]) -> Option<(Frame, usize)> {
     let (f, used) =
         shardcast_kit::wire::raw_frame(b).expect("server frames are unmasked and bounded")?;
+    let compressed = f.first & 0x40 != 0;
+    let wire = f.payload.len();
+    let payload = if compressed {
+        inflate(f.payload)
+    } else {
+        f.payload.to_vec()
+    };
     Some((
         Frame {
             opcode: f.first & 0x0F,
-            payload: f.payload.to_vec(),
+            payload,
+            compressed,
+            wire,
         },
         used,
     ))
+}
+
+/// A permessage-deflate message's payload, inflated: raw deflate, with the
+/// four bytes of the sync flush its sender left off put back.
+pub fn inflate(packed: &[u8]) -> Vec<u8> {
+    use miniz_oxide::inflate::stream::{inflate, InflateState};
+    use miniz_oxide::{DataFormat, MZFlush};
+    let mut state = InflateState::new_boxed(DataFormat::Raw);
+    let input = [packed, &[0x00, 0x00, 0xff, 0xff]].concat();
+    let mut out = vec![0u8; 64 << 10];
+    let mut got = Vec::new();
+    let mut rest = &input[..];
+    loop {
+        let r = inflate(&mut state, rest, &mut out, MZFlush::None);
+        got.extend_from_slice(&out[..r.bytes_written]);
+        rest = &rest[r.bytes_consumed..];
+        assert!(
+            r.status.is_ok() || (r.bytes_consumed == 0 && r.bytes_written == 0),
+            "a compressed frame that does not inflate: {:?}",
+            r.status
+        );
+        if rest.is_empty() || (r.bytes_consumed == 0 && r.bytes_written == 0) {
+            return got;
+        }
+    }
+}
+
+/// A permessage-deflate message's payload, as a client sends it.
+pub fn deflate(text: &[u8]) -> Vec<u8> {
+    let mut packed = miniz_oxide::deflate::compress_to_vec(text, 6);
+    // compress_to_vec ends the stream (a final block); RFC 7692 allows it.
+    packed.shrink_to_fit();
+    packed
 }
 
 /// A client counting in a loop on its own thread, for failover tests. Every

@@ -69,6 +69,47 @@ try {
   if (!session) throw new Error('#session is empty after connecting');
   say(`   session ${session}, resumed ${(await text('#resumed')).trim()}`);
 
+  step = '1b: permessage-deflate, negotiated by the browser itself';
+  say(step);
+  // A socket of the page's own: the browser offers permessage-deflate, the
+  // server (run with it on) takes the offer; a long message goes out
+  // compressed by the browser and is counted, and a long broadcast comes
+  // back compressed by the server and arrives whole.
+  const long = 'deflate me '.repeat(200);
+  const opened = page.evaluate((url) => new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    const got = [];
+    ws.onmessage = (e) => {
+      const v = JSON.parse(e.data);
+      got.push(v);
+      if (got.length === 1) ws.send('deflate me '.repeat(200));
+      const counted = got.some((g) => g.count === 1 && g.session_id === undefined);
+      if (counted && got.some((g) => g.broadcast !== undefined)) {
+        resolve({ ext: ws.extensions, got });
+        ws.close();
+      }
+    };
+    ws.onerror = () => reject(new Error('socket error'));
+    setTimeout(() => reject(new Error('no count and broadcast in 10 s; got ' + JSON.stringify(got))), 10_000);
+  }), base.replace(/^http/, 'ws') + '/ws/chat/');
+  let done = false;
+  opened.finally(() => { done = true; });
+  // Until the socket has one (it may open after the first).
+  while (!done) {
+    const r = await fetch(base + '/api/broadcast', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-api-key': apiKey },
+      body: JSON.stringify({ message: long }),
+    });
+    if (r.status !== 202) throw new Error(`POST /api/broadcast answered ${r.status}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const deflated = await opened;
+  if (!deflated.ext.startsWith('permessage-deflate')) throw new Error(`extensions: ${JSON.stringify(deflated.ext)}`);
+  const bc = deflated.got.find((v) => v.broadcast !== undefined);
+  if (bc.broadcast !== long) throw new Error(`the long broadcast arrived changed: ${bc.broadcast.length} chars`);
+  say(`   extensions "${deflated.ext}"; the long message counted, the long broadcast whole`);
+
   step = '2: send 3 messages';
   say(step);
   for (const m of ['one', 'two', 'three']) await send(m);
