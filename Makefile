@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down flamegraph fuzz vendor-check docker-test
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench flamegraph fuzz vendor-check docker-test
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -53,6 +53,10 @@ figures: ## Rewrite the generated figures in README.md and docs/BENCHMARKS.md fr
 scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 nodes, PUBSUB=plain|sharded, REDIS=single|cluster (needs root)
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	N=$(if $(filter file,$(origin N)),12000,$(N)) scripts/scale-test $(ARGS)
+
+deflate-bench: ## permessage-deflate on broadcasts: bytes on the wire and server CPU per delivery, without and with (N=2000 sockets, B=50 broadcasts, ROUNDS=3)
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/deflate-bench
 
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph

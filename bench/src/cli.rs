@@ -106,6 +106,9 @@ pub enum Cmd {
     /// Scale-out test of a cluster: fanout, room broadcast, resume on every
     /// node, and a node killed under traffic; exits 1 when an assertion fails.
     Scale(crate::scale::ScaleArgs),
+    /// permessage-deflate on broadcasts, against a server run with it on:
+    /// bytes on the wire and server CPU per delivery, without and with.
+    Deflate(crate::deflate::DeflateArgs),
     /// Times `/metrics` rendering in-process: SHARDS shards' cells with
     /// traffic in them, rendered ROUNDS times; prints the median, p99 and
     /// worst time per scrape and the body's size.

@@ -26,6 +26,7 @@
 
 pub mod chart;
 pub mod cli;
+pub mod deflate;
 pub mod engine;
 pub mod epoll;
 pub mod figures;

@@ -57,6 +57,10 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Suite(args) => return Ok(suite::main(args)?),
         Cmd::Figures(args) => return Ok(figures::main(&args)?),
         Cmd::Scale(args) => return scale_run(&args),
+        Cmd::Deflate(args) => {
+            shardcast_bench::deflate::main(&args).context("deflate")?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::ScaleWorker { plan } => {
             scale::worker::main(&plan).context("scale worker")?;
             return Ok(ExitCode::SUCCESS);

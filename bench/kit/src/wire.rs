@@ -34,6 +34,18 @@ pub enum WireError {
 
 /// Writes the upgrade request for `path` (which may carry a query).
 pub fn upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, session: Option<&str>) {
+    upgrade_request_with(out, host, path, session, "");
+}
+
+/// [`upgrade_request`] with more header lines (each ending in CRLF), such
+/// as an extension offer.
+pub fn upgrade_request_with(
+    out: &mut Vec<u8>,
+    host: &str,
+    path: &str,
+    session: Option<&str>,
+    extra: &str,
+) {
     let mut s = String::with_capacity(256);
     s.push_str("GET ");
     s.push_str(path);
@@ -45,7 +57,7 @@ pub fn upgrade_request(out: &mut Vec<u8>, host: &str, path: &str, session: Optio
     let _ = write!(
         s,
         " HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
     );
     out.extend_from_slice(s.as_bytes());
 }
