@@ -105,6 +105,20 @@ fn publish_all(
     Arc::try_unwrap(out).ok().unwrap().into_inner().unwrap()
 }
 
+/// [`publish_all`] on a thread of its own: how many are answered so far,
+/// and what it returns.
+fn start_publishing(
+    addrs: &[SocketAddr],
+    rooms: &Arc<Vec<String>>,
+) -> (Arc<AtomicUsize>, std::thread::JoinHandle<Published>) {
+    let done = Arc::new(AtomicUsize::new(0));
+    let publishing = std::thread::spawn({
+        let (addrs, rooms, done) = (addrs.to_vec(), rooms.clone(), done.clone());
+        move || publish_all(addrs, rooms, done)
+    });
+    (done, publishing)
+}
+
 /// Waits until the publishers are `part` of the way through.
 fn wait_published(done: &AtomicUsize, part: f64) {
     let at = (BROADCASTS as f64 * part) as usize;
@@ -247,11 +261,7 @@ fn cluster_2000_sockets_through_a_failover_and_a_cut_link_miss_nothing_untold() 
     let owners: Vec<u16> = rooms.iter().map(|r| owner_of(&cluster, r)).collect();
     let follows = followers(&addrs, &rooms);
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let publishing = std::thread::spawn({
-        let (addrs, rooms, done) = (addrs.clone(), rooms.clone(), done.clone());
-        move || publish_all(addrs, rooms, done)
-    });
+    let (done, publishing) = start_publishing(&addrs, &rooms);
     wait_published(&done, 1.0 / 3.0);
     let port = owners[0];
     let victim = cluster.nodes.iter().position(|n| n.port == port).unwrap();
@@ -328,11 +338,7 @@ fn one_redis_2000_sockets_through_a_lost_stream_and_a_cut_link_miss_nothing_unto
     let rooms: Arc<Vec<String>> = Arc::new((0..ROOMS).map(|j| format!("d{j}")).collect());
     let follows = followers(&addrs, &rooms);
 
-    let done = Arc::new(AtomicUsize::new(0));
-    let publishing = std::thread::spawn({
-        let (addrs, rooms, done) = (addrs.clone(), rooms.clone(), done.clone());
-        move || publish_all(addrs, rooms, done)
-    });
+    let (done, publishing) = start_publishing(&addrs, &rooms);
     wait_published(&done, 1.0 / 3.0);
     let lost = &rooms[7];
     redis.cli(&[

@@ -280,18 +280,9 @@ impl<P: Payload> Decoder<P> {
             unmask(chunk, f.mask, f.offset);
             match &mut self.inflating {
                 Some(inflating) => {
-                    let (text, utf8, payload) = (self.text, &mut self.utf8, &mut self.payload);
-                    let mut bad = Ok(());
-                    let mut piece = |b: &[u8]| {
-                        if text && bad.is_ok() {
-                            bad = utf8.push(b);
-                        }
-                        payload.piece(b, !text);
-                    };
-                    inflating
-                        .feed(chunk, self.max_message, &mut piece)
-                        .map_err(inflate_error)?;
-                    bad?;
+                    let (text, max) = (self.text, self.max_message);
+                    let (utf8, payload) = (&mut self.utf8, &mut self.payload);
+                    inflate(inflating, Some(chunk), text, max, utf8, payload)?;
                 }
                 None => {
                     if self.text {
@@ -393,18 +384,15 @@ impl<P: Payload> Decoder<P> {
         }
         self.in_message = false;
         if let Some(mut inflating) = self.inflating.take() {
-            let (text, utf8, payload) = (self.text, &mut self.utf8, &mut self.payload);
-            let mut bad = Ok(());
-            let mut piece = |b: &[u8]| {
-                if text && bad.is_ok() {
-                    bad = utf8.push(b);
-                }
-                payload.piece(b, !text);
-            };
-            inflating
-                .finish(self.max_message, &mut piece)
-                .map_err(inflate_error)?;
-            bad?;
+            let (text, max) = (self.text, self.max_message);
+            inflate(
+                &mut inflating,
+                None,
+                text,
+                max,
+                &mut self.utf8,
+                &mut self.payload,
+            )?;
         }
         if self.text {
             self.utf8.finish()?;
@@ -416,6 +404,32 @@ impl<P: Payload> Decoder<P> {
             Event::Binary
         }))
     }
+}
+
+/// Inflates a piece of a compressed message (None: its end), at most `max`
+/// bytes in all, and checks (text) and keeps what comes out as a plain
+/// message's bytes are.
+fn inflate<P: Payload>(
+    inflating: &mut Inflating,
+    piece: Option<&[u8]>,
+    text: bool,
+    max: usize,
+    utf8: &mut Utf8Stream,
+    payload: &mut P,
+) -> Result<(), WsError> {
+    let mut bad = Ok(());
+    let mut out = |b: &[u8]| {
+        if text && bad.is_ok() {
+            bad = utf8.push(b);
+        }
+        payload.piece(b, !text);
+    };
+    match piece {
+        Some(p) => inflating.feed(p, max, &mut out),
+        None => inflating.finish(max, &mut out),
+    }
+    .map_err(inflate_error)?;
+    bad
 }
 
 fn inflate_error(e: InflateError) -> WsError {

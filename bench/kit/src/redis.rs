@@ -565,8 +565,10 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    /// Starts a sentinel with a quorum of `quorum` and a 1 s down-after, so
-    /// a killed master is failed over within a few seconds.
+    /// Starts a sentinel with a quorum of `quorum` and a 2 s down-after, so
+    /// a killed master is failed over within a few seconds (with 1 s, a
+    /// loaded machine now and then had a new master taken for down and
+    /// failed over again).
     pub fn start(master: &Redis, name: &str, quorum: u32) -> Sentinel {
         Self::start_with_password(master, name, quorum, None)
     }
@@ -609,7 +611,7 @@ impl Sentinel {
         let mut text = format!(
             "{listen}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
              sentinel monitor {name} 127.0.0.1 {} {quorum}\n\
-             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel down-after-milliseconds {name} 2000\n\
              sentinel failover-timeout {name} 5000\n\
              sentinel parallel-syncs {name} 1\n",
             dir.display(),
