@@ -216,6 +216,7 @@ impl Link {
         let mut backoff = Backoff::default();
         let mut was_up = true;
         while !self.inner.stopped.get() {
+            let seen = self.inner.switch.generation();
             match self.open().await {
                 Ok((mut stream, mut reader)) => {
                     // A reset asked of the last connection is done.
@@ -248,7 +249,23 @@ impl Link {
             if self.inner.stopped.get() {
                 break;
             }
-            backoff.wait().await;
+            // A master the sentinels named since this try began is tried at
+            // once: waiting out the backoff (up to 3 s by then) kept replies
+            // waiting through a failover long after the new master was up.
+            let switched = futures_lite::future::or(
+                async {
+                    backoff.wait().await;
+                    false
+                },
+                async {
+                    self.inner.switch.after(seen).await;
+                    true
+                },
+            )
+            .await;
+            if switched {
+                backoff.reset();
+            }
         }
         for req in self.inner.queue.borrow_mut().drain(..) {
             let _ = req.done.send(Err(RedisError::Unavailable));
