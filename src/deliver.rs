@@ -200,7 +200,6 @@ fn deliver(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, piece: Piece,
         // A frame per room with members here, and one for sockets in none;
         // the table is kept between broadcasts, not made anew each time.
         let mut frames = SCRATCH.take();
-        frames.clear();
         frames.insert(None, encode(None));
         ctx.pubsub.for_each_room(|r| {
             frames.insert(Some(r.clone()), encode(Some(r)));
@@ -209,6 +208,7 @@ fn deliver(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, piece: Piece,
         let n = send(ctx, plane, None, &skip, |c| {
             frames.get(&c.room().cloned()).unwrap_or(none)
         });
+        // Kept empty: the table's room, not last broadcast's frames.
         frames.clear();
         SCRATCH.set(frames);
         n

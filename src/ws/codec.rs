@@ -223,8 +223,9 @@ impl Payload for Controls {
 #[derive(Debug)]
 pub struct Decoder<P: Payload = Controls> {
     max_message: usize,
-    /// permessage-deflate was agreed: a message's first frame may set RSV1.
-    deflate: bool,
+    /// What the socket agreed of permessage-deflate: when on, a message's
+    /// first frame may set RSV1.
+    deflate: Mode,
     /// The message in progress is compressed: its inflater (from the
     /// shard's pool, only while it arrives).
     inflating: Option<Inflating>,
@@ -250,7 +251,7 @@ impl<P: Payload> Decoder<P> {
     pub fn with(max_message: usize, payload: P) -> Self {
         Self {
             max_message,
-            deflate: false,
+            deflate: Mode::Off,
             inflating: None,
             frame: None,
             in_message: false,
@@ -265,9 +266,13 @@ impl<P: Payload> Decoder<P> {
         &mut self.payload
     }
 
-    /// permessage-deflate was agreed for this socket.
-    pub fn allow_deflate(&mut self) {
-        self.deflate = true;
+    /// What the socket agreed of permessage-deflate.
+    pub fn set_deflate(&mut self, mode: Mode) {
+        self.deflate = mode;
+    }
+
+    pub fn deflate(&self) -> Mode {
+        self.deflate
     }
 
     /// Decodes from `buf` (bytes received and not yet consumed). Returns the
@@ -316,7 +321,7 @@ impl<P: Payload> Decoder<P> {
         let head = cur.position() as usize;
         // RSV1 marks a compressed message, on its first frame only.
         let first_data = matches!(header.opcode, OpCode::Data(Data::Text | Data::Binary));
-        if header.rsv2 || header.rsv3 || (header.rsv1 && !(self.deflate && first_data)) {
+        if header.rsv2 || header.rsv3 || (header.rsv1 && !(self.deflate.on() && first_data)) {
             return Err(WsError::Protocol("reserved bits set"));
         }
         let Some(mask) = header.mask else {
@@ -513,6 +518,11 @@ pub fn encode_text(out: &mut Vec<u8>, payload: &[u8]) {
     encode(out, OpCode::Data(Data::Text), payload);
 }
 
+/// [`encode_for`] of a text message.
+pub fn encode_text_for(out: &mut Vec<u8>, payload: &[u8], mode: Mode, min: usize) {
+    encode_for(out, OpCode::Data(Data::Text), payload, mode, min);
+}
+
 /// Appends a data frame for a socket that agreed `mode` of
 /// permessage-deflate: compressed when it did and the payload has at
 /// least `min` bytes, else as it is.
@@ -561,7 +571,7 @@ impl TextFrame {
         self.packed[slot].get_or_init(|| {
             let text = &self.plain[self.plain.len() - self.len..];
             let mut f = Vec::new();
-            encode_for(&mut f, OpCode::Data(Data::Text), text, mode, 0);
+            encode_text_for(&mut f, text, mode, 0);
             f
         })
     }
@@ -635,7 +645,7 @@ mod tests {
 
     fn deflating(max: usize) -> Decoder {
         let mut d = Decoder::new(max);
-        d.allow_deflate();
+        d.set_deflate(Mode::Full);
         d
     }
 

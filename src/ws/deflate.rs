@@ -256,10 +256,8 @@ impl Inflating {
             }
             match r.status {
                 Ok(MZStatus::StreamEnd) => self.ended = true,
-                Ok(_) => {}
-                // No progress: every byte given was taken, more must come.
-                Err(MZError::Buf) if r.bytes_consumed == 0 && r.bytes_written == 0 => break,
-                Err(MZError::Buf) => {}
+                // Buf: no progress this call; more input must come.
+                Ok(_) | Err(MZError::Buf) => {}
                 Err(_) => return Err(InflateError::Corrupt),
             }
             if r.bytes_consumed == 0 && r.bytes_written == 0 {

@@ -112,8 +112,6 @@ struct Sock<H: Handler> {
     ended: bool,
     /// The epoll events this socket is registered for.
     interest: u32,
-    /// What the socket agreed of permessage-deflate.
-    deflate: Mode,
     opened: Instant,
     state: H::State,
 }
@@ -253,9 +251,7 @@ impl<H: Handler> Plane<H> {
     ) {
         let now = Instant::now();
         let mut decoder = Decoder::with(self.limits.max_message, self.handler.payload());
-        if deflate.on() {
-            decoder.allow_deflate();
-        }
+        decoder.set_deflate(deflate);
         let mut sock = Box::new(Sock {
             fd,
             decoder,
@@ -268,7 +264,6 @@ impl<H: Handler> Plane<H> {
             waiting: false,
             ended: false,
             interest: 0,
-            deflate,
             opened: now,
             state,
         });
@@ -462,13 +457,14 @@ impl<H: Handler> Plane<H> {
                     return (buf.len(), Some(Stop::Exit(Exit::PeerClose(code))))
                 }
             };
+            let deflate = sock.decoder.deflate();
             let msg = Message {
                 conn,
                 binary,
                 state: &mut sock.state,
                 payload: sock.decoder.payload_mut(),
                 arrived,
-                deflate: sock.deflate,
+                deflate,
             };
             match self.handler.message(self, msg, out) {
                 Flow::Go => {}
@@ -595,14 +591,7 @@ impl<H: Handler> Plane<H> {
     /// Sends an encoded frame to every socket but those in `skip` (sorted);
     /// returns how many took it.
     pub fn fan_out(&self, frame: &[u8], skip: &[u64]) -> u64 {
-        let mut n = 0;
-        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
-            if skip.is_empty() || skip.binary_search(&conn).is_err() {
-                n += u64::from(self.send_frame(conn, sock, frame));
-            }
-        }
-        self.close_ended();
-        n
+        self.fan_out_by(skip, |_| frame)
     }
 
     /// A text frame to every socket but those in `skip` (sorted), each
@@ -615,10 +604,18 @@ impl<H: Handler> Plane<H> {
         skip: &[u64],
         frame: impl Fn(&H::State) -> &'f TextFrame,
     ) -> u64 {
+        self.fan_out_by(skip, |sock| {
+            frame(&sock.state).for_mode(sock.decoder.deflate())
+        })
+    }
+
+    /// Every socket but those in `skip` (sorted) gets the bytes `frame`
+    /// picks for it; returns how many took them.
+    fn fan_out_by<'f>(&self, skip: &[u64], frame: impl Fn(&Sock<H>) -> &'f [u8]) -> u64 {
         let mut n = 0;
         for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
             if skip.is_empty() || skip.binary_search(&conn).is_err() {
-                let f = frame(&sock.state).for_mode(sock.deflate);
+                let f = frame(sock);
                 n += u64::from(self.send_frame(conn, sock, f));
             }
         }
@@ -638,7 +635,7 @@ impl<H: Handler> Plane<H> {
             let mut socks = self.socks.borrow_mut();
             for &conn in conns {
                 if let Some(sock) = socks.get_mut(&conn) {
-                    let f = frame(&sock.state).for_mode(sock.deflate);
+                    let f = frame(&sock.state).for_mode(sock.decoder.deflate());
                     n += u64::from(self.send_frame(conn, sock, f));
                 }
             }

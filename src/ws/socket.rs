@@ -22,8 +22,6 @@ use crate::ws::counter::{Grant, Sockets};
 use crate::ws::deflate::{Agreed, Mode};
 use crate::ws::handshake;
 
-const TEXT: codec::OpCode = codec::OpCode::Data(codec::Data::Text);
-
 /// How long a connect waits for Redis to confirm its room's subscription.
 const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -218,7 +216,7 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     let mut first = handshake::accept_response(&accept, deflate.as_ref());
     let mode = deflate.map_or(Mode::Off, |a| a.mode);
     let min = plane.limits().deflate_min;
-    let mut text = |t: &str| codec::encode_for(&mut first, TEXT, t.as_bytes(), mode, min);
+    let mut text = |t: &str| codec::encode_text_for(&mut first, t.as_bytes(), mode, min);
     text(&protocol::welcome(
         &session.id,
         session.count(),

@@ -1133,10 +1133,22 @@ pub fn wait_confirmed(
     what: &str,
     why_not: impl Fn() -> String,
 ) {
+    wait_every(counters, |c| &c.confirmed, at_least, what, why_not);
+}
+
+/// Waits until `which` of every counter is at least `at_least` (for at
+/// most 60 s); on a timeout, says what `why_not` finds.
+fn wait_every(
+    counters: &[Counter],
+    which: impl Fn(&Counter) -> &AtomicU64,
+    at_least: u64,
+    what: &str,
+    why_not: impl Fn() -> String,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !counters
         .iter()
-        .all(|c| c.confirmed.load(Ordering::Relaxed) >= at_least)
+        .all(|c| which(c).load(Ordering::Relaxed) >= at_least)
     {
         assert!(
             Instant::now() < deadline,
@@ -1159,19 +1171,9 @@ pub fn warnings(server: &Server) -> String {
     format!("the server's warnings and closes: {lines:#?}")
 }
 
+/// Waits until every counter was answered at least `at_least`.
 pub fn wait_counts(counters: &[Counter], at_least: u64, what: &str, why_not: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !counters
-        .iter()
-        .all(|c| c.acked.load(Ordering::Relaxed) >= at_least)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; {}",
-            why_not()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_every(counters, |c| &c.acked, at_least, what, why_not);
 }
 
 /// The local TCP ports of a process's sockets (IPv4 and IPv6), read from
