@@ -227,8 +227,9 @@ pub struct Decoder<P: Payload = Controls> {
     /// first frame may set RSV1.
     deflate: Mode,
     /// The message in progress is compressed: its inflater (from the
-    /// shard's pool, only while it arrives).
-    inflating: Option<Inflating>,
+    /// shard's pool, only while it arrives). Boxed, so an idle socket
+    /// pays one pointer for it, not the inflater's few words.
+    inflating: Option<Box<Inflating>>,
     frame: Option<DataFrame>,
     /// A message is in progress (a first fragment arrived, no final yet).
     in_message: bool,
@@ -333,7 +334,7 @@ impl<P: Payload> Decoder<P> {
         };
         self.start_frame(data, header.is_final, len, mask)?;
         if header.rsv1 {
-            self.inflating = Some(Inflating::start());
+            self.inflating = Some(Box::new(Inflating::start()));
         }
         if len == 0 {
             self.frame = None;
@@ -779,6 +780,8 @@ mod tests {
         assert_eq!(d.payload_mut().take().as_deref(), Some(&b"ok"[..]));
         // What every idle socket pays for control frames: one pointer.
         assert_eq!(std::mem::size_of::<Controls>(), 8);
+        // And for a compressed message in progress: one pointer too.
+        assert_eq!(std::mem::size_of::<Option<Box<Inflating>>>(), 8);
     }
 
     #[test]
