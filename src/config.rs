@@ -180,6 +180,11 @@ pub struct Config {
     /// lingers make way first.
     #[arg(long, env = "SHARDCAST_MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
+    /// Rooms one socket may be in at once: its upgrade's `?room=` and those
+    /// it joins on the open socket. A join past it is refused
+    /// (`too_many_rooms`); the socket stays open.
+    #[arg(long, env = "SHARDCAST_MAX_ROOMS_PER_SOCKET", default_value_t = 64)]
+    pub max_rooms_per_socket: usize,
     /// Broadcasts each channel (the global one, each room) keeps in its Redis
     /// Stream for clients that reconnect with `since`. 0: no history and no
     /// offsets, the frames of before.

@@ -193,9 +193,18 @@ fn deliver(ctx: &Context, plane: &Sockets, room: Option<&Rc<str>>, piece: Piece,
     let encode = |other: Option<&Rc<str>>| {
         TextFrame::new(h.live_frame(msg, room, piece, other).as_bytes(), min)
     };
-    let n = if room.is_some() {
-        let frame = encode(None);
-        send(ctx, plane, room, &skip, |_| &frame)
+    let n = if let Some(r) = room {
+        // Members by `?room=` get their two-channel position; those that
+        // joined on the open socket, the room's alone (made only if any).
+        let home = encode(None);
+        let joined = std::cell::OnceCell::new();
+        send(ctx, plane, room, &skip, |c| {
+            if c.room() == Some(r) {
+                &home
+            } else {
+                joined.get_or_init(|| TextFrame::new(h.joined_frame(msg, r, piece).as_bytes(), min))
+            }
+        })
     } else {
         // A frame per room with members here, and one for sockets in none;
         // the table is kept between broadcasts, not made anew each time.

@@ -111,6 +111,38 @@ pub fn refreshed(exp: Option<f64>) -> String {
     r.to_string()
 }
 
+/// The answer to a join: the room, the socket's position on it alone
+/// (with history), and, when the join asked with a position, whether what
+/// follows is every broadcast it missed there.
+pub fn joined(room: &str, position: Option<&str>, recovered: Option<bool>) -> String {
+    let mut j = json!({ "joined": room });
+    if let Some(p) = position {
+        j["position"] = p.into();
+    }
+    if let Some(r) = recovered {
+        j["recovered"] = r.into();
+    }
+    j.to_string()
+}
+
+/// The answer to a leave.
+pub fn left(room: &str) -> String {
+    json!({ "left": room }).to_string()
+}
+
+/// A join or leave refused; the socket stays open. `room` when it is a
+/// room's name, `reason` in words.
+pub fn room_refusal(error: &str, room: Option<&str>, reason: Option<&str>) -> String {
+    let mut e = json!({ "error": error });
+    if let Some(r) = room {
+        e["room"] = r.into();
+    }
+    if let Some(w) = reason {
+        e["reason"] = w.into();
+    }
+    e.to_string()
+}
+
 pub fn error(kind: &str) -> String {
     json!({ "error": kind }).to_string()
 }

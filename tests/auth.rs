@@ -3,27 +3,13 @@
 //! forged, expired or `alg: none` token gets 401 with one log line and a
 //! metric, and a witness never notices. Plain HTTP needs no token.
 mod common;
+use common::jwt as token;
 use common::*;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 use std::time::Duration;
 
 const SECRET: &str = "test-secret-0123456789";
-
-fn token(alg: &str, claims: &str, secret: &str) -> String {
-    let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
-    let p = URL_SAFE_NO_PAD.encode(claims);
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{h}.{p}").as_bytes());
-    format!(
-        "{h}.{p}.{}",
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-    )
-}
 
 fn now() -> u64 {
     std::time::SystemTime::now()

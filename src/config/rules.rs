@@ -180,6 +180,10 @@ pub(crate) static RULES: &[Rule] = &[
         Ok(())
     }),
     Rule::of("max_rooms", |c| at_least(c.max_rooms, 1)),
+    Rule::of("max_rooms_per_socket", |c| {
+        at_least(c.max_rooms_per_socket, 1)?;
+        at_most(c.max_rooms_per_socket, 4096)
+    }),
     Rule::of("history_size", |c| {
         at_most(c.history_size, 100_000).map_err(|m| m + " (0 turns history off)")
     }),

@@ -60,9 +60,12 @@ pub fn channel_of(room: Option<&str>) -> String {
     }
 }
 
-/// A socket's channels: the global one, and its room if it is in one.
-fn channels_of(room: Option<&Rc<str>>) -> impl Iterator<Item = Option<&Rc<str>>> {
-    std::iter::once(None).chain(room.map(Some))
+/// The channels a socket has from its upgrade: the global one, and its
+/// room if it names one.
+pub fn channels_of(room: Option<&Rc<str>>) -> Vec<Chan> {
+    std::iter::once(None)
+        .chain(room.map(|r| Some(r.clone())))
+        .collect()
 }
 
 /// What a client asked to recover from.
@@ -323,23 +326,21 @@ impl History {
         Ok(rds::as_u64(&v) == Some(1))
     }
 
-    /// The position of a socket on `room` (and the global channel) that
-    /// asked for nothing: the heads, the room's as read at its join when
-    /// the shard has delivered nothing there yet. A channel whose head is
-    /// unknown is left out, so a recovery from the token starts it at its
-    /// head then.
-    pub fn position_now(&self, room: Option<&Rc<str>>, room_head: Option<Piece>) -> Position {
-        let mut channels = Vec::with_capacity(2);
-        for c in channels_of(room) {
-            let head = match c {
-                Some(_) => self.head(c).or(room_head),
-                None => self.head(c),
-            };
-            if let Some(p) = head {
-                channels.push((c.map(|r| r.to_string()), p));
-            }
-        }
-        Position { channels }
+    /// Where a socket that asked for nothing is on `chans`: the heads, a
+    /// room's as read at its join when the shard has delivered nothing
+    /// there yet. A channel whose head is unknown is left out, so a
+    /// recovery from the token starts it at its head then.
+    pub fn position_now(&self, chans: &[Chan], room_head: Option<Piece>) -> Vec<(Chan, Piece)> {
+        chans
+            .iter()
+            .filter_map(|c| {
+                let head = match c {
+                    Some(_) => self.head(c.as_ref()).or(room_head),
+                    None => self.head(None),
+                };
+                head.map(|p| (c.clone(), p))
+            })
+            .collect()
     }
 
     /// Socket `conn` has every message of a channel up to `floor`: live
@@ -477,15 +478,28 @@ impl History {
         protocol::broadcast(message, Some((piece, &position)), room.map(|r| &**r), false)
     }
 
-    /// What a socket on the global channel and `room` missed since what it
+    /// The frame of a live broadcast on `room` for the sockets that joined
+    /// it on their open socket: its position names that room alone (the
+    /// client keeps one per room it joined that way).
+    pub fn joined_frame(&self, message: &str, room: &Rc<str>, piece: Piece) -> String {
+        let position = Position {
+            channels: vec![(Some(room.to_string()), piece)],
+        }
+        .token();
+        protocol::broadcast(message, Some((piece, &position)), Some(room), false)
+    }
+
+    /// What a socket missed on `chans` (at an upgrade the global channel
+    /// and its room; at a join on an open socket, that room) since what it
     /// asked, as frame texts, with the live messages that arrived meanwhile.
-    /// Call it after the room's subscription is confirmed, and hand the
-    /// socket to the plane in the same loop turn as it returns.
+    /// `room_head` is a room's head as read at its join. Call it after the
+    /// rooms' subscriptions are confirmed, and hand the socket its channels
+    /// in the same loop turn as it returns.
     pub async fn recover(
         &self,
         redis: &rds::Redis,
         since: &Since,
-        room: Option<&Rc<str>>,
+        chans: &[Chan],
         room_head: Option<Piece>,
     ) -> Recovery {
         let start = {
@@ -503,7 +517,7 @@ impl History {
         });
         let mut out = Recovery::default();
         let mut missed: Vec<Missed> = Vec::new();
-        for chan in channels_of(room) {
+        for chan in chans.iter().map(Option::as_ref) {
             let name = chan.map(|r| &**r);
             let Some((piece, want)) = since.of(name) else {
                 // Not the socket's channel before: it starts at the head.
@@ -732,14 +746,11 @@ mod tests {
     #[test]
     fn a_socket_in_no_room_has_one_channel() {
         let lobby: Rc<str> = Rc::from("lobby");
-        assert_eq!(channels_of(None).collect::<Vec<_>>(), [None]);
-        assert_eq!(
-            channels_of(Some(&lobby)).collect::<Vec<_>>(),
-            [None, Some(&lobby)]
-        );
+        assert_eq!(channels_of(None), [None]);
+        assert_eq!(channels_of(Some(&lobby)), [None, Some(lobby.clone())]);
         let h = history();
         h.set_head(None, Some(at(1)));
-        let token = h.position_now(None, None).token();
+        let token = Recovery::token(&h.position_now(&channels_of(None), None));
         assert_eq!(token.parse::<Position>().unwrap().channels.len(), 1);
     }
 

@@ -36,6 +36,10 @@ pub enum Target<'a> {
 
 struct Room {
     members: HashSet<u64>,
+    /// Sockets joining on an open socket: the room's subscription counts
+    /// them, its broadcasts pass them by until their recovery hands them
+    /// over ([`Subscriber::admit`]).
+    pending: Vec<u64>,
     /// The lane its subscription was sent on; None: not sent anywhere yet.
     lane: Option<LaneKey>,
     /// Redis has confirmed the subscription on the current connection.
@@ -44,6 +48,12 @@ struct Room {
     empty_since: Option<Instant>,
     /// Joins waiting for the confirmation.
     waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Room {
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty()
+    }
 }
 
 /// A shard's rooms and its subscription connections' state. Shared by the
@@ -120,10 +130,49 @@ impl Subscriber {
         room: &str,
         conn: u64,
     ) -> Result<(Rc<str>, Option<oneshot::Receiver<()>>), RoomError> {
+        self.join_as(room, conn, false)
+    }
+
+    /// As [`join`](Self::join), for a socket already open: it gets none of
+    /// the room's broadcasts until [`admit`](Self::admit), so what it
+    /// recovers meanwhile comes first.
+    pub fn join_pending(
+        &self,
+        room: &str,
+        conn: u64,
+    ) -> Result<(Rc<str>, Option<oneshot::Receiver<()>>), RoomError> {
+        self.join_as(room, conn, true)
+    }
+
+    /// A pending member becomes a member: the room's broadcasts reach it
+    /// from the next one on. False when it is no longer pending (it left).
+    pub fn admit(&self, room: &str, conn: u64) -> bool {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(r) = rooms.get_mut(room) else {
+            return false;
+        };
+        let Some(i) = r.pending.iter().position(|&c| c == conn) else {
+            return false;
+        };
+        r.pending.swap_remove(i);
+        r.members.insert(conn);
+        true
+    }
+
+    fn join_as(
+        &self,
+        room: &str,
+        conn: u64,
+        pending: bool,
+    ) -> Result<(Rc<str>, Option<oneshot::Receiver<()>>), RoomError> {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(name) = rooms.get_key_value(room).map(|(k, _)| k.clone()) {
             let r = rooms.get_mut(room).expect("just found");
-            r.members.insert(conn);
+            if pending {
+                r.pending.push(conn);
+            } else {
+                r.members.insert(conn);
+            }
             r.empty_since = None;
             let wait = (!r.confirmed).then(|| {
                 let (tx, rx) = oneshot::channel();
@@ -137,7 +186,7 @@ impl Subscriber {
             // subscription before a new room is refused.
             let empty = rooms
                 .iter()
-                .find(|(_, r)| r.members.is_empty())
+                .find(|(_, r)| r.is_empty())
                 .map(|(name, _)| name.clone());
             let Some(empty) = empty else {
                 return Err(RoomError::TooMany);
@@ -157,7 +206,12 @@ impl Subscriber {
         rooms.insert(
             name.clone(),
             Room {
-                members: HashSet::from([conn]),
+                members: if pending {
+                    HashSet::new()
+                } else {
+                    HashSet::from([conn])
+                },
+                pending: if pending { vec![conn] } else { Vec::new() },
                 lane: lane.clone(),
                 confirmed: false,
                 empty_since: None,
@@ -176,7 +230,8 @@ impl Subscriber {
     pub fn leave(&self, room: &str, conn: u64) {
         if let Some(r) = self.rooms.borrow_mut().get_mut(room) {
             r.members.remove(&conn);
-            if r.members.is_empty() {
+            r.pending.retain(|&c| c != conn);
+            if r.is_empty() {
                 r.empty_since = Some(Instant::now());
             }
         }
@@ -495,6 +550,33 @@ mod tests {
         let later = Instant::now();
         s.sweep(later + LINGER * 2);
         assert_eq!(s.rooms(), 2);
+    }
+
+    #[test]
+    fn a_pending_member_gets_nothing_until_admitted_and_can_leave_before() {
+        let s = sub();
+        s.join("a", 1).unwrap();
+        s.join_pending("a", 2).unwrap();
+        let members = |s: &Subscriber| {
+            let mut m = Vec::new();
+            s.for_each_member("a", |c| m.push(c));
+            m.sort_unstable();
+            m
+        };
+        assert_eq!(members(&s), [1]);
+        assert!(s.admit("a", 2));
+        assert_eq!(members(&s), [1, 2]);
+        assert!(!s.admit("a", 2), "admitted once");
+        // A pending member that leaves is not admitted later, and a room
+        // whose only member is pending is not empty.
+        s.join_pending("b", 3).unwrap();
+        let now = Instant::now();
+        s.sweep(now + LINGER * 2);
+        assert_eq!(s.rooms(), 2, "a pending member holds its room");
+        s.leave("b", 3);
+        assert!(!s.admit("b", 3));
+        s.sweep(Instant::now() + LINGER * 2);
+        assert_eq!(s.rooms(), 1);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The counter: what the service's sockets do on the plane. Every text
 //! message is counted in the socket's session and answered `{"count":n}`
 //! (after Redis has it, in sync durability), under the socket's rate limit;
-//! a binary message is a control frame (a token refresh); a token's expiry
-//! ends the socket at the sweep; a socket that leaves the table gets its
-//! goodbye from `goodbye`.
+//! a binary message is a control frame (a token refresh, a room joined or
+//! left); a token's expiry ends the socket at the sweep; a socket that
+//! leaves the table gets its goodbye from `goodbye`.
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -11,14 +11,17 @@ use std::time::Instant;
 use crate::auth;
 use crate::config::Durability;
 use crate::context::{Context, Slot};
-use crate::metrics::ErrorKind;
+use crate::history::{Position, Recovery, Since};
+use crate::metrics::{Denial, ErrorKind};
 use crate::protocol;
+use crate::pubsub;
 use crate::session::Session;
 use crate::store::Commit;
 use crate::ws::codec::{self, Controls, WsError};
 use crate::ws::control::{self, Command};
 use crate::ws::goodbye::{self, Ended, Exit};
 use crate::ws::plane::{Flow, Handler, Left, Limits, Message, Plane, PlaneError, Slice};
+use crate::ws::rooms;
 
 /// The shard's counting sockets.
 pub type Sockets = Plane<Counter>;
@@ -57,14 +60,26 @@ pub struct Grant {
     pub sub: Option<Box<str>>,
     /// When the token expires; the sweep closes the socket past it.
     pub expires: Option<Instant>,
+    /// The rooms the token lets the socket join.
+    pub rooms: auth::Rooms,
 }
+
+/// The rooms a socket joined on the open socket, in join order. A box of
+/// its own keeps the common case (none) at one pointer per socket, where a
+/// `Vec` would take three.
+#[derive(Default)]
+struct Joined(Vec<Rc<str>>);
 
 /// A counting socket's own state, beside the plane's.
 pub struct Conn {
     /// Its place under `max_connections`, given back when its close ends.
     slot: Slot,
     pub session: Rc<Session>,
+    /// The room of the upgrade's `?room=`: its broadcasts and the global
+    /// channel's carry the socket's position on both.
     room: Option<Rc<str>>,
+    /// Rooms joined on the open socket (boxed: most sockets have none).
+    joined: Option<Box<Joined>>,
     grant: Option<Box<Grant>>,
     bucket: Bucket,
     messages: u64,
@@ -77,6 +92,7 @@ pub struct Counter {
     burst: f32,
     strikes: u32,
     sync: bool,
+    max_rooms: usize,
 }
 
 /// The shard's plane of counting sockets.
@@ -88,15 +104,46 @@ pub fn plane(ctx: Rc<Context>) -> Result<Rc<Sockets>, PlaneError> {
         burst: cfg.rate_burst as f32,
         strikes: cfg.rate_strikes,
         sync: cfg.durability == Durability::Sync,
+        max_rooms: cfg.max_rooms_per_socket,
         ctx,
     };
     Plane::new(counter, limits)
 }
 
 impl Conn {
-    /// The room the socket is in, if any.
+    /// The room of the socket's upgrade, if it named one and is still in it.
     pub fn room(&self) -> Option<&Rc<str>> {
         self.room.as_ref()
+    }
+
+    /// Every room the socket is in: its upgrade's, then those it joined.
+    pub fn rooms(&self) -> impl Iterator<Item = &Rc<str>> {
+        self.room
+            .iter()
+            .chain(self.joined.iter().flat_map(|j| j.0.iter()))
+    }
+
+    fn in_room(&self, room: &str) -> bool {
+        self.rooms().any(|r| &**r == room)
+    }
+
+    /// Takes `room` off the socket; false when it was not in it.
+    fn take_room(&mut self, room: &str) -> bool {
+        if self.room.as_deref() == Some(room) {
+            self.room = None;
+            return true;
+        }
+        let Some(j) = self.joined.as_mut() else {
+            return false;
+        };
+        let Some(i) = j.0.iter().position(|r| &**r == room) else {
+            return false;
+        };
+        j.0.remove(i);
+        if j.0.is_empty() {
+            self.joined = None;
+        }
+        true
     }
 }
 
@@ -116,6 +163,7 @@ impl Counter {
             slot,
             session,
             room,
+            joined: None,
             grant,
             bucket: Bucket {
                 tokens: self.burst,
@@ -151,8 +199,16 @@ impl Counter {
         Flow::Go
     }
 
-    fn binary(&self, c: &mut Conn, payload: &mut Controls, out: &mut Vec<u8>) -> Flow {
-        // A control frame costs a message of the rate limit, so refreshes
+    fn binary(
+        &self,
+        plane: &Rc<Sockets>,
+        conn: u64,
+        c: &mut Conn,
+        msg: (&mut Controls, Instant),
+        out: &mut Vec<u8>,
+    ) -> Flow {
+        let (payload, arrived) = msg;
+        // A control frame costs a message of the rate limit, so commands
         // cannot be a way around it.
         match self.admit(c, Instant::now(), out) {
             Err(exit) => return Flow::End(exit),
@@ -162,19 +218,102 @@ impl Counter {
         let Some(bytes) = payload.take() else {
             return Flow::End(Exit::Invalid(WsError::Protocol("control frame too long")));
         };
-        match control::parse(&bytes) {
+        let reply = match control::parse(&bytes) {
             Err(e) => {
                 tracing::info!(error = %e, "binary message is not a control frame");
-                Flow::End(Exit::Invalid(WsError::Binary))
+                return Flow::End(Exit::Invalid(WsError::Binary));
             }
             Ok(Command::Refresh(token)) => match self.refresh(c, &token) {
-                Ok(text) => {
-                    codec::encode_text(out, text.as_bytes());
-                    Flow::Go
-                }
-                Err(why) => Flow::End(Exit::TokenRefused(why)),
+                Ok(text) => text,
+                Err(why) => return Flow::End(Exit::TokenRefused(why)),
             },
+            Ok(Command::Join { room, position }) => {
+                match self.join(conn, c, room, position.as_deref()) {
+                    Ok(join) => {
+                        join_then_answer(plane, conn, join, arrived);
+                        return Flow::Park;
+                    }
+                    Err(reply) => reply,
+                }
+            }
+            Ok(Command::Leave(room)) => self.leave(conn, c, &room),
+        };
+        codec::encode_text(out, reply.as_bytes());
+        Flow::Go
+    }
+
+    /// The checks of a join that need no Redis: Ok with what the join
+    /// task needs, or Err with the answer (a refusal, which leaves the
+    /// socket open, or the position of a room the socket is in already).
+    fn join(
+        &self,
+        conn: u64,
+        c: &Conn,
+        room: String,
+        position: Option<&str>,
+    ) -> Result<LiveJoin, String> {
+        if let Err(e) = pubsub::check_room(&room) {
+            return Err(protocol::room_refusal(
+                "invalid_room",
+                None,
+                Some(&e.to_string()),
+            ));
         }
+        if let Some(grant) = &c.grant {
+            if !grant.rooms.allows(&room) {
+                self.ctx.metrics().denied(Denial::RoomNotAllowed);
+                tracing::info!(
+                    conn_id = conn,
+                    room,
+                    sub = grant.sub.as_deref(),
+                    "join refused: room not in the token"
+                );
+                return Err(protocol::room_refusal(
+                    "forbidden",
+                    Some(&room),
+                    Some("the token's rooms claim does not name this room"),
+                ));
+            }
+        }
+        let since = match position.map(str::parse::<Position>) {
+            None => None,
+            Some(Ok(p)) => Some(Since::Position(p)),
+            Some(Err(e)) => {
+                return Err(protocol::room_refusal(
+                    "invalid_position",
+                    Some(&room),
+                    Some(&e.to_string()),
+                ))
+            }
+        };
+        if c.in_room(&room) {
+            // Nothing to recover: the socket has had the room's broadcasts.
+            let h = &self.ctx.history;
+            let position = h.enabled().then(|| {
+                let name = self.ctx.pubsub.room_name(&room);
+                Recovery::token(&h.position_now(&[name], None))
+            });
+            return Err(protocol::joined(&room, position.as_deref(), None));
+        }
+        if c.rooms().count() >= self.max_rooms {
+            return Err(protocol::room_refusal(
+                "too_many_rooms",
+                Some(&room),
+                Some("the socket is in as many rooms as it may be"),
+            ));
+        }
+        Ok(LiveJoin { room, since })
+    }
+
+    /// A leave: the room's broadcasts stop with the next one.
+    fn leave(&self, conn: u64, c: &mut Conn, room: &str) -> String {
+        if let Err(e) = pubsub::check_room(room) {
+            return protocol::room_refusal("invalid_room", None, Some(&e.to_string()));
+        }
+        if c.take_room(room) {
+            self.ctx.pubsub.leave(room, conn);
+        }
+        protocol::left(room)
     }
 
     /// The rate limit for one message: Ok(true) when it may go on, Ok(false)
@@ -196,11 +335,11 @@ impl Counter {
     }
 
     /// A refresh: the new token must verify, name the same subject and
-    /// still allow the socket's room; then it replaces the old one and its
-    /// `exp` is the socket's new deadline. Returns the reply, or why the
+    /// still allow every room the socket is in; then it replaces the old
+    /// one and its `exp` is the socket's new deadline. Returns the reply, or why the
     /// socket must close (4001).
     fn refresh(&self, c: &mut Conn, token: &str) -> Result<String, &'static str> {
-        let (Some(secret), Some(grant)) = (&self.ctx.cfg().auth_secret, c.grant.as_mut()) else {
+        let (Some(secret), Some(grant)) = (&self.ctx.cfg().auth_secret, c.grant.as_ref()) else {
             // Without auth there is nothing to refresh; the socket stays.
             return Ok(protocol::error("auth_off"));
         };
@@ -209,12 +348,12 @@ impl Counter {
         if id.sub.as_deref() != grant.sub.as_deref() {
             return Err("the token names another subject");
         }
-        if let Some(room) = &c.room {
-            if !id.rooms.allows(room) {
-                return Err("the token does not name the socket's room");
-            }
+        if c.rooms().any(|r| !id.rooms.allows(r)) {
+            return Err("the token does not name the socket's room");
         }
+        let grant = c.grant.as_mut().expect("checked above");
         grant.expires = auth::deadline(id.exp, now_unix, Instant::now());
+        grant.rooms = id.rooms;
         tracing::debug!(sub = id.sub, exp = id.exp, "token refreshed");
         Ok(protocol::refreshed(id.exp))
     }
@@ -310,6 +449,72 @@ fn persist_then_answer(
     .detach();
 }
 
+/// A join the socket may make, checked; what its task needs.
+struct LiveJoin {
+    room: String,
+    since: Option<Since>,
+}
+
+/// A join on an open socket: the socket is parked while the room's
+/// subscription is confirmed and what it asked to recover is read; then, in
+/// one loop turn, it is answered (`joined`, what it missed) and becomes a
+/// member, so the room's next live broadcast follows what it recovered.
+fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Instant) {
+    let plane = plane.clone();
+    glommio::spawn_local(async move {
+        // As in `persist_then_answer`: not inside the plane's own call.
+        futures_lite::future::yield_now().await;
+        let ctx = plane.handler().ctx.clone();
+        let LiveJoin { room, since } = join;
+        let Some(j) = Box::pin(rooms::join(&ctx, &room, conn, true)).await else {
+            let no = protocol::room_refusal("too_many_rooms", Some(&room), None);
+            plane.resume(conn, arrived, |_, out| {
+                codec::encode_text(out, no.as_bytes())
+            });
+            return;
+        };
+        let asked = since.is_some();
+        let chans = [Some(j.name.clone())];
+        let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans, j.head)).await;
+        let mut admitted = false;
+        plane.resume(conn, arrived, |c, out| {
+            if !ctx.pubsub.admit(&j.name, conn) {
+                return;
+            }
+            admitted = true;
+            if asked && ctx.history.enabled() {
+                for (chan, has) in &recovery.has {
+                    ctx.history.set_floor(conn, chan.clone(), *has);
+                }
+            }
+            c.joined
+                .get_or_insert_with(Default::default)
+                .0
+                .push(j.name.clone());
+            let joined = protocol::joined(&room, said.position.as_deref(), said.recovered);
+            codec::encode_text(out, joined.as_bytes());
+            for (chan, why) in &recovery.lost {
+                codec::encode_text(out, protocol::unrecovered(chan.as_deref(), *why).as_bytes());
+            }
+            for t in &recovery.texts {
+                codec::encode_text(out, t.as_bytes());
+            }
+            tracing::debug!(
+                conn_id = conn,
+                room,
+                recovered = said.recovered,
+                missed = recovery.texts.len(),
+                "room joined"
+            );
+        });
+        if !admitted {
+            // The socket ended while it waited.
+            ctx.pubsub.leave(&j.name, conn);
+        }
+    })
+    .detach();
+}
+
 impl Handler for Counter {
     type State = Conn;
     type Payload = Controls;
@@ -320,7 +525,8 @@ impl Handler for Counter {
 
     fn message(&self, plane: &Rc<Sockets>, msg: Message<'_, Self>, out: &mut Vec<u8>) -> Flow {
         if msg.binary {
-            self.binary(msg.state, msg.payload, out)
+            let m = (msg.payload, msg.arrived);
+            self.binary(plane, msg.conn, msg.state, m, out)
         } else {
             self.text(plane, msg.conn, msg.state, msg.arrived, out)
         }
@@ -340,7 +546,7 @@ impl Handler for Counter {
             unsent,
             opened,
         } = left;
-        if let Some(room) = &state.room {
+        for room in state.rooms() {
             self.ctx.pubsub.leave(room, conn);
         }
         self.ctx.metrics().connections_active.dec();

@@ -4,16 +4,15 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
-use std::time::Duration;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::context::{Context, Slot};
-use crate::history::{self, Offset, Piece, Position, Recovery, Since};
+use crate::history::{self, Offset, Position, Since};
 use crate::http::{self, Request};
 use crate::metrics::{Denial, ErrorKind};
-use crate::protocol::{self, WelcomeHistory};
+use crate::protocol;
 use crate::pubsub;
 use crate::session;
 use crate::store::OpenError;
@@ -21,9 +20,7 @@ use crate::ws::codec;
 use crate::ws::counter::{Grant, Sockets};
 use crate::ws::deflate::{Agreed, Mode};
 use crate::ws::handshake;
-
-/// How long a connect waits for Redis to confirm its room's subscription.
-const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::ws::rooms;
 
 /// Whether a browser on `origin` may open a socket: any when the list is
 /// empty, else an exact match without case (scheme, host and port).
@@ -135,6 +132,7 @@ fn admit(ctx: &Context, req: &Request) -> Result<Ask, Vec<u8>> {
         Box::new(Grant {
             sub: id.sub.map(String::into_boxed_str),
             expires: crate::auth::deadline(id.exp, crate::auth::unix_now(), now),
+            rooms: id.rooms,
         })
     });
     Ok(Ask {
@@ -190,8 +188,8 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     let conn = ctx.next_conn_id();
     let (room, room_head) = match room {
         None => (None, None),
-        Some(r) => match Box::pin(join_room(&ctx, &r, conn)).await {
-            Some((name, head)) => (Some(name), head),
+        Some(r) => match Box::pin(rooms::join(&ctx, &r, conn, false)).await {
+            Some(j) => (Some(j.name), j.head),
             None => {
                 ctx.store.release(&session);
                 let _ = stream.write_all(&http::error(503, "too_many_rooms")).await;
@@ -205,7 +203,8 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     // From the recovery read to `adopt` below there is no await: the
     // bridge's messages are the socket's up to the moment it joins the plane.
     let asked = since.is_some();
-    let (recovery, said) = Box::pin(recover(&ctx, since, room.as_ref(), room_head)).await;
+    let chans = history::channels_of(room.as_ref());
+    let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans, room_head)).await;
     if asked && ctx.history.enabled() {
         for (chan, has) in &recovery.has {
             ctx.history.set_floor(conn, chan.clone(), *has);
@@ -250,108 +249,4 @@ pub(crate) fn take_fd(stream: TcpStream) -> Option<OwnedFd> {
     drop(stream);
     // SAFETY: a fresh descriptor that nothing else owns.
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds socket `conn` to `room` and waits (a bounded time) for Redis to
-/// confirm the room's subscription, so that a client that has its welcome
-/// gets every room broadcast published after it. Returns the room's name
-/// and, with history, its head as read now when the shard has delivered
-/// nothing there. None when the shard holds all the rooms it may
-/// (`max_rooms`).
-async fn join_room(ctx: &Context, room: &str, conn: u64) -> Option<(Rc<str>, Option<Piece>)> {
-    let (name, confirmed) = match ctx.pubsub.join(room, conn) {
-        Ok(j) => j,
-        Err(e) => {
-            ctx.metrics().error(ErrorKind::TooManyRooms);
-            if let Some(unlogged) = ctx.log_gate(ErrorKind::TooManyRooms) {
-                tracing::warn!(
-                    limit = ctx.cfg().max_rooms,
-                    unlogged,
-                    "upgrade refused: {e}: 503"
-                );
-            }
-            return None;
-        }
-    };
-    let fresh = confirmed.is_some();
-    if let Some(confirmed) = confirmed {
-        // Bounded: with the subscription connection down the socket still
-        // opens, and gets the room's broadcasts once it is back.
-        let waited = glommio::timer::timeout(ROOM_JOIN_TIMEOUT, async {
-            let _ = confirmed.await;
-            Ok(())
-        })
-        .await;
-        if waited.is_err() {
-            tracing::warn!(
-                room,
-                "room subscription not confirmed in time; opening anyway"
-            );
-        }
-    }
-    // The room's head for the welcome, read once the subscription holds
-    // (so nothing falls between the two), when this shard has delivered
-    // nothing there since it subscribed.
-    let h = &ctx.history;
-    if fresh {
-        h.forget_head(&name);
-    }
-    let mut head = None;
-    if h.enabled() && h.head(Some(&name)).is_none() {
-        match h.read_head(ctx.redis(), Some(&name)).await {
-            Ok(p) => {
-                h.set_tentative_head(&name, p);
-                head = Some(p);
-            }
-            Err(e) => {
-                tracing::warn!(room, error = %e, "room head not read; the welcome leaves the room out of the position");
-            }
-        }
-    }
-    Some((name, head))
-}
-
-/// What a socket that asked to recover missed, and what its welcome says
-/// about history. Without history the welcome says nothing of it, except
-/// `recovered: false` to a client that asked.
-async fn recover(
-    ctx: &Context,
-    since: Option<Since>,
-    room: Option<&std::rc::Rc<str>>,
-    room_head: Option<Piece>,
-) -> (Recovery, WelcomeHistory) {
-    let h = &ctx.history;
-    if !h.enabled() {
-        let said = WelcomeHistory {
-            recovered: since.map(|_| false),
-            ..WelcomeHistory::default()
-        };
-        return (Recovery::default(), said);
-    }
-    let Some(since) = since else {
-        let position = h.position_now(room, room_head);
-        let said = WelcomeHistory {
-            offset: position.of(None).map(|p| p.offset),
-            position: Some(position.token()),
-            recovered: None,
-        };
-        return (Recovery::default(), said);
-    };
-    let m = ctx.metrics();
-    let recovery = h.recover(ctx.redis(), &since, room, room_head).await;
-    m.recoveries_total.inc();
-    if !recovery.complete() {
-        m.recoveries_incomplete_total.inc();
-    }
-    m.recovered_messages_total.add(recovery.texts.len() as u64);
-    let said = WelcomeHistory {
-        offset: recovery
-            .start
-            .iter()
-            .find(|(c, _)| c.is_none())
-            .map(|(_, p)| p.offset),
-        position: Some(Recovery::token(&recovery.start)),
-        recovered: Some(recovery.complete()),
-    };
-    (recovery, said)
 }

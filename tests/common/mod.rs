@@ -72,6 +72,22 @@ pub fn server_closed(s: &mut TcpStream) -> bool {
 /// that [`http`] sends.
 pub const TEST_API_KEY: &str = "test-api-key-0123456789";
 
+/// A JSON Web Token: `claims` signed with HMAC-SHA256 and `secret`, its
+/// header naming `alg` (a test may lie there).
+pub fn jwt(alg: &str, claims: &str, secret: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let h = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+    let p = URL_SAFE_NO_PAD.encode(claims);
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{h}.{p}").as_bytes());
+    format!(
+        "{h}.{p}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
 /// Builder for a `shardcast` process.
 pub struct ServerBuilder {
     args: Vec<String>,
@@ -836,6 +852,13 @@ impl Client {
     pub fn send_refresh(&mut self, token: &str) {
         let mut v = Vec::new();
         shardcast_kit::wire::refresh_frame(&mut v, token, [0xA1, 0xB2, 0xC3, 0xD4]);
+        self.send_raw(&v);
+    }
+
+    /// Sends a control frame holding `command` (`{"join":"lobby"}`, ...).
+    pub fn send_command(&mut self, command: &Value) {
+        let mut v = Vec::new();
+        shardcast_kit::wire::command_frame(&mut v, command, [0xA1, 0xB2, 0xC3, 0xD4]);
         self.send_raw(&v);
     }
 

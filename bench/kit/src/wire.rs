@@ -99,8 +99,13 @@ pub fn text_frame(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
 /// `{"refresh":"<token>"}`, which replaces the socket's token (binary, so it
 /// is never counted as a text message).
 pub fn refresh_frame(out: &mut Vec<u8>, token: &str, mask: [u8; 4]) {
-    let body = serde_json::json!({ "refresh": token }).to_string();
-    masked(out, 0x82, body.as_bytes(), mask);
+    command_frame(out, &serde_json::json!({ "refresh": token }), mask);
+}
+
+/// Appends a masked control frame: a binary message holding `command`
+/// (`{"join":"lobby"}`, `{"leave":"lobby"}`, ...).
+pub fn command_frame(out: &mut Vec<u8>, command: &serde_json::Value, mask: [u8; 4]) {
+    masked(out, 0x82, command.to_string().as_bytes(), mask);
 }
 
 /// Appends a masked Close frame with `code` and no reason.
