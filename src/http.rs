@@ -40,6 +40,15 @@ impl Request {
         })
     }
 
+    /// Every value of a parameter that may be given more than once, in the
+    /// order given.
+    pub fn params<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.query.split('&').filter_map(move |pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
     /// Whether a comma-separated header holds `token` (case-insensitive).
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
         self.headers

@@ -175,10 +175,20 @@ async fn session_api(shard: &Context, method: &str, raw_id: &str) -> Vec<u8> {
     };
     match method {
         "GET" | "HEAD" => match shard.store.lookup(&id).await {
-            Ok(Some((count, ttl_ms))) => http::json(
-                200,
-                &json!({ "session_id": id.to_string(), "count": count, "ttl_s": ttl_ms.div_ceil(1000) }),
-            ),
+            Ok(Some((found, ttl_ms))) => {
+                // As a resume would join them: well-formed names only.
+                let rooms: Vec<&str> = found
+                    .rooms
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(' ')
+                    .filter(|r| crate::pubsub::check_room(r).is_ok())
+                    .collect();
+                http::json(
+                    200,
+                    &json!({ "session_id": id.to_string(), "count": found.count, "rooms": rooms, "ttl_s": ttl_ms.div_ceil(1000) }),
+                )
+            }
             Ok(None) => http::error(404, "unknown session"),
             Err(_) => http::error(503, "redis_unavailable"),
         },

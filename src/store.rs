@@ -3,7 +3,9 @@
 //! close and in sync mode, and a bounded backlog while Redis is away).
 //!
 //! Keys (hash-tagged so both keys of a session share a cluster slot):
-//! - `shardcast:{<id>}:s`: hash of per-writer absolute counts, TTL `session_ttl`;
+//! - `shardcast:{<id>}:s`: hash of per-writer absolute counts, TTL
+//!   `session_ttl`, and a `rooms` field: the rooms the session's sockets
+//!   joined on their open socket, space-separated, which a resume joins again;
 //! - `shardcast:{<id>}:del`: tombstone left by DELETE, so a late flush from
 //!   another shard cannot bring a deleted session back.
 
@@ -47,6 +49,23 @@ for i = 1, #KEYS / 2 do
 end
 return out
 ";
+
+/// Sets a session's rooms (KEYS: its hash, its tombstone; ARGV: the rooms,
+/// space-separated, empty for none; the TTL), unless it was deleted. A join
+/// is activity: the TTL counts from now.
+pub const ROOMS_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if ARGV[1] == '' then
+  redis.call('HDEL', KEYS[1], 'rooms')
+else
+  redis.call('HSET', KEYS[1], 'rooms', ARGV[1])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+/// The session hash's field that holds its rooms, not a writer's count.
+const ROOMS_FIELD: &[u8] = b"rooms";
 
 /// Sessions written in one script call, and calls are sent one round trip
 /// at a time. Redis runs a call without pause, so a big call keeps it busy
@@ -129,14 +148,34 @@ pub enum OpenError {
 pub struct Stored {
     pub count: u64,
     pub mine: u64,
+    /// The rooms its sockets joined on their open socket, as Redis has them
+    /// (unchecked: a reader checks each name).
+    pub rooms: Option<String>,
 }
 
-/// Reads an HGETALL reply: the sum of all writers, and `writer`'s own field.
+/// What [`Store::open`] gives an upgrade.
+pub struct Opened {
+    /// Attached to the caller.
+    pub session: Rc<Session>,
+    pub resumed: bool,
+    /// A resumed session's rooms, as Redis has them (unchecked).
+    pub rooms: Vec<String>,
+}
+
+/// Reads an HGETALL reply: the sum of all writers, `writer`'s own field,
+/// and the rooms.
 pub fn read_fields(v: &Value, writer: &str) -> Option<Stored> {
     let mut count = 0u64;
     let mut mine = 0u64;
+    let mut rooms = None;
     let mut any = false;
     let mut add = |k: &[u8], val: &Value| {
+        if k == ROOMS_FIELD {
+            if let Value::BulkString(b) = val {
+                rooms = Some(String::from_utf8_lossy(b).into_owned());
+            }
+            return;
+        }
         let n = as_u64(val).unwrap_or(0);
         // Fields are Redis's to say: their sum saturates, never overflows.
         count = count.saturating_add(n);
@@ -162,7 +201,7 @@ pub fn read_fields(v: &Value, writer: &str) -> Option<Stored> {
         }
         _ => return None,
     }
-    any.then_some(Stored { count, mine })
+    any.then_some(Stored { count, mine, rooms })
 }
 
 /// One shard's sessions.
@@ -231,16 +270,27 @@ impl Store {
         &self.redis
     }
 
-    /// Opens the session a client asked for, or a new one. Returns the session
-    /// (attached to the caller) and whether it was resumed.
-    pub async fn open(&self, requested: Option<Uuid>) -> Result<(Rc<Session>, bool), OpenError> {
+    /// Opens the session a client asked for, or a new one.
+    pub async fn open(&self, requested: Option<Uuid>) -> Result<Opened, OpenError> {
         if let Some(id) = requested {
-            if let Some(s) = self.resume(id).await? {
-                s.attach();
+            if let Some((session, rooms)) = self.resume(id).await? {
+                session.attach();
                 // Touch it, so its TTL counts from now.
-                self.enqueue(&s);
+                self.enqueue(&session);
                 self.update_gauges();
-                return Ok((s, true));
+                let rooms = rooms
+                    .map(|r| {
+                        r.split(' ')
+                            .filter(|r| !r.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Ok(Opened {
+                    session,
+                    resumed: true,
+                    rooms,
+                });
             }
         }
         if self.queue.borrow().len() >= self.max_unflushed {
@@ -257,15 +307,41 @@ impl Store {
             self.enqueue(&s);
         }
         self.update_gauges();
-        Ok((s, false))
+        Ok(Opened {
+            session: s,
+            resumed: false,
+            rooms: Vec::new(),
+        })
     }
 
-    /// Looks a requested id up: Ok(None) means unknown (the client gets a new
-    /// session), Err means it cannot be told now.
-    async fn resume(&self, id: Uuid) -> Result<Option<Rc<Session>>, OpenError> {
-        let cached = self.cached(&id);
+    /// Writes the rooms session `id`'s sockets joined on their open socket
+    /// (the last socket to join or leave one sets them), for the next
+    /// resume to join again. One try: a lost write costs a resume its rooms,
+    /// which the client joins again by itself.
+    pub async fn set_rooms(&self, id: &Uuid, rooms: &[Rc<str>]) -> Result<(), RedisError> {
+        let list = rooms.iter().map(|r| &**r).collect::<Vec<_>>().join(" ");
+        let cmd = redis::cmd("EVAL")
+            .arg(ROOMS_SCRIPT)
+            .arg(2)
+            .arg(session_key(id))
+            .arg(tombstone_key(id))
+            .arg(list)
+            .arg(self.ttl_ms)
+            .clone();
+        self.redis
+            .query(Some(session_slot(id)), &cmd)
+            .await
+            .map(|_| ())
+    }
+
+    /// Looks a requested id up, with its rooms as Redis has them: Ok(None)
+    /// means unknown (the client gets a new session), Err means it cannot
+    /// be told now.
+    async fn resume(&self, id: Uuid) -> Result<Option<(Rc<Session>, Option<String>)>, OpenError> {
+        let cached = self.cached(&id).map(|s| (s, None));
         if !self.redis.is_up() || !self.all_synced() {
-            // Redis cannot be asked; a session this shard holds is still known.
+            // Redis cannot be asked; a session this shard holds is still
+            // known (its rooms are not: the client joins them itself).
             return cached.map(Some).ok_or(OpenError::RedisUnavailable);
         }
         let cmd = redis::cmd("HGETALL").arg(session_key(&id)).clone();
@@ -275,7 +351,7 @@ impl Store {
         };
         let Some(found) = read_fields(&reply, &self.writer) else {
             // Known here but not written yet, or unknown everywhere.
-            return Ok(self.cached(&id));
+            return Ok(self.cached(&id).map(|s| (s, None)));
         };
         let others = found.count.saturating_sub(found.mine);
         // Another connection may have loaded it while we waited.
@@ -291,7 +367,7 @@ impl Store {
                 s
             }
         };
-        Ok(Some(s))
+        Ok(Some((s, found.rooms)))
     }
 
     /// Whether every shard has written what it buffered while Redis was away.
@@ -404,8 +480,9 @@ impl Store {
     }
 
     /// What Redis holds for session `id` (the session API): its count and
-    /// the milliseconds left of its TTL; None when Redis has no such session.
-    pub async fn lookup(&self, id: &Uuid) -> Result<Option<(u64, u64)>, RedisError> {
+    /// rooms, and the milliseconds left of its TTL; None when Redis has no
+    /// such session.
+    pub async fn lookup(&self, id: &Uuid) -> Result<Option<(Stored, u64)>, RedisError> {
         let mut p = redis::pipe();
         p.cmd("HGETALL")
             .arg(session_key(id))
@@ -424,7 +501,7 @@ impl Store {
             Value::Int(ms) if *ms > 0 => *ms as u64,
             _ => 0,
         };
-        Ok(read_fields(fields, &self.writer).map(|found| (found.count, ttl_ms)))
+        Ok(read_fields(fields, &self.writer).map(|found| (found, ttl_ms)))
     }
 
     /// Deletes session `id` for good: a tombstone for one TTL (so no writer
@@ -624,9 +701,19 @@ mod tests {
     #[test]
     fn fields_sum_and_find_our_own() {
         let v = Value::Array(vec![bulk("w:a:0"), bulk("3"), bulk("w:b:1"), bulk("4")]);
-        assert_eq!(read_fields(&v, "w:b:1"), Some(Stored { count: 7, mine: 4 }));
-        assert_eq!(read_fields(&v, "w:c:0"), Some(Stored { count: 7, mine: 0 }));
+        let stored = |count, mine, rooms: Option<&str>| {
+            Some(Stored {
+                count,
+                mine,
+                rooms: rooms.map(String::from),
+            })
+        };
+        assert_eq!(read_fields(&v, "w:b:1"), stored(7, 4, None));
+        assert_eq!(read_fields(&v, "w:c:0"), stored(7, 0, None));
         assert_eq!(read_fields(&Value::Array(vec![]), "w:a:0"), None);
+        // The rooms field is not a count, however it reads.
+        let v = Value::Array(vec![bulk("w:a:0"), bulk("3"), bulk("rooms"), bulk("5")]);
+        assert_eq!(read_fields(&v, "w:a:0"), stored(3, 3, Some("5")));
     }
 
     /// Two fields near the top of u64 overflowed the sum (a panic in
@@ -639,7 +726,8 @@ mod tests {
             read_fields(&v, "w:b:1"),
             Some(Stored {
                 count: u64::MAX,
-                mine: u64::MAX
+                mine: u64::MAX,
+                rooms: None
             })
         );
     }

@@ -451,10 +451,11 @@ fn get_session_returns_its_count_and_ttl() {
     });
     assert_eq!(
         v.as_object().unwrap().len(),
-        3,
-        "exactly session_id, count, ttl_s: {v}"
+        4,
+        "exactly session_id, count, rooms, ttl_s: {v}"
     );
     assert_eq!(v["session_id"], id.as_str());
+    assert_eq!(v["rooms"], serde_json::json!([]), "joined none: {v}");
     let ttl = v["ttl_s"].as_u64().expect("ttl_s is a number");
     assert!(
         (3590..=3600).contains(&ttl),

@@ -326,3 +326,166 @@ fn joins_and_leaves_while_broadcasts_flow_miss_nothing_and_repeat_nothing() {
     }
     eprintln!("{SOCKETS} sockets, {N} broadcasts each, {rounds} rounds of leave and join");
 }
+
+/// A resumed session is in the rooms its socket joined (not those it left)
+/// again, on any process: each announced by a `joined` frame after the
+/// welcome, each recovered from its own position when the upgrade passes
+/// it beside the welcome's.
+#[test]
+fn a_resume_joins_the_sessions_rooms_again_and_recovers_each_from_its_position() {
+    let redis = Redis::start();
+    let start = |color: &str| {
+        Server::builder(&redis)
+            .shards(2)
+            .arg("--auth-secret", SECRET)
+            .arg("--color", color)
+            .start()
+    };
+    let (a, b) = (start("blue"), start("green"));
+    let all = token("ana", &["home", "r1", "r2", "r3"]);
+    let (mut s, welcome) = a.connect(&format!("room=home&token={all}"));
+    let id = session_id(&welcome);
+    let mut kept = vec![welcome["position"].as_str().unwrap().to_string()];
+    for r in ["r1", "r2", "r3"] {
+        let j = command(&mut s, json!({ "join": r }));
+        assert_eq!(j["joined"], r);
+        if r != "r3" {
+            kept.push(j["position"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(command(&mut s, json!({ "leave": "r3" }))["left"], "r3");
+    assert_eq!(s.count("one"), 1);
+    // The session API shows the rooms a resume will join (written as the
+    // socket joins and leaves, not waited for).
+    let path = format!("/api/sessions/{id}");
+    wait_for(
+        "the session's rooms in Redis",
+        Duration::from_secs(5),
+        || {
+            let (status, body) = http(a.addr, "GET", &path, "");
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && v["rooms"] == json!(["r1", "r2"])).then_some(())
+        },
+    );
+    s.send_close(1000);
+    s.until_close();
+
+    // Missed while away.
+    for (room, m) in [
+        (Some("r1"), "m1"),
+        (Some("r2"), "m2"),
+        (Some("r3"), "m3"),
+        (None, "g1"),
+    ] {
+        let mut body = json!({ "message": m });
+        if let Some(r) = room {
+            body["room"] = r.into();
+        }
+        publish(&b, body);
+    }
+    let positions: String = kept.iter().map(|p| format!("&position={p}")).collect();
+    let (mut s, welcome) = b.connect(&format!("session_id={id}&room=home&token={all}{positions}"));
+    assert_eq!(welcome["resumed"], true, "{welcome}");
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    assert_eq!(welcome["count"], 1);
+    for r in ["r1", "r2"] {
+        let j = s.recv().json();
+        assert_eq!(j["joined"], r, "the session's rooms, in join order: {j}");
+        assert_eq!(j["recovered"], true, "{j}");
+    }
+    for (room, m) in [("", "g1"), ("r1", "m1"), ("r2", "m2")] {
+        let v = next_broadcast_frame(&mut s);
+        assert_eq!(
+            (
+                v["room"].as_str().unwrap_or(""),
+                v["broadcast"].as_str().unwrap()
+            ),
+            (room, m),
+            "{v}"
+        );
+        assert_eq!(v["recovered"], true, "{v}");
+        if !room.is_empty() {
+            assert_own_position(&v);
+        } else {
+            assert_eq!(position_of(&v["position"]).len(), 2, "global and home: {v}");
+        }
+    }
+    for r in ["r1", "r2", "r3"] {
+        publish(&a, json!({ "message": format!("live {r}"), "room": r }));
+    }
+    publish(&a, json!({ "message": "barrier" }));
+    let got = until_barrier(&mut s, "barrier");
+    let texts: Vec<&str> = got.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["live r1", "live r2", "barrier"], "r3 was left");
+
+    // Another socket of the session, with a token that no longer names r2:
+    // r1 is joined (from its newest broadcast: no position asked), r2 is
+    // refused in words.
+    let fewer = token("ana", &["home", "r1"]);
+    let (mut t, welcome) = a.connect(&format!("session_id={id}&room=home&token={fewer}"));
+    assert_eq!(welcome["resumed"], true);
+    let j = t.recv().json();
+    assert_eq!(j["joined"], "r1", "{j}");
+    assert!(j.get("recovered").is_none(), "{j}");
+    let no = t.recv().json();
+    assert_eq!(
+        (no["error"].as_str(), no["room"].as_str()),
+        (Some("forbidden"), Some("r2")),
+        "{no}"
+    );
+    publish(&a, json!({ "message": "to r1", "room": "r1" }));
+    assert_eq!(next_broadcast(&mut t), "to r1");
+}
+
+/// Many `position` values are read together, bounded; one that does not
+/// parse is refused as before.
+#[test]
+fn positions_beyond_the_bound_or_malformed_are_refused() {
+    let redis = Redis::start();
+    let server = Server::builder(&redis)
+        .arg("--max-rooms-per-socket", "2")
+        .start();
+    let (_, welcome) = server.connect("");
+    let p = welcome["position"].as_str().unwrap().to_string();
+    assert!(Client::try_connect(
+        server.addr,
+        &format!("position={p}&position={p}&position={p}")
+    )
+    .is_ok());
+    let four = format!("position={p}&position={p}&position={p}&position={p}");
+    let (status, body) = Client::try_connect(server.addr, &four)
+        .err()
+        .expect("refused");
+    assert_eq!(status, 400);
+    assert!(body.contains("at most 3 positions"), "{body}");
+    let (status, _) = Client::try_connect(server.addr, &format!("position={p}&position=1.nope"))
+        .err()
+        .expect("refused");
+    assert_eq!(status, 400);
+}
+
+/// A session's rooms as Redis holds them are read like a client's input:
+/// names that are not room names are passed over, the rest joined.
+#[test]
+fn a_sessions_rooms_field_that_is_not_room_names_costs_only_those() {
+    let redis = Redis::start();
+    let server = Server::builder(&redis).start();
+    let (_, welcome) = server.connect("");
+    let id = session_id(&welcome);
+    let key = format!("shardcast:{{{id}}}:s");
+    let long = "x".repeat(65);
+    redis.cli(&[
+        "HSET",
+        &key,
+        "rooms",
+        &format!("  bad/name {long} r1 r1 é ok"),
+    ]);
+    let (mut s, welcome) = server.connect(&format!("session_id={id}"));
+    assert_eq!(welcome["resumed"], true);
+    for r in ["r1", "ok"] {
+        assert_eq!(s.recv().json()["joined"], r);
+    }
+    publish(&server, json!({ "message": "to ok", "room": "ok" }));
+    assert_eq!(next_broadcast(&mut s), "to ok");
+    assert_eq!(s.count("m"), 1);
+}

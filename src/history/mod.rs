@@ -61,11 +61,34 @@ pub fn channel_of(room: Option<&str>) -> String {
 }
 
 /// The channels a socket has from its upgrade: the global one, and its
-/// room if it names one.
-pub fn channels_of(room: Option<&Rc<str>>) -> Vec<Chan> {
-    std::iter::once(None)
-        .chain(room.map(|r| Some(r.clone())))
-        .collect()
+/// room (with its head as read at the join) if it names one.
+pub fn channels_of(room: Option<&Rc<str>>, head: Option<Piece>) -> Vec<Channel> {
+    let global = Channel::of_upgrade(None, None);
+    let room = room.map(|r| Channel::of_upgrade(Some(r.clone()), head));
+    std::iter::once(global).chain(room).collect()
+}
+
+/// A channel a socket is in, as its recovery and position see it.
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub chan: Chan,
+    /// A room's head as read at the socket's join, when the shard had
+    /// delivered nothing there.
+    pub head: Option<Piece>,
+    /// A room joined on its own (on the open socket, or again with its
+    /// session): the positions of its frames name it alone.
+    pub alone: bool,
+}
+
+impl Channel {
+    /// A channel of the socket's upgrade: the global one, or its room.
+    pub fn of_upgrade(chan: Chan, head: Option<Piece>) -> Channel {
+        Channel {
+            chan,
+            head,
+            alone: false,
+        }
+    }
 }
 
 /// What a client asked to recover from.
@@ -330,15 +353,12 @@ impl History {
     /// room's as read at its join when the shard has delivered nothing
     /// there yet. A channel whose head is unknown is left out, so a
     /// recovery from the token starts it at its head then.
-    pub fn position_now(&self, chans: &[Chan], room_head: Option<Piece>) -> Vec<(Chan, Piece)> {
+    pub fn position_now(&self, chans: &[Channel]) -> Vec<(Chan, Piece)> {
         chans
             .iter()
             .filter_map(|c| {
-                let head = match c {
-                    Some(_) => self.head(c.as_ref()).or(room_head),
-                    None => self.head(None),
-                };
-                head.map(|p| (c.clone(), p))
+                let head = self.head(c.chan.as_ref()).or(c.head);
+                head.map(|p| (c.chan.clone(), p))
             })
             .collect()
     }
@@ -489,19 +509,13 @@ impl History {
         protocol::broadcast(message, Some((piece, &position)), Some(room), false)
     }
 
-    /// What a socket missed on `chans` (at an upgrade the global channel
-    /// and its room; at a join on an open socket, that room) since what it
-    /// asked, as frame texts, with the live messages that arrived meanwhile.
-    /// `room_head` is a room's head as read at its join. Call it after the
-    /// rooms' subscriptions are confirmed, and hand the socket its channels
-    /// in the same loop turn as it returns.
-    pub async fn recover(
-        &self,
-        redis: &rds::Redis,
-        since: &Since,
-        chans: &[Chan],
-        room_head: Option<Piece>,
-    ) -> Recovery {
+    /// What a socket missed on `chans` (at an upgrade the global channel,
+    /// its room and the rooms its session had; at a join on an open socket,
+    /// that room) since what it asked, as frame texts, with the live
+    /// messages that arrived meanwhile. Call it after the rooms'
+    /// subscriptions are confirmed, and hand the socket its channels in the
+    /// same loop turn as it returns.
+    pub async fn recover(&self, redis: &rds::Redis, since: &Since, chans: &[Channel]) -> Recovery {
         let start = {
             let mut b = self.bridge.borrow_mut();
             b.recoveries += 1;
@@ -517,12 +531,12 @@ impl History {
         });
         let mut out = Recovery::default();
         let mut missed: Vec<Missed> = Vec::new();
-        for chan in chans.iter().map(Option::as_ref) {
+        for c in chans {
+            let chan = c.chan.as_ref();
             let name = chan.map(|r| &**r);
             let Some((piece, want)) = since.of(name) else {
                 // Not the socket's channel before: it starts at the head.
-                let head = self.head(chan).or(room_head.filter(|_| chan.is_some()));
-                let head = head.unwrap_or_default();
+                let head = self.head(chan).or(c.head).unwrap_or_default();
                 out.start.push((chan.cloned(), head));
                 continue;
             };
@@ -570,11 +584,19 @@ impl History {
         }
         self.add_live(start, &out.start, &mut missed, &mut out.lost);
         out.has = out.start.clone();
+        let alone = |chan: &Chan| chans.iter().any(|c| c.alone && c.chan == *chan);
         for m in missed {
             if let Some((_, has)) = out.has.iter_mut().find(|(c, _)| *c == m.room) {
                 *has = m.piece;
             }
-            let token = Recovery::token(&out.has);
+            // Each frame's position: its room alone, or the upgrade's
+            // channels together.
+            let token = if alone(&m.room) {
+                Recovery::token(&[(m.room.clone(), m.piece)])
+            } else {
+                let upgrade: Vec<_> = out.has.iter().filter(|(c, _)| !alone(c)).cloned().collect();
+                Recovery::token(&upgrade)
+            };
             let frame =
                 protocol::broadcast(&m.message, Some((m.piece, &token)), m.room.as_deref(), true);
             out.texts.push(frame);
@@ -746,11 +768,15 @@ mod tests {
     #[test]
     fn a_socket_in_no_room_has_one_channel() {
         let lobby: Rc<str> = Rc::from("lobby");
-        assert_eq!(channels_of(None), [None]);
-        assert_eq!(channels_of(Some(&lobby)), [None, Some(lobby.clone())]);
+        let names = |c: Vec<Channel>| c.into_iter().map(|c| c.chan).collect::<Vec<_>>();
+        assert_eq!(names(channels_of(None, None)), [None]);
+        assert_eq!(
+            names(channels_of(Some(&lobby), None)),
+            [None, Some(lobby.clone())]
+        );
         let h = history();
         h.set_head(None, Some(at(1)));
-        let token = Recovery::token(&h.position_now(&channels_of(None), None));
+        let token = Recovery::token(&h.position_now(&channels_of(None, None)));
         assert_eq!(token.parse::<Position>().unwrap().channels.len(), 1);
     }
 

@@ -144,6 +144,17 @@ impl Position {
             .map(|(_, p)| *p)
     }
 
+    /// Adds the channels of `other` this position does not name: a client
+    /// passes its upgrade's token and one per room it joined on its socket,
+    /// and the first to name a channel is the one read.
+    pub fn merge(&mut self, other: Position) {
+        for (room, piece) in other.channels {
+            if !self.channels.iter().any(|(r, _)| *r == room) {
+                self.channels.push((room, piece));
+            }
+        }
+    }
+
     /// The token a client passes back.
     pub fn token(&self) -> String {
         let list: Vec<[String; 3]> = self

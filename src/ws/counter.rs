@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::auth;
 use crate::config::Durability;
 use crate::context::{Context, Slot};
-use crate::history::{Position, Recovery, Since};
+use crate::history::{Channel, Position, Recovery, Since};
 use crate::metrics::{Denial, ErrorKind};
 use crate::protocol;
 use crate::pubsub;
@@ -149,13 +149,15 @@ impl Conn {
 
 impl Counter {
     /// A socket's state as it joins the plane, counted as open.
+    /// `rooms`: the upgrade's room, and those its session had, joined again.
     pub fn open(
         &self,
         slot: Slot,
         session: Rc<Session>,
-        room: Option<Rc<str>>,
+        rooms: (Option<Rc<str>>, Vec<Rc<str>>),
         grant: Option<Box<Grant>>,
     ) -> Conn {
+        let (room, joined) = rooms;
         let m = self.ctx.metrics();
         m.connections_active.inc();
         m.connections_total.inc();
@@ -163,7 +165,7 @@ impl Counter {
             slot,
             session,
             room,
-            joined: None,
+            joined: (!joined.is_empty()).then(|| Box::new(Joined(joined))),
             grant,
             bucket: Bucket {
                 tokens: self.burst,
@@ -290,8 +292,12 @@ impl Counter {
             // Nothing to recover: the socket has had the room's broadcasts.
             let h = &self.ctx.history;
             let position = h.enabled().then(|| {
-                let name = self.ctx.pubsub.room_name(&room);
-                Recovery::token(&h.position_now(&[name], None))
+                let chan = Channel {
+                    chan: self.ctx.pubsub.room_name(&room),
+                    head: None,
+                    alone: true,
+                };
+                Recovery::token(&h.position_now(&[chan]))
             });
             return Err(protocol::joined(&room, position.as_deref(), None));
         }
@@ -312,6 +318,7 @@ impl Counter {
         }
         if c.take_room(room) {
             self.ctx.pubsub.leave(room, conn);
+            save_rooms(&self.ctx, c);
         }
         protocol::left(room)
     }
@@ -474,8 +481,12 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
             return;
         };
         let asked = since.is_some();
-        let chans = [Some(j.name.clone())];
-        let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans, j.head)).await;
+        let chans = [Channel {
+            chan: Some(j.name.clone()),
+            head: j.head,
+            alone: true,
+        }];
+        let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans)).await;
         let mut admitted = false;
         plane.resume(conn, arrived, |c, out| {
             if !ctx.pubsub.admit(&j.name, conn) {
@@ -491,8 +502,10 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
                 .get_or_insert_with(Default::default)
                 .0
                 .push(j.name.clone());
-            let joined = protocol::joined(&room, said.position.as_deref(), said.recovered);
-            codec::encode_text(out, joined.as_bytes());
+            save_rooms(&ctx, c);
+            for joined in &said.joined {
+                codec::encode_text(out, joined.as_bytes());
+            }
             for (chan, why) in &recovery.lost {
                 codec::encode_text(out, protocol::unrecovered(chan.as_deref(), *why).as_bytes());
             }
@@ -502,7 +515,7 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
             tracing::debug!(
                 conn_id = conn,
                 room,
-                recovered = said.recovered,
+                asked,
                 missed = recovery.texts.len(),
                 "room joined"
             );
@@ -510,6 +523,19 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
         if !admitted {
             // The socket ended while it waited.
             ctx.pubsub.leave(&j.name, conn);
+        }
+    })
+    .detach();
+}
+
+/// Writes the rooms the socket joined on its open socket as its session's,
+/// for a resume to join again; on a task of its own, not waited for.
+fn save_rooms(ctx: &Rc<Context>, c: &Conn) {
+    let rooms: Vec<Rc<str>> = c.joined.iter().flat_map(|j| j.0.iter().cloned()).collect();
+    let (ctx, id) = (ctx.clone(), c.session.id);
+    glommio::spawn_local(async move {
+        if let Err(e) = Box::pin(ctx.store.set_rooms(&id, &rooms)).await {
+            tracing::warn!(session_id = %id, error = %e, "session's rooms not written; a resume will not join them again");
         }
     })
     .detach();

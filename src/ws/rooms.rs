@@ -7,9 +7,9 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::history::{Chan, Piece, Recovery, Since};
+use crate::history::{Chan, Channel, Piece, Recovery, Since};
 use crate::metrics::ErrorKind;
-use crate::protocol::WelcomeHistory;
+use crate::protocol::{self, WelcomeHistory};
 
 /// How long a join waits for Redis to confirm its room's subscription.
 const ROOM_JOIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -80,50 +80,83 @@ pub async fn join(ctx: &Context, room: &str, conn: u64, pending: bool) -> Option
     Some(Joined { name, head })
 }
 
+/// What a recovery says: the welcome's part (the upgrade's channels), and
+/// the answer for each room joined on its own (`joined`, its position and
+/// whether what follows is all it missed there).
+pub struct Said {
+    pub welcome: WelcomeHistory,
+    pub joined: Vec<String>,
+}
+
 /// What a socket that asked to recover missed on `chans`, and what its
-/// welcome (or join answer) says about history. Without history it says
-/// nothing of it, except `recovered: false` to a client that asked.
-pub async fn recover(
-    ctx: &Context,
-    since: Option<Since>,
-    chans: &[Chan],
-    room_head: Option<Piece>,
-) -> (Recovery, WelcomeHistory) {
+/// welcome and its `joined` answers say about history. Without history
+/// they say nothing of it, except `recovered: false` to a client that asked.
+pub async fn recover(ctx: &Context, since: Option<Since>, chans: &[Channel]) -> (Recovery, Said) {
     let h = &ctx.history;
+    let asked = since.is_some();
+    let alone = chans.iter().filter(|c| c.alone);
     if !h.enabled() {
-        let said = WelcomeHistory {
-            recovered: since.map(|_| false),
-            ..WelcomeHistory::default()
+        let recovered = asked.then_some(false);
+        let said = Said {
+            welcome: WelcomeHistory {
+                recovered,
+                ..WelcomeHistory::default()
+            },
+            joined: alone
+                .map(|c| protocol::joined(name(c), None, recovered))
+                .collect(),
         };
         return (Recovery::default(), said);
     }
-    let Some(since) = since else {
-        let start = h.position_now(chans, room_head);
-        let said = WelcomeHistory {
-            offset: start
-                .iter()
-                .find(|(c, _)| c.is_none())
-                .map(|(_, p)| p.offset),
-            position: Some(Recovery::token(&start)),
-            recovered: None,
-        };
-        return (Recovery::default(), said);
+    let recovery = match since {
+        None => Recovery {
+            start: h.position_now(chans),
+            ..Recovery::default()
+        },
+        Some(since) => {
+            let m = ctx.metrics();
+            let recovery = h.recover(ctx.redis(), &since, chans).await;
+            m.recoveries_total.inc();
+            if !recovery.complete() {
+                m.recoveries_incomplete_total.inc();
+            }
+            m.recovered_messages_total.add(recovery.texts.len() as u64);
+            recovery
+        }
     };
-    let m = ctx.metrics();
-    let recovery = h.recover(ctx.redis(), &since, chans, room_head).await;
-    m.recoveries_total.inc();
-    if !recovery.complete() {
-        m.recoveries_incomplete_total.inc();
-    }
-    m.recovered_messages_total.add(recovery.texts.len() as u64);
-    let said = WelcomeHistory {
-        offset: recovery
-            .start
+    let is_alone = |chan: &Chan| chans.iter().any(|c| c.alone && c.chan == *chan);
+    // Whether everything missed on the channels `of` picks is in `texts`.
+    let complete =
+        |of: &dyn Fn(&Chan) -> bool| asked.then(|| !recovery.lost.iter().any(|(c, _)| of(c)));
+    let upgrade: Vec<(Chan, Piece)> = recovery
+        .start
+        .iter()
+        .filter(|(c, _)| !is_alone(c))
+        .cloned()
+        .collect();
+    let welcome = WelcomeHistory {
+        offset: upgrade
             .iter()
             .find(|(c, _)| c.is_none())
             .map(|(_, p)| p.offset),
-        position: Some(Recovery::token(&recovery.start)),
-        recovered: Some(recovery.complete()),
+        position: Some(Recovery::token(&upgrade)),
+        recovered: complete(&|c| !is_alone(c)),
     };
-    (recovery, said)
+    let joined = alone
+        .map(|c| {
+            let start: Vec<(Chan, Piece)> = recovery
+                .start
+                .iter()
+                .filter(|(s, _)| *s == c.chan)
+                .cloned()
+                .collect();
+            let token = Recovery::token(&start);
+            protocol::joined(name(c), Some(&token), complete(&|l| *l == c.chan))
+        })
+        .collect();
+    (recovery, Said { welcome, joined })
+}
+
+fn name(c: &Channel) -> &str {
+    c.chan.as_deref().unwrap_or_default()
 }

@@ -9,13 +9,13 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use crate::context::{Context, Slot};
-use crate::history::{self, Offset, Position, Since};
+use crate::history::{self, Channel, Offset, Position, Since};
 use crate::http::{self, Request};
 use crate::metrics::{Denial, ErrorKind};
 use crate::protocol;
 use crate::pubsub;
 use crate::session;
-use crate::store::OpenError;
+use crate::store::{OpenError, Opened};
 use crate::ws::codec;
 use crate::ws::counter::{Grant, Sockets};
 use crate::ws::deflate::{Agreed, Mode};
@@ -110,15 +110,8 @@ fn admit(ctx: &Context, req: &Request) -> Result<Ask, Vec<u8>> {
             return Err(http::json(403, &body));
         }
     }
-    let since = match (
-        req.param(&[history::POSITION_PARAM]),
-        req.param(&[history::SINCE_PARAM]),
-    ) {
-        (Some(raw), _) => Some(Since::Position(raw.parse::<Position>().map_err(|e| {
-            m.error(ErrorKind::BadRequest);
-            tracing::info!(position = raw, "upgrade refused: bad position: 400");
-            http::error(400, &e.to_string())
-        })?)),
+    let since = match (positions(ctx, req)?, req.param(&[history::SINCE_PARAM])) {
+        (Some(p), _) => Some(Since::Position(p)),
         (None, Some(raw)) => Some(Since::Offset(raw.parse::<Offset>().map_err(|e| {
             m.error(ErrorKind::BadRequest);
             tracing::info!(since = raw, "upgrade refused: bad since: 400");
@@ -172,7 +165,11 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     drop(req);
     // The Redis calls' states are boxed while they wait: kept inline they
     // would size every upgrade's future for the largest of them.
-    let (session, resumed) = match Box::pin(ctx.store.open(requested)).await {
+    let Opened {
+        session,
+        resumed,
+        rooms: stored,
+    } = match Box::pin(ctx.store.open(requested)).await {
         Ok(x) => x,
         Err(e) => {
             m.error(ErrorKind::RedisUnavailable);
@@ -200,18 +197,25 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
     if resumed {
         m.sessions_resumed_total.inc();
     }
+    let (joined, refused) =
+        Box::pin(restore(&ctx, conn, stored, room.as_ref(), grant.as_deref())).await;
     // From the recovery read to `adopt` below there is no await: the
     // bridge's messages are the socket's up to the moment it joins the plane.
     let asked = since.is_some();
-    let chans = history::channels_of(room.as_ref());
-    let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans, room_head)).await;
+    let mut chans = history::channels_of(room.as_ref(), room_head);
+    chans.extend(joined.iter().map(|j| Channel {
+        chan: Some(j.name.clone()),
+        head: j.head,
+        alone: true,
+    }));
+    let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans)).await;
     if asked && ctx.history.enabled() {
         for (chan, has) in &recovery.has {
             ctx.history.set_floor(conn, chan.clone(), *has);
         }
     }
     stream.set_nodelay(true).ok();
-    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), asked, recovered = said.recovered, missed = recovery.texts.len(), "ws open");
+    tracing::info!(conn_id = conn, session_id = %session.id, resumed, count = session.count(), sub, room = room.as_deref(), rooms = joined.len(), asked, recovered = said.welcome.recovered, missed = recovery.texts.len(), "ws open");
     let mut first = handshake::accept_response(&accept, deflate.as_ref());
     let mode = deflate.map_or(Mode::Off, |a| a.mode);
     let min = plane.limits().deflate_min;
@@ -220,24 +224,97 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
         &session.id,
         session.count(),
         resumed,
-        said,
+        said.welcome,
     ));
+    for t in said.joined.iter().chain(&refused) {
+        text(t);
+    }
     for (chan, why) in &recovery.lost {
         text(&protocol::unrecovered(chan.as_deref(), *why));
     }
     for t in &recovery.texts {
         text(t);
     }
+    let joined: Vec<Rc<str>> = joined.into_iter().map(|j| j.name).collect();
     let Some(fd) = take_fd(stream) else {
         m.error(ErrorKind::Io);
-        if let Some(r) = &room {
+        for r in room.iter().chain(&joined) {
             ctx.pubsub.leave(r, conn);
         }
         ctx.store.release(&session);
         return;
     };
-    let state = plane.handler().open(slot, session, room, grant);
+    let state = plane.handler().open(slot, session, (room, joined), grant);
     plane.adopt(conn, fd, rest, &first, mode, state);
+}
+
+/// The upgrade's `position`: one token, or several (its channels', then
+/// one per room its session joined on a socket), merged; a channel is read
+/// from the first token that names it. At most one per room the socket may
+/// be in, and one more.
+fn positions(ctx: &Context, req: &Request) -> Result<Option<Position>, Vec<u8>> {
+    let most = ctx.cfg().max_rooms_per_socket + 1;
+    let mut merged: Option<Position> = None;
+    for (i, raw) in req.params(history::POSITION_PARAM).enumerate() {
+        let refuse = |why: &str| {
+            ctx.metrics().error(ErrorKind::BadRequest);
+            tracing::info!(position = raw, "upgrade refused: bad position: 400");
+            http::error(400, why)
+        };
+        if i == most {
+            return Err(refuse(&format!("at most {most} positions")));
+        }
+        let p = raw
+            .parse::<Position>()
+            .map_err(|e| refuse(&e.to_string()))?;
+        match &mut merged {
+            None => merged = Some(p),
+            Some(m) => m.merge(p),
+        }
+    }
+    Ok(merged)
+}
+
+/// Joins a resumed session's rooms again (its sockets joined them on their
+/// open socket): those that are well-formed, not the upgrade's own room,
+/// still allowed by the token, up to the socket's cap. Returns the rooms
+/// joined, and a refusal frame for each one left out for its token or a
+/// cap.
+async fn restore(
+    ctx: &Context,
+    conn: u64,
+    stored: Vec<String>,
+    home: Option<&Rc<str>>,
+    grant: Option<&Grant>,
+) -> (Vec<rooms::Joined>, Vec<String>) {
+    let cap = ctx.cfg().max_rooms_per_socket;
+    let mut joined: Vec<rooms::Joined> = Vec::new();
+    let mut refused = Vec::new();
+    // What Redis holds is checked like a client's input, and bounded.
+    for r in stored.iter().take(cap.saturating_mul(2)) {
+        let taken = home.is_some_and(|h| **h == **r) || joined.iter().any(|j| *j.name == **r);
+        if pubsub::check_room(r).is_err() || taken {
+            continue;
+        }
+        if grant.is_some_and(|g| !g.rooms.allows(r)) {
+            refused.push(protocol::room_refusal(
+                "forbidden",
+                Some(r),
+                Some("the token's rooms claim does not name this room"),
+            ));
+            continue;
+        }
+        let full = joined.len() + usize::from(home.is_some()) >= cap;
+        let j = match full {
+            true => None,
+            false => Box::pin(rooms::join(ctx, r, conn, false)).await,
+        };
+        match j {
+            Some(j) => joined.push(j),
+            None => refused.push(protocol::room_refusal("too_many_rooms", Some(r), None)),
+        }
+    }
+    (joined, refused)
 }
 
 /// The descriptor the plane will own: a copy, since glommio's stream, and
