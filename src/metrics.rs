@@ -56,7 +56,7 @@ pub enum Denial {
     InvalidKey,
     /// An API call on a listener that does not serve the API.
     ApiDisabled,
-    /// An upgrade to a room its token does not name.
+    /// An upgrade to, or a join of, a room its token does not name.
     RoomNotAllowed,
     /// A live socket whose token's `exp` passed.
     TokenExpired,
