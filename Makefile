@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench flamegraph fuzz vendor-check docker-test
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench flamegraph fuzz vendor-check docker-test
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -57,6 +57,10 @@ scale-test: ## Scale-out test in network namespaces: N=12000 sockets, NODES=3 no
 deflate-bench: ## permessage-deflate on broadcasts: bytes on the wire and server CPU per delivery, without and with (N=2000 sockets, B=50 broadcasts, ROUNDS=3)
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	scripts/deflate-bench
+
+presence-bench: ## Presence's cost to a shard: CPU with and without it, N=10000 sockets in a room, HEARTBEAT=5s, WINDOW=30s, ROUNDS=3
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/presence-bench
 
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph

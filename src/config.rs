@@ -185,6 +185,22 @@ pub struct Config {
     /// (`too_many_rooms`); the socket stays open.
     #[arg(long, env = "SHARDCAST_MAX_ROOMS_PER_SOCKET", default_value_t = 64)]
     pub max_rooms_per_socket: usize,
+    /// Keep who is in each room in Redis, for `GET /api/rooms/{room}/presence`
+    /// and presence frames.
+    #[arg(long, env = "SHARDCAST_PRESENCE", default_value_t = true, action = ArgAction::Set)]
+    pub presence: bool,
+    /// How long a socket's presence in a room lasts unless renewed; the
+    /// heartbeat walk renews it every `heartbeat_interval`, so a node that
+    /// dies drops out of every room within this. At least twice
+    /// `heartbeat_interval`.
+    #[serde(with = "dur")]
+    #[arg(long, env = "SHARDCAST_PRESENCE_TTL", value_parser = parse_duration, default_value = "75s")]
+    pub presence_ttl: Duration,
+    /// Rooms whose members are sent presence frames (who joined, who left):
+    /// names, or prefixes ending in `*` (`chat:*`; `*` for every room).
+    /// Empty: none.
+    #[arg(long, env = "SHARDCAST_PRESENCE_EVENTS", value_delimiter = ',')]
+    pub presence_events: Vec<String>,
     /// Broadcasts each channel (the global one, each room) keeps in its Redis
     /// Stream for clients that reconnect with `since`. 0: no history and no
     /// offsets, the frames of before.

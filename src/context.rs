@@ -19,6 +19,7 @@ use crate::drain::Drain;
 use crate::history::History;
 use crate::loggate::LogGate;
 use crate::metrics::{ErrorKind, Metrics, ShardMetrics, REFUSED};
+use crate::presence::Presence;
 use crate::pubsub::Subscriber;
 use crate::readiness::Readiness;
 use crate::redis::{Observer, RedirectKind, Redis, RedisTarget};
@@ -60,6 +61,7 @@ pub struct Context {
     pub store: Store,
     pub pubsub: Rc<Subscriber>,
     pub history: History,
+    pub presence: Presence,
     /// TCP connections open on this shard, against `max_connections`.
     open: Cell<usize>,
     next_conn: Cell<u64>,
@@ -74,7 +76,7 @@ impl Context {
         shared: Arc<Shared>,
         store: Store,
         pubsub: Rc<Subscriber>,
-        history: History,
+        (history, presence): (History, Presence),
     ) -> Self {
         Self {
             id,
@@ -82,6 +84,7 @@ impl Context {
             store,
             pubsub,
             history,
+            presence,
             open: Cell::new(0),
             next_conn: Cell::new(0),
             drain: Drain::default(),

@@ -59,6 +59,15 @@ pub fn on_bus_event(ctx: &Rc<Context>, plane: &Rc<Sockets>, target: Target<'_>, 
             .filter(|p| !p.is_empty())
             .and_then(|p| p.parse().ok());
         arrived(ctx, plane, room, piece, prev, &msg);
+    } else if let Some(diff) = event.presence {
+        // Presence changes travel on their room's channel only.
+        let Target::Room(r) = target else { return };
+        let Some(room) = ctx.pubsub.room_name(r) else {
+            return;
+        };
+        let text = protocol::presence(&room, &diff);
+        let frame = TextFrame::new(text.as_bytes(), plane.limits().deflate_min);
+        send(ctx, plane, Some(&room), &[], |_| &frame);
     } else if let Some(id) = event.kick {
         // Kicks travel on the events channel only.
         if target != Target::Events {

@@ -19,6 +19,8 @@
 //! - [`protocol`]: the JSON payloads of the wire contract.
 //! - [`readiness`]: whether the process should get traffic (`/readyz`).
 //! - [`pubsub`]: broadcasts, rooms and kicks through Redis pub/sub.
+//! - [`presence`]: who is in each room, across nodes: entries in Redis
+//!   renewed in batches by the heartbeat walk, and the changes as frames.
 //! - [`history`]: each channel's stream, offsets and epoch, positions, the
 //!   recovery of what a reconnecting socket missed, and gaps on live ones.
 //! - [`session`]: a session's id and count parts.
@@ -54,6 +56,7 @@ pub mod http;
 pub mod loggate;
 pub mod logging;
 pub mod metrics;
+pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod readiness;

@@ -143,6 +143,11 @@ pub fn room_refusal(error: &str, room: Option<&str>, reason: Option<&str>) -> St
     e.to_string()
 }
 
+/// A room's presence frame: who joined it and who left.
+pub fn presence(room: &str, diff: &crate::presence::Diff) -> String {
+    json!({ "presence": diff, "room": room }).to_string()
+}
+
 pub fn error(kind: &str) -> String {
     json!({ "error": kind }).to_string()
 }
@@ -197,6 +202,9 @@ pub struct BusEvent {
     /// its life.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<String>,
+    /// Who joined and left a room (rooms that opted in to presence frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<crate::presence::Diff>,
 }
 
 impl BusEvent {

@@ -132,13 +132,66 @@ pub async fn api(shard: &Context, req: &Request) -> Vec<u8> {
         ("GET" | "HEAD", "/status") => http::json(200, &status(shard)),
         ("POST", "/api/broadcast") => broadcast(shard, &req.rest).await,
         (_, "/status" | "/api/broadcast") => method_not_allowed(),
-        (method, _) => match path.strip_prefix("/api/sessions/") {
-            Some(id) => session_api(shard, method, id).await,
-            None => {
-                shard.metrics().error(ErrorKind::NotFound);
-                http::error(404, "not found")
+        (method, _) => {
+            if let Some(id) = path.strip_prefix("/api/sessions/") {
+                return session_api(shard, method, id).await;
             }
-        },
+            let room = path.strip_prefix("/api/rooms/");
+            if let Some(room) = room.and_then(|r| r.strip_suffix("/presence")) {
+                return presence_api(shard, method, room, req).await;
+            }
+            shard.metrics().error(ErrorKind::NotFound);
+            http::error(404, "not found")
+        }
+    }
+}
+
+/// Members listed by a presence read unless `limit` says otherwise.
+const PRESENCE_LIMIT: usize = 1000;
+
+/// `GET /api/rooms/{room}/presence[?limit=N]`: the room's members on every
+/// node (each session once) and how many sockets are in it.
+async fn presence_api(shard: &Context, method: &str, room: &str, req: &Request) -> Vec<u8> {
+    if !matches!(method, "GET" | "HEAD") {
+        return method_not_allowed();
+    }
+    if let Err(e) = check_room(room) {
+        shard.metrics().error(ErrorKind::BadRequest);
+        return http::error(400, &e.to_string());
+    }
+    if !shard.presence.enabled() {
+        shard.metrics().error(ErrorKind::NotFound);
+        return http::error(404, "presence is off");
+    }
+    let most = crate::presence::READ_MAX;
+    let limit = match req.param(&["limit"]).map(str::parse::<usize>) {
+        None => PRESENCE_LIMIT,
+        Some(Ok(n)) if (1..=most).contains(&n) => n,
+        Some(_) => {
+            shard.metrics().error(ErrorKind::BadRequest);
+            return http::error(400, &format!("limit must be 1 to {most}"));
+        }
+    };
+    let (slot, cmd) = shard.presence.read_cmd(room, limit);
+    let read = match shard.redis().query(Some(slot), &cmd).await {
+        Ok(v) => crate::presence::read_reply(&v, limit),
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(r) => http::json(
+            200,
+            &json!({
+                "room": room,
+                "count": r.members.len(),
+                "sockets": r.sockets,
+                "members": r.members,
+                "truncated": r.truncated,
+            }),
+        ),
+        Err(e) => {
+            tracing::warn!(room, error = %e, "presence not read: 503");
+            http::error(503, "redis_unavailable")
+        }
     }
 }
 

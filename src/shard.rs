@@ -18,6 +18,7 @@ use crate::context::{Context, Shared};
 use crate::deliver;
 use crate::history::History;
 use crate::metrics::ErrorKind;
+use crate::presence::{self, Presence};
 use crate::protocol;
 use crate::pubsub::{self, Subscriber};
 use crate::redis::replicas::Replicas;
@@ -128,6 +129,9 @@ pub async fn run(
     start_probe(&shard, &plane);
     glommio::spawn_local(measure_lag(shard.clone())).detach();
     glommio::spawn_local(flush_every(shard.clone(), shared.cfg.flush_interval)).detach();
+    if shard.presence.enabled() {
+        glommio::spawn_local(presence_every(shard.clone())).detach();
+    }
     serve(ctx, &shard, &planes).await;
 }
 
@@ -162,11 +166,13 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
     }
     let (mut init, scripts) = History::init_commands();
     init.extend(Store::init_commands());
+    let (presence_init, presence_scripts) = Presence::init_commands();
+    init.extend(presence_init);
     let redis = Redis::new(
         target.clone(),
         shared.redis_tls.clone(),
         switch.clone(),
-        (init, scripts + 1),
+        (init, scripts + 1 + presence_scripts),
         shared.redis_observer(id),
         id,
     );
@@ -196,12 +202,17 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         replicas,
         cfg.max_rooms,
     );
+    let presence = Presence::new(
+        cfg.presence,
+        cfg.presence_ttl.as_millis() as u64,
+        cfg.presence_events.clone(),
+    );
     let shard = Rc::new(Context::new(
         id,
         shared.clone(),
         store,
         pubsub.clone(),
-        history,
+        (history, presence),
     ));
     Wired {
         shard,
@@ -286,6 +297,21 @@ async fn measure_lag(shard: Rc<Context>) {
         glommio::timer::sleep(TICK).await;
         let late = t.elapsed().saturating_sub(TICK);
         shard.metrics().loop_lag_ns.set(late.as_nanos() as u64);
+    }
+}
+
+/// Presence batches go out this often: a join shows in the room's presence
+/// within it, and renewals of a whole heartbeat tick travel together.
+const PRESENCE_BATCH: Duration = Duration::from_millis(250);
+
+/// Sends what presence gathered (joins, leaves, renewals), every
+/// PRESENCE_BATCH while there is any.
+async fn presence_every(s: Rc<Context>) {
+    loop {
+        glommio::timer::sleep(PRESENCE_BATCH).await;
+        if !s.presence.is_idle() {
+            presence::send(&s.presence, s.redis(), &s.pubsub).await;
+        }
     }
 }
 
@@ -380,7 +406,9 @@ async fn serve(ctx: ShardContext, shard: &Rc<Context>, planes: &Rc<Planes>) {
         None => STOP_FLUSH,
     };
     let flush = glommio::timer::timeout(flush_for, async {
+        // Counts first: a presence entry left behind only waits out its TTL.
         shard.store.flush().await;
+        presence::send(&shard.presence, shard.redis(), &shard.pubsub).await;
         Ok(())
     });
     let _ = flush.await;

@@ -180,6 +180,24 @@ pub(crate) static RULES: &[Rule] = &[
         Ok(())
     }),
     Rule::of("max_rooms", |c| at_least(c.max_rooms, 1)),
+    Rule::of("presence_ttl", |c| {
+        if c.presence && c.presence_ttl < c.heartbeat_interval * 2 {
+            return Err(format!(
+                "must be at least twice heartbeat_interval ({})",
+                humantime::format_duration(c.heartbeat_interval * 2)
+            ));
+        }
+        Ok(())
+    }),
+    Rule::of("presence_events", |c| {
+        for p in &c.presence_events {
+            let name = p.strip_suffix('*').unwrap_or(p);
+            if !name.is_empty() && crate::pubsub::check_room(name).is_err() {
+                return Err(format!("{p:?} is not a room name or a prefix ending in *"));
+            }
+        }
+        Ok(())
+    }),
     Rule::of("max_rooms_per_socket", |c| {
         at_least(c.max_rooms_per_socket, 1)?;
         at_most(c.max_rooms_per_socket, 4096)

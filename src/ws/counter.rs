@@ -13,6 +13,7 @@ use crate::config::Durability;
 use crate::context::{Context, Slot};
 use crate::history::{Channel, Position, Recovery, Since};
 use crate::metrics::{Denial, ErrorKind};
+use crate::presence::{self, Member};
 use crate::protocol;
 use crate::pubsub;
 use crate::session::Session;
@@ -127,23 +128,18 @@ impl Conn {
         self.rooms().any(|r| &**r == room)
     }
 
-    /// Takes `room` off the socket; false when it was not in it.
-    fn take_room(&mut self, room: &str) -> bool {
+    /// Takes `room` off the socket; None when it was not in it.
+    fn take_room(&mut self, room: &str) -> Option<Rc<str>> {
         if self.room.as_deref() == Some(room) {
-            self.room = None;
-            return true;
+            return self.room.take();
         }
-        let Some(j) = self.joined.as_mut() else {
-            return false;
-        };
-        let Some(i) = j.0.iter().position(|r| &**r == room) else {
-            return false;
-        };
-        j.0.remove(i);
+        let j = self.joined.as_mut()?;
+        let i = j.0.iter().position(|r| &**r == room)?;
+        let name = j.0.remove(i);
         if j.0.is_empty() {
             self.joined = None;
         }
-        true
+        Some(name)
     }
 }
 
@@ -316,8 +312,10 @@ impl Counter {
         if let Err(e) = pubsub::check_room(room) {
             return protocol::room_refusal("invalid_room", None, Some(&e.to_string()));
         }
-        if c.take_room(room) {
+        if let Some(name) = c.take_room(room) {
             self.ctx.pubsub.leave(room, conn);
+            let entry = presence_entry(&self.ctx, conn, c);
+            self.ctx.presence.left(&name, entry, || presence_member(c));
             save_rooms(&self.ctx, c);
         }
         protocol::left(room)
@@ -503,6 +501,8 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
                 .0
                 .push(j.name.clone());
             save_rooms(&ctx, c);
+            let entry = presence_entry(&ctx, conn, c);
+            ctx.presence.joined(&j.name, entry, || presence_member(c));
             for joined in &said.joined {
                 codec::encode_text(out, joined.as_bytes());
             }
@@ -526,6 +526,24 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
         }
     })
     .detach();
+}
+
+/// A socket's presence entry (see [`presence::entry`]).
+pub fn presence_entry(ctx: &Context, conn: u64, c: &Conn) -> String {
+    let sub = c.grant.as_ref().and_then(|g| g.sub.as_deref());
+    presence::entry(&c.session.id, sub, ctx.store.writer(), conn)
+}
+
+/// A socket as a room's member.
+pub fn presence_member(c: &Conn) -> Member {
+    Member {
+        session_id: c.session.id.to_string(),
+        sub: c
+            .grant
+            .as_ref()
+            .and_then(|g| g.sub.as_deref())
+            .map(String::from),
+    }
 }
 
 /// Writes the rooms the socket joined on its open socket as its session's,
@@ -574,6 +592,10 @@ impl Handler for Counter {
         } = left;
         for room in state.rooms() {
             self.ctx.pubsub.leave(room, conn);
+            let entry = presence_entry(&self.ctx, conn, &state);
+            self.ctx
+                .presence
+                .left(room, entry, || presence_member(&state));
         }
         self.ctx.metrics().connections_active.dec();
         let ended = Ended {
@@ -601,7 +623,12 @@ impl Plane<Counter> {
     /// sockets, and each one's session queued for the next flush, so an open
     /// but silent socket keeps its session alive. Returns how many took it.
     pub fn heartbeat(&self, frame: &[u8], slice: Slice) -> u64 {
-        let store = &self.handler().ctx.store;
-        self.send_slice(frame, slice, |c| store.enqueue(&c.session))
+        let ctx = &self.handler().ctx;
+        self.send_slice(frame, slice, |conn, c| {
+            ctx.store.enqueue(&c.session);
+            for r in c.rooms() {
+                ctx.presence.renew(r, || presence_entry(ctx, conn, c));
+            }
+        })
     }
 }

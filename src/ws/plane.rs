@@ -647,14 +647,19 @@ impl<H: Handler> Plane<H> {
     /// `frame` to each socket of one slice of the table, and `took` for
     /// each that took it (the heartbeat: the counter keeps those sockets'
     /// sessions alive). Returns how many took it.
-    pub fn send_slice(&self, frame: &[u8], slice: Slice, mut took: impl FnMut(&H::State)) -> u64 {
+    pub fn send_slice(
+        &self,
+        frame: &[u8],
+        slice: Slice,
+        mut took: impl FnMut(u64, &H::State),
+    ) -> u64 {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
             for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
                 if self.send_frame(conn, sock, frame) {
                     n += 1;
-                    took(&sock.state);
+                    took(conn, &sock.state);
                 }
             }
         }

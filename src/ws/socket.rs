@@ -12,6 +12,7 @@ use crate::context::{Context, Slot};
 use crate::history::{self, Channel, Offset, Position, Since};
 use crate::http::{self, Request};
 use crate::metrics::{Denial, ErrorKind};
+use crate::presence::{self, Member};
 use crate::protocol;
 use crate::pubsub;
 use crate::session;
@@ -244,6 +245,14 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
         ctx.store.release(&session);
         return;
     };
+    let p = &ctx.presence;
+    for r in room.iter().chain(&joined) {
+        let entry = presence::entry(&session.id, sub.as_deref(), ctx.store.writer(), conn);
+        p.joined(r, entry, || Member {
+            session_id: session.id.to_string(),
+            sub: sub.clone(),
+        });
+    }
     let state = plane.handler().open(slot, session, (room, joined), grant);
     plane.adopt(conn, fd, rest, &first, mode, state);
 }
