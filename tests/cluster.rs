@@ -563,3 +563,88 @@ fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
         assert_eq!(next_broadcast_frame(c)["broadcast"], "after the move");
     }
 }
+
+/// Rooms joined on an open socket and presence on a cluster with sharded
+/// pub/sub: one socket joins a room on every master, each room's
+/// broadcasts reach it, each room's presence set lives on its master and
+/// lists the members of both processes, and the room's presence frames
+/// travel on its own channel.
+#[test]
+fn live_joins_and_presence_live_with_each_room() {
+    let _serial = one_at_a_time();
+    let cluster = RedisCluster::start();
+    let start = || {
+        Server::builder_cluster(&cluster)
+            .shards(2)
+            .arg("--pubsub", "sharded")
+            .arg("--presence-events", "*")
+            .start()
+    };
+    let (a, b) = (start(), start());
+    let rooms = rooms_on_every_master(&cluster, 1);
+    let (mut joiner, w) = a.connect("");
+    let joiner_id = session_id(&w);
+    // Presence frames the joiner got, as (room, session joined).
+    let mut told = std::collections::BTreeSet::new();
+    let note = |v: &serde_json::Value, told: &mut std::collections::BTreeSet<_>| {
+        for j in v["presence"]["joins"].as_array().into_iter().flatten() {
+            let id = j["session_id"].as_str().unwrap().to_string();
+            told.insert((v["room"].as_str().unwrap().to_string(), id));
+        }
+    };
+    let mut want = std::collections::BTreeSet::new();
+    let mut members = Vec::new();
+    for (room, _) in &rooms {
+        joiner.send_command(&json!({ "join": room }));
+        loop {
+            let v = joiner.recv_skipping_heartbeats().json();
+            if v.get("presence").is_some() {
+                note(&v, &mut told);
+                continue;
+            }
+            assert_eq!(v["joined"], room.as_str(), "{v}");
+            break;
+        }
+        let (m, w) = b.connect(&format!("room={room}"));
+        want.insert((room.clone(), joiner_id.clone()));
+        want.insert((room.clone(), session_id(&w)));
+        members.push((m, session_id(&w)));
+    }
+    // Every join, its own and the other node's, reaches the joiner through
+    // its room.
+    while told != want {
+        let v = joiner.recv_skipping_heartbeats().json();
+        assert!(v.get("presence").is_some(), "{v}");
+        note(&v, &mut told);
+        assert!(told.is_subset(&want), "{told:?}");
+    }
+    for ((room, owner), (_, member_id)) in rooms.iter().zip(&members) {
+        let path = format!("/api/rooms/{room}/presence");
+        let v = wait_for("both members listed", Duration::from_secs(10), || {
+            let (status, body) = http(b.addr, "GET", &path, "");
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (status == 200 && v["count"] == 2).then_some(v)
+        });
+        let mut ids: Vec<&str> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["session_id"].as_str().unwrap())
+            .collect();
+        ids.sort_unstable();
+        let mut both = vec![joiner_id.as_str(), member_id.as_str()];
+        both.sort_unstable();
+        assert_eq!(ids, both, "{v}");
+        let node = cluster.nodes.iter().find(|n| n.port == *owner).unwrap();
+        let key = format!("{{shardcast:room:{room}}}:p");
+        assert_eq!(
+            node.cli(&["EXISTS", &key]).trim(),
+            "1",
+            "{key} on its room's master"
+        );
+        publish(&b, json!({ "message": format!("to {room}"), "room": room }));
+        let f = next_broadcast_frame(&mut joiner);
+        assert_eq!(f["broadcast"], format!("to {room}"));
+        assert_eq!(position_of(&f["position"]).len(), 1, "the room's own: {f}");
+    }
+}

@@ -251,6 +251,24 @@ fn a_manual_failover_is_followed_with_no_gap() {
         "the counts are not in database 2"
     );
     assert_eq!(master.session_count_in(0, &first.id), None);
+    // A member of two rooms (one by its upgrade, one joined live): presence
+    // through the Sentinels' master, and after the failover on the new one.
+    let (mut member, _) = server.connect("room=lobby");
+    member.send_command(&serde_json::json!({ "join": "side" }));
+    assert_eq!(member.recv_skipping_heartbeats().json()["joined"], "side");
+    let listed = |room: &str| {
+        let (status, body) = http(
+            server.addr,
+            "GET",
+            &format!("/api/rooms/{room}/presence"),
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status == 200 && v["count"] == 1
+    };
+    wait_for("the member in both rooms", Duration::from_secs(5), || {
+        (listed("lobby") && listed("side")).then_some(())
+    });
 
     // Both servers stay up: the old master is demoted, not killed.
     assert!(sentinels[0]
@@ -259,6 +277,10 @@ fn a_manual_failover_is_followed_with_no_gap() {
     wait_for("the roles to swap", Duration::from_secs(30), || {
         (replica.role() == "master" && master.role() == "slave").then_some(())
     });
+    assert!(
+        listed("lobby") && listed("side"),
+        "presence on the new master"
+    );
     let before = most_acked(&counters);
     wait_counts(
         &counters,
