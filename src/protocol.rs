@@ -113,9 +113,18 @@ pub fn refreshed(exp: Option<f64>) -> String {
 
 /// The answer to a join: the room, the socket's position on it alone
 /// (with history), and, when the join asked with a position, whether what
-/// follows is every broadcast it missed there.
-pub fn joined(room: &str, position: Option<&str>, recovered: Option<bool>) -> String {
+/// follows is every broadcast it missed there. `restored`: not an answer
+/// but a room of a resumed session, joined again at the upgrade.
+pub fn joined(
+    room: &str,
+    position: Option<&str>,
+    recovered: Option<bool>,
+    restored: bool,
+) -> String {
     let mut j = json!({ "joined": room });
+    if restored {
+        j["restored"] = true.into();
+    }
     if let Some(p) = position {
         j["position"] = p.into();
     }

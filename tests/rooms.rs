@@ -392,6 +392,7 @@ fn a_resume_joins_the_sessions_rooms_again_and_recovers_each_from_its_position()
         let j = s.recv().json();
         assert_eq!(j["joined"], r, "the session's rooms, in join order: {j}");
         assert_eq!(j["recovered"], true, "{j}");
+        assert_eq!(j["restored"], true, "not an answer to a join: {j}");
     }
     for (room, m) in [("", "g1"), ("r1", "m1"), ("r2", "m2")] {
         let v = next_broadcast_frame(&mut s);

@@ -295,7 +295,7 @@ impl Counter {
                 };
                 Recovery::token(&h.position_now(&[chan]))
             });
-            return Err(protocol::joined(&room, position.as_deref(), None));
+            return Err(protocol::joined(&room, position.as_deref(), None, false));
         }
         if c.rooms().count() >= self.max_rooms {
             return Err(protocol::room_refusal(
@@ -484,7 +484,7 @@ fn join_then_answer(plane: &Rc<Sockets>, conn: u64, join: LiveJoin, arrived: Ins
             head: j.head,
             alone: true,
         }];
-        let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans)).await;
+        let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans, false)).await;
         let mut admitted = false;
         plane.resume(conn, arrived, |c, out| {
             if !ctx.pubsub.admit(&j.name, conn) {

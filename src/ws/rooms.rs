@@ -91,7 +91,14 @@ pub struct Said {
 /// What a socket that asked to recover missed on `chans`, and what its
 /// welcome and its `joined` answers say about history. Without history
 /// they say nothing of it, except `recovered: false` to a client that asked.
-pub async fn recover(ctx: &Context, since: Option<Since>, chans: &[Channel]) -> (Recovery, Said) {
+/// `restored`: the rooms joined on their own (`alone`) are a resumed
+/// session's, joined again at its upgrade.
+pub async fn recover(
+    ctx: &Context,
+    since: Option<Since>,
+    chans: &[Channel],
+    restored: bool,
+) -> (Recovery, Said) {
     let h = &ctx.history;
     let asked = since.is_some();
     let alone = chans.iter().filter(|c| c.alone);
@@ -103,7 +110,7 @@ pub async fn recover(ctx: &Context, since: Option<Since>, chans: &[Channel]) -> 
                 ..WelcomeHistory::default()
             },
             joined: alone
-                .map(|c| protocol::joined(name(c), None, recovered))
+                .map(|c| protocol::joined(name(c), None, recovered, restored))
                 .collect(),
         };
         return (Recovery::default(), said);
@@ -151,7 +158,8 @@ pub async fn recover(ctx: &Context, since: Option<Since>, chans: &[Channel]) -> 
                 .cloned()
                 .collect();
             let token = Recovery::token(&start);
-            protocol::joined(name(c), Some(&token), complete(&|l| *l == c.chan))
+            let recovered = complete(&|l| *l == c.chan);
+            protocol::joined(name(c), Some(&token), recovered, restored)
         })
         .collect();
     (recovery, Said { welcome, joined })

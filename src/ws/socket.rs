@@ -209,7 +209,7 @@ pub async fn open(slot: Slot, plane: &Rc<Sockets>, mut stream: TcpStream, mut re
         head: j.head,
         alone: true,
     }));
-    let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans)).await;
+    let (recovery, said) = Box::pin(rooms::recover(&ctx, since, &chans, true)).await;
     if asked && ctx.history.enabled() {
         for (chan, has) in &recovery.has {
             ctx.history.set_floor(conn, chan.clone(), *has);
