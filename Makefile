@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench flamegraph fuzz vendor-check docker-test
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench client flamegraph fuzz vendor-check docker-test
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -61,6 +61,9 @@ deflate-bench: ## permessage-deflate on broadcasts: bytes on the wire and server
 presence-bench: ## Presence's cost to a shard: CPU with and without it, N=10000 sockets in a room, HEARTBEAT=5s, WINDOW=30s, ROUNDS=3
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	scripts/presence-bench
+
+client: ## Build the JavaScript client (clients/js/src → dist/, which the server embeds and serves at /shardcast.js); needs node and npm
+	cd clients/js && { test -d node_modules || npm ci --no-audit --no-fund; } && npm run build
 
 flamegraph: ## Profile the server under load: run/flamegraph/flamegraph.svg (MODE=rate DURATION=15s N= SHARDS=; needs perf)
 	scripts/flamegraph

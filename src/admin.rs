@@ -209,7 +209,7 @@ async fn route(admin: &Admin, req: Request) -> Vec<u8> {
     if let Some(answer) = routes::probe(&admin.shared, &req.method, &req.path) {
         return answer;
     }
-    let page = matches!(req.method.as_str(), "GET" | "HEAD") && req.path == "/";
+    let page = routes::is_page(&req.method, &req.path);
     if !page && !routes::is_api(&req.path) {
         return http::error(404, "not found");
     }
@@ -217,7 +217,7 @@ async fn route(admin: &Admin, req: Request) -> Vec<u8> {
     // with a page load: it is served wherever the API is, and asks for the
     // key itself.
     if page && !matches!(admin.access, Access::Off) {
-        return routes::console();
+        return routes::page(&req.path);
     }
     if let Err(why) = admin.access.check(&req) {
         let denial = Denial::from(why);

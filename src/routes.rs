@@ -16,8 +16,32 @@ use crate::protocol;
 use crate::pubsub::check_room;
 use crate::readiness::State;
 
-/// The web console served at `/`: one self-contained page (see its top comment).
+/// The web console served at `/`: one page (see its top comment), whose
+/// socket is the JavaScript client's.
 pub const CONSOLE_HTML: &str = include_str!("console.html");
+
+/// The JavaScript client (clients/js), as built into `dist/`: served at
+/// `/shardcast.js` for the console and for pages of the same origin.
+pub const CLIENT_JS: &str = include_str!("../clients/js/dist/shardcast.js");
+
+/// Whether a request asks for one of the open pages: the console, or the
+/// client script it loads. They hold nothing: no key is needed.
+pub fn is_page(method: &str, path: &str) -> bool {
+    matches!(method, "GET" | "HEAD") && matches!(path, "/" | "/shardcast.js")
+}
+
+/// The answer to an open page.
+pub fn page(path: &str) -> Vec<u8> {
+    match path {
+        "/shardcast.js" => http::response(
+            200,
+            "text/javascript; charset=utf-8",
+            &[],
+            CLIENT_JS.as_bytes(),
+        ),
+        _ => console(),
+    }
+}
 
 /// The console page's answer.
 pub fn console() -> Vec<u8> {
@@ -115,7 +139,7 @@ pub async fn answer(shard: &Context, req: &Request) -> Vec<u8> {
         return answer;
     }
     match (method, path) {
-        ("GET" | "HEAD", "/") => console(),
+        _ if is_page(method, path) => page(path),
         _ if is_api(path) => api(shard, req).await,
         _ => {
             shard.metrics().error(ErrorKind::NotFound);

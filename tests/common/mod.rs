@@ -17,6 +17,7 @@ pub use shardcast_kit::redis::*;
 
 pub mod blackhole;
 pub mod mem;
+pub mod node;
 
 /// The session id of a welcome frame.
 pub fn session_id(welcome: &Value) -> String {
@@ -137,14 +138,11 @@ impl ServerBuilder {
 
     pub fn start(self) -> Server {
         let given = |flag: &str| self.args.iter().any(|a| a == flag);
-        let mut defaults = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--pin",
-            "false",
-            "--log-level",
-            "info",
-        ];
+        let mut defaults = vec!["--pin", "false", "--log-level", "info"];
+        // A second server on a first one's port (SO_REUSEPORT) names it.
+        if !given("--listen") {
+            defaults.extend(["--listen", "127.0.0.1:0"]);
+        }
         if !given("--admin-listen") {
             defaults.extend(["--admin-listen", "127.0.0.1:0"]);
         }
