@@ -12,102 +12,29 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http, wait_for, Redis, Server, TempDir, TEST_API_KEY};
-use serde_json::Value;
+use common::node::{chromium, require_node, Reaped};
+use common::{http, Redis, Server, TempDir, TEST_API_KEY};
 
-/// Kills and reaps a child process when dropped, on success and on panic.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn has(cmd: &str, arg: &str) -> bool {
-    Command::new(cmd)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Node, npm (for the first install) and the browser, or a panic that says
-/// how to get them.
-fn require_tools(console_dir: &Path) -> PathBuf {
-    assert!(
-        has("node", "--version"),
-        "the console test needs node on PATH (Debian: apt-get install -y nodejs npm)"
-    );
-    let chromium = PathBuf::from(
-        std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string()),
-    );
-    assert!(
-        chromium.exists(),
-        "the console test needs a Chromium at {} (Debian: apt-get install -y chromium; \
-         or set CHROMIUM=/path/to/chromium)",
-        chromium.display()
-    );
-    if !console_dir.join("node_modules/playwright-core").exists() {
-        assert!(
-            has("npm", "--version"),
-            "the console test needs npm to install playwright-core \
-             (Debian: apt-get install -y npm), or run `npm ci` in tests/console"
-        );
-        let ok = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(console_dir)
-            .status()
-            .expect("run npm ci")
-            .success();
-        assert!(ok, "`npm ci` in {} failed", console_dir.display());
-    }
-    chromium
-}
-
-/// Server B, spawned by hand on A's port (the fixture always listens on :0).
-fn start_second_server(redis: &Redis, port: u16) -> (Reaped, u32) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shardcast"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", &redis.url()])
-        .args(["--shards", "2", "--pin", "false", "--log-level", "info"])
-        .args(["--color", "green", "--heartbeat-interval", "1s"])
-        .args(["--permessage-deflate", "true"])
-        .args(["--api-key", TEST_API_KEY, "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn shardcast (server B)");
-    let pid = child.id();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let child = Reaped(child);
-    wait_for("server B's listening line", Duration::from_secs(20), || {
-        lines.lock().unwrap().iter().find_map(|l| {
-            let v: Value = serde_json::from_str(l).ok()?;
-            (v["msg"] == "listening").then_some(())
-        })
-    });
-    (child, pid)
+/// Server B, on A's port (SO_REUSEPORT): the drain's destination.
+fn start_second_server(redis: &Redis, port: u16) -> Server {
+    Server::builder(redis)
+        .shards(2)
+        .arg("--listen", &format!("127.0.0.1:{port}"))
+        .arg("--color", "green")
+        .arg("--heartbeat-interval", "1s")
+        .arg("--permessage-deflate", "true")
+        .start()
 }
 
 #[test]
 fn console_in_a_real_browser() {
     let console_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console");
-    let chromium = require_tools(&console_dir);
+    require_node(&console_dir);
+    let chromium = chromium();
 
     let redis = Redis::start();
     let mut a = Server::builder(&redis)
@@ -160,15 +87,16 @@ fn console_in_a_real_browser() {
 
     let limit = Duration::from_secs(90);
     let t0 = Instant::now();
-    let mut b: Option<Reaped> = None;
+    let mut b: Option<Server> = None;
     let status = loop {
         if let Some(status) = node.0.try_wait().unwrap() {
             break status;
         }
         if b.is_none() && hs.0.join("ready-for-b").exists() {
-            let (child, pid) = start_second_server(&redis, a.addr.port());
+            let server = start_second_server(&redis, a.addr.port());
+            let pid = server.pid();
             println!("[console.rs] server B (pid {pid}) listening on {}", a.addr);
-            b = Some(child);
+            b = Some(server);
             let tmp = hs.0.join("go.tmp");
             std::fs::write(&tmp, pid.to_string()).unwrap();
             std::fs::rename(&tmp, hs.0.join("go")).unwrap();
