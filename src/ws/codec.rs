@@ -222,7 +222,8 @@ impl Payload for Controls {
 /// The per-socket decoder state: a few dozen bytes.
 #[derive(Debug)]
 pub struct Decoder<P: Payload = Controls> {
-    max_message: usize,
+    /// At most 64 MiB (the setting's bound): four bytes do.
+    max_message: u32,
     /// What the socket agreed of permessage-deflate: when on, a message's
     /// first frame may set RSV1.
     deflate: Mode,
@@ -235,7 +236,7 @@ pub struct Decoder<P: Payload = Controls> {
     in_message: bool,
     /// The message in progress is text (only text is checked for UTF-8).
     text: bool,
-    message_len: usize,
+    message_len: u32,
     utf8: Utf8Stream,
     payload: P,
 }
@@ -251,7 +252,7 @@ impl<P: Payload> Decoder<P> {
     /// A decoder that hands every checked payload piece to `payload`.
     pub fn with(max_message: usize, payload: P) -> Self {
         Self {
-            max_message,
+            max_message: max_message.min(u32::MAX as usize) as u32,
             deflate: Mode::Off,
             inflating: None,
             frame: None,
@@ -286,7 +287,7 @@ impl<P: Payload> Decoder<P> {
             unmask(chunk, f.mask, f.offset);
             match &mut self.inflating {
                 Some(inflating) => {
-                    let (text, max) = (self.text, self.max_message);
+                    let (text, max) = (self.text, self.max_message as usize);
                     let (utf8, payload) = (&mut self.utf8, &mut self.payload);
                     inflate(inflating, Some(chunk), text, max, utf8, payload)?;
                 }
@@ -374,7 +375,8 @@ impl<P: Payload> Decoder<P> {
         if (self.message_len as u64).saturating_add(len) > self.max_message as u64 {
             return Err(WsError::TooBig);
         }
-        self.message_len += len as usize;
+        // Under max_message, so it fits.
+        self.message_len += len as u32;
         self.frame = Some(DataFrame {
             mask,
             fin,
@@ -390,7 +392,7 @@ impl<P: Payload> Decoder<P> {
         }
         self.in_message = false;
         if let Some(mut inflating) = self.inflating.take() {
-            let (text, max) = (self.text, self.max_message);
+            let (text, max) = (self.text, self.max_message as usize);
             inflate(
                 &mut inflating,
                 None,

@@ -16,7 +16,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +26,11 @@ use crate::ws::goodbye::Exit;
 
 /// Readiness events taken per `epoll_wait`.
 const EVENTS: usize = 512;
+/// The unit of a socket's opening time: what a connection's logged
+/// duration is rounded to.
+const TICK: Duration = Duration::from_millis(10);
 /// A socket whose unsent bytes have not moved for this long is a slow reader.
 const WRITE_STALL: Duration = Duration::from_secs(10);
-/// Kept allocations above this are given back once empty.
-const KEEP: usize = 256;
 
 /// What a socket's messages mean. The plane calls it for every complete
 /// text or binary message, asks it at each sweep whether a socket must end
@@ -94,15 +95,8 @@ pub struct Left<S> {
 struct Sock<H: Handler> {
     fd: OwnedFd,
     decoder: Decoder<H::Payload>,
-    /// An incomplete frame head (or, while the socket is parked, the bytes
-    /// after the message that waits): decoded before the next read.
-    partial: Vec<u8>,
-    /// Bytes the kernel would not take yet, in order.
-    backlog: Vec<u8>,
-    /// Frames appended to a non-empty backlog, against `outbound_frames`.
-    backlog_frames: u32,
-    /// When the backlog last stopped moving.
-    stalled_since: Option<Instant>,
+    /// The bytes it holds between events, only while it holds some.
+    spill: Option<Box<Spill>>,
     /// When the peer last sent anything, and whether a Ping went out since.
     heard: Instant,
     pinged: bool,
@@ -112,8 +106,55 @@ struct Sock<H: Handler> {
     ended: bool,
     /// The epoll events this socket is registered for.
     interest: u32,
-    opened: Instant,
+    /// When it opened, in the plane's coarse ticks ([`Plane::ticks`]): four
+    /// bytes where an `Instant` takes sixteen.
+    opened: u32,
     state: H::State,
+}
+
+/// What a socket holds only while it has some: boxed apart, so an idle
+/// socket pays one pointer for it (its table entry stays in a smaller
+/// allocation class), and given back once empty.
+#[derive(Default)]
+struct Spill {
+    /// An incomplete frame head (or, while the socket is parked, the bytes
+    /// after the message that waits): decoded before the next read.
+    partial: Vec<u8>,
+    /// Bytes the kernel would not take yet, in order.
+    backlog: Vec<u8>,
+    /// Frames appended to a non-empty backlog, against `outbound_frames`.
+    backlog_frames: u32,
+    /// When the backlog last stopped moving.
+    stalled_since: Option<Instant>,
+}
+
+impl<H: Handler> Sock<H> {
+    fn partial(&self) -> &[u8] {
+        self.spill.as_ref().map_or(&[], |s| &s.partial)
+    }
+
+    fn has_backlog(&self) -> bool {
+        self.spill.as_ref().is_some_and(|s| !s.backlog.is_empty())
+    }
+
+    fn stalled_since(&self) -> Option<Instant> {
+        self.spill.as_ref().and_then(|s| s.stalled_since)
+    }
+
+    fn spill(&mut self) -> &mut Spill {
+        self.spill.get_or_insert_with(Default::default)
+    }
+
+    /// Gives the spill back once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .spill
+            .as_ref()
+            .is_some_and(|s| s.partial.is_empty() && s.backlog.is_empty())
+        {
+            self.spill = None;
+        }
+    }
 }
 
 /// One of `of` even parts of the socket table, by connection id (ids are
@@ -182,6 +223,8 @@ pub struct Plane<H: Handler> {
     /// Set by [`Plane::drain`]: a socket adopted or resumed after it ends.
     draining: Cell<bool>,
     limits: Limits,
+    /// Where sockets' coarse ticks count from.
+    epoch: Instant,
 }
 
 /// Why the plane could not be built.
@@ -215,7 +258,21 @@ impl<H: Handler> Plane<H> {
             ended: RefCell::new(Vec::new()),
             draining: Cell::new(false),
             limits,
+            epoch: Instant::now(),
         }))
+    }
+
+    /// `t` in ticks of `TICK` since the plane began, wrapping at `u32`
+    /// (every 497 days): a difference of two is right for any span shorter.
+    fn ticks(&self, t: Instant) -> u32 {
+        (t.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u32
+    }
+
+    /// When a socket opened at `opened` ticks did, as an `Instant`.
+    fn opened_at(&self, opened: u32) -> Instant {
+        let now = Instant::now();
+        let ago = self.ticks(now).wrapping_sub(opened);
+        now.checked_sub(TICK * ago).unwrap_or(self.epoch)
     }
 
     pub fn handler(&self) -> &H {
@@ -255,16 +312,18 @@ impl<H: Handler> Plane<H> {
         let mut sock = Box::new(Sock {
             fd,
             decoder,
-            partial: rest,
-            backlog: Vec::new(),
-            backlog_frames: 0,
-            stalled_since: None,
+            spill: (!rest.is_empty()).then(|| {
+                Box::new(Spill {
+                    partial: rest,
+                    ..Spill::default()
+                })
+            }),
             heard: now,
             pinged: false,
             waiting: false,
             ended: false,
             interest: 0,
-            opened: now,
+            opened: self.ticks(now),
             state,
         });
         if let Err(e) = self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, &mut sock, libc::EPOLLIN as u32) {
@@ -275,7 +334,7 @@ impl<H: Handler> Plane<H> {
         } else if self.draining.get() {
             // A drain that began while this upgrade waited on Redis.
             self.end(conn, &mut sock, Exit::Drain);
-        } else if !sock.partial.is_empty() {
+        } else if !sock.partial().is_empty() {
             self.pump(conn, &mut sock, None);
         }
         self.socks.borrow_mut().insert(conn, sock);
@@ -344,14 +403,14 @@ impl<H: Handler> Plane<H> {
     /// Returns whether anything was read.
     fn read(self: &Rc<Self>, conn: u64, sock: &mut Sock<H>) -> bool {
         let mut rx = self.rx.borrow_mut();
-        let kept = sock.partial.len();
+        let kept = sock.partial().len();
         if kept >= rx.len() {
             // Kept bytes are a frame head or a control frame, far smaller.
             let e = WsError::Protocol("frame does not fit the buffer");
             self.end(conn, sock, Exit::Invalid(e));
             return false;
         }
-        rx[..kept].copy_from_slice(&sock.partial);
+        rx[..kept].copy_from_slice(sock.partial());
         // SAFETY: the buffer is valid for writes past `kept` and outlives the call.
         let n = unsafe {
             libc::recv(
@@ -372,7 +431,9 @@ impl<H: Handler> Plane<H> {
             self.end(conn, sock, Exit::Gone);
             return false;
         }
-        sock.partial.clear();
+        if let Some(spill) = sock.spill.as_mut() {
+            spill.partial.clear();
+        }
         let now = Instant::now();
         sock.heard = now;
         sock.pinged = false;
@@ -388,18 +449,22 @@ impl<H: Handler> Plane<H> {
         let mut rx = self.rx.borrow_mut();
         // Kept bytes fit the buffer but for an upgrade whose first frames
         // came with a large head: take them a buffer at a time.
-        while !sock.partial.is_empty() && !sock.waiting && !sock.ended {
-            let take = sock.partial.len().min(rx.len());
-            let tail = sock.partial.split_off(take);
-            rx[..take].copy_from_slice(&sock.partial);
-            sock.partial.clear();
+        while !sock.partial().is_empty() && !sock.waiting && !sock.ended {
+            let spill = sock.spill();
+            let take = spill.partial.len().min(rx.len());
+            let tail = spill.partial.split_off(take);
+            rx[..take].copy_from_slice(&spill.partial);
+            spill.partial.clear();
             self.decode(conn, sock, &mut rx[..take], arrived);
-            let stuck = sock.partial.len() == take;
-            sock.partial.extend_from_slice(&tail);
+            let stuck = sock.partial().len() == take;
+            if !tail.is_empty() {
+                sock.spill().partial.extend_from_slice(&tail);
+            }
             if stuck || tail.is_empty() {
                 break;
             }
         }
+        sock.tidy();
     }
 
     /// Handles every complete event in `buf`, writes the replies, keeps what
@@ -409,9 +474,9 @@ impl<H: Handler> Plane<H> {
         out.clear();
         let (used, stop) = self.events(conn, sock, buf, arrived, &mut out);
         if used < buf.len() {
-            sock.partial.extend_from_slice(&buf[used..]);
-        } else if sock.partial.capacity() > KEEP {
-            sock.partial = Vec::new();
+            sock.spill().partial.extend_from_slice(&buf[used..]);
+        } else {
+            sock.tidy();
         }
         let wrote = if out.is_empty() {
             Ok(())
@@ -525,19 +590,21 @@ impl<H: Handler> Plane<H> {
     /// Sends `bytes` now, or queues them behind what the kernel has not
     /// taken yet. Err when the socket must end.
     fn write(&self, conn: u64, sock: &mut Sock<H>, bytes: &[u8]) -> Result<(), Exit> {
-        if !sock.backlog.is_empty() {
-            if sock.backlog_frames >= self.limits.outbound_frames {
+        if sock.has_backlog() {
+            let spill = sock.spill();
+            if spill.backlog_frames >= self.limits.outbound_frames {
                 return Err(Exit::SlowReader);
             }
-            sock.backlog_frames += 1;
-            sock.backlog.extend_from_slice(bytes);
+            spill.backlog_frames += 1;
+            spill.backlog.extend_from_slice(bytes);
             return Ok(());
         }
-        let sent = send(&sock.fd, bytes).map_err(|_| Exit::Gone)?;
+        let sent = send(sock.fd.as_raw_fd(), bytes).map_err(|_| Exit::Gone)?;
         if sent < bytes.len() {
-            sock.backlog.extend_from_slice(&bytes[sent..]);
-            sock.backlog_frames = 1;
-            sock.stalled_since = Some(Instant::now());
+            let spill = sock.spill();
+            spill.backlog.extend_from_slice(&bytes[sent..]);
+            spill.backlog_frames = 1;
+            spill.stalled_since = Some(Instant::now());
             let interest = sock.interest | libc::EPOLLOUT as u32;
             self.set_interest(conn, sock, interest)
                 .map_err(|_| Exit::Gone)?;
@@ -547,20 +614,21 @@ impl<H: Handler> Plane<H> {
 
     /// The kernel has room again: send what waits.
     fn flush_backlog(&self, conn: u64, sock: &mut Sock<H>) -> Result<(), Exit> {
-        if sock.backlog.is_empty() {
+        if !sock.has_backlog() {
             return Ok(());
         }
-        let sent = send(&sock.fd, &sock.backlog).map_err(|_| Exit::Gone)?;
+        let fd = sock.fd.as_raw_fd();
+        let spill = sock.spill();
+        let sent = send(fd, &spill.backlog).map_err(|_| Exit::Gone)?;
         if sent > 0 {
-            sock.backlog.drain(..sent);
-            sock.stalled_since = Some(Instant::now());
+            spill.backlog.drain(..sent);
+            spill.stalled_since = Some(Instant::now());
         }
-        if sock.backlog.is_empty() {
-            sock.backlog_frames = 0;
-            sock.stalled_since = None;
-            if sock.backlog.capacity() > KEEP {
-                sock.backlog = Vec::new();
-            }
+        if spill.backlog.is_empty() {
+            spill.backlog = Vec::new();
+            spill.backlog_frames = 0;
+            spill.stalled_since = None;
+            sock.tidy();
             let interest = sock.interest & !(libc::EPOLLOUT as u32);
             self.set_interest(conn, sock, interest)
                 .map_err(|_| Exit::Gone)?;
@@ -708,7 +776,7 @@ impl<H: Handler> Plane<H> {
                     continue;
                 }
                 if sock
-                    .stalled_since
+                    .stalled_since()
                     .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
                 {
                     self.end(conn, sock, Exit::SlowReader);
@@ -784,7 +852,7 @@ impl<H: Handler> Plane<H> {
             let Sock {
                 fd,
                 state,
-                backlog,
+                spill,
                 opened,
                 ..
             } = *sock;
@@ -793,20 +861,20 @@ impl<H: Handler> Plane<H> {
                 fd,
                 state,
                 exit,
-                unsent: backlog,
-                opened,
+                unsent: spill.map(|s| s.backlog).unwrap_or_default(),
+                opened: self.opened_at(opened),
             });
         }
     }
 }
 
 /// One non-blocking send; a full socket buffer sends 0.
-fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
+fn send(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `bytes` is valid for reads of its length.
         let n = unsafe {
             libc::send(
-                fd.as_raw_fd(),
+                fd,
                 bytes.as_ptr().cast(),
                 bytes.len(),
                 libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
@@ -822,6 +890,12 @@ fn send(fd: &OwnedFd, bytes: &[u8]) -> io::Result<usize> {
             _ => return Err(e),
         }
     }
+}
+
+/// The size of a socket's table entry, for the handler's size test.
+#[cfg(test)]
+pub fn sock_size<H: Handler>() -> usize {
+    std::mem::size_of::<Sock<H>>()
 }
 
 #[cfg(test)]
