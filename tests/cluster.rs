@@ -425,6 +425,21 @@ fn rooms_resharded_under_broadcasts_miss_and_double_nothing() {
 }
 
 /// `per` room names whose channels live on each master, with the master's port.
+/// Two processes on the cluster with sharded pub/sub, two shards each, and
+/// `args` beside.
+fn two_sharded(cluster: &RedisCluster, args: &[(&str, &str)]) -> (Server, Server) {
+    let start = || {
+        let mut b = Server::builder_cluster(cluster)
+            .shards(2)
+            .arg("--pubsub", "sharded");
+        for (k, v) in args {
+            b = b.arg(k, v);
+        }
+        b.start()
+    };
+    (start(), start())
+}
+
 fn rooms_on_every_master(cluster: &RedisCluster, per: usize) -> Vec<(String, u16)> {
     let masters = cluster.masters().len();
     let mut rooms: Vec<(String, u16)> = Vec::new();
@@ -450,13 +465,7 @@ fn rooms_on_every_master(cluster: &RedisCluster, per: usize) -> Vec<(String, u16
 fn history_with_sharded_pubsub_lives_with_each_room() {
     let _serial = one_at_a_time();
     let cluster = RedisCluster::start();
-    let start = || {
-        Server::builder_cluster(&cluster)
-            .shards(2)
-            .arg("--pubsub", "sharded")
-            .start()
-    };
-    let (a, b) = (start(), start());
+    let (a, b) = two_sharded(&cluster, &[]);
     for (room, owner) in rooms_on_every_master(&cluster, 2) {
         let (mut c, w) = a.connect(&format!("room={room}"));
         let id = session_id(&w);
@@ -494,14 +503,7 @@ fn history_with_sharded_pubsub_lives_with_each_room() {
 fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
     let _serial = one_at_a_time();
     let cluster = RedisCluster::start();
-    let start = || {
-        Server::builder_cluster(&cluster)
-            .shards(2)
-            .arg("--pubsub", "sharded")
-            .arg("--history-size", "0")
-            .start()
-    };
-    let (a, b) = (start(), start());
+    let (a, b) = two_sharded(&cluster, &[("--history-size", "0")]);
     let masters: Vec<u16> = cluster.masters().iter().map(|m| m.port).collect();
     let rooms = rooms_on_every_master(&cluster, 2);
     let mut members: Vec<(Client, Client)> = rooms
@@ -573,14 +575,7 @@ fn sharded_rooms_live_on_their_masters_and_follow_a_moved_slot() {
 fn live_joins_and_presence_live_with_each_room() {
     let _serial = one_at_a_time();
     let cluster = RedisCluster::start();
-    let start = || {
-        Server::builder_cluster(&cluster)
-            .shards(2)
-            .arg("--pubsub", "sharded")
-            .arg("--presence-events", "*")
-            .start()
-    };
-    let (a, b) = (start(), start());
+    let (a, b) = two_sharded(&cluster, &[("--presence-events", "*")]);
     let rooms = rooms_on_every_master(&cluster, 1);
     let (mut joiner, w) = a.connect("");
     let joiner_id = session_id(&w);

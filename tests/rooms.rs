@@ -23,6 +23,18 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Two processes with tokens required, two shards each.
+fn two_with_auth(redis: &Redis) -> (Server, Server) {
+    let start = |color: &str| {
+        Server::builder(redis)
+            .shards(2)
+            .arg("--auth-secret", SECRET)
+            .arg("--color", color)
+            .start()
+    };
+    (start("blue"), start("green"))
+}
+
 /// Sends a command and returns its answer (heartbeats and broadcasts
 /// skipped: none is due here but from the test's own publishes).
 fn command(c: &mut Client, cmd: Value) -> Value {
@@ -59,14 +71,7 @@ fn assert_own_position(v: &Value) {
 #[test]
 fn a_socket_joins_three_rooms_live_gets_exactly_their_broadcasts_and_leaves_one() {
     let redis = Redis::start();
-    let start = |color: &str| {
-        Server::builder(&redis)
-            .shards(2)
-            .arg("--auth-secret", SECRET)
-            .arg("--color", color)
-            .start()
-    };
-    let (a, b) = (start("blue"), start("green"));
+    let (a, b) = two_with_auth(&redis);
     let t = token("ana", &["r1", "r2", "r3", "home"]);
     let (mut s, welcome) = a.connect(&format!("token={t}"));
     assert_eq!(welcome["resumed"], false);
@@ -334,14 +339,7 @@ fn joins_and_leaves_while_broadcasts_flow_miss_nothing_and_repeat_nothing() {
 #[test]
 fn a_resume_joins_the_sessions_rooms_again_and_recovers_each_from_its_position() {
     let redis = Redis::start();
-    let start = |color: &str| {
-        Server::builder(&redis)
-            .shards(2)
-            .arg("--auth-secret", SECRET)
-            .arg("--color", color)
-            .start()
-    };
-    let (a, b) = (start("blue"), start("green"));
+    let (a, b) = two_with_auth(&redis);
     let all = token("ana", &["home", "r1", "r2", "r3"]);
     let (mut s, welcome) = a.connect(&format!("room=home&token={all}"));
     let id = session_id(&welcome);
