@@ -15,10 +15,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::history::channel_of;
-use crate::protocol::BusEvent;
+use crate::protocol::{BusEvent, Diff, Member};
 use crate::pubsub::{room_channel, Subscriber};
 use crate::redis::{self as rds, RedisError, Slot, Value};
 
@@ -59,23 +57,6 @@ return {n, list}
 /// A room's presence set.
 pub fn presence_key(room: &str) -> String {
     format!("{{{}}}:p", channel_of(Some(room)))
-}
-
-/// One member of a room as clients and the API see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub session_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub: Option<String>,
-}
-
-/// A room's changes, as they travel on its channel and reach its members.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Diff {
-    #[serde(default)]
-    pub joins: Vec<Member>,
-    #[serde(default)]
-    pub leaves: Vec<Member>,
 }
 
 /// One socket's entry: its session, its token's subject, and which socket

@@ -153,7 +153,7 @@ pub fn room_refusal(error: &str, room: Option<&str>, reason: Option<&str>) -> St
 }
 
 /// A room's presence frame: who joined it and who left.
-pub fn presence(room: &str, diff: &crate::presence::Diff) -> String {
+pub fn presence(room: &str, diff: &Diff) -> String {
     json!({ "presence": diff, "room": room }).to_string()
 }
 
@@ -190,6 +190,23 @@ pub fn broadcast(
     b.to_string()
 }
 
+/// One member of a room as clients and the API see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub session_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+}
+
+/// A room's changes, as they travel on its channel and reach its members.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Diff {
+    #[serde(default)]
+    pub joins: Vec<Member>,
+    #[serde(default)]
+    pub leaves: Vec<Member>,
+}
+
 /// What travels on Redis channels between shards and processes: a kick
 /// (`{"kick":"<session id>"}`, events channel only) or a broadcast
 /// (`{"broadcast":"…"}`, with `"offset"` when history is on; the publish
@@ -213,7 +230,7 @@ pub struct BusEvent {
     pub prev: Option<String>,
     /// Who joined and left a room (rooms that opted in to presence frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presence: Option<crate::presence::Diff>,
+    pub presence: Option<Diff>,
 }
 
 impl BusEvent {
