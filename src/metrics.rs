@@ -205,6 +205,8 @@ pub struct ShardMetrics {
     pub history_gap_recovered_total: Cell,
     pub history_gaps_unrecoverable_total: Cell,
     pub history_rewound_total: Cell,
+    pub presence_writes_total: Cell,
+    pub presence_write_errors_total: Cell,
     pub errors: [Cell; ErrorKind::ALL.len()],
     pub denials: [Cell; Denial::ALL.len()],
     pub closes: [Cell; CLOSE_CODES.len() + 1],
@@ -341,7 +343,7 @@ type Single = (
     fn(&ShardMetrics) -> u64,
 );
 
-const SUMMED: [Single; 21] = [
+const SUMMED: [Single; 23] = [
     (
         "ws_connections_active",
         GAUGE,
@@ -431,6 +433,18 @@ const SUMMED: [Single; 21] = [
         COUNTER,
         "Streams found to lack broadcasts this shard delivered (Redis lost its newest writes), whose life was ended.",
         |s| s.history_rewound_total.get(),
+    ),
+    (
+        "ws_presence_writes_total",
+        COUNTER,
+        "Presence batches written: one script call per room per batch, carrying its joins, leaves and renewals.",
+        |s| s.presence_writes_total.get(),
+    ),
+    (
+        "ws_presence_write_errors_total",
+        COUNTER,
+        "Presence batches Redis did not take; their renewals come again with the next heartbeat, their other entries expire.",
+        |s| s.presence_write_errors_total.get(),
     ),
     (
         "redis_commands_total",

@@ -272,16 +272,33 @@ impl Presence {
     }
 }
 
+/// What one send did: script calls Redis took, and those it did not.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub written: u64,
+    pub failed: u64,
+}
+
 /// Sends what waits: one script call per room, then each opted-in room's
-/// changes published on its channel. Returns the rooms whose call failed
-/// (their entries are renewed again by the next heartbeat, or expire).
-pub async fn send(presence: &Presence, redis: &rds::Redis, pubsub: &Subscriber) -> usize {
-    let mut failed = 0;
+/// changes published on its channel. A failed call's renewals come again
+/// with the next heartbeat; its other entries expire.
+pub async fn send(presence: &Presence, redis: &rds::Redis, pubsub: &Subscriber) -> Sent {
+    let mut sent = Sent::default();
     for out in presence.take() {
         let expired = match redis.exec(Some(out.slot), out.cmd, 1).await {
-            Ok(mut v) => v.pop().unwrap_or(Value::Nil),
+            Ok(mut v) => match v.pop() {
+                Some(Value::ServerError(e)) => {
+                    sent.failed += 1;
+                    tracing::debug!(room = &*out.room, error = ?e, "presence batch refused");
+                    continue;
+                }
+                v => {
+                    sent.written += 1;
+                    v.unwrap_or(Value::Nil)
+                }
+            },
             Err(e) => {
-                failed += 1;
+                sent.failed += 1;
                 tracing::debug!(room = &*out.room, error = %e, "presence batch not written");
                 continue;
             }
@@ -299,7 +316,7 @@ pub async fn send(presence: &Presence, redis: &rds::Redis, pubsub: &Subscriber) 
             }
         }
     }
-    failed
+    sent
 }
 
 /// A batch's changes with what its script found expired, cut into

@@ -310,9 +310,17 @@ async fn presence_every(s: Rc<Context>) {
     loop {
         glommio::timer::sleep(PRESENCE_BATCH).await;
         if !s.presence.is_idle() {
-            presence::send(&s.presence, s.redis(), &s.pubsub).await;
+            send_presence(&s).await;
         }
     }
+}
+
+/// One presence send, counted.
+async fn send_presence(s: &Context) {
+    let sent = presence::send(&s.presence, s.redis(), &s.pubsub).await;
+    let m = s.metrics();
+    m.presence_writes_total.add(sent.written);
+    m.presence_write_errors_total.add(sent.failed);
 }
 
 /// Writes the counts Redis does not have yet, every `every`, and says
@@ -408,7 +416,7 @@ async fn serve(ctx: ShardContext, shard: &Rc<Context>, planes: &Rc<Planes>) {
     let flush = glommio::timer::timeout(flush_for, async {
         // Counts first: a presence entry left behind only waits out its TTL.
         shard.store.flush().await;
-        presence::send(&shard.presence, shard.redis(), &shard.pubsub).await;
+        send_presence(shard).await;
         Ok(())
     });
     let _ = flush.await;

@@ -126,6 +126,8 @@ fn presence_lists_a_rooms_members_on_every_node_and_drops_a_killed_node_within_o
     );
     let took = killed.elapsed();
     eprintln!("the killed node's members dropped out {took:?} after the kill (ttl {TTL:?})");
+    assert!(a.metric("ws_presence_writes_total") > 0.0);
+    assert_eq!(a.metric("ws_presence_write_errors_total"), 0.0);
     assert!(took <= TTL + Duration::from_millis(1500), "{took:?}");
     let (_, v) = presence(&a, "other");
     assert_eq!(v["sockets"], 0, "{v}");
