@@ -174,15 +174,8 @@ impl Presence {
         self.enabled
     }
 
-    /// Packed `SCRIPT LOAD`s, run on every Redis (re)connect, and how many
-    /// replies they produce.
-    pub fn init_commands() -> (Vec<u8>, usize) {
-        let mut out = Vec::new();
-        for s in [REFRESH_SCRIPT, READ_SCRIPT] {
-            out.extend(redis::cmd("SCRIPT").arg("LOAD").arg(s).get_packed_command());
-        }
-        (out, 2)
-    }
+    /// The scripts loaded on every Redis (re)connect.
+    pub const SCRIPTS: &'static [&'static str] = &[REFRESH_SCRIPT, READ_SCRIPT];
 
     /// Whether a room's members are sent its changes.
     pub fn announces(&self, room: &str) -> bool {

@@ -164,15 +164,22 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         ))
         .detach();
     }
-    let (mut init, scripts) = History::init_commands();
-    init.extend(Store::init_commands());
-    let (presence_init, presence_scripts) = Presence::init_commands();
-    init.extend(presence_init);
+    // Every script the shard calls by hash, loaded on each (re)connect.
+    let scripts = [History::SCRIPTS, Store::SCRIPTS, Presence::SCRIPTS].concat();
+    let mut init = Vec::new();
+    for s in &scripts {
+        init.extend(
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(*s)
+                .get_packed_command(),
+        );
+    }
     let redis = Redis::new(
         target.clone(),
         shared.redis_tls.clone(),
         switch.clone(),
-        (init, scripts + 1 + presence_scripts),
+        (init, scripts.len()),
         shared.redis_observer(id),
         id,
     );

@@ -214,6 +214,7 @@ pub struct Store {
     /// shard's other writers.
     replicas: Rc<Replicas>,
     script: redis::Script,
+    rooms_script: redis::Script,
     cache: RefCell<HashMap<Uuid, Rc<Session>>>,
     queue: RefCell<Vec<Rc<Session>>>,
     /// When the unflushed gauges were last worked out from the queue.
@@ -247,6 +248,7 @@ impl Store {
             max_unflushed,
             replicas,
             script: redis::Script::new(FLUSH_SCRIPT),
+            rooms_script: redis::Script::new(ROOMS_SCRIPT),
             cache: RefCell::new(HashMap::new()),
             queue: RefCell::new(Vec::new()),
             gauged: Cell::new(None),
@@ -258,13 +260,8 @@ impl Store {
         }
     }
 
-    /// Packed `SCRIPT LOAD`, run on every Redis (re)connect.
-    pub fn init_commands() -> Vec<u8> {
-        redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(FLUSH_SCRIPT)
-            .get_packed_command()
-    }
+    /// The scripts loaded on every Redis (re)connect.
+    pub const SCRIPTS: &'static [&'static str] = &[FLUSH_SCRIPT, ROOMS_SCRIPT];
 
     pub fn redis(&self) -> &Redis {
         &self.redis
@@ -320,8 +317,8 @@ impl Store {
     /// which the client joins again by itself.
     pub async fn set_rooms(&self, id: &Uuid, rooms: &[Rc<str>]) -> Result<(), RedisError> {
         let list = rooms.iter().map(|r| &**r).collect::<Vec<_>>().join(" ");
-        let cmd = redis::cmd("EVAL")
-            .arg(ROOMS_SCRIPT)
+        let cmd = redis::cmd("EVALSHA")
+            .arg(self.rooms_script.get_hash())
             .arg(2)
             .arg(session_key(id))
             .arg(tombstone_key(id))

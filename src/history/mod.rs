@@ -244,16 +244,8 @@ impl History {
         self.size > 0
     }
 
-    /// Packed `SCRIPT LOAD`s, run on every Redis (re)connect, and how many
-    /// replies they produce.
-    pub fn init_commands() -> (Vec<u8>, usize) {
-        let mut out = Vec::new();
-        let scripts = [PUBLISH_SCRIPT, RECOVER_SCRIPT, END_LIFE_SCRIPT];
-        for s in scripts {
-            out.extend(redis::cmd("SCRIPT").arg("LOAD").arg(s).get_packed_command());
-        }
-        (out, scripts.len())
-    }
+    /// The scripts loaded on every Redis (re)connect.
+    pub const SCRIPTS: &'static [&'static str] = &[PUBLISH_SCRIPT, RECOVER_SCRIPT, END_LIFE_SCRIPT];
 
     /// The key whose value a fresh subscription reads first: the global
     /// channel's head.

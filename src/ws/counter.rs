@@ -69,7 +69,7 @@ pub struct Grant {
 /// its own keeps the common case (none) at one pointer per socket, where a
 /// `Vec` would take three.
 #[derive(Default)]
-struct Joined(Vec<Rc<str>>);
+struct JoinedRooms(Vec<Rc<str>>);
 
 /// A counting socket's own state, beside the plane's.
 pub struct Conn {
@@ -80,7 +80,7 @@ pub struct Conn {
     /// channel's carry the socket's position on both.
     room: Option<Rc<str>>,
     /// Rooms joined on the open socket (boxed: most sockets have none).
-    joined: Option<Box<Joined>>,
+    joined: Option<Box<JoinedRooms>>,
     grant: Option<Box<Grant>>,
     bucket: Bucket,
     messages: u64,
@@ -161,7 +161,7 @@ impl Counter {
             slot,
             session,
             room,
-            joined: (!joined.is_empty()).then(|| Box::new(Joined(joined))),
+            joined: (!joined.is_empty()).then(|| Box::new(JoinedRooms(joined))),
             grant,
             bucket: Bucket {
                 tokens: self.burst,
@@ -637,7 +637,7 @@ mod tests {
     /// An idle socket is its table entry, one allocation: at 192 bytes it
     /// sits in the allocator's 192-byte class; one byte more and it takes
     /// 224, the 272 bytes it had took 320. Grow it only knowingly, and box
-    /// what a socket holds rarely (see `Spill`, `Joined`, `Grant`).
+    /// what a socket holds rarely (see `Spill`, `JoinedRooms`, `Grant`).
     #[test]
     fn an_idle_sockets_entry_stays_in_the_192_byte_class() {
         assert_eq!(crate::ws::plane::sock_size::<super::Counter>(), 192);

@@ -314,9 +314,10 @@ async fn restore(
             continue;
         }
         let full = joined.len() + usize::from(home.is_some()) >= cap;
-        let j = match full {
-            true => None,
-            false => Box::pin(rooms::join(ctx, r, conn, false)).await,
+        let j = if full {
+            None
+        } else {
+            Box::pin(rooms::join(ctx, r, conn, false)).await
         };
         match j {
             Some(j) => joined.push(j),
