@@ -288,6 +288,8 @@ fn joins_and_leaves_while_broadcasts_flow_miss_nothing_and_repeat_nothing() {
     });
     let mut got: Vec<Vec<String>> = vec![Vec::new(); SOCKETS];
     let mut rounds = 0;
+    // Leaves followed by a join from the position kept.
+    let mut cycles = 0;
     // Each round: every socket reads a few broadcasts, leaves, and joins
     // again from the newest position it has, missing what came between.
     while got.iter().any(|g| g.len() < N) {
@@ -318,6 +320,7 @@ fn joins_and_leaves_while_broadcasts_flow_miss_nothing_and_repeat_nothing() {
                 kept[i] = Some(v["position"].as_str().unwrap().to_string());
             }
             let j = command(c, json!({ "join": "flow", "position": kept[i] }));
+            cycles += 1;
             assert_eq!(j["joined"], "flow", "{j}");
             if j["recovered"] != true {
                 panic!("history holds it all: {j}, then {}", c.recv().json());
@@ -329,7 +332,14 @@ fn joins_and_leaves_while_broadcasts_flow_miss_nothing_and_repeat_nothing() {
     for (i, g) in got.iter().enumerate() {
         assert_eq!(g, &all, "socket {i}: every broadcast once, in order");
     }
-    eprintln!("{SOCKETS} sockets, {N} broadcasts each, {rounds} rounds of leave and join");
+    // Socket i reads at least 1 + 3i broadcasts between two rejoins.
+    assert!(
+        cycles >= 100,
+        "only {cycles} leaves and joins: the seam was hardly crossed"
+    );
+    eprintln!(
+        "{SOCKETS} sockets, {N} broadcasts each, {cycles} leaves and joins in {rounds} rounds"
+    );
 }
 
 /// A resumed session is in the rooms its socket joined (not those it left)
