@@ -47,6 +47,30 @@ pub enum PubsubMode {
     Sharded,
 }
 
+/// How a shard's socket plane talks to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    /// io_uring where the kernel has every operation the plane uses and
+    /// `kernel.io_uring_disabled` allows it, else epoll.
+    Auto,
+    /// io_uring: multishot receives into buffers the shard's sockets share,
+    /// a loop turn's sends submitted together. The start fails without it.
+    Uring,
+    /// epoll readiness, then a `recv` and a `send` per ready socket.
+    Epoll,
+}
+
+impl Io {
+    pub fn name(self) -> &'static str {
+        match self {
+            Io::Auto => "auto",
+            Io::Uring => "uring",
+            Io::Epoll => "epoll",
+        }
+    }
+}
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -279,6 +303,10 @@ pub struct Config {
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_HANDSHAKE_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
     pub handshake_timeout: Duration,
+    /// How the socket plane does its I/O (logged at start, shown in
+    /// `/status` and as the `io` label of `app_info`).
+    #[arg(long, env = "SHARDCAST_IO", value_enum, default_value = "auto")]
+    pub io: Io,
     /// The shard's one receive buffer: the most one read takes from one
     /// socket (messages stream through it, whatever their size).
     #[arg(long, env = "SHARDCAST_READ_BUFFER_BYTES", default_value_t = 64 << 10)]

@@ -281,6 +281,8 @@ pub struct Metrics {
     pub app: AppMetrics,
     pub version: &'static str,
     pub color: String,
+    /// The socket plane's I/O (`uring`, `epoll`).
+    pub io: &'static str,
     born: Instant,
     process: Process,
 }
@@ -292,9 +294,16 @@ impl Metrics {
             app: AppMetrics::default(),
             version: env!("CARGO_PKG_VERSION"),
             color: color.to_string(),
+            io: crate::config::Io::Auto.name(),
             born: Instant::now(),
             process: Process(ProcessCollector::for_self()),
         }
+    }
+
+    /// The socket plane's I/O, as the server resolved it.
+    pub fn with_io(mut self, io: crate::config::Io) -> Self {
+        self.io = io.name();
+        self
     }
 
     /// Marks the start of the drain (`app_draining`, `app_drain_seconds`).
@@ -744,6 +753,7 @@ impl Scrape<'_> {
                     &[
                         ("version", m.version.to_string()),
                         ("color", m.color.clone()),
+                        ("io", m.io.to_string()),
                     ],
                     1.0,
                 )],
@@ -875,7 +885,10 @@ mod tests {
         assert_eq!(value(&t, "ws_closes_total{code=\"1001\"}"), 1.0);
         assert_eq!(value(&t, "ws_closes_total{code=\"other\"}"), 1.0);
         assert_eq!(value(&t, "ws_errors_total{kind=\"binary\"}"), 1.0);
-        assert_eq!(value(&t, "app_info{version=\"0.1.0\",color=\"blue\"}"), 1.0);
+        assert_eq!(
+            value(&t, "app_info{version=\"0.1.0\",color=\"blue\",io=\"auto\"}"),
+            1.0
+        );
         assert_eq!(value(&t, "ws_shard_messages_total{shard=\"0\"}"), 3.0);
         assert_eq!(value(&t, "ws_shard_messages_total{shard=\"1\"}"), 4.0);
         assert_eq!(value(&t, "app_draining"), 0.0);

@@ -237,6 +237,7 @@ fn status(shard: &Context) -> serde_json::Value {
         "uptime_s": s.started.elapsed().as_secs(),
         "redis": redis,
         "pubsub": s.cfg.pubsub,
+        "io": s.cfg.io,
         "rooms_per_shard": s.metrics.shards.iter().map(|m| m.rooms_active.get()).collect::<Vec<_>>(),
         // Running totals; the console charts their rates.
         "messages_per_shard": s.metrics.shards.iter().map(|m| m.messages_total.get()).collect::<Vec<_>>(),

@@ -34,6 +34,8 @@ pub enum StartError {
     RedisCa(#[from] crate::tls::TlsError),
     #[error("redis TLS: {0}")]
     RedisTls(#[from] crate::redis::stream::TlsError),
+    #[error("--io uring: {0}")]
+    Io(#[from] crate::ws::uring::RingError),
 }
 
 /// The TLS client the shards' Redis links share; none when no link uses
@@ -56,8 +58,15 @@ pub struct Server {
 
 impl Server {
     /// Starts every shard and returns when all of them accept connections.
-    pub fn start(cfg: Config) -> Result<Server, StartError> {
+    pub fn start(mut cfg: Config) -> Result<Server, StartError> {
         let started = Instant::now();
+        // Decided once for every shard, so that /status and the metrics
+        // name the plane that runs.
+        let (io, fallback) = crate::ws::plane::resolve(cfg.io)?;
+        if let Some(why) = fallback {
+            tracing::warn!(reason = %why, "io_uring unavailable: the socket plane uses epoll");
+        }
+        cfg.io = io;
         let rt_cfg = RuntimeConfig {
             shards: cfg.shards,
             listen: cfg.listen,
@@ -66,7 +75,7 @@ impl Server {
             ..RuntimeConfig::default()
         };
         let n = shards::runtime::shard_count(&rt_cfg);
-        let metrics = Arc::new(Metrics::new(n, &cfg.color));
+        let metrics = Arc::new(Metrics::new(n, &cfg.color).with_io(io));
         metrics
             .app
             .connections_limit
@@ -125,6 +134,7 @@ impl Server {
             shards = runtime.shards(),
             startup_ms = started.elapsed().as_millis() as u64,
             version = env!("CARGO_PKG_VERSION"),
+            io = io.name(),
             "listening"
         );
         Ok(Server {

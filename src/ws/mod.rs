@@ -18,3 +18,4 @@ pub mod handshake;
 pub mod plane;
 pub mod rooms;
 pub mod socket;
+pub mod uring;

@@ -1,10 +1,17 @@
 //! The shard's WebSocket transport: every open socket of the shard is a
-//! small struct in one table, readiness comes from one epoll descriptor that
-//! the shard awaits through glommio (one io_uring poll per wake, whatever
-//! the number of sockets), bytes land in one receive buffer per shard, frames
-//! are decoded in place, and the replies of a wake go out in one send per
-//! socket. Pings, idle closes and stalled writers are found by sweeps over
-//! the table, not by timers per socket.
+//! small struct in one table, and the kernel is reached one of two ways,
+//! chosen at start ([`Io`]):
+//!
+//! - io_uring (`ws::uring`): a ring per plane that the shard awaits through
+//!   glommio, a multishot receive per socket into buffers the plane's
+//!   sockets share, and the sends of a loop turn queued per socket and
+//!   submitted together with the next wait's `io_uring_enter`;
+//! - epoll: one epoll descriptor awaited the same way, then a `recv` into
+//!   the shard's one receive buffer and a `send` per ready socket.
+//!
+//! Either way frames are decoded in place and a socket's replies of a wake
+//! go out as one send. Pings, idle closes and stalled writers are found by
+//! sweeps over the table, not by timers per socket.
 //!
 //! The plane knows frames, buffers, write queues and timers, nothing of what
 //! a message means: a [`Handler`] does (`ws::counter`, the service's counter;
@@ -20,9 +27,11 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+pub use crate::config::Io;
 use crate::ws::codec::{self, Decoder, Event, Payload, TextFrame, WsError};
 use crate::ws::deflate::Mode;
 use crate::ws::goodbye::Exit;
+use crate::ws::uring::{Done, Op, Ring, RingError};
 
 /// Readiness events taken per `epoll_wait`.
 const EVENTS: usize = 512;
@@ -31,6 +40,13 @@ const EVENTS: usize = 512;
 const TICK: Duration = Duration::from_millis(10);
 /// A socket whose unsent bytes have not moved for this long is a slow reader.
 const WRITE_STALL: Duration = Duration::from_secs(10);
+
+/// io_uring: the socket's multishot receive is armed.
+const ARMED: u32 = 1;
+/// io_uring: the kernel holds a send of the socket's (`Spill::inflight`).
+const SENDING: u32 = 2;
+/// io_uring: the socket has bytes queued and is on the plane's list to send.
+const QUEUED: u32 = 4;
 
 /// What a socket's messages mean. The plane calls it for every complete
 /// text or binary message, asks it at each sweep whether a socket must end
@@ -104,7 +120,8 @@ struct Sock<H: Handler> {
     waiting: bool,
     /// The socket has ended and waits in `Plane::ended` to leave the table.
     ended: bool,
-    /// The epoll events this socket is registered for.
+    /// epoll: the events this socket is registered for; io_uring: which of
+    /// its operations are in flight (`ARMED`, `SENDING`, `QUEUED`).
     interest: u32,
     /// When it opened, in the plane's coarse ticks ([`Plane::ticks`]): four
     /// bytes where an `Instant` takes sixteen.
@@ -120,8 +137,14 @@ struct Spill {
     /// An incomplete frame head (or, while the socket is parked, the bytes
     /// after the message that waits): decoded before the next read.
     partial: Vec<u8>,
-    /// Bytes the kernel would not take yet, in order.
+    /// Bytes the kernel would not take yet, in order (io_uring: the bytes
+    /// queued behind `inflight`, or for the loop turn's send).
     backlog: Vec<u8>,
+    /// io_uring: the bytes of the send in flight, which the kernel reads
+    /// until its completion: never touched meanwhile.
+    inflight: Vec<u8>,
+    /// io_uring: the plane's reap count when that send was submitted.
+    sent_turn: u32,
     /// Frames appended to a non-empty backlog, against `outbound_frames`.
     backlog_frames: u32,
     /// When the backlog last stopped moving.
@@ -150,7 +173,7 @@ impl<H: Handler> Sock<H> {
         if self
             .spill
             .as_ref()
-            .is_some_and(|s| s.partial.is_empty() && s.backlog.is_empty())
+            .is_some_and(|s| s.partial.is_empty() && s.backlog.is_empty() && s.inflight.is_empty())
         {
             self.spill = None;
         }
@@ -196,6 +219,8 @@ pub struct Limits {
     /// With permessage-deflate, text frames under this many bytes go
     /// uncompressed.
     pub deflate_min: usize,
+    /// How the plane reaches the kernel.
+    pub io: Io,
 }
 
 impl Limits {
@@ -206,15 +231,42 @@ impl Limits {
             outbound_frames: cfg.outbound_queue as u32,
             read_buffer: cfg.read_buffer_bytes,
             deflate_min: cfg.deflate_min_bytes,
+            io: cfg.io,
         }
     }
 }
 
-/// A shard's sockets of one handler, and their epoll descriptor.
+/// How a plane waits and moves bytes.
+enum Kernel {
+    Epoll(OwnedFd),
+    // Boxed: the ring is 320 bytes and the enum is matched on every call.
+    Uring(Box<RefCell<Ring>>),
+}
+
+/// A socket that left the table under io_uring while the kernel still held
+/// an operation of its: handed over once the last one completed, so its
+/// bytes are not read by anyone else and its unsent bytes are known.
+struct Closing<H: Handler> {
+    sock: Box<Sock<H>>,
+    exit: Exit,
+}
+
+/// A shard's sockets of one handler, and how it reaches the kernel.
 pub struct Plane<H: Handler> {
     handler: H,
-    epoll: OwnedFd,
+    kernel: Kernel,
     socks: RefCell<HashMap<u64, Box<Sock<H>>>>,
+    /// io_uring: sockets out of the table waiting for their operations.
+    closing: RefCell<HashMap<u64, Closing<H>>>,
+    /// io_uring: sockets with bytes queued this loop turn.
+    queued: RefCell<Vec<u64>>,
+    /// io_uring: how many times completions were reaped. A send still in
+    /// flight after a reap that followed its submission is one the kernel
+    /// would not take at once: only frames queued behind such a send count
+    /// against `outbound_frames`, as frames behind a short `send` do on
+    /// epoll (a burst behind a send that simply has not been reaped yet is
+    /// not a slow reader).
+    turn: Cell<u32>,
     rx: RefCell<Box<[u8]>>,
     /// Replies of the socket being handled.
     out: RefCell<Vec<u8>>,
@@ -229,8 +281,26 @@ pub struct Plane<H: Handler> {
 
 /// Why the plane could not be built.
 #[derive(Debug, thiserror::Error)]
-#[error("epoll_create1: {0}")]
-pub struct PlaneError(#[from] io::Error);
+pub enum PlaneError {
+    #[error("epoll_create1: {0}")]
+    Epoll(#[from] io::Error),
+    #[error(transparent)]
+    Uring(#[from] RingError),
+}
+
+/// What `auto` comes to on this kernel: io_uring when a ring with every
+/// operation the plane uses can be made (the kernel's version and
+/// `kernel.io_uring_disabled` both decide), else epoll, and why.
+pub fn resolve(io: Io) -> Result<(Io, Option<RingError>), RingError> {
+    match io {
+        Io::Epoll => Ok((Io::Epoll, None)),
+        Io::Uring => Ring::new().map(|_| (Io::Uring, None)),
+        Io::Auto => Ok(match Ring::new() {
+            Ok(_) => (Io::Uring, None),
+            Err(e) => (Io::Epoll, Some(e)),
+        }),
+    }
+}
 
 /// What the bytes of one socket led to.
 enum Stop {
@@ -240,17 +310,21 @@ enum Stop {
 
 impl<H: Handler> Plane<H> {
     pub fn new(handler: H, limits: Limits) -> Result<Rc<Self>, PlaneError> {
-        // SAFETY: plain syscall; the descriptor is owned below.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let kernel = match limits.io {
+            Io::Uring => Kernel::Uring(Box::new(RefCell::new(Ring::new()?))),
+            Io::Auto => match Ring::new() {
+                Ok(ring) => Kernel::Uring(Box::new(RefCell::new(ring))),
+                Err(_) => Kernel::Epoll(epoll()?),
+            },
+            Io::Epoll => Kernel::Epoll(epoll()?),
+        };
         Ok(Rc::new(Self {
             handler,
-            epoll,
+            kernel,
             socks: RefCell::new(HashMap::new()),
+            closing: RefCell::new(HashMap::new()),
+            queued: RefCell::new(Vec::new()),
+            turn: Cell::new(0),
             // A read takes at most this much from one socket; level-triggered
             // epoll reports the socket again while more waits.
             rx: RefCell::new(vec![0u8; limits.read_buffer].into_boxed_slice()),
@@ -279,13 +353,22 @@ impl<H: Handler> Plane<H> {
         &self.handler
     }
 
+    /// The way this plane reaches the kernel: `Io::Uring` or `Io::Epoll`.
+    pub fn io(&self) -> Io {
+        match self.kernel {
+            Kernel::Epoll(_) => Io::Epoll,
+            Kernel::Uring(_) => Io::Uring,
+        }
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Open sockets in the table.
+    /// Open sockets in the table, and those that left it but wait for the
+    /// kernel to let go of them.
     pub fn len(&self) -> usize {
-        self.socks.borrow().len()
+        self.socks.borrow().len() + self.closing.borrow().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -326,7 +409,7 @@ impl<H: Handler> Plane<H> {
             opened: self.ticks(now),
             state,
         });
-        if let Err(e) = self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, &mut sock, libc::EPOLLIN as u32) {
+        if let Err(e) = self.watch(conn, &mut sock) {
             tracing::warn!(error = %e, "epoll_ctl add failed");
             self.end(conn, &mut sock, Exit::Gone);
         } else if let Err(exit) = self.write(conn, &mut sock, first) {
@@ -340,26 +423,91 @@ impl<H: Handler> Plane<H> {
         self.socks.borrow_mut().insert(conn, sock);
         self.close_ended();
     }
-    /// The shard's socket loop: waits for the epoll descriptor, then handles
-    /// every ready socket. Runs for the life of the shard.
+    /// Starts watching a new socket: registered with epoll, or its
+    /// multishot receive queued.
+    fn watch(&self, conn: u64, sock: &mut Sock<H>) -> io::Result<()> {
+        match &self.kernel {
+            Kernel::Epoll(_) => {
+                self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, sock, libc::EPOLLIN as u32)
+            }
+            Kernel::Uring(ring) => {
+                ring.borrow_mut().recv(conn, sock.fd.as_raw_fd());
+                sock.interest |= ARMED;
+                Ok(())
+            }
+        }
+    }
+
+    /// The shard's socket loop: waits for the kernel, then handles every
+    /// socket it reports. Runs for the life of the shard.
     pub async fn run(self: Rc<Self>) {
+        match &self.kernel {
+            Kernel::Epoll(fd) => {
+                let fd = fd.as_raw_fd();
+                self.run_epoll(fd).await
+            }
+            Kernel::Uring(ring) => {
+                let fd = ring.borrow().fd();
+                self.run_uring(fd).await
+            }
+        }
+    }
+
+    /// io_uring: handles every completion, submits what that queued (and
+    /// reaps what completed in that same call), then waits on the ring.
+    async fn run_uring(self: Rc<Self>, fd: RawFd) {
+        let mut done = Vec::with_capacity(EVENTS);
+        loop {
+            loop {
+                done.clear();
+                self.reap(&mut done);
+                if done.is_empty() {
+                    break;
+                }
+                if done.len() == EVENTS {
+                    // A full batch: let timers and Redis run before the next one.
+                    glommio::executor().yield_if_needed().await;
+                }
+            }
+            if let Err(e) = glommio::net::readable(fd).await {
+                tracing::error!(error = %e, "waiting on the socket ring failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    /// io_uring: handles up to `EVENTS` completions waiting in the ring,
+    /// then submits what they queued.
+    fn reap(self: &Rc<Self>, done: &mut Vec<Done>) {
+        let Kernel::Uring(ring) = &self.kernel else {
+            return;
+        };
+        self.turn.set(self.turn.get().wrapping_add(1));
+        ring.borrow_mut().completions(done, EVENTS);
+        for d in done.iter() {
+            match d.op {
+                Op::Recv => self.received(d),
+                Op::Send => self.sent(d),
+                Op::Cancel => {}
+            }
+        }
+        self.close_ended();
+    }
+
+    /// The epoll loop: waits for the epoll descriptor, then handles every
+    /// ready socket.
+    async fn run_epoll(self: Rc<Self>, epoll: RawFd) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
         loop {
-            if let Err(e) = glommio::net::readable(self.epoll.as_raw_fd()).await {
+            if let Err(e) = glommio::net::readable(epoll).await {
                 tracing::error!(error = %e, "waiting on the socket table failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
             loop {
                 // SAFETY: `events` outlives the call and its length is passed.
-                let n = unsafe {
-                    libc::epoll_wait(
-                        self.epoll.as_raw_fd(),
-                        events.as_mut_ptr(),
-                        events.len() as i32,
-                        0,
-                    )
-                };
+                let n =
+                    unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, 0) };
                 if n <= 0 {
                     break;
                 }
@@ -373,6 +521,149 @@ impl<H: Handler> Plane<H> {
                 // A full batch: let timers and Redis run before the next one.
                 glommio::executor().yield_if_needed().await;
             }
+        }
+    }
+
+    /// io_uring: a receive completed. Its bytes are decoded in the buffer
+    /// the kernel filled (kept instead while the socket is parked, or added
+    /// to an incomplete frame head); a receive that stopped is armed again
+    /// unless the socket is parked or done.
+    fn received(self: &Rc<Self>, d: &Done) {
+        let Kernel::Uring(ring) = &self.kernel else {
+            return;
+        };
+        let bid = d.buffer();
+        let mut socks = self.socks.borrow_mut();
+        if let Some(sock) = socks.get_mut(&d.conn) {
+            if !d.more() {
+                sock.interest &= !ARMED;
+            }
+            match d.res {
+                n if n > 0 && !sock.ended => {
+                    let bytes = match bid {
+                        // SAFETY: the completion took the buffer out of the
+                        // ring; it goes back below, after this use.
+                        Some(b) => unsafe { ring.borrow().buffer(b, n as usize) },
+                        None => &mut [],
+                    };
+                    let now = Instant::now();
+                    sock.heard = now;
+                    sock.pinged = false;
+                    if sock.waiting {
+                        sock.spill().partial.extend_from_slice(bytes);
+                    } else if !sock.partial().is_empty() {
+                        sock.spill().partial.extend_from_slice(bytes);
+                        self.pump(d.conn, sock, Some(now));
+                    } else {
+                        self.decode(d.conn, sock, bytes, now);
+                    }
+                }
+                0 => self.end(d.conn, sock, Exit::Gone),
+                n if n == -libc::ENOBUFS || n == -libc::ECANCELED => {}
+                n if n < 0 => self.end(d.conn, sock, Exit::Gone),
+                _ => {}
+            }
+            if sock.interest & ARMED == 0 && !sock.ended && !sock.waiting {
+                ring.borrow_mut().recv(d.conn, sock.fd.as_raw_fd());
+                sock.interest |= ARMED;
+            }
+        } else {
+            drop(socks);
+            if !d.more() {
+                self.let_go(d.conn, ARMED, 0);
+            }
+        }
+        if let Some(b) = bid {
+            ring.borrow_mut().give_back(b);
+        }
+    }
+
+    /// io_uring: a send completed, wholly or in part: the rest goes on, or
+    /// what was queued behind it.
+    fn sent(&self, d: &Done) {
+        let Kernel::Uring(ring) = &self.kernel else {
+            return;
+        };
+        let mut socks = self.socks.borrow_mut();
+        let Some(sock) = socks.get_mut(&d.conn) else {
+            drop(socks);
+            self.let_go(d.conn, SENDING, d.res);
+            return;
+        };
+        sock.interest &= !SENDING;
+        if d.res < 0 {
+            // What it held stays unsent, for the socket's end.
+            self.end(d.conn, sock, Exit::Gone);
+            return;
+        }
+        let spill = sock.spill();
+        if d.res == 0 && !spill.inflight.is_empty() {
+            // Nothing taken and no error: the peer is gone for writes.
+            self.end(d.conn, sock, Exit::Gone);
+            return;
+        }
+        let took = (d.res as usize).min(spill.inflight.len());
+        spill.inflight.drain(..took);
+        if took > 0 {
+            spill.stalled_since = Some(Instant::now());
+        }
+        self.send_next(d.conn, sock, &mut ring.borrow_mut());
+    }
+
+    /// io_uring: starts the socket's next send (what is left of the last
+    /// one, else what was queued), unless one is in flight.
+    fn send_next(&self, conn: u64, sock: &mut Sock<H>, ring: &mut Ring) {
+        if sock.ended || sock.interest & SENDING != 0 {
+            return;
+        }
+        let Some(spill) = sock.spill.as_mut() else {
+            return;
+        };
+        if spill.inflight.is_empty() {
+            if spill.backlog.is_empty() {
+                spill.stalled_since = None;
+                spill.backlog_frames = 0;
+                sock.tidy();
+                return;
+            }
+            std::mem::swap(&mut spill.inflight, &mut spill.backlog);
+            spill.backlog_frames = 0;
+            spill.stalled_since.get_or_insert_with(Instant::now);
+        }
+        spill.sent_turn = self.turn.get();
+        // SAFETY: `inflight` is not touched while SENDING is set, and a
+        // socket that ends meanwhile waits in `closing` for the completion.
+        unsafe {
+            ring.send(
+                conn,
+                sock.fd.as_raw_fd(),
+                spill.inflight.as_ptr(),
+                spill.inflight.len(),
+            )
+        };
+        sock.interest |= SENDING;
+    }
+
+    /// io_uring: an operation of a socket out of the table completed (`op`,
+    /// with `res` for a send); the socket is handed over after its last.
+    fn let_go(&self, conn: u64, op: u32, res: i32) {
+        let mut closing = self.closing.borrow_mut();
+        let Some(c) = closing.get_mut(&conn) else {
+            return;
+        };
+        c.sock.interest &= !op;
+        if op == SENDING && res > 0 {
+            if let Some(spill) = c.sock.spill.as_mut() {
+                let took = (res as usize).min(spill.inflight.len());
+                spill.inflight.drain(..took);
+            }
+        }
+        if c.sock.interest & (ARMED | SENDING) == 0 {
+            let Some(c) = closing.remove(&conn) else {
+                return;
+            };
+            drop(closing);
+            self.hand_over(conn, *c.sock, c.exit);
         }
     }
 
@@ -540,12 +831,42 @@ impl<H: Handler> Plane<H> {
         (start, None)
     }
 
-    /// The handler parked the socket: reading stops until it resumes it.
+    /// The handler parked the socket: reading stops until it resumes it
+    /// (io_uring: its receive is cancelled; what completes before the
+    /// cancel is kept for the resume).
     fn park(&self, conn: u64, sock: &mut Sock<H>) {
         sock.waiting = true;
-        let interest = sock.interest & !(libc::EPOLLIN as u32);
-        if self.set_interest(conn, sock, interest).is_err() {
-            self.end(conn, sock, Exit::Gone);
+        match &self.kernel {
+            Kernel::Epoll(_) => {
+                let interest = sock.interest & !(libc::EPOLLIN as u32);
+                if self.set_interest(conn, sock, interest).is_err() {
+                    self.end(conn, sock, Exit::Gone);
+                }
+            }
+            Kernel::Uring(ring) => {
+                if sock.interest & ARMED != 0 {
+                    ring.borrow_mut().cancel(conn, Op::Recv);
+                }
+            }
+        }
+    }
+
+    /// Reading goes on after a park.
+    fn unpark(&self, conn: u64, sock: &mut Sock<H>) -> io::Result<()> {
+        match &self.kernel {
+            Kernel::Epoll(_) => {
+                let interest = sock.interest | libc::EPOLLIN as u32;
+                self.set_interest(conn, sock, interest)
+            }
+            Kernel::Uring(ring) => {
+                // An armed receive is the cancelled one: its last completion
+                // arms it again.
+                if sock.interest & ARMED == 0 {
+                    ring.borrow_mut().recv(conn, sock.fd.as_raw_fd());
+                    sock.interest |= ARMED;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -570,10 +891,9 @@ impl<H: Handler> Plane<H> {
             answer(&mut sock.state, &mut out);
             let wrote = self.write(conn, sock, &out);
             drop(out);
-            let interest = sock.interest | libc::EPOLLIN as u32;
             if let Err(exit) = wrote {
                 self.end(conn, sock, exit);
-            } else if self.set_interest(conn, sock, interest).is_err() {
+            } else if self.unpark(conn, sock).is_err() {
                 self.end(conn, sock, Exit::Gone);
             } else {
                 self.pump(conn, sock, Some(arrived));
@@ -588,8 +908,26 @@ impl<H: Handler> Plane<H> {
     }
 
     /// Sends `bytes` now, or queues them behind what the kernel has not
-    /// taken yet. Err when the socket must end.
+    /// taken yet (io_uring: queues them for the loop turn's submission, one
+    /// send per socket). Err when the socket must end.
     fn write(&self, conn: u64, sock: &mut Sock<H>, bytes: &[u8]) -> Result<(), Exit> {
+        if let Kernel::Uring(_) = self.kernel {
+            let busy = sock.interest;
+            let turn = self.turn.get();
+            let spill = sock.spill();
+            if busy & SENDING != 0 && spill.sent_turn != turn {
+                if spill.backlog_frames >= self.limits.outbound_frames {
+                    return Err(Exit::SlowReader);
+                }
+                spill.backlog_frames += 1;
+            }
+            spill.backlog.extend_from_slice(bytes);
+            if busy & (SENDING | QUEUED) == 0 {
+                sock.interest |= QUEUED;
+                self.queued.borrow_mut().push(conn);
+            }
+            return Ok(());
+        }
         if sock.has_backlog() {
             let spill = sock.spill();
             if spill.backlog_frames >= self.limits.outbound_frames {
@@ -645,10 +983,12 @@ impl<H: Handler> Plane<H> {
     }
 
     fn epoll_ctl(&self, op: i32, conn: u64, sock: &mut Sock<H>, events: u32) -> io::Result<()> {
+        let Kernel::Epoll(epoll) = &self.kernel else {
+            return Ok(());
+        };
         let mut ev = libc::epoll_event { events, u64: conn };
         // SAFETY: both descriptors are open; `ev` lives across the call.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, sock.fd.as_raw_fd(), &mut ev) };
+        let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, sock.fd.as_raw_fd(), &mut ev) };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -808,9 +1148,25 @@ impl<H: Handler> Plane<H> {
     /// goes when it is resumed; one adopted later goes at once.
     pub fn drain(self: &Rc<Self>) {
         self.draining.set(true);
-        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+        let reads = if let Kernel::Uring(ring) = &self.kernel {
+            // What the kernel received and has not reported yet: its work
+            // runs now, and every completion is handled.
+            ring.borrow_mut().poll();
+            let mut done = Vec::with_capacity(EVENTS);
+            for _ in 0..64 {
+                done.clear();
+                self.reap(&mut done);
+                if done.is_empty() {
+                    break;
+                }
+            }
+            0
+        } else {
             // Bounded: a client that keeps sending cannot hold the drain.
-            for _ in 0..16 {
+            16
+        };
+        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+            for _ in 0..reads {
                 if sock.waiting || sock.ended || !self.read(conn, sock) {
                     break;
                 }
@@ -831,41 +1187,115 @@ impl<H: Handler> Plane<H> {
         }
     }
 
-    /// Takes every socket that ended out of the table and starts its close.
+    /// Takes every socket that ended out of the table and starts its close
+    /// (io_uring: once the kernel let go of it), then submits what the loop
+    /// turn queued: every public entry ends here.
     fn close_ended(&self) {
         loop {
             let Some((conn, exit)) = self.ended.borrow_mut().pop() else {
-                return;
+                break;
             };
             let Some(sock) = self.socks.borrow_mut().remove(&conn) else {
                 continue;
             };
-            // SAFETY: both descriptors are open; DEL ignores the event.
-            unsafe {
-                libc::epoll_ctl(
-                    self.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    sock.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                );
+            match &self.kernel {
+                Kernel::Epoll(epoll) => {
+                    // SAFETY: both descriptors are open; DEL ignores the event.
+                    unsafe {
+                        libc::epoll_ctl(
+                            epoll.as_raw_fd(),
+                            libc::EPOLL_CTL_DEL,
+                            sock.fd.as_raw_fd(),
+                            std::ptr::null_mut(),
+                        );
+                    }
+                }
+                Kernel::Uring(ring) => {
+                    let busy = sock.interest & (ARMED | SENDING);
+                    if busy != 0 {
+                        let mut ring = ring.borrow_mut();
+                        if busy & ARMED != 0 {
+                            ring.cancel(conn, Op::Recv);
+                        }
+                        if busy & SENDING != 0 {
+                            ring.cancel(conn, Op::Send);
+                        }
+                        self.closing
+                            .borrow_mut()
+                            .insert(conn, Closing { sock, exit });
+                        continue;
+                    }
+                }
             }
-            let Sock {
-                fd,
-                state,
-                spill,
-                opened,
-                ..
-            } = *sock;
-            self.handler.ended(Left {
-                conn,
-                fd,
-                state,
-                exit,
-                unsent: spill.map(|s| s.backlog).unwrap_or_default(),
-                opened: self.opened_at(opened),
-            });
+            self.hand_over(conn, *sock, exit);
         }
+        self.submit();
     }
+
+    /// The socket's handler takes over what is left of it: what the kernel
+    /// did not take (the rest of a send in flight, then what was queued).
+    fn hand_over(&self, conn: u64, sock: Sock<H>, exit: Exit) {
+        let Sock {
+            fd,
+            state,
+            spill,
+            opened,
+            ..
+        } = sock;
+        let unsent = spill
+            .map(|s| {
+                let Spill {
+                    mut inflight,
+                    backlog,
+                    ..
+                } = *s;
+                if inflight.is_empty() {
+                    backlog
+                } else {
+                    inflight.extend_from_slice(&backlog);
+                    inflight
+                }
+            })
+            .unwrap_or_default();
+        self.handler.ended(Left {
+            conn,
+            fd,
+            state,
+            exit,
+            unsent,
+            opened: self.opened_at(opened),
+        });
+    }
+
+    /// io_uring: the queued sockets' sends, and every operation queued, go
+    /// to the kernel in one `io_uring_enter`.
+    fn submit(&self) {
+        let Kernel::Uring(ring) = &self.kernel else {
+            return;
+        };
+        let mut ring = ring.borrow_mut();
+        {
+            let mut socks = self.socks.borrow_mut();
+            for conn in self.queued.borrow_mut().drain(..) {
+                if let Some(sock) = socks.get_mut(&conn) {
+                    sock.interest &= !QUEUED;
+                    self.send_next(conn, sock, &mut ring);
+                }
+            }
+        }
+        ring.submit();
+    }
+}
+
+/// A new epoll descriptor.
+fn epoll() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is owned below.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// One non-blocking send; a full socket buffer sends 0.
@@ -964,6 +1394,7 @@ mod tests {
     /// plane); `during` runs on the plane's executor while the client works.
     /// Returns what the client returned and the exits `Probe` recorded.
     fn with_plane<T: Send + 'static>(
+        io: Io,
         outbound_frames: u32,
         client: impl FnOnce(UnixStream) -> T + Send + 'static,
         during: impl Fn(&Rc<Plane<Probe>>) + 'static,
@@ -985,8 +1416,10 @@ mod tests {
                     outbound_frames,
                     read_buffer: 16 << 10,
                     deflate_min: 128,
+                    io,
                 };
                 let plane = Plane::new(Probe::default(), limits).unwrap();
+                assert_eq!(plane.io(), io, "the plane runs what it was asked");
                 glommio::spawn_local(plane.clone().run()).detach();
                 plane.adopt(7, OwnedFd::from(ours), Vec::new(), b"", Mode::Off, ());
                 let peer = std::thread::spawn(move || client(theirs));
@@ -1025,114 +1458,130 @@ mod tests {
 
     const MASK: [u8; 4] = [1, 2, 3, 4];
 
+    /// Every test of the transport runs on both ways to the kernel.
+    const PLANES: [Io; 2] = [Io::Uring, Io::Epoll];
+
     #[test]
     fn a_message_cut_anywhere_is_one_message_and_replies_keep_order() {
-        let (got, left) = with_plane(
-            64,
-            |mut s| {
-                let mut bytes = Vec::new();
-                wire::text_frame(&mut bytes, b"hello", MASK);
-                wire::masked(&mut bytes, 0x89, b"are you there", MASK);
-                wire::text_frame(&mut bytes, b"world", MASK);
-                // Cut inside the head, inside the payload, between frames.
-                for piece in [&bytes[..1], &bytes[1..4], &bytes[4..9], &bytes[9..]] {
-                    s.write_all(piece).unwrap();
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                frames(&mut s, 3)
-            },
-            |_| {},
-        );
-        assert_eq!(
-            got,
-            vec![
-                (0x1, b"got:hello".to_vec()),
-                (0xA, b"are you there".to_vec()),
-                (0x1, b"got:world".to_vec()),
-            ]
-        );
-        assert_eq!(left, vec!["Gone"], "the client hung up");
+        for io in PLANES {
+            let (got, left) = with_plane(
+                io,
+                64,
+                |mut s| {
+                    let mut bytes = Vec::new();
+                    wire::text_frame(&mut bytes, b"hello", MASK);
+                    wire::masked(&mut bytes, 0x89, b"are you there", MASK);
+                    wire::text_frame(&mut bytes, b"world", MASK);
+                    // Cut inside the head, inside the payload, between frames.
+                    for piece in [&bytes[..1], &bytes[1..4], &bytes[4..9], &bytes[9..]] {
+                        s.write_all(piece).unwrap();
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    frames(&mut s, 3)
+                },
+                |_| {},
+            );
+            assert_eq!(
+                got,
+                vec![
+                    (0x1, b"got:hello".to_vec()),
+                    (0xA, b"are you there".to_vec()),
+                    (0x1, b"got:world".to_vec()),
+                ]
+            );
+            assert_eq!(left, vec!["Gone"], "the client hung up");
+        }
     }
 
     #[test]
     fn a_parked_socket_reads_nothing_until_its_handler_resumes_it() {
-        let (got, _) = with_plane(
-            64,
-            |mut s| {
-                let mut bytes = Vec::new();
-                wire::text_frame(&mut bytes, b"park", MASK);
-                wire::text_frame(&mut bytes, b"after", MASK);
-                s.write_all(&bytes).unwrap();
-                frames(&mut s, 2)
-            },
-            |_| {},
-        );
-        assert_eq!(
-            got,
-            vec![(0x1, b"resumed".to_vec()), (0x1, b"got:after".to_vec())],
-            "what came after the parked message waited for the resume"
-        );
+        for io in PLANES {
+            let (got, _) = with_plane(
+                io,
+                64,
+                |mut s| {
+                    let mut bytes = Vec::new();
+                    wire::text_frame(&mut bytes, b"park", MASK);
+                    wire::text_frame(&mut bytes, b"after", MASK);
+                    s.write_all(&bytes).unwrap();
+                    frames(&mut s, 2)
+                },
+                |_| {},
+            );
+            assert_eq!(
+                got,
+                vec![(0x1, b"resumed".to_vec()), (0x1, b"got:after".to_vec())],
+                "what came after the parked message waited for the resume"
+            );
+        }
     }
 
     #[test]
     fn a_close_or_the_handler_ends_the_socket_with_its_reason() {
-        let (_, left) = with_plane(
-            64,
-            |mut s| {
-                let mut bytes = Vec::new();
-                wire::close_frame(&mut bytes, 1000, MASK);
-                s.write_all(&bytes).unwrap();
-                // The plane ends the socket and hands it over: nothing more
-                // comes, and the peer sees the end once the probe drops it.
-                let mut b = [0u8; 16];
-                s.read(&mut b).unwrap()
-            },
-            |_| {},
-        );
-        assert_eq!(left, vec!["PeerClose(Some(1000))"]);
-        let (_, left) = with_plane(
-            64,
-            |mut s| {
-                let mut bytes = Vec::new();
-                wire::text_frame(&mut bytes, b"end", MASK);
-                s.write_all(&bytes).unwrap();
-                let mut b = [0u8; 16];
-                s.read(&mut b).unwrap()
-            },
-            |_| {},
-        );
-        assert_eq!(left, vec!["Kick"]);
+        for io in PLANES {
+            let (_, left) = with_plane(
+                io,
+                64,
+                |mut s| {
+                    let mut bytes = Vec::new();
+                    wire::close_frame(&mut bytes, 1000, MASK);
+                    s.write_all(&bytes).unwrap();
+                    // The plane ends the socket and hands it over: nothing more
+                    // comes, and the peer sees the end once the probe drops it.
+                    let mut b = [0u8; 16];
+                    s.read(&mut b).unwrap()
+                },
+                |_| {},
+            );
+            assert_eq!(left, vec!["PeerClose(Some(1000))"]);
+            let (_, left) = with_plane(
+                io,
+                64,
+                |mut s| {
+                    let mut bytes = Vec::new();
+                    wire::text_frame(&mut bytes, b"end", MASK);
+                    s.write_all(&bytes).unwrap();
+                    let mut b = [0u8; 16];
+                    s.read(&mut b).unwrap()
+                },
+                |_| {},
+            );
+            assert_eq!(left, vec!["Kick"]);
+        }
     }
 
     #[test]
     fn a_peer_that_stops_reading_is_ended_as_a_slow_reader() {
-        let frame = {
-            let mut f = Vec::new();
-            codec::encode_text(&mut f, &vec![b'x'; 64 << 10]);
-            f
-        };
-        // The client never reads; it waits until the plane gave up on it.
-        let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = gone.clone();
-        let (_, left) = with_plane(
-            4,
-            move |s| {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while !seen.load(std::sync::atomic::Ordering::SeqCst) {
-                    assert!(Instant::now() < deadline, "never ended as a slow reader");
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                drop(s);
-            },
-            move |plane| {
-                if plane.is_empty() {
-                    gone.store(true, std::sync::atomic::Ordering::SeqCst);
-                } else {
-                    plane.fan_out(&frame, &[]);
-                }
-            },
-        );
-        assert_eq!(left, vec!["SlowReader"]);
+        for io in PLANES {
+            let frame = {
+                let mut f = Vec::new();
+                codec::encode_text(&mut f, &vec![b'x'; 64 << 10]);
+                f
+            };
+            // The client never reads; it waits until the plane gave up on it.
+            let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = gone.clone();
+            let (_, left) = with_plane(
+                io,
+                4,
+                move |s| {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                        assert!(Instant::now() < deadline, "never ended as a slow reader");
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    drop(s);
+                },
+                move |plane| {
+                    if plane.is_empty() {
+                        gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                    } else {
+                        plane.fan_out(&frame, &[]);
+                    }
+                },
+            );
+            assert_eq!(left, vec!["SlowReader"]);
+        }
     }
 
     #[test]
