@@ -165,11 +165,12 @@ pub fn benchmarks_block(r: Option<&Results>) -> String {
 pub fn section(r: &Results) -> String {
     let p = &r.provenance;
     format!(
-        "\n## {} · commit {} · {} · Linux {}{}\n\n{}",
+        "\n## {} · commit {} · {} · Linux {} · shardcast on {}{}\n\n{}",
         p.date,
         p.commit_label(),
         p.machine(),
         p.kernel,
+        r.io,
         if r.quick {
             " · QUICK (reduced sizes)"
         } else {
@@ -182,11 +183,12 @@ pub fn section(r: &Results) -> String {
 fn measured_line(r: &Results) -> String {
     let p = &r.provenance;
     format!(
-        "Measured on {}, {}, {}, kernel {}{}; median of {} runs (min–max).",
+        "Measured on {}, {}, {}, kernel {}, shardcast on {}{}; median of {} runs (min–max).",
         p.commit_label(),
         p.date,
         p.machine(),
         p.kernel,
+        r.io,
         if r.quick {
             ", QUICK (reduced sizes)"
         } else {
@@ -436,7 +438,7 @@ mod tests {
              not measured |"
         ));
         assert!(block.contains(
-            "Measured on 196cb85, 2026-12-03 22:17 UTC, AMD EPYC 7B13 × 2, kernel 6.18.44; \
+            "Measured on 196cb85, 2026-12-03 22:17 UTC, AMD EPYC 7B13 × 2, kernel 6.18.44, shardcast on epoll; \
              median of 3 runs (min–max)."
         ));
         assert_eq!(readme_block(None), NO_RUN);

@@ -95,6 +95,10 @@ pub struct Results {
     /// Sizes cut down about tenfold: a check of the suite, not figures.
     pub quick: bool,
     pub took_s: f64,
+    /// shardcast's socket plane in this run (`uring`, `epoll`); runs from
+    /// before there was a choice were epoll's.
+    #[serde(default = "epoll")]
+    pub io: String,
     /// Faults per server over the whole suite; uws is absent when it was skipped.
     pub faults: BTreeMap<Column, u64>,
     pub figures: Vec<FigureResult>,
@@ -292,10 +296,15 @@ impl Collector {
             runs_per_figure: self.rounds as u32,
             quick,
             took_s,
+            io: epoll(),
             faults,
             figures,
         }
     }
+}
+
+fn epoll() -> String {
+    "epoll".into()
 }
 
 impl Results {

@@ -60,6 +60,10 @@ pub struct SuiteArgs {
     /// Where each run's JSON report is kept.
     #[arg(long, default_value = "target/bench")]
     pub raw: PathBuf,
+    /// shardcast's socket plane (`--io` of the server): auto, uring or
+    /// epoll; recorded with the figures.
+    #[arg(long, default_value = "auto")]
+    pub io: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +159,7 @@ pub fn main(args: SuiteArgs) -> Result<ExitCode, SuiteError> {
         args: &args,
         redis_url: format!("redis://127.0.0.1:{}", redis.port),
         uws,
+        io: None,
         faults: BTreeMap::new(),
         runs: 0,
         rec: Collector::new(args.repeat),
@@ -174,7 +179,8 @@ pub fn main(args: SuiteArgs) -> Result<ExitCode, SuiteError> {
     let ours = s.faults[&Column::Shardcast];
     let runs = s.runs;
     let took = started.elapsed().as_secs_f64();
-    let results = s.rec.finish(provenance, args.quick, took, s.faults);
+    let mut results = s.rec.finish(provenance, args.quick, took, s.faults);
+    results.io = s.io.unwrap_or_else(|| args.io.clone());
     write(&args, &results)?;
     eprintln!("suite: {runs} runs in {took:.0} s");
     Ok(if ours == 0 {
@@ -182,6 +188,20 @@ pub fn main(args: SuiteArgs) -> Result<ExitCode, SuiteError> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The plane a running shardcast says it uses (`"io"` of `/status`:
+/// `auto` comes to io_uring where the kernel allows it).
+fn plane(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let json = body.split_once("\r\n\r\n")?.1;
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some(v.get("io")?.as_str()?.to_string())
 }
 
 /// Prints the section; a full run also writes latest.json and appends the
@@ -213,6 +233,8 @@ struct Suite<'a> {
     redis_url: String,
     /// Whether the uws binary is there to run.
     uws: bool,
+    /// The plane shardcast said it runs on.
+    io: Option<String>,
     /// Faults per server; those against shardcast fail the suite.
     faults: BTreeMap<Column, u64>,
     runs: u32,
@@ -423,6 +445,9 @@ impl Suite<'_> {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut child = self.start_server(server, place, addr)?;
+        if matches!(server, Server::Shardcast { .. }) && self.io.is_none() {
+            self.io = plane(addr);
+        }
         (spec.plan.addr, spec.plan.host) = (addr, addr.to_string());
         spec.server_pid = Some(child.id());
         let gen_cpus: &[usize] = match place {
@@ -515,6 +540,8 @@ impl Suite<'_> {
                     // starts: no fixed admin port between them.
                     "--admin-listen",
                     "off",
+                    "--io",
+                    &self.args.io,
                 ]);
             }
             Server::Baseline { threads } => {
