@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench client flamegraph fuzz vendor-check docker-test
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench syscalls client flamegraph fuzz vendor-check docker-test
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -19,9 +19,14 @@ build: ## Release build: target/release/shardcast
 run: build ## Build, start a local redis-server if none answers, serve on :8080 (flags: ARGS="--shards 2")
 	scripts/run $(ARGS)
 
+EPOLL_TESTS = --test autobahn --test contract_ws --test smoke --test drain --test hostile --test idle --test deflate --test rooms --test history
+
 test: setup lint ## The full tier: fmt check + clippy -D warnings + every test, with real Redis, nginx, Chromium (installs them when root; the scale-out test needs root)
 	@test "$$(id -u)" = 0 || { echo "make test needs root: the scale-out test builds network namespaces (cargo test alone is the fast tier: no root, no services)" >&2; exit 1; }
 	$(CARGO) test --workspace --features shardcast/full-tier
+	@# The suite above runs on the plane --io auto picks (io_uring where the kernel allows it);
+	@# the tests of the data plane run again on the epoll fallback.
+	SHARDCAST_IO=epoll $(CARGO) test --workspace --features shardcast/full-tier $(EPOLL_TESTS)
 
 setup: ## Install what make test drives (Debian packages, kosoku, the console's npm packages) where missing; needs root
 	scripts/setup test
@@ -61,6 +66,10 @@ deflate-bench: ## permessage-deflate on broadcasts: bytes on the wire and server
 presence-bench: ## Presence's cost to a shard: CPU with and without it, N=10000 sockets in a room, HEARTBEAT=5s, WINDOW=30s, ROUNDS=3
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	scripts/presence-bench
+
+syscalls: ## System calls and CPU per reply under the rate test: shardcast on io_uring, on epoll, and uws, same run (N=10000 RATE=20000 DURATION=20 WINDOW=10 ROUNDS=3; needs root for perf)
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/syscalls
 
 client: ## Build the JavaScript client (clients/js/src → dist/, which the server embeds and serves at /shardcast.js); needs node and npm
 	cd clients/js && { test -d node_modules || npm ci --no-audit --no-fund; } && npm run build
