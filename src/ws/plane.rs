@@ -267,6 +267,9 @@ pub struct Plane<H: Handler> {
     /// epoll (a burst behind a send that simply has not been reaped yet is
     /// not a slow reader).
     turn: Cell<u32>,
+    /// io_uring: when the current reap began; the time its receives
+    /// arrived (one clock read per wake, not one per completion).
+    reaped: Cell<Instant>,
     rx: RefCell<Box<[u8]>>,
     /// Replies of the socket being handled.
     out: RefCell<Vec<u8>>,
@@ -325,6 +328,7 @@ impl<H: Handler> Plane<H> {
             closing: RefCell::new(HashMap::new()),
             queued: RefCell::new(Vec::new()),
             turn: Cell::new(0),
+            reaped: Cell::new(Instant::now()),
             // A read takes at most this much from one socket; level-triggered
             // epoll reports the socket again while more waits.
             rx: RefCell::new(vec![0u8; limits.read_buffer].into_boxed_slice()),
@@ -483,6 +487,7 @@ impl<H: Handler> Plane<H> {
             return;
         };
         self.turn.set(self.turn.get().wrapping_add(1));
+        self.reaped.set(Instant::now());
         ring.borrow_mut().completions(done, EVENTS);
         for d in done.iter() {
             match d.op {
@@ -546,7 +551,7 @@ impl<H: Handler> Plane<H> {
                         Some(b) => unsafe { ring.borrow().buffer(b, n as usize) },
                         None => &mut [],
                     };
-                    let now = Instant::now();
+                    let now = self.reaped.get();
                     sock.heard = now;
                     sock.pinged = false;
                     if sock.waiting {
@@ -604,8 +609,9 @@ impl<H: Handler> Plane<H> {
         }
         let took = (d.res as usize).min(spill.inflight.len());
         spill.inflight.drain(..took);
-        if took > 0 {
-            spill.stalled_since = Some(Instant::now());
+        if took > 0 && !spill.inflight.is_empty() {
+            // Moved, not done: the stall clock starts again.
+            spill.stalled_since = Some(self.reaped.get());
         }
         self.send_next(d.conn, sock, &mut ring.borrow_mut());
     }
