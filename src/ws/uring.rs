@@ -280,8 +280,22 @@ impl Ring {
         };
     }
 
-    /// Up to `into`'s spare capacity of completions, in order.
+    /// Up to `most` completions, in order. When the ring is empty but the
+    /// kernel holds more (completions past the ring's size, or completion
+    /// work not run yet), one `io_uring_enter` brings them in first: the
+    /// ring's descriptor stays readable while the kernel holds them, and a
+    /// waiter that only looked at the ring would wake for nothing again and
+    /// again.
     pub fn completions(&mut self, into: &mut Vec<Done>, most: usize) {
+        if self.ring.completion().is_empty() {
+            let held = {
+                let sq = self.ring.submission();
+                sq.cq_overflow() || sq.taskrun()
+            };
+            if held {
+                self.poll();
+            }
+        }
         for cqe in self.ring.completion().take(most) {
             let tag = cqe.user_data();
             let op = match tag & 0xFF {
