@@ -109,6 +109,10 @@ pub enum Cmd {
     /// permessage-deflate on broadcasts, against a server run with it on:
     /// bytes on the wire and server CPU per delivery, without and with.
     Deflate(crate::deflate::DeflateArgs),
+    /// One broadcast to N sockets of one room at a time, against shardcast
+    /// or `uws-counter PORT pubsub`: POST to last receipt and server CPU per
+    /// delivery.
+    Fanout(crate::fanout::FanoutArgs),
     /// Times `/metrics` rendering in-process: SHARDS shards' cells with
     /// traffic in them, rendered ROUNDS times; prints the median, p99 and
     /// worst time per scrape and the body's size.

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod deflate;
 pub mod engine;
 pub mod epoll;
+pub mod fanout;
 pub mod figures;
 pub mod goals;
 pub mod plan;

@@ -61,6 +61,10 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             shardcast_bench::deflate::main(&args).context("deflate")?;
             return Ok(ExitCode::SUCCESS);
         }
+        Cmd::Fanout(args) => {
+            shardcast_bench::fanout::main(&args).context("fanout")?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::ScaleWorker { plan } => {
             scale::worker::main(&plan).context("scale worker")?;
             return Ok(ExitCode::SUCCESS);

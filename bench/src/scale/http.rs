@@ -43,6 +43,18 @@ pub fn broadcast(
     make: impl FnOnce(u64) -> String,
     limit: Duration,
 ) -> Result<Accepted, PostError> {
+    broadcast_at(node, BROADCAST_PATH, room, make, limit)
+}
+
+/// [`broadcast`] to `path` (the broadcast path, which may carry a query:
+/// the uWebSockets peer takes its room as `?room=`).
+pub fn broadcast_at(
+    node: &Node,
+    path: &str,
+    room: Option<&str>,
+    make: impl FnOnce(u64) -> String,
+    limit: Duration,
+) -> Result<Accepted, PostError> {
     let mut tcp = TcpStream::connect_timeout(&node.addr, limit).map_err(PostError::Connect)?;
     tcp.set_read_timeout(Some(limit)).map_err(PostError::Io)?;
     tcp.set_write_timeout(Some(limit)).map_err(PostError::Io)?;
@@ -59,7 +71,7 @@ pub fn broadcast(
         .map(|k| format!("X-API-Key: {k}\r\n"))
         .unwrap_or_default();
     let request = format!(
-        "POST {BROADCAST_PATH} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
          {key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         node.authority,
         body.len()
