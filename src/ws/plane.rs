@@ -609,9 +609,10 @@ impl<H: Handler> Plane<H> {
         }
         let took = (d.res as usize).min(spill.inflight.len());
         spill.inflight.drain(..took);
-        if took > 0 && !spill.inflight.is_empty() {
-            // Moved, not done: the stall clock starts again.
-            spill.stalled_since = Some(self.reaped.get());
+        if took > 0 {
+            // Moved: the stall clock stops; a sweep starts it again if the
+            // next send waits.
+            spill.stalled_since = None;
         }
         self.send_next(d.conn, sock, &mut ring.borrow_mut());
     }
@@ -634,7 +635,6 @@ impl<H: Handler> Plane<H> {
             }
             std::mem::swap(&mut spill.inflight, &mut spill.backlog);
             spill.backlog_frames = 0;
-            spill.stalled_since.get_or_insert_with(Instant::now);
         }
         spill.sent_turn = self.turn.get();
         // SAFETY: `inflight` is not touched while SENDING is set, and a
@@ -1110,7 +1110,22 @@ impl<H: Handler> Plane<H> {
     /// zero), the end of sockets whose unsent bytes stopped moving, and of
     /// those the handler says are done (a token that expired: no clock
     /// read per message for it).
-    pub fn sweep(&self, now: Instant, idle: Duration, slice: Slice) {
+    pub fn sweep(self: &Rc<Self>, now: Instant, idle: Duration, slice: Slice) {
+        if let Kernel::Uring(_) = self.kernel {
+            // Completions first, so that a send found in flight below is
+            // one the kernel holds, not one whose completion waits to be
+            // read. Each reap moves the turn on, even with nothing to reap,
+            // so in a plane that is otherwise quiet, frames behind a send
+            // the kernel holds count too.
+            let mut done = Vec::new();
+            for _ in 0..64 {
+                done.clear();
+                self.reap(&mut done);
+                if done.is_empty() {
+                    break;
+                }
+            }
+        }
         let mut ping = Vec::new();
         codec::encode_ping(&mut ping, b"idle?");
         {
@@ -1120,6 +1135,14 @@ impl<H: Handler> Plane<H> {
             for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
                 if sock.ended {
                     continue;
+                }
+                if self.send_waits(sock) {
+                    // io_uring: a send still in flight after a reap that
+                    // followed it is one the kernel would not take; its
+                    // stall is timed from the first sweep that finds it so
+                    // (timing it from the submission would count the time
+                    // the process was not running, or the CQE not reaped).
+                    sock.spill().stalled_since.get_or_insert(now);
                 }
                 if sock
                     .stalled_since()
@@ -1147,6 +1170,17 @@ impl<H: Handler> Plane<H> {
             }
         }
         self.close_ended();
+    }
+
+    /// io_uring: whether the socket's send is still in flight after a reap
+    /// that followed its submission.
+    fn send_waits(&self, sock: &Sock<H>) -> bool {
+        matches!(self.kernel, Kernel::Uring(_))
+            && sock.interest & SENDING != 0
+            && sock
+                .spill
+                .as_ref()
+                .is_some_and(|s| s.sent_turn != self.turn.get())
     }
 
     /// The drain: each socket answers what its client already sent (in the
@@ -1583,6 +1617,9 @@ mod tests {
                         gone.store(true, std::sync::atomic::Ordering::SeqCst);
                     } else {
                         plane.fan_out(&frame, &[]);
+                        // As the shard's walk does: on io_uring, frames
+                        // count once a reap found the send still held.
+                        plane.sweep(Instant::now(), Duration::ZERO, Slice { index: 0, of: 1 });
                     }
                 },
             );
