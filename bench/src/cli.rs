@@ -95,6 +95,22 @@ pub enum Cmd {
     Drain {
         #[command(flatten)]
         common: Common,
+        /// More servers sharing the port (pids, comma-separated): each is
+        /// sent SIGTERM with --server-pid's, and the drain waits for all.
+        #[arg(long, value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// How long every socket is held once all are open, before the
+        /// drain.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// After the hold, one broadcast is posted here (http://HOST:PORT;
+        /// the key from SHARDCAST_API_KEY) and the drain waits until every
+        /// socket got it (up to 60 s): POST to last receipt.
+        #[arg(long)]
+        broadcast: Option<String>,
+        /// New connections per second in all (0: as fast as they go).
+        #[arg(long, default_value_t = 0.0)]
+        connect_rate: f64,
     },
     /// The standard suite against fresh servers, on HEAD's committed tree:
     /// writes bench/results/latest.json and appends to bench/RESULTS.md.

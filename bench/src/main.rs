@@ -123,9 +123,17 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             });
             (common, spec)
         }
-        Cmd::Drain { common } => {
+        Cmd::Drain {
+            common,
+            pids,
+            hold,
+            broadcast,
+            connect_rate,
+        } => {
             let spec = common.spec(Mode::Drain, Load::Idle, |s| {
-                s.plan.on_go = OnGo::ExpectDrain
+                s.plan.on_go = OnGo::ExpectDrain;
+                s.plan.connect_rate = connect_rate;
+                (s.more_pids, s.duration, s.broadcast) = (pids, hold, broadcast);
             });
             (common, spec)
         }

@@ -104,6 +104,19 @@ pub struct DrainFigures {
     pub exit_s: Option<f64>,
     #[serde(skip)]
     pub signalled_ns: u64,
+    /// The broadcast to every socket before the drain, when one was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<BroadcastFigures>,
+}
+
+/// One broadcast to every open socket, timed from its POST.
+#[derive(Debug, Clone, Serialize)]
+pub struct BroadcastFigures {
+    /// Sockets that got it, of those open when it was posted.
+    pub received: u64,
+    pub of: u64,
+    /// From the POST to the last socket's receipt.
+    pub last_receipt_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,6 +236,15 @@ impl Report {
                 format!(
                     "{:.3} s, {} counts continued exactly",
                     st.resume_all_s, c.resumed
+                ),
+            );
+        }
+        if let Some(b) = self.drain.as_ref().and_then(|d| d.broadcast.as_ref()) {
+            row(
+                "broadcast to all",
+                format!(
+                    "{} of {} got it, the last {:.3} s after the POST",
+                    b.received, b.of, b.last_receipt_s
                 ),
             );
         }

@@ -12,7 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::plan::{Load, OnGo, Plan};
 use crate::pool::{Msg, Pool};
-use crate::report::{DrainFigures, Point, ProcFigures, Quantiles, Report, StormFigures};
+use crate::report::{
+    BroadcastFigures, DrainFigures, Point, ProcFigures, Quantiles, Report, StormFigures,
+};
 use crate::stats::{self, Counters, Faults};
 use crate::sys::{self, now_ns, ProcSample};
 use crate::worker::Line;
@@ -54,6 +56,11 @@ pub struct RunSpec {
     /// Storm: time for the last primed counts to reach Redis before the drop.
     pub settle: Duration,
     pub server_pid: Option<u32>,
+    /// Drain: more servers on the same port, signalled with `server_pid`.
+    pub more_pids: Vec<u32>,
+    /// Drain: one broadcast posted to this node (http://HOST:PORT) after
+    /// the hold, timed to its last receipt.
+    pub broadcast: Option<String>,
     pub progress: bool,
 }
 
@@ -68,6 +75,8 @@ impl RunSpec {
             warmup: Duration::ZERO,
             settle: Duration::ZERO,
             server_pid: None,
+            more_pids: Vec::new(),
+            broadcast: None,
             progress: false,
         }
     }
@@ -81,6 +90,8 @@ pub enum RunError {
     WorkerLost(usize),
     #[error("--server-pid {0} is not a running process")]
     NoServer(u32),
+    #[error("the broadcast: {0}")]
+    Broadcast(String),
     #[error("drain needs --server-pid")]
     DrainNeedsPid,
     #[error("could not signal the server: {0}")]
@@ -276,19 +287,32 @@ impl<'a> Coordinator<'a> {
             }
             Mode::Drain => {
                 let pid = spec.server_pid.ok_or(RunError::DrainNeedsPid)?;
+                if !spec.duration.is_zero() {
+                    self.phase("holding");
+                    self.pause(spec.duration);
+                }
+                let broadcast = match &spec.broadcast {
+                    Some(url) => Some(self.broadcast_to_all(url)?),
+                    None => None,
+                };
                 self.phase("draining");
                 self.w.say("go");
                 let go = now_ns();
-                // SAFETY: kill with a pid checked alive at the start.
-                if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
-                    return Err(RunError::Signal(std::io::Error::last_os_error()));
+                let pids: Vec<u32> = std::iter::once(pid)
+                    .chain(spec.more_pids.iter().copied())
+                    .collect();
+                for &p in &pids {
+                    // SAFETY: kill with pids the caller gave for its servers.
+                    if unsafe { libc::kill(p as i32, libc::SIGTERM) } != 0 {
+                        return Err(RunError::Signal(std::io::Error::last_os_error()));
+                    }
                 }
                 let limit = Duration::from_secs(60);
                 let mut exited_at = None;
                 let t = now_ns();
                 while now_ns() - t < limit.as_nanos() as u64 {
                     self.pump(Duration::from_millis(2));
-                    if exited_at.is_none() && !sys::alive(pid) {
+                    if exited_at.is_none() && !pids.iter().any(|&p| sys::alive(p)) {
                         exited_at = Some(now_ns());
                     }
                     if exited_at.is_some() && self.w.totals().live == 0 {
@@ -300,6 +324,7 @@ impl<'a> Coordinator<'a> {
                     last_close_s: 0.0,
                     exit_s: exited_at.map(|e| secs(e - go)),
                     signalled_ns: go,
+                    broadcast,
                 });
             }
         }
@@ -352,6 +377,33 @@ impl<'a> Coordinator<'a> {
         if self.bar.is_hidden() && self.spec.progress {
             eprintln!("[{:>7.1}s] {name}", secs(now_ns() - self.t0));
         }
+    }
+
+    /// One broadcast through `url`, then the wait (up to 60 s) until every
+    /// open socket got it.
+    fn broadcast_to_all(&mut self, url: &str) -> Result<BroadcastFigures, RunError> {
+        self.phase("broadcast");
+        let node =
+            crate::scale::node::parse(url).map_err(|e| RunError::Broadcast(e.to_string()))?;
+        let before = self.w.totals().broadcasts;
+        let live = self.w.totals().live;
+        let sent = crate::scale::http::broadcast(
+            &node,
+            None,
+            |_| "to everyone".to_string(),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| RunError::Broadcast(e.to_string()))?
+        .sent_ns;
+        self.wait_until(Duration::from_secs(60), |w| {
+            w.totals().broadcasts >= before + live
+        });
+        let t = self.w.totals();
+        Ok(BroadcastFigures {
+            received: t.broadcasts - before,
+            of: live,
+            last_receipt_s: secs(t.last_broadcast_ns.saturating_sub(sent)),
+        })
     }
 
     fn pause(&mut self, d: Duration) {

@@ -23,6 +23,13 @@ pub struct Counters {
     /// Open-loop sends that found their socket not open.
     pub skipped: u64,
     pub faults: u64,
+    /// Broadcast frames received.
+    #[serde(default)]
+    pub broadcasts: u64,
+    /// When the newest of them came (CLOCK_MONOTONIC ns, the same clock in
+    /// every process of the machine); merged as the latest.
+    #[serde(default)]
+    pub last_broadcast_ns: u64,
 }
 
 impl Counters {
@@ -36,6 +43,8 @@ impl Counters {
         self.heartbeats += o.heartbeats;
         self.skipped += o.skipped;
         self.faults += o.faults;
+        self.broadcasts += o.broadcasts;
+        self.last_broadcast_ns = self.last_broadcast_ns.max(o.last_broadcast_ns);
     }
 }
 

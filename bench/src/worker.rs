@@ -604,7 +604,10 @@ impl Handler for Worker {
             }
             Reply::Count(n) => self.on_count(io, i, n),
             Reply::Heartbeat => self.c.heartbeats += 1,
-            Reply::Broadcast { .. } => {}
+            Reply::Broadcast { .. } => {
+                self.c.broadcasts += 1;
+                self.c.last_broadcast_ns = crate::sys::now_ns();
+            }
             Reply::Bye {
                 total,
                 retry_after_ms,
@@ -649,7 +652,15 @@ impl Handler for Worker {
         let why = if code == Some(1001) {
             (Fault::BadDrain, "Close 1001 without the shutdown goodbye")
         } else {
-            (Fault::UnexpectedClose, "the server sent Close")
+            let said = match code {
+                Some(1000) => "the server sent Close 1000",
+                Some(1008) => "the server sent Close 1008",
+                Some(1011) => "the server sent Close 1011",
+                Some(4001) => "the server sent Close 4001",
+                Some(_) => "the server sent Close",
+                None => "the server sent Close without a code",
+            };
+            (Fault::UnexpectedClose, said)
         };
         self.finish(io, i, Some(why));
     }
