@@ -7,7 +7,7 @@ N ?= 6000
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench fanout syscalls client flamegraph fuzz vendor-check docker-test
+.PHONY: help build run test setup lint format docs clean load-test bench figures scale-test monitoring-up monitoring-down deflate-bench presence-bench million fanout syscalls client flamegraph fuzz vendor-check docker-test
 .PHONY: dev-up blue-up green-up promote rollback status logs dev-down
 
 help: ## List the targets
@@ -66,6 +66,10 @@ deflate-bench: ## permessage-deflate on broadcasts: bytes on the wire and server
 presence-bench: ## Presence's cost to a shard: CPU with and without it, N=10000 sockets in a room, HEARTBEAT=5s, WINDOW=30s, ROUNDS=3
 	$(CARGO) build --release -p shardcast -p shardcast-bench
 	scripts/presence-bench
+
+million: ## A million WebSocket sessions on this machine (N=1000000, as many 1-shard processes as the 20,000-descriptor limit takes on one port): all connected, memory, heartbeat CPU, one broadcast to all, SIGTERM drain; needs root and tuning/apply
+	$(CARGO) build --release -p shardcast -p shardcast-bench
+	scripts/million
 
 fanout: ## One broadcast to N=10000 sockets of one room: POST to last receipt and server CPU per delivery, shardcast on io_uring and on epoll beside uws pubsub, same run (B=5 broadcasts, ROUNDS=3)
 	$(CARGO) build --release -p shardcast -p shardcast-bench
