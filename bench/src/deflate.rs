@@ -9,14 +9,13 @@
 //! server, so their ratio is a same-run figure; the summary gives medians
 //! and min-max over the rounds.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::io;
+use std::time::Duration;
 
-use shardcast_kit::wire;
+use shardcast_kit::wire::{self, RawFrame};
 
 use crate::epoll::Epoll;
+use crate::held::{self, HeldError, Reading};
 use crate::scale::http;
 use crate::scale::node::{self, Node};
 use crate::sys;
@@ -40,6 +39,9 @@ pub struct DeflateArgs {
     pub rounds: usize,
 }
 
+const NOT_AGREED: &str = "the sockets that offered compression were not given it \
+     (is the server run with --permessage-deflate true?)";
+
 /// A chat message as an app would broadcast it: a JSON object as text.
 fn message(i: usize) -> String {
     serde_json::json!({
@@ -58,17 +60,6 @@ pub struct Phase {
     pub cpu_us_per_delivery: f64,
 }
 
-/// One socket of a phase.
-struct Sock {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-    upgraded: bool,
-    welcomed: bool,
-    /// Broadcast frames received, and their bytes on the wire.
-    got: usize,
-    bytes: usize,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum DeflateError {
     #[error("{0}")]
@@ -77,133 +68,52 @@ pub enum DeflateError {
     Node(#[from] node::NodeError),
     #[error("a broadcast was refused: {0}")]
     Post(#[from] http::PostError),
-    #[error("the server answered the upgrade wrongly: {0}")]
-    Upgrade(String),
+    #[error(transparent)]
+    Held(#[from] HeldError),
     #[error("{0} of {1} sockets did not get broadcast {2} within 30 s")]
     Missing(usize, usize, usize),
-    #[error("the sockets that offered compression were not given it (is the server run with --permessage-deflate true?)")]
-    NotAgreed,
-}
-
-/// Opens `n` sockets, offering compression when `offer`, and waits for
-/// every welcome.
-fn open(node: &Node, ep: &Epoll, n: usize, offer: bool) -> Result<Vec<Sock>, DeflateError> {
-    let ext = if offer {
-        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-    } else {
-        ""
-    };
-    let mut socks = Vec::with_capacity(n);
-    for i in 0..n {
-        let tcp = TcpStream::connect(node.addr)?;
-        tcp.set_nodelay(true)?;
-        let mut req = Vec::new();
-        wire::upgrade_request_with(&mut req, &node.authority, "/ws/chat/", None, ext);
-        (&tcp).write_all(&req)?;
-        tcp.set_nonblocking(true)?;
-        ep.add_input(tcp.as_raw_fd(), i as u64)?;
-        socks.push(Sock {
-            tcp,
-            buf: Vec::new(),
-            upgraded: false,
-            welcomed: false,
-            got: 0,
-            bytes: 0,
-        });
-    }
-    let accept = wire::expected_accept();
-    pump(
-        ep,
-        &mut socks,
-        Duration::from_secs(30),
-        |s| s.welcomed,
-        &accept,
-        offer,
-    )?;
-    Ok(socks)
-}
-
-/// Reads what is ready until `done` holds for every socket, or `limit`.
-fn pump(
-    ep: &Epoll,
-    socks: &mut [Sock],
-    limit: Duration,
-    done: impl Fn(&Sock) -> bool,
-    accept: &str,
-    offer: bool,
-) -> Result<(), DeflateError> {
-    let deadline = Instant::now() + limit;
-    let mut events: Vec<libc::epoll_event> = Vec::with_capacity(256);
-    while !socks.iter().all(&done) {
-        if Instant::now() > deadline {
-            return Ok(());
-        }
-        ep.wait(&mut events, Some(50_000_000))?;
-        for ev in &events {
-            let s = &mut socks[ev.u64 as usize];
-            read_all(s, accept, offer)?;
-        }
-    }
-    Ok(())
-}
-
-/// Takes everything the socket has (edge-triggered), counting broadcast
-/// frames and their bytes; heartbeats and the welcome are not counted.
-fn read_all(s: &mut Sock, accept: &str, offer: bool) -> Result<(), DeflateError> {
-    let mut chunk = [0u8; 16384];
-    loop {
-        match s.tcp.read(&mut chunk) {
-            Ok(0) => return Err(DeflateError::Upgrade("the server closed a socket".into())),
-            Ok(n) => s.buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !s.upgraded {
-        let Some(head) = wire::parse_upgrade(&s.buf, accept)
-            .map_err(|e| DeflateError::Upgrade(e.to_string()))?
-        else {
-            return Ok(());
-        };
-        let text = String::from_utf8_lossy(&s.buf[..head]).to_ascii_lowercase();
-        if offer != text.contains("permessage-deflate") {
-            return Err(DeflateError::NotAgreed);
-        }
-        s.buf.drain(..head);
-        s.upgraded = true;
-    }
-    let mut used = 0;
-    while let Some((f, n)) =
-        wire::raw_frame(&s.buf[used..]).map_err(|e| DeflateError::Upgrade(e.to_string()))?
-    {
-        let heartbeat = f.first & 0x40 == 0 && f.payload.starts_with(b"{\"ts\"");
-        if !s.welcomed {
-            s.welcomed = true;
-        } else if !heartbeat {
-            s.got += 1;
-            s.bytes += n;
-        }
-        used += n;
-    }
-    s.buf.drain(..used);
-    Ok(())
 }
 
 /// One phase: `n` sockets (offering compression or not), `b` broadcasts.
 fn phase(args: &DeflateArgs, node: &Node, offer: bool, base: usize) -> Result<Phase, DeflateError> {
     let ep = Epoll::new()?;
-    let mut socks = open(node, &ep, args.sockets, offer)?;
+    let ext = if offer {
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+    } else {
+        ""
+    };
+    let mut socks = held::open(node, &ep, "/ws/chat/", ext, args.sockets)?;
     let accept = wire::expected_accept();
+    let head = |text: &str| {
+        if offer == text.contains("permessage-deflate") {
+            Ok(())
+        } else {
+            Err(HeldError::Refused(NOT_AGREED))
+        }
+    };
+    // Broadcasts count; heartbeats (uncompressed `{"ts"…`) do not.
+    let counts = |f: &RawFrame| !(f.first & 0x40 == 0 && f.payload.starts_with(b"{\"ts\""));
+    let how = Reading {
+        accept: &accept,
+        head: &head,
+        counts: &counts,
+    };
+    held::pump(
+        &ep,
+        &mut socks,
+        Duration::from_secs(30),
+        |s| s.welcomed,
+        &how,
+    )?;
     let before = sys::sample(args.server_pid)?.cpu_ns;
     for i in 0..args.broadcasts {
         http::broadcast(node, None, |_| message(base + i), Duration::from_secs(10))?;
-        pump(
+        held::pump(
             &ep,
             &mut socks,
             Duration::from_secs(30),
             |s| s.got > i,
-            &accept,
-            offer,
+            &how,
         )?;
         let missing = socks.iter().filter(|s| s.got <= i).count();
         if missing > 0 {
@@ -217,11 +127,6 @@ fn phase(args: &DeflateArgs, node: &Node, offer: bool, base: usize) -> Result<Ph
         bytes_per_delivery: bytes as f64 / deliveries as f64,
         cpu_us_per_delivery: cpu as f64 / 1e3 / deliveries as f64,
     })
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 pub fn main(args: &DeflateArgs) -> Result<(), DeflateError> {
@@ -242,7 +147,7 @@ pub fn main(args: &DeflateArgs) -> Result<(), DeflateError> {
         );
         rounds.push((plain, zipped));
     }
-    let col = |f: &dyn Fn(&(Phase, Phase)) -> f64| median(rounds.iter().map(f).collect());
+    let col = |f: &dyn Fn(&(Phase, Phase)) -> f64| held::median(rounds.iter().map(f).collect());
     let show = |name: &str, (m, lo, hi): (f64, f64, f64), unit: &str| {
         println!("{name}: {m:.2}{unit} ({lo:.2}-{hi:.2})");
     };

@@ -9,16 +9,15 @@
 //! (its threads' time on CPU from `/proc/PID/task/*/schedstat`, from before
 //! the POST to the last receipt).
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::io;
 use std::time::{Duration, Instant};
 
-use shardcast_kit::wire;
+use shardcast_kit::wire::{self, RawFrame};
 
 use crate::epoll::Epoll;
+use crate::held::{self, HeldError, Reading};
 use crate::scale::http;
-use crate::scale::node::{self, Node};
+use crate::scale::node;
 use crate::sys;
 
 #[derive(Debug, clap::Args)]
@@ -47,21 +46,12 @@ pub enum FanoutError {
     Node(#[from] node::NodeError),
     #[error("a broadcast was refused: {0}")]
     Post(#[from] http::PostError),
-    #[error("the server answered an upgrade wrongly: {0}")]
-    Upgrade(String),
+    #[error(transparent)]
+    Held(#[from] HeldError),
     #[error("{0} of {1} sockets were not welcomed within 60 s")]
     Unwelcomed(usize, usize),
     #[error("{0} of {1} sockets did not get broadcast {2} within 30 s")]
     Missing(usize, usize, usize),
-}
-
-/// One socket: what it has read but not parsed, and what it got.
-struct Sock {
-    tcp: TcpStream,
-    buf: Vec<u8>,
-    upgraded: bool,
-    welcomed: bool,
-    got: usize,
 }
 
 /// One broadcast's figures.
@@ -88,115 +78,30 @@ fn cpu_ns(pid: u32) -> io::Result<u64> {
     Ok(total)
 }
 
-/// Takes everything the socket has (edge-triggered) and counts broadcast
-/// frames; the welcome, answers and heartbeats are not counted.
-fn read_all(s: &mut Sock, accept: &str) -> Result<(), FanoutError> {
-    let mut chunk = [0u8; 16384];
-    loop {
-        match s.tcp.read(&mut chunk) {
-            Ok(0) => return Err(FanoutError::Upgrade("the server closed a socket".into())),
-            Ok(n) => s.buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !s.upgraded {
-        let Some(head) =
-            wire::parse_upgrade(&s.buf, accept).map_err(|e| FanoutError::Upgrade(e.to_string()))?
-        else {
-            return Ok(());
-        };
-        s.buf.drain(..head);
-        s.upgraded = true;
-    }
-    let mut used = 0;
-    while let Some((f, n)) =
-        wire::raw_frame(&s.buf[used..]).map_err(|e| FanoutError::Upgrade(e.to_string()))?
-    {
-        if !s.welcomed {
-            s.welcomed = true;
-        } else if f.payload.starts_with(b"{\"broadcast\"") {
-            s.got += 1;
-        }
-        used += n;
-    }
-    s.buf.drain(..used);
-    Ok(())
-}
-
-/// Reads what is ready until `done` holds for every socket, or `limit`;
-/// returns when the last socket came to hold it.
-fn pump(
-    ep: &Epoll,
-    socks: &mut [Sock],
-    limit: Duration,
-    done: impl Fn(&Sock) -> bool,
-    accept: &str,
-) -> Result<Instant, FanoutError> {
-    let deadline = Instant::now() + limit;
-    let mut events: Vec<libc::epoll_event> = Vec::with_capacity(1024);
-    let mut left = socks.iter().filter(|s| !done(s)).count();
-    let mut last = Instant::now();
-    while left > 0 && Instant::now() < deadline {
-        ep.wait(&mut events, Some(50_000_000))?;
-        for ev in &events {
-            let s = &mut socks[ev.u64 as usize];
-            let before = done(s);
-            read_all(s, accept)?;
-            if !before && done(s) {
-                left -= 1;
-                last = Instant::now();
-            }
-        }
-    }
-    Ok(last)
-}
-
-fn open(node: &Node, ep: &Epoll, args: &FanoutArgs) -> Result<Vec<Sock>, FanoutError> {
+pub fn main(args: &FanoutArgs) -> Result<(), FanoutError> {
+    let node = node::parse(&args.url)?;
+    sys::raise_fd_limit();
+    let ep = Epoll::new()?;
     let path = format!("/ws/chat/?room={}", args.room);
-    let mut socks = Vec::with_capacity(args.sockets);
-    for i in 0..args.sockets {
-        let tcp = TcpStream::connect(node.addr)?;
-        tcp.set_nodelay(true)?;
-        let mut req = Vec::new();
-        wire::upgrade_request(&mut req, &node.authority, &path, None);
-        (&tcp).write_all(&req)?;
-        tcp.set_nonblocking(true)?;
-        ep.add_input(tcp.as_raw_fd(), i as u64)?;
-        socks.push(Sock {
-            tcp,
-            buf: Vec::new(),
-            upgraded: false,
-            welcomed: false,
-            got: 0,
-        });
-    }
+    let mut socks = held::open(&node, &ep, &path, "", args.sockets)?;
     let accept = wire::expected_accept();
-    pump(
-        ep,
+    let counts = |f: &RawFrame| f.payload.starts_with(b"{\"broadcast\"");
+    let how = Reading {
+        accept: &accept,
+        head: &|_| Ok(()),
+        counts: &counts,
+    };
+    held::pump(
+        &ep,
         &mut socks,
         Duration::from_secs(60),
         |s| s.welcomed,
-        &accept,
+        &how,
     )?;
     let missing = socks.iter().filter(|s| !s.welcomed).count();
     if missing > 0 {
         return Err(FanoutError::Unwelcomed(missing, socks.len()));
     }
-    Ok(socks)
-}
-
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], v[0], v[v.len() - 1])
-}
-
-pub fn main(args: &FanoutArgs) -> Result<(), FanoutError> {
-    let node = node::parse(&args.url)?;
-    sys::raise_fd_limit();
-    let ep = Epoll::new()?;
-    let mut socks = open(&node, &ep, args)?;
-    let accept = wire::expected_accept();
     // A line a script waits for before it starts counting the server.
     eprintln!("fanout: {} sockets open", socks.len());
     std::thread::sleep(Duration::from_secs(1));
@@ -212,12 +117,12 @@ pub fn main(args: &FanoutArgs) -> Result<(), FanoutError> {
             |_| format!("fan-out {i}"),
             Duration::from_secs(10),
         )?;
-        let last = pump(
+        let last = held::pump(
             &ep,
             &mut socks,
             Duration::from_secs(30),
             |s| s.got > i,
-            &accept,
+            &how,
         )?;
         let cpu = cpu_ns(args.server_pid)? - before;
         let missing = socks.iter().filter(|s| s.got <= i).count();
@@ -238,8 +143,8 @@ pub fn main(args: &FanoutArgs) -> Result<(), FanoutError> {
         std::thread::sleep(Duration::from_millis(200));
     }
     eprintln!("fanout: broadcasts done");
-    let (ms, ms_lo, ms_hi) = median(shots.iter().map(|s| s.last_receipt_ms).collect());
-    let (cpu, cpu_lo, cpu_hi) = median(shots.iter().map(|s| s.cpu_us_per_delivery).collect());
+    let (ms, ms_lo, ms_hi) = held::median(shots.iter().map(|s| s.last_receipt_ms).collect());
+    let (cpu, cpu_lo, cpu_hi) = held::median(shots.iter().map(|s| s.cpu_us_per_delivery).collect());
     // One line for scripts: sockets, broadcasts, then medians and ranges.
     println!(
         "fanout {} {} last_receipt_ms {ms:.2} {ms_lo:.2} {ms_hi:.2} cpu_us_per_delivery {cpu:.3} {cpu_lo:.3} {cpu_hi:.3}",

@@ -32,6 +32,7 @@ pub mod epoll;
 pub mod fanout;
 pub mod figures;
 pub mod goals;
+pub mod held;
 pub mod plan;
 pub mod pool;
 pub mod provenance;
