@@ -34,8 +34,8 @@ pub enum StartError {
     RedisCa(#[from] crate::tls::TlsError),
     #[error("redis TLS: {0}")]
     RedisTls(#[from] crate::redis::stream::TlsError),
-    #[error("--io uring: {0}")]
-    Io(#[from] crate::ws::uring::RingError),
+    #[error("--io: {0}")]
+    Io(#[from] crate::ws::plane::PlaneError),
 }
 
 /// The TLS client the shards' Redis links share; none when no link uses

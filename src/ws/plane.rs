@@ -151,6 +151,16 @@ struct Spill {
     stalled_since: Option<Instant>,
 }
 
+impl Spill {
+    /// io_uring: the kernel took `res` bytes of the send in flight (none
+    /// for an error); returns how many left it.
+    fn took(&mut self, res: i32) -> usize {
+        let took = usize::try_from(res).unwrap_or(0).min(self.inflight.len());
+        self.inflight.drain(..took);
+        took
+    }
+}
+
 impl<H: Handler> Sock<H> {
     fn partial(&self) -> &[u8] {
         self.spill.as_ref().map_or(&[], |s| &s.partial)
@@ -291,18 +301,35 @@ pub enum PlaneError {
     Uring(#[from] RingError),
 }
 
-/// What `auto` comes to on this kernel: io_uring when a ring with every
-/// operation the plane uses can be made (the kernel's version and
-/// `kernel.io_uring_disabled` both decide), else epoll, and why.
-pub fn resolve(io: Io) -> Result<(Io, Option<RingError>), RingError> {
-    match io {
-        Io::Epoll => Ok((Io::Epoll, None)),
-        Io::Uring => Ring::new().map(|_| (Io::Uring, None)),
-        Io::Auto => Ok(match Ring::new() {
-            Ok(_) => (Io::Uring, None),
-            Err(e) => (Io::Epoll, Some(e)),
-        }),
+impl Kernel {
+    /// What `io` comes to on this kernel: io_uring when a ring with every
+    /// operation the plane uses can be made (the kernel's version and
+    /// `kernel.io_uring_disabled` both decide), else, for `auto`, epoll and
+    /// why io_uring was not taken.
+    fn open(io: Io) -> Result<(Kernel, Option<RingError>), PlaneError> {
+        if io == Io::Epoll {
+            return Ok((Kernel::Epoll(epoll()?), None));
+        }
+        match Ring::new() {
+            Ok(ring) => Ok((Kernel::Uring(Box::new(RefCell::new(ring))), None)),
+            Err(e) if io == Io::Auto => Ok((Kernel::Epoll(epoll()?), Some(e))),
+            Err(e) => Err(e.into()),
+        }
     }
+
+    fn io(&self) -> Io {
+        match self {
+            Kernel::Epoll(_) => Io::Epoll,
+            Kernel::Uring(_) => Io::Uring,
+        }
+    }
+}
+
+/// What `io` comes to on this kernel, decided once at start so that every
+/// shard runs, and reports, the same plane; for `auto`, why io_uring was
+/// not taken.
+pub fn resolve(io: Io) -> Result<(Io, Option<RingError>), PlaneError> {
+    Kernel::open(io).map(|(kernel, why)| (kernel.io(), why))
 }
 
 /// What the bytes of one socket led to.
@@ -313,14 +340,7 @@ enum Stop {
 
 impl<H: Handler> Plane<H> {
     pub fn new(handler: H, limits: Limits) -> Result<Rc<Self>, PlaneError> {
-        let kernel = match limits.io {
-            Io::Uring => Kernel::Uring(Box::new(RefCell::new(Ring::new()?))),
-            Io::Auto => match Ring::new() {
-                Ok(ring) => Kernel::Uring(Box::new(RefCell::new(ring))),
-                Err(_) => Kernel::Epoll(epoll()?),
-            },
-            Io::Epoll => Kernel::Epoll(epoll()?),
-        };
+        let (kernel, _) = Kernel::open(limits.io)?;
         Ok(Rc::new(Self {
             handler,
             kernel,
@@ -359,10 +379,7 @@ impl<H: Handler> Plane<H> {
 
     /// The way this plane reaches the kernel: `Io::Uring` or `Io::Epoll`.
     pub fn io(&self) -> Io {
-        match self.kernel {
-            Kernel::Epoll(_) => Io::Epoll,
-            Kernel::Uring(_) => Io::Uring,
-        }
+        self.kernel.io()
     }
 
     pub fn limits(&self) -> &Limits {
@@ -499,6 +516,19 @@ impl<H: Handler> Plane<H> {
         self.close_ended();
     }
 
+    /// io_uring: reaps until the ring is empty, outside the loop (a sweep,
+    /// the drain); bounded, so a flood of completions cannot hold them.
+    fn reap_all(self: &Rc<Self>) {
+        let mut done = Vec::with_capacity(EVENTS);
+        for _ in 0..64 {
+            done.clear();
+            self.reap(&mut done);
+            if done.is_empty() {
+                break;
+            }
+        }
+    }
+
     /// The epoll loop: waits for the epoll descriptor, then handles every
     /// ready socket.
     async fn run_epoll(self: Rc<Self>, epoll: RawFd) {
@@ -607,9 +637,7 @@ impl<H: Handler> Plane<H> {
             self.end(d.conn, sock, Exit::Gone);
             return;
         }
-        let took = (d.res as usize).min(spill.inflight.len());
-        spill.inflight.drain(..took);
-        if took > 0 {
+        if spill.took(d.res) > 0 {
             // Moved: the stall clock stops; a sweep starts it again if the
             // next send waits.
             spill.stalled_since = None;
@@ -658,10 +686,9 @@ impl<H: Handler> Plane<H> {
             return;
         };
         c.sock.interest &= !op;
-        if op == SENDING && res > 0 {
+        if op == SENDING {
             if let Some(spill) = c.sock.spill.as_mut() {
-                let took = (res as usize).min(spill.inflight.len());
-                spill.inflight.drain(..took);
+                spill.took(res);
             }
         }
         if c.sock.interest & (ARMED | SENDING) == 0 {
@@ -1117,14 +1144,7 @@ impl<H: Handler> Plane<H> {
             // read. Each reap moves the turn on, even with nothing to reap,
             // so in a plane that is otherwise quiet, frames behind a send
             // the kernel holds count too.
-            let mut done = Vec::new();
-            for _ in 0..64 {
-                done.clear();
-                self.reap(&mut done);
-                if done.is_empty() {
-                    break;
-                }
-            }
+            self.reap_all();
         }
         let mut ping = Vec::new();
         codec::encode_ping(&mut ping, b"idle?");
@@ -1188,18 +1208,10 @@ impl<H: Handler> Plane<H> {
     /// goes when it is resumed; one adopted later goes at once.
     pub fn drain(self: &Rc<Self>) {
         self.draining.set(true);
-        let reads = if let Kernel::Uring(ring) = &self.kernel {
-            // What the kernel received and has not reported yet: its work
-            // runs now, and every completion is handled.
-            ring.borrow_mut().poll();
-            let mut done = Vec::with_capacity(EVENTS);
-            for _ in 0..64 {
-                done.clear();
-                self.reap(&mut done);
-                if done.is_empty() {
-                    break;
-                }
-            }
+        let reads = if let Kernel::Uring(_) = self.kernel {
+            // What the kernel received and has not reported yet is handled
+            // now (a reap runs the kernel's pending completion work).
+            self.reap_all();
             0
         } else {
             // Bounded: a client that keeps sending cannot hold the drain.

@@ -31,7 +31,7 @@ const CQ_ENTRIES: u32 = 8192;
 const BUFFERS: u16 = 256;
 /// Bytes per receive buffer: the most one completion carries (a message
 /// longer than that streams through several).
-pub const BUFFER_BYTES: usize = 2048;
+const BUFFER_BYTES: usize = 2048;
 /// The buffer group of the plane's receives.
 const GROUP: u16 = 0;
 /// `IORING_ENTER_GETEVENTS`: the enter runs the kernel's pending completion
@@ -134,8 +134,6 @@ pub struct Ring {
     buffers: Box<[UnsafeCell<u8>]>,
     /// Our copy of the buffer ring's tail.
     tail: u16,
-    /// Operations pushed but not yet submitted.
-    queued: u32,
 }
 
 impl Ring {
@@ -171,9 +169,11 @@ impl Ring {
         let entries =
             Mapped::new(usize::from(BUFFERS) * std::mem::size_of::<types::BufRingEntry>())
                 .map_err(RingError::Buffers)?;
-        let buffers = (0..usize::from(BUFFERS) * BUFFER_BYTES)
-            .map(|_| UnsafeCell::new(0))
-            .collect();
+        // Zeroed by the allocator's fresh mapping, so no page is touched
+        // before the kernel first fills it.
+        let zeroed = vec![0u8; usize::from(BUFFERS) * BUFFER_BYTES].into_boxed_slice();
+        // SAFETY: `UnsafeCell<u8>` has the layout of `u8` (repr(transparent)).
+        let buffers = unsafe { Box::from_raw(Box::into_raw(zeroed) as *mut [UnsafeCell<u8>]) };
         // SAFETY: the entries stay mapped until the ring is gone (field order).
         unsafe {
             ring.submitter()
@@ -185,7 +185,6 @@ impl Ring {
             entries,
             buffers,
             tail: 0,
-            queued: 0,
         };
         for bid in 0..BUFFERS {
             ring.put_back(bid);
@@ -235,25 +234,27 @@ impl Ring {
         loop {
             // SAFETY: what the entry points at is the caller's to keep.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
-                self.queued += 1;
                 return;
             }
             // Full: what is queued goes now, and the entry after it.
             if let Err(e) = self.ring.submit() {
                 tracing::warn!(error = %e, "io_uring submit failed");
             }
-            self.queued = 0;
         }
     }
 
     /// Submits what is queued, and runs the kernel's pending completion
     /// work, in one `io_uring_enter` (none when there is neither).
     pub fn submit(&mut self) {
-        let work = self.ring.submission().taskrun();
-        if self.queued == 0 && !work {
+        // What is not submitted is what the queue holds: entries a refused
+        // call left there go with the next one.
+        let idle = {
+            let sq = self.ring.submission();
+            sq.is_empty() && !sq.taskrun()
+        };
+        if idle {
             return;
         }
-        self.queued = 0;
         loop {
             match self.ring.submit() {
                 Ok(_) => return,
@@ -267,10 +268,9 @@ impl Ring {
         }
     }
 
-    /// Enters the kernel to run its pending completion work, whether or
-    /// not it flagged any.
-    pub fn poll(&mut self) {
-        self.queued = 0;
+    /// Enters the kernel to run its pending completion work (and submit
+    /// what is queued).
+    fn poll(&mut self) {
         let queued = self.ring.submission().len() as u32;
         // SAFETY: no argument is passed.
         let _ = unsafe {
@@ -310,11 +310,6 @@ impl Ring {
                 flags: cqe.flags(),
             });
         }
-    }
-
-    /// Whether completions wait in the ring.
-    pub fn has_completions(&mut self) -> bool {
-        !self.ring.completion().is_empty()
     }
 
     /// The first `len` bytes of receive buffer `bid`, which a completion
