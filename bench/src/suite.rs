@@ -190,12 +190,18 @@ pub fn main(args: SuiteArgs) -> Result<ExitCode, SuiteError> {
     })
 }
 
+/// The server API key the suite gives its shardcast servers: `/status`,
+/// which names the plane, is behind it.
+const API_KEY: &str = "suite-key-0123456789abcdef";
+
 /// The plane a running shardcast says it uses (`"io"` of `/status`:
 /// `auto` comes to io_uring where the kernel allows it).
 fn plane(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = format!("GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "GET /status HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {API_KEY}\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
@@ -542,6 +548,8 @@ impl Suite<'_> {
                     "off",
                     "--io",
                     &self.args.io,
+                    "--api-key",
+                    API_KEY,
                 ]);
             }
             Server::Baseline { threads } => {
