@@ -67,20 +67,23 @@ pub enum Event {
 #[derive(Debug, Default)]
 struct Utf8Stream {
     carry: [u8; 4],
-    len: usize,
+    /// Bytes in `carry`: at most 3 (one byte is a socket's whole cost).
+    len: u8,
 }
 
 impl Utf8Stream {
     fn push(&mut self, mut data: &[u8]) -> Result<(), WsError> {
         if self.len > 0 {
             // Finish the carried character with at most 3 new bytes.
+            let have = usize::from(self.len);
             let need = utf8_width(self.carry[0]).ok_or(WsError::InvalidUtf8)?;
-            let take = (need - self.len).min(data.len());
-            self.carry[self.len..self.len + take].copy_from_slice(&data[..take]);
-            self.len += take;
+            let take = (need - have).min(data.len());
+            self.carry[have..have + take].copy_from_slice(&data[..take]);
+            let have = have + take;
+            self.len = have as u8;
             data = &data[take..];
-            if self.len < need {
-                return match std::str::from_utf8(&self.carry[..self.len]) {
+            if have < need {
+                return match std::str::from_utf8(&self.carry[..have]) {
                     Err(e) if e.error_len().is_some() => Err(WsError::InvalidUtf8),
                     _ => Ok(()),
                 };
@@ -92,8 +95,9 @@ impl Utf8Stream {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_none() => {
                 let rest = &data[e.valid_up_to()..];
+                // An incomplete character: at most 3 bytes.
                 self.carry[..rest.len()].copy_from_slice(rest);
-                self.len = rest.len();
+                self.len = rest.len() as u8;
                 Ok(())
             }
             Err(_) => Err(WsError::InvalidUtf8),
@@ -131,8 +135,10 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
 struct DataFrame {
     mask: [u8; 4],
     fin: bool,
-    remaining: u64,
-    offset: usize,
+    /// A frame is at most `max_message` (64 MiB at most): four bytes do,
+    /// here and for how far into it the payload has come.
+    remaining: u32,
+    offset: u32,
 }
 
 /// Where a data frame's payload goes once it is unmasked and checked.
@@ -282,9 +288,9 @@ impl<P: Payload> Decoder<P> {
     /// are unmasked in place. `(None, 0)` means: read more.
     pub fn decode(&mut self, buf: &mut [u8]) -> Result<(Option<Event>, usize), WsError> {
         if let Some(f) = &mut self.frame {
-            let take = (f.remaining.min(buf.len() as u64)) as usize;
+            let take = (f.remaining as usize).min(buf.len());
             let chunk = &mut buf[..take];
-            unmask(chunk, f.mask, f.offset);
+            unmask(chunk, f.mask, f.offset as usize);
             match &mut self.inflating {
                 Some(inflating) => {
                     let (text, max) = (self.text, self.max_message as usize);
@@ -298,8 +304,9 @@ impl<P: Payload> Decoder<P> {
                     self.payload.piece(chunk, !self.text);
                 }
             }
-            f.offset += take;
-            f.remaining -= take as u64;
+            // `take` is at most `remaining`, a u32.
+            f.offset += take as u32;
+            f.remaining -= take as u32;
             if f.remaining > 0 {
                 return Ok((None, take));
             }
@@ -380,7 +387,7 @@ impl<P: Payload> Decoder<P> {
         self.frame = Some(DataFrame {
             mask,
             fin,
-            remaining: len,
+            remaining: len as u32,
             offset: 0,
         });
         Ok(())

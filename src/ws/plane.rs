@@ -38,6 +38,15 @@ const EVENTS: usize = 512;
 /// The unit of a socket's opening time: what a connection's logged
 /// duration is rounded to.
 const TICK: Duration = Duration::from_millis(10);
+/// Ticks from `then` to `now`, or 0 when `then` is the later (a read the
+/// sweep reaped after it took its clock).
+fn ticks_between(then: u32, now: u32) -> u32 {
+    match now.wrapping_sub(then) {
+        d if d > u32::MAX / 2 => 0,
+        d => d,
+    }
+}
+
 /// A socket whose unsent bytes have not moved for this long is a slow reader.
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
@@ -113,8 +122,9 @@ struct Sock<H: Handler> {
     decoder: Decoder<H::Payload>,
     /// The bytes it holds between events, only while it holds some.
     spill: Option<Box<Spill>>,
-    /// When the peer last sent anything, and whether a Ping went out since.
-    heard: Instant,
+    /// When the peer last sent anything, in the plane's coarse ticks, and
+    /// whether a Ping went out since.
+    heard: u32,
     pinged: bool,
     /// Parked by its handler: reading waits for [`Plane::resume`].
     waiting: bool,
@@ -363,7 +373,10 @@ impl<H: Handler> Plane<H> {
     /// `t` in ticks of `TICK` since the plane began, wrapping at `u32`
     /// (every 497 days): a difference of two is right for any span shorter.
     fn ticks(&self, t: Instant) -> u32 {
-        (t.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u32
+        let d = t.saturating_duration_since(self.epoch);
+        // u64 arithmetic: this runs at every read.
+        let ms = d.as_secs().wrapping_mul(1000) + u64::from(d.subsec_millis());
+        (ms / TICK.as_millis() as u64) as u32
     }
 
     /// When a socket opened at `opened` ticks did, as an `Instant`.
@@ -422,7 +435,7 @@ impl<H: Handler> Plane<H> {
                     ..Spill::default()
                 })
             }),
-            heard: now,
+            heard: self.ticks(now),
             pinged: false,
             waiting: false,
             ended: false,
@@ -582,7 +595,7 @@ impl<H: Handler> Plane<H> {
                         None => &mut [],
                     };
                     let now = self.reaped.get();
-                    sock.heard = now;
+                    sock.heard = self.ticks(now);
                     sock.pinged = false;
                     if sock.waiting {
                         sock.spill().partial.extend_from_slice(bytes);
@@ -759,7 +772,7 @@ impl<H: Handler> Plane<H> {
             spill.partial.clear();
         }
         let now = Instant::now();
-        sock.heard = now;
+        sock.heard = self.ticks(now);
         sock.pinged = false;
         let end = kept + n as usize;
         self.decode(conn, sock, &mut rx[..end], now);
@@ -1148,6 +1161,7 @@ impl<H: Handler> Plane<H> {
         }
         let mut ping = Vec::new();
         codec::encode_ping(&mut ping, b"idle?");
+        let tick_now = self.ticks(now);
         {
             let mut socks = self.socks.borrow_mut();
             // The slice is chosen by key before any socket is touched: the
@@ -1178,7 +1192,7 @@ impl<H: Handler> Plane<H> {
                 if idle.is_zero() {
                     continue;
                 }
-                let silent = now.saturating_duration_since(sock.heard);
+                let silent = TICK * ticks_between(sock.heard, tick_now);
                 if silent >= idle {
                     self.end(conn, sock, Exit::Idle);
                 } else if silent >= idle / 2 && !sock.pinged {
@@ -1652,6 +1666,15 @@ mod tests {
             sizes[owners[0] as usize] += 1;
         }
         assert!(sizes.iter().all(|&n| (64..=65).contains(&n)), "{sizes:?}");
+    }
+
+    #[test]
+    fn silence_in_ticks_is_never_negative_and_survives_the_wrap() {
+        assert_eq!(ticks_between(100, 350), 250);
+        // Heard after the sweep took its clock: no silence, not 497 days.
+        assert_eq!(ticks_between(351, 350), 0);
+        // The counter wrapped between the read and the sweep.
+        assert_eq!(ticks_between(u32::MAX - 4, 5), 10);
     }
 
     #[test]
