@@ -9,8 +9,10 @@
 //! - `shardcast:{<id>}:del`: tombstone left by DELETE, so a late flush from
 //!   another shard cannot bring a deleted session back.
 
+use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -204,6 +206,32 @@ pub fn read_fields(v: &Value, writer: &str) -> Option<Stored> {
     any.then_some(Stored { count, mine, rooms })
 }
 
+/// A cached session, found by its own id: an entry of the cache is one
+/// pointer, where a map from id to session spends 24 bytes on it (16 of
+/// them a copy of the id), for every open socket.
+struct Cached(Rc<Session>);
+
+impl Hash for Cached {
+    fn hash<S: Hasher>(&self, state: &mut S) {
+        // As the id hashes, so that a lookup by id finds it.
+        self.0.id.hash(state);
+    }
+}
+
+impl PartialEq for Cached {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for Cached {}
+
+impl Borrow<Uuid> for Cached {
+    fn borrow(&self) -> &Uuid {
+        &self.0.id
+    }
+}
+
 /// One shard's sessions.
 pub struct Store {
     redis: Redis,
@@ -215,7 +243,7 @@ pub struct Store {
     replicas: Rc<Replicas>,
     script: redis::Script,
     rooms_script: redis::Script,
-    cache: RefCell<HashMap<Uuid, Rc<Session>>>,
+    cache: RefCell<HashSet<Cached>>,
     queue: RefCell<Vec<Rc<Session>>>,
     /// When the unflushed gauges were last worked out from the queue.
     gauged: Cell<Option<Instant>>,
@@ -249,7 +277,7 @@ impl Store {
             replicas,
             script: redis::Script::new(FLUSH_SCRIPT),
             rooms_script: redis::Script::new(ROOMS_SCRIPT),
-            cache: RefCell::new(HashMap::new()),
+            cache: RefCell::new(HashSet::new()),
             queue: RefCell::new(Vec::new()),
             gauged: Cell::new(None),
             flushed_at: Cell::new(None),
@@ -294,7 +322,7 @@ impl Store {
             return Err(OpenError::Backlog);
         }
         let s = Rc::new(Session::new(Uuid::new_v4(), 0, 0));
-        self.cache.borrow_mut().insert(s.id, s.clone());
+        self.cache.borrow_mut().replace(Cached(s.clone()));
         s.attach();
         // Written before the welcome goes out, so a resume on any shard finds
         // it at once. While Redis is away it waits in the flush queue.
@@ -360,7 +388,7 @@ impl Store {
             }
             None => {
                 let s = Rc::new(Session::new(id, others, found.mine));
-                self.cache.borrow_mut().insert(id, s.clone());
+                self.cache.borrow_mut().replace(Cached(s.clone()));
                 s
             }
         };
@@ -376,8 +404,8 @@ impl Store {
         self.cache
             .borrow()
             .get(id)
-            .filter(|s| !s.is_deleted())
-            .cloned()
+            .filter(|c| !c.0.is_deleted())
+            .map(|c| c.0.clone())
     }
 
     /// Marks the session for the next flush.
@@ -398,7 +426,7 @@ impl Store {
     fn maybe_evict(&self, s: &Rc<Session>) {
         if s.conns() == 0 && (s.unflushed() == 0 || s.is_deleted()) && !s.queued() {
             let mut cache = self.cache.borrow_mut();
-            if cache.get(&s.id).is_some_and(|c| Rc::ptr_eq(c, s)) {
+            if cache.get(&s.id).is_some_and(|c| Rc::ptr_eq(&c.0, s)) {
                 cache.remove(&s.id);
             }
         }
@@ -655,7 +683,7 @@ impl Store {
 
     /// Redis came back empty: every live session's field must be written again.
     pub fn rewrite_all(&self) {
-        let live: Vec<Rc<Session>> = self.cache.borrow().values().cloned().collect();
+        let live: Vec<Rc<Session>> = self.cache.borrow().iter().map(|c| c.0.clone()).collect();
         for s in live {
             s.forget_flushed();
             self.enqueue(&s);
@@ -664,7 +692,7 @@ impl Store {
 
     /// A DELETE reached this shard: the session stops existing here.
     pub fn forget(&self, id: &Uuid) -> Option<Rc<Session>> {
-        let s = self.cache.borrow_mut().remove(id)?;
+        let s = self.cache.borrow_mut().take(id)?.0;
         s.mark_deleted();
         self.update_gauges();
         Some(s)
