@@ -411,6 +411,11 @@ impl Link {
             let mut q = self.inner.queue.borrow_mut();
             let n = q.len().min(BATCH);
             batch.extend(q.drain(..n));
+            // A burst (a connect storm's session writes) grows the queue
+            // up to QUEUE entries; once it is over, the memory goes back.
+            if q.is_empty() && q.capacity() > 2 * BATCH {
+                q.shrink_to_fit();
+            }
         }
         out.clear();
         for r in batch.iter() {
@@ -423,7 +428,9 @@ impl Link {
             return Err(err);
         }
         let answered = answer(stream, reader, batch).await;
-        if out.capacity() > 1 << 20 {
+        // A full batch of session writes takes some 128 KiB: not kept for
+        // the quiet that follows.
+        if out.capacity() > 64 << 10 {
             *out = Vec::with_capacity(16 << 10);
         }
         if answered? {
