@@ -111,6 +111,11 @@ pub enum Cmd {
         /// New connections per second in all (0: as fast as they go).
         #[arg(long, default_value_t = 0.0)]
         connect_rate: f64,
+        /// Messages each socket sends once welcomed, waiting for their
+        /// counts: the drain's goodbye must then carry the last one, which
+        /// the server wrote to Redis before sending it (counts lost).
+        #[arg(long, default_value_t = 0)]
+        prime: u32,
     },
     /// The standard suite against fresh servers, on HEAD's committed tree:
     /// writes bench/results/latest.json and appends to bench/RESULTS.md.

@@ -129,10 +129,11 @@ fn dispatch(cmd: Cmd) -> anyhow::Result<ExitCode> {
             hold,
             broadcast,
             connect_rate,
+            prime,
         } => {
             let spec = common.spec(Mode::Drain, Load::Idle, |s| {
                 s.plan.on_go = OnGo::ExpectDrain;
-                s.plan.connect_rate = connect_rate;
+                (s.plan.connect_rate, s.plan.prime) = (connect_rate, prime);
                 (s.more_pids, s.duration, s.broadcast) = (pids, hold, broadcast);
             });
             (common, spec)
