@@ -117,6 +117,9 @@ pub struct BroadcastFigures {
     pub of: u64,
     /// From the POST to the last socket's receipt.
     pub last_receipt_s: f64,
+    /// Why the POST failed, when it did (then nothing was received).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -240,13 +243,14 @@ impl Report {
             );
         }
         if let Some(b) = self.drain.as_ref().and_then(|d| d.broadcast.as_ref()) {
-            row(
-                "broadcast to all",
-                format!(
+            let text = match &b.error {
+                Some(e) => format!("the POST failed: {e}"),
+                None => format!(
                     "{} of {} got it, the last {:.3} s after the POST",
                     b.received, b.of, b.last_receipt_s
                 ),
-            );
+            };
+            row("broadcast to all", text);
         }
         if let Some(d) = &self.drain {
             row(
