@@ -11,7 +11,7 @@ use shardcast::Server;
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: shardcast::alloc::Malloc = shardcast::alloc::Malloc;
 
 fn main() -> ExitCode {
     shardcast::alloc::tune();
