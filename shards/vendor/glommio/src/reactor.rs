@@ -105,6 +105,13 @@ impl Timers {
 
     fn remove(&mut self, id: u64) -> Option<Waker> {
         if let Some(when) = self.timers_by_id.remove(&id) {
+            // shardcast patch: give back what a burst of timers grew, once
+            // the map is an eighth full (a growth doubles it at seven
+            // eighths, so a shrink is paid for by as many removals).
+            let (len, cap) = (self.timers_by_id.len(), self.timers_by_id.capacity());
+            if cap > 1024 && len < cap / 8 {
+                self.timers_by_id.shrink_to(len * 2);
+            }
             return self.timers.remove(&(when, id));
         }
 
