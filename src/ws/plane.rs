@@ -22,6 +22,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+
+use super::table::{Keyed, Table};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
@@ -51,11 +53,15 @@ fn ticks_between(then: u32, now: u32) -> u32 {
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
 /// io_uring: the socket's multishot receive is armed.
-const ARMED: u32 = 1;
+const ARMED: u8 = 1;
 /// io_uring: the kernel holds a send of the socket's (`Spill::inflight`).
-const SENDING: u32 = 2;
+const SENDING: u8 = 2;
 /// io_uring: the socket has bytes queued and is on the plane's list to send.
-const QUEUED: u32 = 4;
+const QUEUED: u8 = 4;
+/// epoll: the events a socket may be registered for, in its one byte.
+const IN: u8 = libc::EPOLLIN as u8;
+const OUT: u8 = libc::EPOLLOUT as u8;
+const _: () = assert!(IN as i32 == libc::EPOLLIN && OUT as i32 == libc::EPOLLOUT);
 
 /// What a socket's messages mean. The plane calls it for every complete
 /// text or binary message, asks it at each sweep whether a socket must end
@@ -118,6 +124,8 @@ pub struct Left<S> {
 /// One open socket: its descriptor and the few bytes of transport state
 /// between reads, and its handler's state.
 struct Sock<H: Handler> {
+    /// Its connection id: the table finds it by this.
+    id: u64,
     fd: OwnedFd,
     decoder: Decoder<H::Payload>,
     /// The bytes it holds between events, only while it holds some.
@@ -130,9 +138,10 @@ struct Sock<H: Handler> {
     waiting: bool,
     /// The socket has ended and waits in `Plane::ended` to leave the table.
     ended: bool,
-    /// epoll: the events this socket is registered for; io_uring: which of
-    /// its operations are in flight (`ARMED`, `SENDING`, `QUEUED`).
-    interest: u32,
+    /// epoll: the events this socket is registered for (`IN`, `OUT`);
+    /// io_uring: which of its operations are in flight (`ARMED`, `SENDING`,
+    /// `QUEUED`). One byte, so the entry keeps its id in 160 bytes.
+    interest: u8,
     /// When it opened, in the plane's coarse ticks ([`Plane::ticks`]): four
     /// bytes where an `Instant` takes sixteen.
     opened: u32,
@@ -168,6 +177,12 @@ impl Spill {
         let took = usize::try_from(res).unwrap_or(0).min(self.inflight.len());
         self.inflight.drain(..took);
         took
+    }
+}
+
+impl<H: Handler> Keyed for Sock<H> {
+    fn key(&self) -> u64 {
+        self.id
     }
 }
 
@@ -275,7 +290,7 @@ struct Closing<H: Handler> {
 pub struct Plane<H: Handler> {
     handler: H,
     kernel: Kernel,
-    socks: RefCell<HashMap<u64, Box<Sock<H>>>>,
+    socks: RefCell<Table<Box<Sock<H>>>>,
     /// io_uring: sockets out of the table waiting for their operations.
     closing: RefCell<HashMap<u64, Closing<H>>>,
     /// io_uring: sockets with bytes queued this loop turn.
@@ -354,7 +369,7 @@ impl<H: Handler> Plane<H> {
         Ok(Rc::new(Self {
             handler,
             kernel,
-            socks: RefCell::new(HashMap::new()),
+            socks: RefCell::new(Table::default()),
             closing: RefCell::new(HashMap::new()),
             queued: RefCell::new(Vec::new()),
             turn: Cell::new(0),
@@ -427,6 +442,7 @@ impl<H: Handler> Plane<H> {
         let mut decoder = Decoder::with(self.limits.max_message, self.handler.payload());
         decoder.set_deflate(deflate);
         let mut sock = Box::new(Sock {
+            id: conn,
             fd,
             decoder,
             spill: (!rest.is_empty()).then(|| {
@@ -454,16 +470,14 @@ impl<H: Handler> Plane<H> {
         } else if !sock.partial().is_empty() {
             self.pump(conn, &mut sock, None);
         }
-        self.socks.borrow_mut().insert(conn, sock);
+        self.socks.borrow_mut().insert(sock);
         self.close_ended();
     }
     /// Starts watching a new socket: registered with epoll, or its
     /// multishot receive queued.
     fn watch(&self, conn: u64, sock: &mut Sock<H>) -> io::Result<()> {
         match &self.kernel {
-            Kernel::Epoll(_) => {
-                self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, sock, libc::EPOLLIN as u32)
-            }
+            Kernel::Epoll(_) => self.epoll_ctl(libc::EPOLL_CTL_ADD, conn, sock, IN),
             Kernel::Uring(ring) => {
                 ring.borrow_mut().recv(conn, sock.fd.as_raw_fd());
                 sock.interest |= ARMED;
@@ -582,7 +596,7 @@ impl<H: Handler> Plane<H> {
         };
         let bid = d.buffer();
         let mut socks = self.socks.borrow_mut();
-        if let Some(sock) = socks.get_mut(&d.conn) {
+        if let Some(sock) = socks.get_mut(d.conn) {
             if !d.more() {
                 sock.interest &= !ARMED;
             }
@@ -633,7 +647,7 @@ impl<H: Handler> Plane<H> {
             return;
         };
         let mut socks = self.socks.borrow_mut();
-        let Some(sock) = socks.get_mut(&d.conn) else {
+        let Some(sock) = socks.get_mut(d.conn) else {
             drop(socks);
             self.let_go(d.conn, SENDING, d.res);
             return;
@@ -693,7 +707,7 @@ impl<H: Handler> Plane<H> {
 
     /// io_uring: an operation of a socket out of the table completed (`op`,
     /// with `res` for a send); the socket is handed over after its last.
-    fn let_go(&self, conn: u64, op: u32, res: i32) {
+    fn let_go(&self, conn: u64, op: u8, res: i32) {
         let mut closing = self.closing.borrow_mut();
         let Some(c) = closing.get_mut(&conn) else {
             return;
@@ -715,7 +729,7 @@ impl<H: Handler> Plane<H> {
 
     fn on_event(self: &Rc<Self>, conn: u64, events: u32) {
         let mut socks = self.socks.borrow_mut();
-        let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
+        let Some(sock) = socks.get_mut(conn).filter(|s| !s.ended) else {
             return;
         };
         if events & libc::EPOLLOUT as u32 != 0 {
@@ -884,7 +898,7 @@ impl<H: Handler> Plane<H> {
         sock.waiting = true;
         match &self.kernel {
             Kernel::Epoll(_) => {
-                let interest = sock.interest & !(libc::EPOLLIN as u32);
+                let interest = sock.interest & !IN;
                 if self.set_interest(conn, sock, interest).is_err() {
                     self.end(conn, sock, Exit::Gone);
                 }
@@ -901,7 +915,7 @@ impl<H: Handler> Plane<H> {
     fn unpark(&self, conn: u64, sock: &mut Sock<H>) -> io::Result<()> {
         match &self.kernel {
             Kernel::Epoll(_) => {
-                let interest = sock.interest | libc::EPOLLIN as u32;
+                let interest = sock.interest | IN;
                 self.set_interest(conn, sock, interest)
             }
             Kernel::Uring(ring) => {
@@ -928,7 +942,7 @@ impl<H: Handler> Plane<H> {
     ) {
         {
             let mut socks = self.socks.borrow_mut();
-            let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
+            let Some(sock) = socks.get_mut(conn).filter(|s| !s.ended) else {
                 return;
             };
             sock.waiting = false;
@@ -989,7 +1003,7 @@ impl<H: Handler> Plane<H> {
             spill.backlog.extend_from_slice(&bytes[sent..]);
             spill.backlog_frames = 1;
             spill.stalled_since = Some(Instant::now());
-            let interest = sock.interest | libc::EPOLLOUT as u32;
+            let interest = sock.interest | OUT;
             self.set_interest(conn, sock, interest)
                 .map_err(|_| Exit::Gone)?;
         }
@@ -1013,7 +1027,7 @@ impl<H: Handler> Plane<H> {
             spill.backlog_frames = 0;
             spill.stalled_since = None;
             sock.tidy();
-            let interest = sock.interest & !(libc::EPOLLOUT as u32);
+            let interest = sock.interest & !OUT;
             self.set_interest(conn, sock, interest)
                 .map_err(|_| Exit::Gone)?;
         }
@@ -1021,18 +1035,21 @@ impl<H: Handler> Plane<H> {
     }
 
     /// Changes the events the socket is registered for.
-    fn set_interest(&self, conn: u64, sock: &mut Sock<H>, events: u32) -> io::Result<()> {
+    fn set_interest(&self, conn: u64, sock: &mut Sock<H>, events: u8) -> io::Result<()> {
         if events == sock.interest {
             return Ok(());
         }
         self.epoll_ctl(libc::EPOLL_CTL_MOD, conn, sock, events)
     }
 
-    fn epoll_ctl(&self, op: i32, conn: u64, sock: &mut Sock<H>, events: u32) -> io::Result<()> {
+    fn epoll_ctl(&self, op: i32, conn: u64, sock: &mut Sock<H>, events: u8) -> io::Result<()> {
         let Kernel::Epoll(epoll) = &self.kernel else {
             return Ok(());
         };
-        let mut ev = libc::epoll_event { events, u64: conn };
+        let mut ev = libc::epoll_event {
+            events: u32::from(events),
+            u64: conn,
+        };
         // SAFETY: both descriptors are open; `ev` lives across the call.
         let rc = unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, sock.fd.as_raw_fd(), &mut ev) };
         if rc < 0 {
@@ -1067,7 +1084,8 @@ impl<H: Handler> Plane<H> {
     /// picks for it; returns how many took them.
     fn fan_out_by<'f>(&self, skip: &[u64], frame: impl Fn(&Sock<H>) -> &'f [u8]) -> u64 {
         let mut n = 0;
-        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+        for sock in self.socks.borrow_mut().iter_mut() {
+            let conn = sock.id;
             if skip.is_empty() || skip.binary_search(&conn).is_err() {
                 let f = frame(sock);
                 n += u64::from(self.send_frame(conn, sock, f));
@@ -1088,7 +1106,7 @@ impl<H: Handler> Plane<H> {
         {
             let mut socks = self.socks.borrow_mut();
             for &conn in conns {
-                if let Some(sock) = socks.get_mut(&conn) {
+                if let Some(sock) = socks.get_mut(conn) {
                     let f = frame(&sock.state).for_mode(sock.decoder.deflate());
                     n += u64::from(self.send_frame(conn, sock, f));
                 }
@@ -1110,7 +1128,8 @@ impl<H: Handler> Plane<H> {
         let mut n = 0;
         {
             let mut socks = self.socks.borrow_mut();
-            for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
+            for sock in socks.iter_mut().filter(|s| slice.holds(s.id)) {
+                let conn = sock.id;
                 if self.send_frame(conn, sock, frame) {
                     n += 1;
                     took(conn, &sock.state);
@@ -1137,7 +1156,8 @@ impl<H: Handler> Plane<H> {
 
     /// Ends every socket whose state `which` picks, for `exit`.
     pub fn end_where(&self, mut which: impl FnMut(&H::State) -> bool, exit: Exit) {
-        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+        for sock in self.socks.borrow_mut().iter_mut() {
+            let conn = sock.id;
             if which(&sock.state) {
                 self.end(conn, sock, exit.clone());
             }
@@ -1166,7 +1186,8 @@ impl<H: Handler> Plane<H> {
             let mut socks = self.socks.borrow_mut();
             // The slice is chosen by key before any socket is touched: the
             // keys sit together in the map, the sockets do not.
-            for (&conn, sock) in socks.iter_mut().filter(|(&c, _)| slice.holds(c)) {
+            for sock in socks.iter_mut().filter(|s| slice.holds(s.id)) {
+                let conn = sock.id;
                 if sock.ended {
                     continue;
                 }
@@ -1231,7 +1252,8 @@ impl<H: Handler> Plane<H> {
             // Bounded: a client that keeps sending cannot hold the drain.
             16
         };
-        for (&conn, sock) in self.socks.borrow_mut().iter_mut() {
+        for sock in self.socks.borrow_mut().iter_mut() {
+            let conn = sock.id;
             for _ in 0..reads {
                 if sock.waiting || sock.ended || !self.read(conn, sock) {
                     break;
@@ -1261,7 +1283,7 @@ impl<H: Handler> Plane<H> {
             let Some((conn, exit)) = self.ended.borrow_mut().pop() else {
                 break;
             };
-            let Some(sock) = self.socks.borrow_mut().remove(&conn) else {
+            let Some(sock) = self.socks.borrow_mut().remove(conn) else {
                 continue;
             };
             match &self.kernel {
@@ -1343,7 +1365,7 @@ impl<H: Handler> Plane<H> {
         {
             let mut socks = self.socks.borrow_mut();
             for conn in self.queued.borrow_mut().drain(..) {
-                if let Some(sock) = socks.get_mut(&conn) {
+                if let Some(sock) = socks.get_mut(conn) {
                     sock.interest &= !QUEUED;
                     self.send_next(conn, sock, &mut ring);
                 }
