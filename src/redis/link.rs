@@ -411,11 +411,6 @@ impl Link {
             let mut q = self.inner.queue.borrow_mut();
             let n = q.len().min(BATCH);
             batch.extend(q.drain(..n));
-            // A burst (a connect storm's session writes) grows the queue
-            // up to QUEUE entries; once it is over, the memory goes back.
-            if q.is_empty() && q.capacity() > 2 * BATCH {
-                q.shrink_to_fit();
-            }
         }
         out.clear();
         for r in batch.iter() {
@@ -428,11 +423,7 @@ impl Link {
             return Err(err);
         }
         let answered = answer(stream, reader, batch).await;
-        // A full batch of session writes takes some 128 KiB: not kept for
-        // the quiet that follows.
-        if out.capacity() > 64 << 10 {
-            *out = Vec::with_capacity(16 << 10);
-        }
+        give_back(&mut self.inner.queue.borrow_mut(), out);
         if answered? {
             // The refused writes were answered as such; the next
             // connect asks again where the master is.
@@ -441,6 +432,26 @@ impl Link {
             ));
         }
         Ok(())
+    }
+}
+
+/// A batch buffer past this is given back even in a burst.
+const OUT_MOST: usize = 1 << 20;
+/// Kept for the quiet after a burst: a batch of typical requests.
+const OUT_QUIET: usize = 16 << 10;
+
+/// Gives back what a burst grew (a connect storm's session writes: the
+/// queue up to `QUEUE` requests, 160 KiB; the batch buffer some 128 KiB), once
+/// the queue is empty after a batch: a socket server spends most of its
+/// life quiet, and kept them for good otherwise. During the burst both stay
+/// as they are, but a buffer past `OUT_MOST`.
+fn give_back<T>(queue: &mut VecDeque<T>, out: &mut Vec<u8>) {
+    let quiet = queue.is_empty();
+    if quiet && queue.capacity() > 2 * BATCH {
+        queue.shrink_to(BATCH);
+    }
+    if out.capacity() > OUT_MOST || (quiet && out.capacity() > 4 * OUT_QUIET) {
+        *out = Vec::with_capacity(OUT_QUIET);
     }
 }
 
@@ -505,4 +516,38 @@ async fn replies(
         values.push(reader.read_value(stream).await?);
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_keeps_its_memory_until_the_queue_is_empty() {
+        let mut queue: VecDeque<u32> = (0..QUEUE as u32).collect();
+        let mut out = Vec::with_capacity(128 << 10);
+        let grown = queue.capacity();
+        // Mid-burst: requests still wait, so nothing is given back.
+        give_back(&mut queue, &mut out);
+        assert_eq!(queue.capacity(), grown);
+        assert_eq!(out.capacity(), 128 << 10);
+        // The burst is over: both shrink, the queue to a batch's worth.
+        queue.clear();
+        give_back(&mut queue, &mut out);
+        assert!(queue.capacity() >= BATCH && queue.capacity() < 2 * BATCH);
+        assert_eq!(out.capacity(), OUT_QUIET);
+        // Quiet sizes are kept as they are.
+        let before = (queue.capacity(), out.as_ptr());
+        give_back(&mut queue, &mut out);
+        assert_eq!((queue.capacity(), out.as_ptr()), before);
+    }
+
+    #[test]
+    fn a_buffer_past_its_bound_goes_even_in_a_burst() {
+        let mut queue: VecDeque<u32> = (0..10).collect();
+        let mut out = Vec::with_capacity(OUT_MOST + 1);
+        give_back(&mut queue, &mut out);
+        assert_eq!(out.capacity(), OUT_QUIET);
+        assert_eq!(queue.len(), 10);
+    }
 }
