@@ -397,7 +397,7 @@ impl<H: Handler> Plane<H> {
     /// When a socket opened at `opened` ticks did, as an `Instant`.
     fn opened_at(&self, opened: u32) -> Instant {
         let now = Instant::now();
-        let ago = self.ticks(now).wrapping_sub(opened);
+        let ago = ticks_between(opened, self.ticks(now));
         now.checked_sub(TICK * ago).unwrap_or(self.epoch)
     }
 
