@@ -25,6 +25,7 @@
 //!   recovery of what a reconnecting socket missed, and gaps on live ones.
 //! - [`session`]: a session's id and count parts.
 //! - [`store`]: a shard's sessions and their way to Redis.
+//! - [`table`]: entries found by the key each carries (sockets, sessions).
 //! - [`addr`]: where Redis is, plain data shared by the settings and the
 //!   client.
 //! - [`redis`]: Redis over a shard's own glommio sockets: the command
@@ -66,6 +67,7 @@ pub mod server;
 pub mod session;
 pub mod shard;
 pub mod store;
+pub mod table;
 pub mod tls;
 pub mod ws;
 

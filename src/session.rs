@@ -19,6 +19,7 @@ use std::cell::Cell;
 use uuid::Uuid;
 
 use crate::redis::Applied;
+use crate::table::Keyed;
 
 /// One session in a shard's cache.
 #[derive(Debug)]
@@ -35,6 +36,13 @@ pub struct Session {
     conns: Cell<u32>,
     queued: Cell<bool>,
     deleted: Cell<bool>,
+}
+
+impl Keyed for Session {
+    type Key = Uuid;
+    fn key(&self) -> &Uuid {
+        &self.id
+    }
 }
 
 impl Session {

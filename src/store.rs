@@ -9,10 +9,7 @@
 //! - `shardcast:{<id>}:del`: tombstone left by DELETE, so a late flush from
 //!   another shard cannot bring a deleted session back.
 
-use std::borrow::Borrow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +22,7 @@ use crate::readiness::Readiness;
 use crate::redis::replicas::Replicas;
 use crate::redis::{as_u64, Applied, Redis, RedisError, Slot, Value};
 use crate::session::Session;
+use crate::table::Table;
 
 /// Writes a batch of sessions in one call. KEYS holds each session's hash and
 /// tombstone in turn; ARGV is the writer, the TTL, then one absolute count per
@@ -206,32 +204,6 @@ pub fn read_fields(v: &Value, writer: &str) -> Option<Stored> {
     any.then_some(Stored { count, mine, rooms })
 }
 
-/// A cached session, found by its own id: an entry of the cache is one
-/// pointer, where a map from id to session spends 24 bytes on it (16 of
-/// them a copy of the id), for every open socket.
-struct Cached(Rc<Session>);
-
-impl Hash for Cached {
-    fn hash<S: Hasher>(&self, state: &mut S) {
-        // As the id hashes, so that a lookup by id finds it.
-        self.0.id.hash(state);
-    }
-}
-
-impl PartialEq for Cached {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-
-impl Eq for Cached {}
-
-impl Borrow<Uuid> for Cached {
-    fn borrow(&self) -> &Uuid {
-        &self.0.id
-    }
-}
-
 /// One shard's sessions.
 pub struct Store {
     redis: Redis,
@@ -243,7 +215,10 @@ pub struct Store {
     replicas: Rc<Replicas>,
     script: redis::Script,
     rooms_script: redis::Script,
-    cache: RefCell<HashSet<Cached>>,
+    /// Sessions by id, each found by the id it carries: a slot is one
+    /// pointer, where a map by id spends 24 bytes (16 of them a copy of the
+    /// id) for every open socket.
+    cache: RefCell<Table<Rc<Session>>>,
     queue: RefCell<Vec<Rc<Session>>>,
     /// When the unflushed gauges were last worked out from the queue.
     gauged: Cell<Option<Instant>>,
@@ -277,7 +252,7 @@ impl Store {
             replicas,
             script: redis::Script::new(FLUSH_SCRIPT),
             rooms_script: redis::Script::new(ROOMS_SCRIPT),
-            cache: RefCell::new(HashSet::new()),
+            cache: RefCell::new(Table::default()),
             queue: RefCell::new(Vec::new()),
             gauged: Cell::new(None),
             flushed_at: Cell::new(None),
@@ -322,7 +297,7 @@ impl Store {
             return Err(OpenError::Backlog);
         }
         let s = Rc::new(Session::new(Uuid::new_v4(), 0, 0));
-        self.cache.borrow_mut().replace(Cached(s.clone()));
+        self.cache.borrow_mut().insert(s.clone());
         s.attach();
         // Written before the welcome goes out, so a resume on any shard finds
         // it at once. While Redis is away it waits in the flush queue.
@@ -388,7 +363,7 @@ impl Store {
             }
             None => {
                 let s = Rc::new(Session::new(id, others, found.mine));
-                self.cache.borrow_mut().replace(Cached(s.clone()));
+                self.cache.borrow_mut().insert(s.clone());
                 s
             }
         };
@@ -404,8 +379,8 @@ impl Store {
         self.cache
             .borrow()
             .get(id)
-            .filter(|c| !c.0.is_deleted())
-            .map(|c| c.0.clone())
+            .filter(|c| !c.is_deleted())
+            .cloned()
     }
 
     /// Marks the session for the next flush.
@@ -426,7 +401,7 @@ impl Store {
     fn maybe_evict(&self, s: &Rc<Session>) {
         if s.conns() == 0 && (s.unflushed() == 0 || s.is_deleted()) && !s.queued() {
             let mut cache = self.cache.borrow_mut();
-            if cache.get(&s.id).is_some_and(|c| Rc::ptr_eq(&c.0, s)) {
+            if cache.get(&s.id).is_some_and(|c| Rc::ptr_eq(c, s)) {
                 cache.remove(&s.id);
             }
         }
@@ -683,7 +658,7 @@ impl Store {
 
     /// Redis came back empty: every live session's field must be written again.
     pub fn rewrite_all(&self) {
-        let live: Vec<Rc<Session>> = self.cache.borrow().iter().map(|c| c.0.clone()).collect();
+        let live: Vec<Rc<Session>> = self.cache.borrow().iter().cloned().collect();
         for s in live {
             s.forget_flushed();
             self.enqueue(&s);
@@ -692,7 +667,7 @@ impl Store {
 
     /// A DELETE reached this shard: the session stops existing here.
     pub fn forget(&self, id: &Uuid) -> Option<Rc<Session>> {
-        let s = self.cache.borrow_mut().take(id)?.0;
+        let s = self.cache.borrow_mut().remove(id)?;
         s.mark_deleted();
         self.update_gauges();
         Some(s)

@@ -22,14 +22,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-
-use super::table::{Keyed, Table};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 pub use crate::config::Io;
+use crate::table::{Keyed, Table};
 use crate::ws::codec::{self, Decoder, Event, Payload, TextFrame, WsError};
 use crate::ws::deflate::Mode;
 use crate::ws::goodbye::Exit;
@@ -181,8 +180,9 @@ impl Spill {
 }
 
 impl<H: Handler> Keyed for Sock<H> {
-    fn key(&self) -> u64 {
-        self.id
+    type Key = u64;
+    fn key(&self) -> &u64 {
+        &self.id
     }
 }
 
@@ -596,7 +596,7 @@ impl<H: Handler> Plane<H> {
         };
         let bid = d.buffer();
         let mut socks = self.socks.borrow_mut();
-        if let Some(sock) = socks.get_mut(d.conn) {
+        if let Some(sock) = socks.get_mut(&d.conn) {
             if !d.more() {
                 sock.interest &= !ARMED;
             }
@@ -647,7 +647,7 @@ impl<H: Handler> Plane<H> {
             return;
         };
         let mut socks = self.socks.borrow_mut();
-        let Some(sock) = socks.get_mut(d.conn) else {
+        let Some(sock) = socks.get_mut(&d.conn) else {
             drop(socks);
             self.let_go(d.conn, SENDING, d.res);
             return;
@@ -729,7 +729,7 @@ impl<H: Handler> Plane<H> {
 
     fn on_event(self: &Rc<Self>, conn: u64, events: u32) {
         let mut socks = self.socks.borrow_mut();
-        let Some(sock) = socks.get_mut(conn).filter(|s| !s.ended) else {
+        let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
             return;
         };
         if events & libc::EPOLLOUT as u32 != 0 {
@@ -942,7 +942,7 @@ impl<H: Handler> Plane<H> {
     ) {
         {
             let mut socks = self.socks.borrow_mut();
-            let Some(sock) = socks.get_mut(conn).filter(|s| !s.ended) else {
+            let Some(sock) = socks.get_mut(&conn).filter(|s| !s.ended) else {
                 return;
             };
             sock.waiting = false;
@@ -1106,7 +1106,7 @@ impl<H: Handler> Plane<H> {
         {
             let mut socks = self.socks.borrow_mut();
             for &conn in conns {
-                if let Some(sock) = socks.get_mut(conn) {
+                if let Some(sock) = socks.get_mut(&conn) {
                     let f = frame(&sock.state).for_mode(sock.decoder.deflate());
                     n += u64::from(self.send_frame(conn, sock, f));
                 }
@@ -1283,7 +1283,7 @@ impl<H: Handler> Plane<H> {
             let Some((conn, exit)) = self.ended.borrow_mut().pop() else {
                 break;
             };
-            let Some(sock) = self.socks.borrow_mut().remove(conn) else {
+            let Some(sock) = self.socks.borrow_mut().remove(&conn) else {
                 continue;
             };
             match &self.kernel {
@@ -1365,7 +1365,7 @@ impl<H: Handler> Plane<H> {
         {
             let mut socks = self.socks.borrow_mut();
             for conn in self.queued.borrow_mut().drain(..) {
-                if let Some(sock) = socks.get_mut(conn) {
+                if let Some(sock) = socks.get_mut(&conn) {
                     sock.interest &= !QUEUED;
                     self.send_next(conn, sock, &mut ring);
                 }

@@ -1,0 +1,178 @@
+//! A table of entries found by the key each one carries: the shard's
+//! sockets by connection id, its cached sessions by session id.
+//!
+//! A map from key to entry spends a slot on a copy of the key beside the
+//! pointer; this table keeps the pointer only (8 bytes a slot, and
+//! hashbrown's one control byte), since the entry already knows its key. At
+//! 19,000 sockets in a table of 32,768 slots that is 15 bytes per socket
+//! less than a map by `u64`, and 24 less than one by session id.
+
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::rc::Rc;
+
+use hashbrown::HashTable;
+
+/// What the table holds: anything that knows its own key.
+pub trait Keyed {
+    type Key: Hash + Eq;
+    fn key(&self) -> &Self::Key;
+}
+
+impl<T: Keyed> Keyed for Box<T> {
+    type Key = T::Key;
+    fn key(&self) -> &T::Key {
+        (**self).key()
+    }
+}
+
+impl<T: Keyed> Keyed for Rc<T> {
+    type Key = T::Key;
+    fn key(&self) -> &T::Key {
+        (**self).key()
+    }
+}
+
+/// Entries by key; an entry's key must not change while it is in the table.
+pub struct Table<T> {
+    entries: HashTable<T>,
+    hasher: RandomState,
+}
+
+impl<T: Keyed> Default for Table<T> {
+    fn default() -> Self {
+        Self {
+            entries: HashTable::new(),
+            hasher: RandomState::new(),
+        }
+    }
+}
+
+impl<T: Keyed> Table<T> {
+    fn hash(&self, key: &T::Key) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds `entry`, or replaces the one with its key (returned).
+    pub fn insert(&mut self, entry: T) -> Option<T> {
+        let hash = self.hash(entry.key());
+        let hasher = &self.hasher;
+        match self.entries.entry(
+            hash,
+            |e| e.key() == entry.key(),
+            |e| hasher.hash_one(e.key()),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(std::mem::replace(o.get_mut(), entry))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(entry);
+                None
+            }
+        }
+    }
+
+    pub fn get(&self, key: &T::Key) -> Option<&T> {
+        self.entries.find(self.hash(key), |e| e.key() == key)
+    }
+
+    pub fn get_mut(&mut self, key: &T::Key) -> Option<&mut T> {
+        let hash = self.hash(key);
+        self.entries.find_mut(hash, |e| e.key() == key)
+    }
+
+    pub fn remove(&mut self, key: &T::Key) -> Option<T> {
+        let hash = self.hash(key);
+        match self.entries.find_entry(hash, |e| e.key() == key) {
+            Ok(o) => Some(o.remove().0),
+            Err(_) => None,
+        }
+    }
+
+    /// Every entry, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter()
+    }
+
+    /// Every entry, in no order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.entries.iter_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct E(u64, &'static str);
+
+    impl Keyed for E {
+        type Key = u64;
+        fn key(&self) -> &u64 {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn entries_are_found_by_their_own_key() {
+        let mut t: Table<Box<E>> = Table::default();
+        assert!(t.is_empty());
+        for id in 0..10_000u64 {
+            assert!(t.insert(Box::new(E(id * 7, "a"))).is_none());
+        }
+        assert_eq!(t.len(), 10_000);
+        assert_eq!(t.get_mut(&700).map(|e| e.1), Some("a"));
+        assert!(t.get_mut(&701).is_none());
+        // Replacing keeps one entry per key.
+        assert_eq!(t.insert(Box::new(E(700, "b"))).map(|e| e.1), Some("a"));
+        assert_eq!(t.len(), 10_000);
+        assert_eq!(t.get(&700).map(|e| e.1), Some("b"));
+        for id in (0..10_000u64).step_by(2) {
+            assert_eq!(t.remove(&(id * 7)).map(|e| e.0), Some(id * 7));
+        }
+        assert!(t.remove(&0).is_none());
+        assert!(t.get(&0).is_none());
+        assert_eq!(t.len(), 5_000);
+        let mut left: Vec<u64> = t.iter_mut().map(|e| e.0).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            (1..10_000u64).step_by(2).map(|i| i * 7).collect::<Vec<_>>()
+        );
+        assert_eq!(t.iter().count(), 5_000);
+    }
+
+    /// Keys that are not integers (the session cache's ids) hash the same
+    /// way through an `Rc`.
+    #[test]
+    fn shared_entries_are_found_by_a_borrowed_key() {
+        #[derive(Debug)]
+        struct S(String);
+        impl Keyed for S {
+            type Key = String;
+            fn key(&self) -> &String {
+                &self.0
+            }
+        }
+        let mut t: Table<Rc<S>> = Table::default();
+        let a = Rc::new(S("a".into()));
+        assert!(t.insert(a.clone()).is_none());
+        assert!(t.get(&"a".to_string()).is_some_and(|e| Rc::ptr_eq(e, &a)));
+        let again = Rc::new(S("a".into()));
+        let old = t.insert(again.clone()).expect("replaced");
+        assert!(Rc::ptr_eq(&old, &a));
+        assert_eq!(t.len(), 1);
+        assert!(t
+            .remove(&"a".to_string())
+            .is_some_and(|e| Rc::ptr_eq(&e, &again)));
+        assert!(t.is_empty());
+    }
+}
