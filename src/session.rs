@@ -34,6 +34,10 @@ pub struct Session {
     /// Writes of this session's value sent and not answered yet.
     flying: Cell<u32>,
     conns: Cell<u32>,
+    /// When a write of it last reached Redis (which refreshes its TTL), on
+    /// the store's millisecond clock; four bytes, which the struct's
+    /// padding had spare. Until its first write the session is queued.
+    renewed: Cell<u32>,
     queued: Cell<bool>,
     deleted: Cell<bool>,
 }
@@ -55,6 +59,7 @@ impl Session {
             maybe: Cell::new(mine),
             flying: Cell::new(0),
             conns: Cell::new(0),
+            renewed: Cell::new(0),
             queued: Cell::new(false),
             deleted: Cell::new(false),
         }
@@ -138,6 +143,18 @@ impl Session {
         self.conns.get()
     }
 
+    /// A write of it sent at `at` (the store's clock) reached Redis.
+    pub fn renewed_at(&self, at: u32) {
+        self.renewed.set(at);
+    }
+
+    /// Whether the last write that reached Redis is `every` or more
+    /// milliseconds older than `now`. The clock wraps after 49 days: a
+    /// session with an open socket is renewed long before.
+    pub fn renewal_due(&self, now: u32, every: u32) -> bool {
+        now.wrapping_sub(self.renewed.get()) >= every
+    }
+
     /// Whether the session sits in the shard's flush queue.
     pub fn queued(&self) -> bool {
         self.queued.get()
@@ -174,6 +191,27 @@ pub const ID_PARAMS: [&str; 3] = ["session_id", "session_uuid", "session"];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cached session per open socket: the renewal stamp fitted in the
+    /// padding, so the session (with its `Rc` counts, 80 bytes) stays in
+    /// the allocator's 80-byte class.
+    #[test]
+    fn a_session_stays_64_bytes() {
+        assert_eq!(std::mem::size_of::<Session>(), 64);
+    }
+
+    #[test]
+    fn a_renewal_is_due_a_period_after_the_last_write_across_the_wrap() {
+        let s = Session::new(Uuid::new_v4(), 0, 0);
+        s.renewed_at(1_000);
+        assert!(!s.renewal_due(1_000, 500));
+        assert!(!s.renewal_due(1_499, 500));
+        assert!(s.renewal_due(1_500, 500));
+        assert!(s.renewal_due(5_000, 0));
+        s.renewed_at(u32::MAX - 100);
+        assert!(!s.renewal_due(300, 500), "the clock wrapped 401 ms later");
+        assert!(s.renewal_due(400, 500));
+    }
 
     #[test]
     fn counts_add_base_and_mine() {

@@ -188,7 +188,7 @@ fn wire(id: usize, shared: &Arc<Shared>) -> Wired {
         redis.clone(),
         &shared.run_id,
         id,
-        cfg.session_ttl.as_millis() as u64,
+        (cfg.session_ttl, cfg.heartbeat_interval),
         cfg.max_unflushed_sessions,
         replicas.clone(),
         (shared.metrics.clone(), shared.readiness.clone()),

@@ -1,6 +1,7 @@
 //! Sessions end to end: resume across processes, two live connections of one
 //! session, counts in Redis before the Close frame (and before each reply in
-//! sync mode), empty sessions stay resumable, expired ids are never adopted.
+//! sync mode), empty sessions stay resumable, an open socket keeps its
+//! session, expired ids are never adopted.
 mod common;
 use common::*;
 
@@ -204,6 +205,42 @@ fn a_session_without_messages_is_resumable() {
     assert_eq!(session_id(&welcome), id);
     assert_eq!(welcome["count"], 0);
     assert_eq!(c.count("first"), 1);
+}
+
+/// An open socket keeps its session alive with no message, and without a
+/// write per heartbeat: the walk renews the TTL once half of it, less one
+/// heartbeat, has passed since the last write.
+#[test]
+fn a_silent_open_socket_keeps_its_session_with_few_renewals() {
+    let redis = Redis::start();
+    let server = Server::builder(&redis)
+        .shards(1)
+        .arg("--session-ttl", "2s")
+        .arg("--heartbeat-interval", "100ms")
+        .start();
+    let (_open, welcome) = server.connect("");
+    let id = session_id(&welcome);
+    let key = format!("shardcast:{{{id}}}:s");
+    // Three TTLs of silence, sampled: the key must never lapse.
+    let end = std::time::Instant::now() + Duration::from_secs(6);
+    let mut lowest = i64::MAX;
+    while std::time::Instant::now() < end {
+        let ms: i64 = redis.cli(&["PTTL", &key]).trim().parse().unwrap();
+        assert!(
+            ms > 0,
+            "the key lapsed (PTTL {ms}) while its socket was open"
+        );
+        lowest = lowest.min(ms);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Renewed about 900 ms after each write (1 s less a heartbeat): a
+    // renewal on every heartbeat would keep it above 1.8 s.
+    assert!(
+        (300..1_500).contains(&lowest),
+        "the TTL's low point was {lowest} ms"
+    );
+    let (_again, welcome) = server.connect(&format!("session_id={id}"));
+    assert_eq!(welcome["resumed"], true, "{welcome}");
 }
 
 #[test]

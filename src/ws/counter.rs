@@ -620,12 +620,13 @@ impl Plane<Counter> {
     }
 
     /// The heartbeat for one slice of the table: `frame` to each of its
-    /// sockets, and each one's session queued for the next flush, so an open
-    /// but silent socket keeps its session alive. Returns how many took it.
+    /// sockets, and each one's session renewed when due, so an open but
+    /// silent socket keeps its session alive. Returns how many took it.
     pub fn heartbeat(&self, frame: &[u8], slice: Slice) -> u64 {
         let ctx = &self.handler().ctx;
+        let now = ctx.store.now();
         self.send_slice(frame, slice, |conn, c| {
-            ctx.store.enqueue(&c.session);
+            ctx.store.renew(&c.session, now);
             for r in c.rooms() {
                 ctx.presence.renew(r, || presence_entry(ctx, conn, c));
             }
