@@ -246,9 +246,11 @@ pub struct Config {
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_HEARTBEAT_INTERVAL", value_parser = parse_duration, default_value = "30s")]
     pub heartbeat_interval: Duration,
-    /// A socket that sends nothing for half of this gets a Ping; one still
-    /// silent after all of it is closed (goodbye with reason `idle`, Close
-    /// 1001). Pongs count as activity. 0 turns it off.
+    /// A socket that sends nothing for half of this gets a Ping (in the same
+    /// send as its heartbeat, so give or take half a `heartbeat_interval`, at
+    /// most a quarter of this); one still silent after all of it is closed
+    /// (goodbye with reason `idle`, Close 1001). Pongs count as activity. 0
+    /// turns it off.
     #[serde(with = "dur")]
     #[arg(long, env = "SHARDCAST_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "120s")]
     pub idle_timeout: Duration,

@@ -191,6 +191,9 @@ pub struct ShardMetrics {
     pub connections_total: Cell,
     pub messages_total: Cell,
     pub heartbeats_sent_total: Cell,
+    /// Idle Pings sent, and those that went in a heartbeat's send.
+    pub idle_pings_total: Cell,
+    pub idle_pings_with_heartbeat_total: Cell,
     pub broadcasts_delivered_total: Cell,
     pub sessions_resumed_total: Cell,
     /// Upgrades that asked to recover (a position or `since`), those that could not get all they
@@ -352,7 +355,7 @@ type Single = (
     fn(&ShardMetrics) -> u64,
 );
 
-const SUMMED: [Single; 23] = [
+const SUMMED: [Single; 25] = [
     (
         "ws_connections_active",
         GAUGE,
@@ -376,6 +379,18 @@ const SUMMED: [Single; 23] = [
         COUNTER,
         "Heartbeat frames sent.",
         |s| s.heartbeats_sent_total.get(),
+    ),
+    (
+        "ws_idle_pings_total",
+        COUNTER,
+        "Pings sent to sockets silent for about half of idle_timeout.",
+        |s| s.idle_pings_total.get(),
+    ),
+    (
+        "ws_idle_pings_with_heartbeat_total",
+        COUNTER,
+        "Idle Pings that went out in the same send as a heartbeat.",
+        |s| s.idle_pings_with_heartbeat_total.get(),
     ),
     (
         "ws_broadcasts_delivered_total",

@@ -27,7 +27,7 @@ use crate::redis::{Redis, RedisTarget};
 use crate::store::Store;
 use crate::ws::codec;
 use crate::ws::counter::{self, Sockets};
-use crate::ws::plane::Slice;
+use crate::ws::plane::{Idle, Slice};
 
 /// The end of a drain kept for the last flush of counts to Redis.
 const FLUSH_RESERVE: Duration = Duration::from_millis(500);
@@ -37,13 +37,16 @@ const FLUSH_FLOOR: Duration = Duration::from_millis(100);
 /// The last flush on a stop that no drain came before.
 const STOP_FLUSH: Duration = Duration::from_secs(2);
 
-/// Heartbeats to one slice of the table.
-fn heartbeat(ctx: &Context, plane: &Sockets, slice: Slice) {
+/// Heartbeats to one slice of the table, with the idle Pings due.
+fn heartbeat(ctx: &Context, plane: &Sockets, slice: Slice, idle: Option<Idle>) {
     let ts = crate::logging::rfc3339_millis(SystemTime::now());
     let mut frame = Vec::new();
     codec::encode_text(&mut frame, protocol::heartbeat(&ts).as_bytes());
-    let n = plane.heartbeat(&frame, slice);
-    ctx.metrics().heartbeats_sent_total.add(n);
+    let beat = plane.heartbeat(&frame, slice, idle);
+    let m = ctx.metrics();
+    m.heartbeats_sent_total.add(beat.sent);
+    m.idle_pings_total.add(beat.pinged);
+    m.idle_pings_with_heartbeat_total.add(beat.pinged);
 }
 
 /// Calls `visit` for every slice of the socket table once per `period`, one
@@ -269,27 +272,29 @@ fn start_walks(shard: &Rc<Context>, plane: &Rc<Sockets>) {
     let capacity = cfg.max_connections;
     // A heartbeat is a send per socket: about 64 of them per tick keeps a
     // tick near a millisecond.
+    let idle = Idle::new(cfg.idle_timeout, cfg.heartbeat_interval);
     let (s, p) = (shard.clone(), plane.clone());
     glommio::spawn_local(walk(
         plane.clone(),
         cfg.heartbeat_interval,
         64,
         capacity,
-        move |slice| heartbeat(&s, &p, slice),
+        move |slice| heartbeat(&s, &p, slice, idle),
     ))
     .detach();
     // The sweep (pings, idle closes, stalled writers, expired tokens) passes
     // over every socket a few times per idle timeout, instead of a timer per
     // socket re-armed on every message.
-    let p = plane.clone();
-    let idle = cfg.idle_timeout;
-    let every = if idle.is_zero() {
+    let (s, p) = (shard.clone(), plane.clone());
+    let timeout = cfg.idle_timeout;
+    let every = if timeout.is_zero() {
         Duration::from_secs(1)
     } else {
-        (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
+        (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
     };
     glommio::spawn_local(walk(plane.clone(), every, 1024, capacity, move |slice| {
-        p.sweep(Instant::now(), idle, slice)
+        let pings = p.sweep(Instant::now(), idle, slice);
+        s.metrics().idle_pings_total.add(pings);
     }))
     .detach();
 }

@@ -1,7 +1,8 @@
 //! Silent sockets: the server pings a socket that has sent nothing for half
 //! of `idle_timeout`, and closes one still silent after all of it with the
 //! goodbye (reason `idle`) and Close 1001, its count stored first. A peer
-//! that answers the pings stays, and so does everyone else.
+//! that answers the pings stays, and so does everyone else. The Ping rides
+//! the heartbeat's send when one comes near the half.
 mod common;
 use common::*;
 
@@ -59,4 +60,42 @@ fn a_peer_that_answers_pings_stays() {
     }
     assert_eq!(quiet.count("still here"), 2);
     assert_eq!(server.metric("ws_errors_total{kind=\"idle_timeout\"}"), 0.0);
+}
+
+/// With heartbeats more frequent than half the timeout, each idle Ping goes
+/// out right behind a heartbeat, in the same send, and only once per half
+/// timeout: after the Pong, the next heartbeat goes alone.
+#[test]
+fn the_idle_ping_rides_the_heartbeat() {
+    let redis = Redis::start();
+    let server = Server::builder(&redis)
+        .shards(1)
+        .arg("--idle-timeout", "4s")
+        .arg("--heartbeat-interval", "1s")
+        .start();
+    let (mut quiet, _) = server.connect("");
+    assert_eq!(quiet.count("hello"), 1);
+    // Frames as they came: 'h' a heartbeat, 'p' a Ping.
+    let mut seen = String::new();
+    while seen.matches('p').count() < 3 {
+        let f = quiet.recv();
+        match f.opcode {
+            0x9 => {
+                quiet.send_raw(&Client::frame(0x8A, &f.payload));
+                seen.push('p');
+            }
+            0x1 if f.json()["ts"].is_string() => seen.push('h'),
+            other => panic!("unexpected frame {other}: {:?}", f.payload),
+        }
+    }
+    assert!(!seen.contains("pp"), "a Ping without a heartbeat: {seen}");
+    assert!(
+        !seen.contains("hphp"),
+        "a Ping on two heartbeats in a row: {seen}"
+    );
+    let total = server.metric("ws_idle_pings_total");
+    let rode = server.metric("ws_idle_pings_with_heartbeat_total");
+    assert!(total >= 3.0, "{total} idle pings");
+    assert!(rode >= 2.0, "{rode} of {total} pings went with a heartbeat");
+    assert_eq!(quiet.count("still here"), 2);
 }

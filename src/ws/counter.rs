@@ -21,7 +21,9 @@ use crate::store::Commit;
 use crate::ws::codec::{self, Controls, WsError};
 use crate::ws::control::{self, Command};
 use crate::ws::goodbye::{self, Ended, Exit};
-use crate::ws::plane::{Flow, Handler, Left, Limits, Message, Plane, PlaneError, Slice};
+use crate::ws::plane::{
+    Beat, Flow, Handler, Idle, Left, Limits, Message, Plane, PlaneError, Slice,
+};
 use crate::ws::rooms;
 
 /// The shard's counting sockets.
@@ -621,11 +623,12 @@ impl Plane<Counter> {
 
     /// The heartbeat for one slice of the table: `frame` to each of its
     /// sockets, and each one's session renewed when due, so an open but
-    /// silent socket keeps its session alive. Returns how many took it.
-    pub fn heartbeat(&self, frame: &[u8], slice: Slice) -> u64 {
+    /// silent socket keeps its session alive; the idle Ping goes with it
+    /// where one is due.
+    pub fn heartbeat(&self, frame: &[u8], slice: Slice, idle: Option<Idle>) -> Beat {
         let ctx = &self.handler().ctx;
         let now = ctx.store.now();
-        self.send_slice(frame, slice, |conn, c| {
+        self.send_slice(frame, slice, idle, |conn, c| {
             ctx.store.renew(&c.session, now);
             for r in c.rooms() {
                 ctx.presence.renew(r, || presence_entry(ctx, conn, c));

@@ -10,8 +10,9 @@
 //!   the shard's one receive buffer and a `send` per ready socket.
 //!
 //! Either way frames are decoded in place and a socket's replies of a wake
-//! go out as one send. Pings, idle closes and stalled writers are found by
-//! sweeps over the table, not by timers per socket.
+//! go out as one send. Idle closes and stalled writers are found by sweeps
+//! over the table, not by timers per socket, and the idle Ping goes in the
+//! heartbeat's send ([`Idle`]).
 //!
 //! The plane knows frames, buffers, write queues and timers, nothing of what
 //! a message means: a [`Handler`] does (`ws::counter`, the service's counter;
@@ -50,6 +51,53 @@ fn ticks_between(then: u32, now: u32) -> u32 {
 
 /// A socket whose unsent bytes have not moved for this long is a slow reader.
 const WRITE_STALL: Duration = Duration::from_secs(10);
+
+/// The idle Ping: opcode 0x9, FIN, five bytes of payload, `idle?`.
+const IDLE_PING: &[u8] = b"\x89\x05idle?";
+
+/// When a silent socket is pinged and closed (`idle_timeout`). Its Ping is
+/// due at half the timeout, give or take half a heartbeat: a heartbeat that
+/// finds the socket silent for the early edge carries the Ping in its own
+/// send, and the sweep sends one alone only past the late edge (heartbeats
+/// running late). A heartbeat falls in every window of one heartbeat
+/// interval, so on time the Ping always rides one: one send per socket, not
+/// two, and after the Pong the next ride is a whole idle half later whatever
+/// the timers' jitter. The window is at most half the timeout wide, so the
+/// peer always has a quarter of it to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    /// Silent this long: closed.
+    pub close: Duration,
+    /// Silent this long at a heartbeat: the Ping goes with it.
+    pub ping_with_heartbeat: Duration,
+    /// Silent this long at a sweep: the Ping goes alone.
+    pub ping_alone: Duration,
+}
+
+impl Idle {
+    /// None when `timeout` is zero: no Pings and no idle closes.
+    pub fn new(timeout: Duration, heartbeat: Duration) -> Option<Self> {
+        if timeout.is_zero() {
+            return None;
+        }
+        let half = timeout / 2;
+        let give = heartbeat.min(half) / 2;
+        Some(Self {
+            close: timeout,
+            ping_with_heartbeat: half - give,
+            ping_alone: half + give,
+        })
+    }
+}
+
+/// What one heartbeat slice sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// Sockets that took the frame.
+    pub sent: u64,
+    /// Of those, sockets whose idle Ping went with it.
+    pub pinged: u64,
+}
 
 /// io_uring: the socket's multishot receive is armed.
 const ARMED: u8 = 1;
@@ -1116,28 +1164,38 @@ impl<H: Handler> Plane<H> {
         n
     }
 
-    /// `frame` to each socket of one slice of the table, and `took` for
-    /// each that took it (the heartbeat: the counter keeps those sockets'
-    /// sessions alive). Returns how many took it.
+    /// `frame` to each socket of one slice of the table (the heartbeat),
+    /// with the idle Ping behind it in the same send for a socket `idle`
+    /// says is due one, and `took` for each that took it (the counter keeps
+    /// those sockets' sessions alive).
     pub fn send_slice(
         &self,
         frame: &[u8],
         slice: Slice,
+        idle: Option<Idle>,
         mut took: impl FnMut(u64, &H::State),
-    ) -> u64 {
-        let mut n = 0;
+    ) -> Beat {
+        let mut beat = Beat::default();
+        let with_ping = [frame, IDLE_PING].concat();
+        let now = self.ticks(Instant::now());
         {
             let mut socks = self.socks.borrow_mut();
             for sock in socks.iter_mut().filter(|s| slice.holds(s.id)) {
                 let conn = sock.id;
-                if self.send_frame(conn, sock, frame) {
-                    n += 1;
+                let ping = idle.is_some_and(|i| {
+                    !sock.pinged && TICK * ticks_between(sock.heard, now) >= i.ping_with_heartbeat
+                });
+                let bytes = if ping { &with_ping[..] } else { frame };
+                if self.send_frame(conn, sock, bytes) {
+                    sock.pinged |= ping;
+                    beat.sent += 1;
+                    beat.pinged += u64::from(ping);
                     took(conn, &sock.state);
                 }
             }
         }
         self.close_ended();
-        n
+        beat
     }
 
     /// One frame to one socket; false when the socket has ended or ends now.
@@ -1165,12 +1223,12 @@ impl<H: Handler> Plane<H> {
         self.close_ended();
     }
 
-    /// The per-shard sweep over one slice of the table: a Ping after half
-    /// of `idle` of silence, a close after all of it (when `idle` is not
-    /// zero), the end of sockets whose unsent bytes stopped moving, and of
-    /// those the handler says are done (a token that expired: no clock
-    /// read per message for it).
-    pub fn sweep(self: &Rc<Self>, now: Instant, idle: Duration, slice: Slice) {
+    /// The per-shard sweep over one slice of the table: the idle Ping to a
+    /// socket no heartbeat carried one to, the idle close ([`Idle`]), the
+    /// end of sockets whose unsent bytes stopped moving, and of those the
+    /// handler says are done (a token that expired: no clock read per
+    /// message for it). Returns how many Pings it sent.
+    pub fn sweep(self: &Rc<Self>, now: Instant, idle: Option<Idle>, slice: Slice) -> u64 {
         if let Kernel::Uring(_) = self.kernel {
             // Completions first, so that a send found in flight below is
             // one the kernel holds, not one whose completion waits to be
@@ -1179,8 +1237,7 @@ impl<H: Handler> Plane<H> {
             // the kernel holds count too.
             self.reap_all();
         }
-        let mut ping = Vec::new();
-        codec::encode_ping(&mut ping, b"idle?");
+        let mut pings = 0;
         let tick_now = self.ticks(now);
         {
             let mut socks = self.socks.borrow_mut();
@@ -1210,21 +1267,23 @@ impl<H: Handler> Plane<H> {
                     self.end(conn, sock, exit);
                     continue;
                 }
-                if idle.is_zero() {
+                let Some(idle) = idle else {
                     continue;
-                }
+                };
                 let silent = TICK * ticks_between(sock.heard, tick_now);
-                if silent >= idle {
+                if silent >= idle.close {
                     self.end(conn, sock, Exit::Idle);
-                } else if silent >= idle / 2 && !sock.pinged {
+                } else if silent >= idle.ping_alone && !sock.pinged {
                     sock.pinged = true;
-                    if let Err(exit) = self.write(conn, sock, &ping) {
+                    pings += 1;
+                    if let Err(exit) = self.write(conn, sock, IDLE_PING) {
                         self.end(conn, sock, exit);
                     }
                 }
             }
         }
         self.close_ended();
+        pings
     }
 
     /// io_uring: whether the socket's send is still in flight after a reap
@@ -1426,6 +1485,29 @@ mod tests {
     use shardcast_kit::wire::{self, RawFrame};
 
     use crate::ws::echo::Keep;
+
+    #[test]
+    fn the_idle_ping_is_the_codecs_ping() {
+        let mut ping = Vec::new();
+        codec::encode_ping(&mut ping, b"idle?");
+        assert_eq!(IDLE_PING, &ping[..]);
+    }
+
+    #[test]
+    fn the_idle_ping_window_is_half_a_heartbeat_around_the_half() {
+        let s = Duration::from_secs;
+        assert_eq!(Idle::new(Duration::ZERO, s(30)), None);
+        let i = Idle::new(s(120), s(30)).unwrap();
+        assert_eq!(
+            (i.ping_with_heartbeat, i.ping_alone, i.close),
+            (s(45), s(75), s(120))
+        );
+        // Heartbeats slower than half the timeout: the window is half of
+        // that, and the peer still has a quarter of the timeout to answer.
+        let i = Idle::new(s(4), s(30)).unwrap();
+        assert_eq!((i.ping_with_heartbeat, i.ping_alone), (s(1), s(3)));
+        assert!(i.close - i.ping_alone >= s(4) / 4);
+    }
 
     /// A handler for the transport's own tests: answers `got:<message>`,
     /// parks on `park` (resumed 50 ms later with `resumed`), ends the socket
@@ -1667,7 +1749,7 @@ mod tests {
                         plane.fan_out(&frame, &[]);
                         // As the shard's walk does: on io_uring, frames
                         // count once a reap found the send still held.
-                        plane.sweep(Instant::now(), Duration::ZERO, Slice { index: 0, of: 1 });
+                        plane.sweep(Instant::now(), None, Slice { index: 0, of: 1 });
                     }
                 },
             );
