@@ -315,7 +315,7 @@ impl Store {
         if self.queue.borrow().len() >= self.max_unflushed {
             return Err(OpenError::Backlog);
         }
-        let s = Rc::new(Session::new(Uuid::new_v4(), 0, 0));
+        let s = self.unwritten(Uuid::new_v4(), 0, 0);
         self.cache.borrow_mut().insert(s.clone());
         s.attach();
         // Written before the welcome goes out, so a resume on any shard finds
@@ -381,7 +381,7 @@ impl Store {
                 s
             }
             None => {
-                let s = Rc::new(Session::new(id, others, found.mine));
+                let s = self.unwritten(id, others, found.mine);
                 self.cache.borrow_mut().insert(s.clone());
                 s
             }
@@ -414,6 +414,13 @@ impl Store {
     /// width a session keeps of it.
     pub fn now(&self) -> u32 {
         self.epoch.elapsed().as_millis() as u32
+    }
+
+    /// A session this shard has not written yet: its renewal is due.
+    fn unwritten(&self, id: Uuid, base: u64, mine: u64) -> Rc<Session> {
+        let s = Session::new(id, base, mine);
+        s.renewed_at(self.now().wrapping_sub(self.renew_ms));
+        Rc::new(s)
     }
 
     /// The heartbeat walk passed an open socket of `s` at `now`: its TTL is
@@ -584,6 +591,18 @@ impl Store {
             self.enqueue(s);
         }
         result
+    }
+
+    /// Makes sure Redis holds `s`'s count before its socket is told
+    /// goodbye: a write ([`Store::persist`]), unless Redis acknowledged
+    /// every increment and the TTL is not due a renewal. A drain of silent
+    /// sockets, or of ones whose counts the flush already wrote, costs Redis
+    /// nothing.
+    pub async fn settle(&self, s: &Rc<Session>) -> Result<(), RedisError> {
+        if s.is_deleted() || s.unflushed() == 0 && !s.renewal_due(self.now(), self.renew_ms) {
+            return Ok(());
+        }
+        self.persist(s).await
     }
 
     /// Writes this session's count for a sync reply, trying again until

@@ -243,6 +243,52 @@ fn a_silent_open_socket_keeps_its_session_with_few_renewals() {
     assert_eq!(welcome["resumed"], true, "{welcome}");
 }
 
+/// Script calls Redis has run (each a batch of session writes).
+fn evalsha_calls(redis: &Redis) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A goodbye follows the count into Redis, but a count the flush already
+/// wrote is not written again: closing sockets whose counts Redis has (a
+/// drain of a node, say) costs Redis nothing.
+#[test]
+fn a_close_writes_no_count_that_redis_already_has() {
+    let redis = Redis::start();
+    let server = Server::builder(&redis).shards(1).start();
+    let mut open: Vec<(Client, String)> = (0..20)
+        .map(|_| {
+            let (mut c, welcome) = server.connect("");
+            assert_eq!(c.count("x"), 1);
+            (c, session_id(&welcome))
+        })
+        .collect();
+    wait_for("every count in Redis", Duration::from_secs(10), || {
+        open.iter()
+            .all(|(_, id)| redis.session_count(id) == Some(1))
+            .then_some(())
+    });
+    let before = evalsha_calls(&redis);
+    for (c, _) in &mut open {
+        assert_eq!(close(c), 1);
+    }
+    assert_eq!(evalsha_calls(&redis), before, "writes for counts Redis had");
+    // A count Redis lacks is still written before the goodbye.
+    let (mut c, welcome) = server.connect("");
+    let id = session_id(&welcome);
+    assert_eq!(c.count("y"), 1);
+    assert_eq!(close(&mut c), 1);
+    assert_eq!(
+        redis.session_count(&id),
+        Some(1),
+        "written before the goodbye"
+    );
+}
+
 #[test]
 fn an_expired_session_is_not_adopted() {
     let redis = Redis::start();

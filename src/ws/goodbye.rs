@@ -112,7 +112,7 @@ async fn finish(
     // The count reaches Redis before our Close frame does (contract).
     if !matches!(exit, Exit::Kick) {
         let persisted = glommio::timer::timeout(PERSIST_TIMEOUT, async {
-            Ok(ctx.store.persist(session).await)
+            Ok(ctx.store.settle(session).await)
         })
         .await;
         if !matches!(persisted, Ok(Ok(()))) {
