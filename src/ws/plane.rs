@@ -227,10 +227,30 @@ impl Spill {
     }
 }
 
-impl<H: Handler> Keyed for Sock<H> {
+/// A socket in the table: its id beside its entry, so that a walk picks its
+/// slice out of the table's own slots, read in order, instead of reading
+/// every socket's entry to find its id (a cache miss each: with a million
+/// sockets over the processes of a node, the heartbeat walk and the sweep
+/// read 30 million entries a second to visit a thirtieth of them).
+struct Slot<H: Handler>(u64, Box<Sock<H>>);
+
+impl<H: Handler> Keyed for Slot<H> {
     type Key = u64;
     fn key(&self) -> &u64 {
-        &self.id
+        &self.0
+    }
+}
+
+impl<H: Handler> std::ops::Deref for Slot<H> {
+    type Target = Sock<H>;
+    fn deref(&self) -> &Sock<H> {
+        &self.1
+    }
+}
+
+impl<H: Handler> std::ops::DerefMut for Slot<H> {
+    fn deref_mut(&mut self) -> &mut Sock<H> {
+        &mut self.1
     }
 }
 
@@ -338,7 +358,7 @@ struct Closing<H: Handler> {
 pub struct Plane<H: Handler> {
     handler: H,
     kernel: Kernel,
-    socks: RefCell<Table<Box<Sock<H>>>>,
+    socks: RefCell<Table<Slot<H>>>,
     /// io_uring: sockets out of the table waiting for their operations.
     closing: RefCell<HashMap<u64, Closing<H>>>,
     /// io_uring: sockets with bytes queued this loop turn.
@@ -518,7 +538,7 @@ impl<H: Handler> Plane<H> {
         } else if !sock.partial().is_empty() {
             self.pump(conn, &mut sock, None);
         }
-        self.socks.borrow_mut().insert(sock);
+        self.socks.borrow_mut().insert(Slot(conn, sock));
         self.close_ended();
     }
     /// Starts watching a new socket: registered with epoll, or its
@@ -1180,7 +1200,7 @@ impl<H: Handler> Plane<H> {
         let now = self.ticks(Instant::now());
         {
             let mut socks = self.socks.borrow_mut();
-            for sock in socks.iter_mut().filter(|s| slice.holds(s.id)) {
+            for sock in socks.iter_mut().filter(|s| slice.holds(s.0)) {
                 let conn = sock.id;
                 let ping = idle.is_some_and(|i| {
                     !sock.pinged && TICK * ticks_between(sock.heard, now) >= i.ping_with_heartbeat
@@ -1243,7 +1263,7 @@ impl<H: Handler> Plane<H> {
             let mut socks = self.socks.borrow_mut();
             // The slice is chosen by key before any socket is touched: the
             // keys sit together in the map, the sockets do not.
-            for sock in socks.iter_mut().filter(|s| slice.holds(s.id)) {
+            for sock in socks.iter_mut().filter(|s| slice.holds(s.0)) {
                 let conn = sock.id;
                 if sock.ended {
                     continue;
@@ -1342,7 +1362,7 @@ impl<H: Handler> Plane<H> {
             let Some((conn, exit)) = self.ended.borrow_mut().pop() else {
                 break;
             };
-            let Some(sock) = self.socks.borrow_mut().remove(&conn) else {
+            let Some(Slot(_, sock)) = self.socks.borrow_mut().remove(&conn) else {
                 continue;
             };
             match &self.kernel {
