@@ -75,7 +75,7 @@ async fn walk(
         for index in 0..of {
             let due = start + tick * (index as u32 + 1);
             glommio::timer::sleep(due.saturating_duration_since(Instant::now())).await;
-            visit(Slice { index, of });
+            visit(Slice::new(index, of));
         }
         // A walk that ended more than a period behind starts the next from
         // now: catching up on whole missed periods would only burst.
