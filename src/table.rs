@@ -98,6 +98,23 @@ impl<T: Keyed> Table<T> {
         }
     }
 
+    /// Calls `visit` for each entry in part `index` of `of` of the table's
+    /// slots, by position: a walk over every part visits every entry once,
+    /// each part in time to its share of the slots, not to the whole table.
+    /// Entries keep their slots until the table grows or rehashes; a walk
+    /// across that may see an entry twice or miss it once.
+    pub fn for_part(&mut self, index: u64, of: u64, mut visit: impl FnMut(&mut T)) {
+        let slots = self.entries.num_buckets() as u128;
+        let of = u128::from(of.max(1));
+        let lo = (slots * u128::from(index) / of) as usize;
+        let hi = (slots * (u128::from(index) + 1) / of) as usize;
+        for i in lo..hi {
+            if let Some(entry) = self.entries.get_bucket_mut(i) {
+                visit(entry);
+            }
+        }
+    }
+
     /// Every entry, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.entries.iter()
@@ -150,6 +167,28 @@ mod tests {
             (1..10_000u64).step_by(2).map(|i| i * 7).collect::<Vec<_>>()
         );
         assert_eq!(t.iter().count(), 5_000);
+    }
+
+    #[test]
+    fn the_parts_of_a_table_hold_every_entry_once() {
+        let mut t: Table<Box<E>> = Table::default();
+        for id in 0..5_000u64 {
+            t.insert(Box::new(E(id, "a")));
+        }
+        for of in [1u64, 2, 7, 19, 64, 5_000, 100_000] {
+            let mut seen = vec![0u32; 5_000];
+            for index in 0..of {
+                t.for_part(index, of, |e| seen[e.0 as usize] += 1);
+            }
+            assert!(seen.iter().all(|&n| n == 1), "{of} parts");
+        }
+        let mut n = 0;
+        t.for_part(3, 4, |e| {
+            e.1 = "b";
+            n += 1;
+        });
+        assert!((1_000..1_500).contains(&n), "a quarter of the slots: {n}");
+        assert_eq!(t.iter().filter(|e| e.1 == "b").count(), n);
     }
 
     /// Keys that are not integers (the session cache's ids) hash the same
