@@ -6,8 +6,8 @@
 //! bytes a slot, and hashbrown's one control byte) and asks it for its key.
 //! The session cache spends 24 bytes less per session than a map by id. The
 //! socket table's entry is the id beside the socket's box (16 bytes): its
-//! walks pick sockets by id, and reading the id from each socket's own
-//! memory cost a cache miss per socket per walk.
+//! heartbeat walk picks sockets by id, and reading the id from each socket's
+//! own memory cost a cache miss per socket per tick.
 
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::rc::Rc;

@@ -227,11 +227,11 @@ impl Spill {
     }
 }
 
-/// A socket in the table: its id beside its entry, so that a walk picks its
-/// slice out of the table's own slots, read in order, instead of reading
-/// every socket's entry to find its id (a cache miss each: with a million
-/// sockets over the processes of a node, the heartbeat walk and the sweep
-/// read 30 million entries a second to visit a thirtieth of them).
+/// A socket in the table: its id beside its entry, so that the heartbeat
+/// walk picks its slice by id out of the table's own slots, read in order,
+/// not out of every socket's entry (a cache miss each, a million of them a
+/// period over a node's processes). The sweep walks by position and does
+/// not need it; `Sock::id` holds the same id for the socket's own uses.
 struct Slot<H: Handler>(u64, Box<Sock<H>>);
 
 impl<H: Handler> Keyed for Slot<H> {
