@@ -4,10 +4,13 @@
 //! A map from key to entry spends a slot on a copy of the key beside the
 //! pointer; this table keeps what the entry is (a pointer to a session: 8
 //! bytes a slot, and hashbrown's one control byte) and asks it for its key.
-//! The session cache spends 24 bytes less per session than a map by id. The
-//! socket table's entry is the id beside the socket's box (16 bytes): its
-//! heartbeat walk picks sockets by id, and reading the id from each socket's
-//! own memory cost a cache miss per socket per tick.
+//! The session cache spends 24 bytes less per session than a map by id, the
+//! socket table 8 bytes less per socket.
+//!
+//! Periodic walks go by position, a part of the slots per tick
+//! ([`Table::for_part`]), not by key: picking a part by key reads every
+//! entry at every tick. [`Rounds`] makes such a walk exact, every entry once
+//! per round, even when the table moves its entries mid-round.
 
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::rc::Rc;
@@ -34,10 +37,25 @@ impl<T: Keyed> Keyed for Rc<T> {
     }
 }
 
+/// What a [`Rounds`] walk needs of an entry: a byte of its own that says
+/// which round last visited it.
+pub trait Stamped {
+    fn stamp(&mut self) -> &mut u8;
+}
+
+impl<T: Stamped> Stamped for Box<T> {
+    fn stamp(&mut self) -> &mut u8 {
+        (**self).stamp()
+    }
+}
+
 /// Entries by key; an entry's key must not change while it is in the table.
 pub struct Table<T> {
     entries: HashTable<T>,
     hasher: RandomState,
+    /// Inserts that moved every entry (the table grew or rehashed), so far:
+    /// a walk by position that spans one may see an entry twice or miss it.
+    moves: u64,
 }
 
 impl<T: Keyed> Default for Table<T> {
@@ -45,6 +63,7 @@ impl<T: Keyed> Default for Table<T> {
         Self {
             entries: HashTable::new(),
             hasher: RandomState::new(),
+            moves: 0,
         }
     }
 }
@@ -64,6 +83,12 @@ impl<T: Keyed> Table<T> {
 
     /// Adds `entry`, or replaces the one with its key (returned).
     pub fn insert(&mut self, entry: T) -> Option<T> {
+        // hashbrown makes room before it looks: with no slot left to fill
+        // (its capacity is what it holds plus what it may still take), it
+        // grows or rehashes in place, and either moves every entry.
+        if self.entries.len() == self.entries.capacity() {
+            self.moves += 1;
+        }
         let hash = self.hash(entry.key());
         let hasher = &self.hasher;
         match self.entries.entry(
@@ -115,6 +140,38 @@ impl<T: Keyed> Table<T> {
         }
     }
 
+    /// Part `index` of `of` of round `rounds`: like [`Table::for_part`],
+    /// but an entry the round already visited is skipped, and the round's
+    /// last part also visits, in one go, every entry the round missed
+    /// because the table moved its entries mid-round (rare: a growth, or a
+    /// rehash after much churn). A round is the parts `0..of` in order, `of`
+    /// fixed within it. An entry inserted mid-round is visited in it if its
+    /// slot is still ahead, in the next one otherwise.
+    pub fn for_part_once(
+        &mut self,
+        rounds: &Rounds,
+        index: u64,
+        of: u64,
+        mut visit: impl FnMut(&mut T),
+    ) where
+        T: Stamped,
+    {
+        if index == 0 {
+            rounds.begin(self.moves);
+        }
+        let now = rounds.current();
+        let mut once = |e: &mut T| {
+            if *e.stamp() != now {
+                *e.stamp() = now;
+                visit(e);
+            }
+        };
+        self.for_part(index, of, &mut once);
+        if index + 1 >= of && rounds.moved_since_begin(self.moves) {
+            self.entries.iter_mut().for_each(once);
+        }
+    }
+
     /// Every entry, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.entries.iter()
@@ -123,6 +180,37 @@ impl<T: Keyed> Table<T> {
     /// Every entry, in no order.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.entries.iter_mut()
+    }
+}
+
+/// The state of exact walks over one table: which round is on, and where
+/// the table's moves stood when it began. Entries carry the round that last
+/// visited them ([`Stamped`]); a new entry takes [`Rounds::fresh`]. A byte
+/// is enough: a live entry is visited every round, so its stamp is never
+/// more than two rounds behind.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    current: std::cell::Cell<u8>,
+    moves_at_begin: std::cell::Cell<u64>,
+}
+
+impl Rounds {
+    fn begin(&self, moves: u64) {
+        self.current.set(self.current.get().wrapping_add(1));
+        self.moves_at_begin.set(moves);
+    }
+
+    fn current(&self) -> u8 {
+        self.current.get()
+    }
+
+    fn moved_since_begin(&self, moves: u64) -> bool {
+        moves != self.moves_at_begin.get()
+    }
+
+    /// The stamp of a new entry: due in the round that is on.
+    pub fn fresh(&self) -> u8 {
+        self.current.get().wrapping_sub(1)
     }
 }
 
@@ -189,6 +277,93 @@ mod tests {
         });
         assert!((1_000..1_500).contains(&n), "a quarter of the slots: {n}");
         assert_eq!(t.iter().filter(|e| e.1 == "b").count(), n);
+    }
+
+    #[derive(Debug)]
+    struct S {
+        id: u64,
+        stamp: u8,
+        seen: u32,
+    }
+
+    impl Keyed for S {
+        type Key = u64;
+        fn key(&self) -> &u64 {
+            &self.id
+        }
+    }
+
+    impl Stamped for S {
+        fn stamp(&mut self) -> &mut u8 {
+            &mut self.stamp
+        }
+    }
+
+    /// Rounds over a table that grows mid-round (after a different part
+    /// each time), then rounds with none: each entry there at a round's
+    /// start is visited exactly once in it, and one inserted mid-round at
+    /// most once in it.
+    #[test]
+    fn a_round_visits_each_entry_once_while_the_table_grows() {
+        let rounds = Rounds::default();
+        let mut t: Table<Box<S>> = Table::default();
+        let mut next = 0u64;
+        let mut add = |t: &mut Table<Box<S>>| {
+            let stamp = rounds.fresh();
+            t.insert(Box::new(S {
+                id: next,
+                stamp,
+                seen: 0,
+            }));
+            next += 1;
+        };
+        for _ in 0..100 {
+            add(&mut t);
+        }
+        let of = 8;
+        let mut moved = 0;
+        for round in 0..300u64 {
+            let before: Vec<u64> = t.iter().map(|e| e.id).collect();
+            t.iter_mut().for_each(|e| e.seen = 0);
+            for index in 0..of {
+                t.for_part_once(&rounds, index, of, |e| e.seen += 1);
+                if round < 7 && index == round % (of - 1) {
+                    // Up to the insert that moves every entry.
+                    let moves = t.moves;
+                    while t.moves == moves {
+                        add(&mut t);
+                    }
+                    moved += 1;
+                }
+            }
+            for e in t.iter() {
+                if before.contains(&e.id) {
+                    assert_eq!(e.seen, 1, "round {round}: {} was there at its start", e.id);
+                } else {
+                    assert!(e.seen <= 1, "round {round}: {} inserted in it", e.id);
+                }
+            }
+        }
+        assert_eq!(moved, 7);
+        // 300 rounds: the byte stamp wrapped without a round skipped.
+        assert!(t.len() > 5_000, "{}", t.len());
+    }
+
+    #[test]
+    fn a_full_table_counts_the_insert_that_moves_it() {
+        let mut t: Table<Box<E>> = Table::default();
+        let mut moves = Vec::new();
+        for id in 0..1_000u64 {
+            let full = t.len() == t.entries.capacity();
+            let before = t.moves;
+            t.insert(Box::new(E(id, "a")));
+            assert_eq!(t.moves - before, u64::from(full));
+            if full {
+                moves.push(id);
+            }
+        }
+        // Growths only, at each doubling: 0, 3, 7, 14, 28, ...
+        assert!(moves.len() >= 8 && moves.len() <= 10, "{moves:?}");
     }
 
     /// Keys that are not integers (the session cache's ids) hash the same
