@@ -284,6 +284,8 @@ mod tests {
         id: u64,
         stamp: u8,
         seen: u32,
+        /// In the table when the round began.
+        there: bool,
     }
 
     impl Keyed for S {
@@ -314,6 +316,7 @@ mod tests {
                 id: next,
                 stamp,
                 seen: 0,
+                there: false,
             }));
             next += 1;
         };
@@ -323,8 +326,7 @@ mod tests {
         let of = 8;
         let mut moved = 0;
         for round in 0..300u64 {
-            let before: Vec<u64> = t.iter().map(|e| e.id).collect();
-            t.iter_mut().for_each(|e| e.seen = 0);
+            t.iter_mut().for_each(|e| (e.seen, e.there) = (0, true));
             for index in 0..of {
                 t.for_part_once(&rounds, index, of, |e| e.seen += 1);
                 if round < 7 && index == round % (of - 1) {
@@ -337,7 +339,7 @@ mod tests {
                 }
             }
             for e in t.iter() {
-                if before.contains(&e.id) {
+                if e.there {
                     assert_eq!(e.seen, 1, "round {round}: {} was there at its start", e.id);
                 } else {
                     assert!(e.seen <= 1, "round {round}: {} inserted in it", e.id);
@@ -349,21 +351,59 @@ mod tests {
         assert!(t.len() > 5_000, "{}", t.len());
     }
 
+    /// Where each entry sits, by slot.
+    fn slots(t: &Table<Box<E>>) -> Vec<Option<u64>> {
+        (0..t.entries.num_buckets())
+            .map(|i| t.entries.get_bucket(i).map(|e| e.0))
+            .collect()
+    }
+
+    /// Every insert that moves an entry to another slot is counted, while
+    /// the table grows and then under churn (removes leave tombstones,
+    /// which hashbrown clears by rehashing in place).
     #[test]
-    fn a_full_table_counts_the_insert_that_moves_it() {
+    fn an_insert_that_moves_entries_is_counted() {
         let mut t: Table<Box<E>> = Table::default();
-        let mut moves = Vec::new();
-        for id in 0..1_000u64 {
-            let full = t.len() == t.entries.capacity();
-            let before = t.moves;
+        let (mut counted, mut in_place) = (0, 0);
+        let mut insert = |t: &mut Table<Box<E>>, id: u64| {
+            let (before, moves) = (slots(t), t.moves);
             t.insert(Box::new(E(id, "a")));
-            assert_eq!(t.moves - before, u64::from(full));
-            if full {
-                moves.push(id);
+            let after = slots(t);
+            let kept = before.len() == after.len()
+                && before
+                    .iter()
+                    .zip(&after)
+                    .all(|(b, a)| b.is_none() || b == a);
+            if !kept {
+                assert_eq!(t.moves, moves + 1, "inserting {id} moved entries uncounted");
             }
+            counted += t.moves - moves;
+            in_place += u64::from(t.moves > moves && before.len() == after.len());
+        };
+        // Growth: up to the load limit of 128 slots (112 entries).
+        let mut live: Vec<u64> = (0..112).collect();
+        for &id in &live {
+            insert(&mut t, id);
         }
-        // Growths only, at each doubling: 0, 3, 7, 14, 28, ...
-        assert!(moves.len() >= 8 && moves.len() <= 10, "{moves:?}");
+        // Churn at under half that load: removes leave tombstones now and
+        // then, until no slot is left to fill and the table rehashes.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = 112;
+        for step in 0..6_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let gone = live.swap_remove(seed as usize % live.len());
+            assert!(t.remove(&gone).is_some());
+            if step < 62 {
+                continue;
+            }
+            insert(&mut t, next);
+            live.push(next);
+            next += 1;
+        }
+        assert!(counted >= 4, "{counted} moves counted");
+        assert!(in_place >= 1, "churn rehashed in place: {in_place}");
     }
 
     /// Keys that are not integers (the session cache's ids) hash the same
