@@ -27,7 +27,7 @@ use crate::redis::{Redis, RedisTarget};
 use crate::store::Store;
 use crate::ws::codec;
 use crate::ws::counter::{self, Sockets};
-use crate::ws::plane::{Idle, Slice};
+use crate::ws::plane::{Idle, Slice, Sweep};
 
 /// The end of a drain kept for the last flush of counts to Redis.
 const FLUSH_RESERVE: Duration = Duration::from_millis(500);
@@ -283,17 +283,13 @@ fn start_walks(shard: &Rc<Context>, plane: &Rc<Sockets>) {
     ))
     .detach();
     // The sweep (pings, idle closes, stalled writers, expired tokens) passes
-    // over every socket a few times per idle timeout, instead of a timer per
+    // over the sockets a few times per idle timeout, instead of a timer per
     // socket re-armed on every message.
     let (s, p) = (shard.clone(), plane.clone());
-    let timeout = cfg.idle_timeout;
-    let every = if timeout.is_zero() {
-        Duration::from_secs(1)
-    } else {
-        (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
-    };
-    glommio::spawn_local(walk(plane.clone(), every, 1024, capacity, move |slice| {
-        let pings = p.sweep(Instant::now(), idle, slice);
+    let sweep = Sweep::new(cfg.idle_timeout, cfg.heartbeat_interval);
+    let period = sweep.period;
+    glommio::spawn_local(walk(plane.clone(), period, 1024, capacity, move |slice| {
+        let pings = p.sweep(Instant::now(), &sweep, slice);
         s.metrics().idle_pings_total.add(pings);
     }))
     .detach();

@@ -176,7 +176,9 @@ fn a_live_socket_is_closed_when_its_token_expires_and_kept_when_refreshed() {
     let redis = Redis::start();
     let server = Server::builder(&redis)
         .arg("--auth-secret", SECRET)
-        .arg("--idle-timeout", "0")
+        // The sweep reads every socket for idle checks once per 10 s at
+        // this timeout; one with a token's deadline is read every second.
+        .arg("--idle-timeout", "240s")
         .start();
     let long = token_for("ana", 600, Some(r#"["lobby"]"#));
     let (mut witness, _) = server.connect(&format!("token={long}"));

@@ -583,6 +583,10 @@ impl Handler for Counter {
         (now >= expires).then_some(Exit::TokenExpired)
     }
 
+    fn timed(&self, c: &Conn) -> bool {
+        c.grant.as_ref().is_some_and(|g| g.expires.is_some())
+    }
+
     fn ended(&self, left: Left<Conn>) {
         let Left {
             conn,

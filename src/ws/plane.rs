@@ -11,7 +11,7 @@
 //!
 //! Either way frames are decoded in place and a socket's replies of a wake
 //! go out as one send. Idle closes and stalled writers are found by sweeps
-//! over the table, not by timers per socket, and the idle Ping goes in the
+//! ([`Sweep`]), not by timers per socket, and the idle Ping goes in the
 //! heartbeat's send ([`Idle`]).
 //!
 //! The plane knows frames, buffers, write queues and timers, nothing of what
@@ -90,6 +90,40 @@ impl Idle {
     }
 }
 
+/// How the sweep passes over a shard's sockets. Every round reads the
+/// sockets with unsent bytes (a stalled writer is found within a round of
+/// its 10 s); only every `full`th round reads every socket, for the checks
+/// whose time scale is the idle timeout. While any socket has a deadline of
+/// its handler's (a token's `exp`), every round reads them all, so that an
+/// expiry is found within a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sweep {
+    pub idle: Option<Idle>,
+    /// How long one round takes.
+    pub period: Duration,
+    /// Rounds from one read of every socket to the next (at least 1).
+    pub full: u32,
+}
+
+impl Sweep {
+    /// A few rounds per idle timeout, between every 250 ms and every
+    /// second; every socket read once per 24th of the timeout (a silent
+    /// socket is closed at most 4% late), or every round for short ones.
+    pub fn new(timeout: Duration, heartbeat: Duration) -> Self {
+        let period = if timeout.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(1))
+        };
+        let full = (timeout / 24).as_nanos() / period.as_nanos();
+        Self {
+            idle: Idle::new(timeout, heartbeat),
+            period,
+            full: full.clamp(1, u128::from(u32::MAX)) as u32,
+        }
+    }
+}
+
 /// What one heartbeat slice sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Beat {
@@ -130,6 +164,12 @@ pub trait Handler: Sized + 'static {
     /// Whether the sweep ends the socket for the handler's own reason.
     fn expired(&self, _state: &Self::State, _now: Instant) -> Option<Exit> {
         None
+    }
+
+    /// Whether the socket has a deadline that [`Handler::expired`] checks:
+    /// while any has, every sweep round reads every socket ([`Sweep`]).
+    fn timed(&self, _state: &Self::State) -> bool {
+        false
     }
 
     /// The socket left the table (it is out of the epoll set): its close.
@@ -179,8 +219,9 @@ struct Sock<H: Handler> {
     spill: Option<Box<Spill>>,
     /// When the peer last sent anything, in the plane's coarse ticks.
     heard: u32,
-    /// [`PINGED`], [`WAITING`], [`ENDED`]: one byte for the three, so that
-    /// the heartbeat's stamp fits with them in the entry's 160 bytes.
+    /// [`PINGED`], [`WAITING`], [`ENDED`], [`HOT`], [`TIMED`]: one byte for
+    /// all, so that the heartbeat's stamp fits with them in the entry's 160
+    /// bytes.
     flags: u8,
     /// epoll: the events this socket is registered for (`IN`, `OUT`);
     /// io_uring: which of its operations are in flight (`ARMED`, `SENDING`,
@@ -245,6 +286,10 @@ const PINGED: u8 = 1;
 const WAITING: u8 = 2;
 /// The socket has ended and waits in `Plane::ended` to leave the table.
 const ENDED: u8 = 4;
+/// On `Plane::hot`: it had bytes the kernel had not taken.
+const HOT: u8 = 8;
+/// Its handler gave it a deadline: counted in `Plane::timed`.
+const TIMED: u8 = 16;
 
 impl<H: Handler> Sock<H> {
     fn is(&self, flag: u8) -> bool {
@@ -377,6 +422,14 @@ pub struct Plane<H: Handler> {
     socks: RefCell<Table<Box<Sock<H>>>>,
     /// The heartbeat's rounds over `socks`.
     beats: Rounds,
+    /// Sockets that had bytes the kernel had not taken since the sweep last
+    /// looked (flag [`HOT`]): each sweep tick checks these for a stall, so
+    /// the other sockets are read only at the sweep's full rounds.
+    hot: RefCell<Vec<u64>>,
+    /// Sockets with flag [`TIMED`].
+    timed: Cell<usize>,
+    /// The sweep's rounds so far.
+    sweeps: Cell<u32>,
     /// io_uring: sockets out of the table waiting for their operations.
     closing: RefCell<HashMap<u64, Closing<H>>>,
     /// io_uring: sockets with bytes queued this loop turn.
@@ -457,6 +510,9 @@ impl<H: Handler> Plane<H> {
             kernel,
             socks: RefCell::new(Table::default()),
             beats: Rounds::default(),
+            hot: RefCell::new(Vec::new()),
+            timed: Cell::new(0),
+            sweeps: Cell::new(0),
             closing: RefCell::new(HashMap::new()),
             queued: RefCell::new(Vec::new()),
             turn: Cell::new(0),
@@ -545,6 +601,7 @@ impl<H: Handler> Plane<H> {
             opened: self.ticks(now),
             state,
         });
+        self.time(&mut sock);
         if let Err(e) = self.watch(conn, &mut sock) {
             tracing::warn!(error = %e, "epoll_ctl add failed");
             self.end(conn, &mut sock, Exit::Gone);
@@ -789,6 +846,26 @@ impl<H: Handler> Plane<H> {
             )
         };
         sock.interest |= SENDING;
+        self.heat(conn, sock);
+    }
+
+    /// Puts the socket on the sweep's list of those to check for a stall
+    /// at every tick, until its bytes are gone.
+    fn heat(&self, conn: u64, sock: &mut Sock<H>) {
+        if !sock.is(HOT) {
+            sock.set(HOT, true);
+            self.hot.borrow_mut().push(conn);
+        }
+    }
+
+    /// Counts the socket among those with a deadline, if its handler gave
+    /// it one. A deadline taken away later leaves it counted: the sweep
+    /// only reads more than it needs until the socket ends.
+    fn time(&self, sock: &mut Sock<H>) {
+        if self.handler.timed(&sock.state) {
+            sock.set(TIMED, true);
+            self.timed.set(self.timed.get() + 1);
+        }
     }
 
     /// io_uring: an operation of a socket out of the table completed (`op`,
@@ -968,7 +1045,12 @@ impl<H: Handler> Plane<H> {
                 arrived,
                 deflate,
             };
-            match self.handler.message(self, msg, out) {
+            let flow = self.handler.message(self, msg, out);
+            if !sock.is(TIMED) {
+                // A refresh may have given it a deadline.
+                self.time(sock);
+            }
+            match flow {
                 Flow::Go => {}
                 Flow::Park => return (start, Some(Stop::Park)),
                 Flow::End(exit) => return (buf.len(), Some(Stop::Exit(exit))),
@@ -1089,6 +1171,7 @@ impl<H: Handler> Plane<H> {
             spill.backlog.extend_from_slice(&bytes[sent..]);
             spill.backlog_frames = 1;
             spill.stalled_since = Some(Instant::now());
+            self.heat(conn, sock);
             let interest = sock.interest | OUT;
             self.set_interest(conn, sock, interest)
                 .map_err(|_| Exit::Gone)?;
@@ -1265,12 +1348,13 @@ impl<H: Handler> Plane<H> {
         self.close_ended();
     }
 
-    /// The per-shard sweep over one slice of the table: the idle Ping to a
-    /// socket no heartbeat carried one to, the idle close ([`Idle`]), the
-    /// end of sockets whose unsent bytes stopped moving, and of those the
-    /// handler says are done (a token that expired: no clock read per
+    /// The per-shard sweep, one tick of a round ([`Sweep`]): the sockets
+    /// with unsent bytes, checked for a stall; then, at a full round, one
+    /// slice of the table: the idle Ping to a socket no heartbeat carried
+    /// one to, the idle close ([`Idle`]), stalled writers, and the sockets
+    /// the handler says are done (a token that expired: no clock read per
     /// message for it). Returns how many Pings it sent.
-    pub fn sweep(self: &Rc<Self>, now: Instant, idle: Option<Idle>, slice: Slice) -> u64 {
+    pub fn sweep(self: &Rc<Self>, now: Instant, sweep: &Sweep, slice: Slice) -> u64 {
         if let Kernel::Uring(_) = self.kernel {
             // Completions first, so that a send found in flight below is
             // one the kernel holds, not one whose completion waits to be
@@ -1279,57 +1363,105 @@ impl<H: Handler> Plane<H> {
             // the kernel holds count too.
             self.reap_all();
         }
-        let mut pings = 0;
-        let tick_now = self.ticks(now);
+        if slice.index() == 0 {
+            self.sweeps.set(self.sweeps.get().wrapping_add(1));
+        }
+        self.sweep_hot(now);
+        let full = self.timed.get() > 0 || self.sweeps.get() % sweep.full.max(1) == 0;
+        let pings = if full {
+            self.sweep_all(now, sweep.idle, slice)
+        } else {
+            0
+        };
+        self.close_ended();
+        pings
+    }
+
+    /// Checks every socket on the hot list for a stall, and takes off it
+    /// those whose bytes are gone. It holds the sockets written since the
+    /// last tick (io_uring: every send; epoll: a send the kernel cut short),
+    /// so in a quiet shard a tick reads a handful of sockets, not a slice.
+    fn sweep_hot(&self, now: Instant) {
+        let mut hot = std::mem::take(&mut *self.hot.borrow_mut());
         {
-            // By position in the table, not by id: a tick reads its share
-            // of the slots, where picking by id read every socket at every
-            // tick (19 times a second, a seventh of both CPUs with a million
-            // sockets held). A socket the table moves while it grows is
-            // visited twice or missed for one period: a Ping, a close or
-            // a stall found one sweep late (the heartbeat, which must be
-            // exact, makes up for such moves: `Table::for_part_once`).
             let mut socks = self.socks.borrow_mut();
-            socks.for_part(slice.index(), slice.of(), |sock| {
-                let conn = sock.id;
-                if sock.is(ENDED) {
-                    return;
-                }
-                if self.send_waits(sock) {
-                    // io_uring: a send still in flight after a reap that
-                    // followed it is one the kernel would not take; its
-                    // stall is timed from the first sweep that finds it so
-                    // (timing it from the submission would count the time
-                    // the process was not running, or the CQE not reaped).
-                    sock.spill().stalled_since.get_or_insert(now);
-                }
-                if sock
-                    .stalled_since()
-                    .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
-                {
-                    self.end(conn, sock, Exit::SlowReader);
-                    return;
-                }
-                if let Some(exit) = self.handler.expired(&sock.state, now) {
-                    self.end(conn, sock, exit);
-                    return;
-                }
-                let Some(idle) = idle else {
-                    return;
+            hot.retain(|&conn| {
+                let Some(sock) = socks.get_mut(&conn) else {
+                    return false;
                 };
-                let silent = TICK * ticks_between(sock.heard, tick_now);
-                if silent >= idle.close {
-                    self.end(conn, sock, Exit::Idle);
-                } else if silent >= idle.ping_alone && !sock.is(PINGED) {
-                    sock.set(PINGED, true);
-                    pings += 1;
-                    if let Err(exit) = self.write(conn, sock, IDLE_PING) {
-                        self.end(conn, sock, exit);
-                    }
+                if sock.is(ENDED) {
+                    return false;
                 }
+                if self.stalled(sock, now) {
+                    self.end(conn, sock, Exit::SlowReader);
+                    return false;
+                }
+                let holds = sock.interest & SENDING != 0 || sock.has_backlog();
+                sock.set(HOT, holds);
+                holds
             });
         }
-        self.close_ended();
+        // Nothing above heats a socket, so the list is still empty; a
+        // connect storm's list is not kept at its peak.
+        if hot.capacity() > 1024 && hot.len() < hot.capacity() / 4 {
+            hot.shrink_to(hot.len() * 2);
+        }
+        *self.hot.borrow_mut() = hot;
+    }
+
+    /// Whether the socket's unsent bytes have not moved for `WRITE_STALL`.
+    fn stalled(&self, sock: &mut Sock<H>, now: Instant) -> bool {
+        if self.send_waits(sock) {
+            // io_uring: a send still in flight after a reap that followed
+            // it is one the kernel would not take; its stall is timed from
+            // the first sweep that finds it so (timing it from the
+            // submission would count the time the process was not running,
+            // or the CQE not reaped).
+            sock.spill().stalled_since.get_or_insert(now);
+        }
+        sock.stalled_since()
+            .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
+    }
+
+    /// A full round's tick: every check, on one slice of the table.
+    fn sweep_all(self: &Rc<Self>, now: Instant, idle: Option<Idle>, slice: Slice) -> u64 {
+        let mut pings = 0;
+        let tick_now = self.ticks(now);
+        // By position in the table, not by id: a tick reads its share of
+        // the slots, where picking by id read every socket at every tick
+        // (19 times a second, a seventh of both CPUs with a million sockets
+        // held). A socket the table moves while it grows is visited twice
+        // or missed for one period: a Ping, a close or a stall found one
+        // sweep late (the heartbeat, which must be exact, makes up for such
+        // moves: `Table::for_part_once`).
+        let mut socks = self.socks.borrow_mut();
+        socks.for_part(slice.index(), slice.of(), |sock| {
+            let conn = sock.id;
+            if sock.is(ENDED) {
+                return;
+            }
+            if self.stalled(sock, now) {
+                self.end(conn, sock, Exit::SlowReader);
+                return;
+            }
+            if let Some(exit) = self.handler.expired(&sock.state, now) {
+                self.end(conn, sock, exit);
+                return;
+            }
+            let Some(idle) = idle else {
+                return;
+            };
+            let silent = TICK * ticks_between(sock.heard, tick_now);
+            if silent >= idle.close {
+                self.end(conn, sock, Exit::Idle);
+            } else if silent >= idle.ping_alone && !sock.is(PINGED) {
+                sock.set(PINGED, true);
+                pings += 1;
+                if let Err(exit) = self.write(conn, sock, IDLE_PING) {
+                    self.end(conn, sock, exit);
+                }
+            }
+        });
         pings
     }
 
@@ -1392,6 +1524,9 @@ impl<H: Handler> Plane<H> {
             let Some(sock) = self.socks.borrow_mut().remove(&conn) else {
                 continue;
             };
+            if sock.is(TIMED) {
+                self.timed.set(self.timed.get() - 1);
+            }
             match &self.kernel {
                 Kernel::Epoll(epoll) => {
                     // SAFETY: both descriptors are open; DEL ignores the event.
@@ -1796,12 +1931,125 @@ mod tests {
                         plane.fan_out(&frame, &[]);
                         // As the shard's walk does: on io_uring, frames
                         // count once a reap found the send still held.
-                        plane.sweep(Instant::now(), None, Slice::new(0, 1));
+                        // No full round: only the hot list can find it.
+                        let sweep = Sweep {
+                            idle: None,
+                            period: Duration::from_secs(1),
+                            full: u32::MAX,
+                        };
+                        plane.sweep(Instant::now(), &sweep, Slice::new(0, 1));
                     }
                 },
             );
             assert_eq!(left, vec!["SlowReader"]);
         }
+    }
+
+    #[test]
+    fn a_send_that_stops_moving_is_found_without_a_full_round() {
+        for io in PLANES {
+            let frame = {
+                let mut f = Vec::new();
+                codec::encode_text(&mut f, &vec![b'x'; 4 << 20]);
+                f
+            };
+            // One frame, more than the socket's buffers take; the client
+            // never reads it.
+            let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = gone.clone();
+            let sweeps = Cell::new(0u32);
+            let (_, left) = with_plane(
+                io,
+                1000,
+                move |s| {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                        assert!(Instant::now() < deadline, "never ended as a slow reader");
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    drop(s);
+                },
+                move |plane| {
+                    if plane.is_empty() {
+                        gone.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                    let n = sweeps.get();
+                    sweeps.set(n + 1);
+                    if n == 0 {
+                        plane.fan_out(&frame, &[]);
+                        return;
+                    }
+                    // No full round ever: only the hot list can find it. The
+                    // first sweeps start its stall clock; a later one comes
+                    // as if the stall had lasted past its limit.
+                    let sweep = Sweep {
+                        idle: None,
+                        period: Duration::from_secs(1),
+                        full: u32::MAX,
+                    };
+                    let later = if n < 3 { Duration::ZERO } else { WRITE_STALL };
+                    plane.sweep(Instant::now() + later, &sweep, Slice::new(0, 1));
+                },
+            );
+            assert_eq!(left, vec!["SlowReader"], "{io:?}");
+        }
+    }
+
+    #[test]
+    fn a_silent_socket_is_closed_at_the_first_full_round() {
+        for io in PLANES {
+            let (rounds, started) = (Rc::new(Cell::new(0u32)), Cell::new(None::<Instant>));
+            let seen = rounds.clone();
+            let (eof, left) = with_plane(
+                io,
+                4,
+                |mut s| {
+                    let mut b = [0u8; 16];
+                    s.read(&mut b).unwrap()
+                },
+                move |plane| {
+                    // Silent for longer than the timeout before the first round.
+                    let t = started.get().unwrap_or_else(Instant::now);
+                    started.set(Some(t));
+                    if t.elapsed() < Duration::from_millis(40) || seen.get() == 3 {
+                        return;
+                    }
+                    let idle = Idle {
+                        close: Duration::from_millis(10),
+                        ping_with_heartbeat: Duration::from_secs(60),
+                        ping_alone: Duration::from_secs(60),
+                    };
+                    let sweep = Sweep {
+                        idle: Some(idle),
+                        period: Duration::from_secs(1),
+                        full: 3,
+                    };
+                    plane.sweep(Instant::now(), &sweep, Slice::new(0, 1));
+                    seen.set(seen.get() + 1);
+                    assert_eq!(
+                        plane.socks.borrow().len(),
+                        usize::from(seen.get() < 3),
+                        "round {}: closed only at the full one",
+                        seen.get()
+                    );
+                },
+            );
+            assert_eq!((eof, left), (0, vec!["Idle".to_string()]));
+        }
+    }
+
+    #[test]
+    fn a_sweep_reads_every_socket_a_few_times_per_idle_timeout() {
+        let s = Duration::from_secs;
+        let sweep = Sweep::new(s(120), s(30));
+        assert_eq!((sweep.period, sweep.full), (s(1), 5));
+        assert_eq!(sweep.idle, Idle::new(s(120), s(30)));
+        // Short timeouts: every round is full, as often as four a timeout.
+        let sweep = Sweep::new(s(2), s(30));
+        assert_eq!((sweep.period, sweep.full), (Duration::from_millis(500), 1));
+        assert_eq!(Sweep::new(Duration::ZERO, s(30)).full, 1);
+        assert_eq!(Sweep::new(s(60), s(30)).full, 2);
     }
 
     #[test]
