@@ -1312,7 +1312,9 @@ impl<H: Handler> Plane<H> {
                 });
                 let bytes = if ping { &with_ping[..] } else { frame };
                 if self.send_frame(conn, sock, bytes) {
-                    sock.set(PINGED, ping || sock.is(PINGED));
+                    if ping {
+                        sock.set(PINGED, true);
+                    }
                     beat.sent += 1;
                     beat.pinged += u64::from(ping);
                     took(conn, &sock.state);
