@@ -131,11 +131,17 @@ impl Timers {
     fn process_timers(&mut self) -> (Option<Duration>, usize) {
         let now = Instant::now();
 
-        // Split timers into ready and pending timers.
-        let pending = self.timers.split_off(&(now, 0));
-        let ready = mem::replace(&mut self.timers, pending);
-        let woke = ready.len();
-        for (_, waker) in ready {
+        // shardcast patch: take the ready timers off the front, the ones
+        // `split_off(&(now, 0))` took, without building a second map: the
+        // split allocated a tree and moved the pending timers into it on
+        // every call, which is every loop turn, mostly to find none ready.
+        let mut woke = 0;
+        while let Some(first) = self.timers.first_entry() {
+            if first.key().0 >= now {
+                break;
+            }
+            let waker = first.remove();
+            woke += 1;
             wake!(waker);
         }
 
