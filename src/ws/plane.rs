@@ -258,6 +258,14 @@ struct Spill {
 }
 
 impl Spill {
+    fn holds_nothing(&self) -> bool {
+        self.partial.is_empty() && self.backlog.is_empty() && self.inflight.is_empty()
+    }
+
+    /// How many bytes its buffers keep allocated.
+    fn capacity(&self) -> usize {
+        self.partial.capacity() + self.backlog.capacity() + self.inflight.capacity()
+    }
     /// io_uring: the kernel took `res` bytes of the send in flight (none
     /// for an error); returns how many left it.
     fn took(&mut self, res: i32) -> usize {
@@ -279,6 +287,14 @@ impl<H: Handler> Stamped for Sock<H> {
         &mut self.beat
     }
 }
+
+/// Emptied spills a plane keeps for reuse, and the most buffer capacity a
+/// kept one may hold: under load nearly every reply takes a spill and gives
+/// it back a loop turn later (io_uring: the bytes wait for the turn's
+/// submission, then for the send's completion), and a kept one spares two
+/// allocations and two frees per reply. A few KiB per shard at most.
+const SPARES: usize = 32;
+const SPARE_BYTES: usize = 1024;
 
 /// A Ping went out since the peer last sent anything.
 const PINGED: u8 = 1;
@@ -314,21 +330,6 @@ impl<H: Handler> Sock<H> {
 
     fn stalled_since(&self) -> Option<Instant> {
         self.spill.as_ref().and_then(|s| s.stalled_since)
-    }
-
-    fn spill(&mut self) -> &mut Spill {
-        self.spill.get_or_insert_with(Default::default)
-    }
-
-    /// Gives the spill back once it holds nothing.
-    fn tidy(&mut self) {
-        if self
-            .spill
-            .as_ref()
-            .is_some_and(|s| s.partial.is_empty() && s.backlog.is_empty() && s.inflight.is_empty())
-        {
-            self.spill = None;
-        }
     }
 }
 
@@ -428,6 +429,11 @@ pub struct Plane<H: Handler> {
     hot: RefCell<Vec<u64>>,
     /// Sockets with flag [`TIMED`].
     timed: Cell<usize>,
+    /// Emptied spills, for the next socket that needs one ([`SPARES`]).
+    /// The boxes themselves are what is kept: a socket holds its spill
+    /// boxed, and a `Vec<Spill>` would cost an allocation at each reuse.
+    #[allow(clippy::vec_box)]
+    spares: RefCell<Vec<Box<Spill>>>,
     /// The sweep's rounds so far.
     sweeps: Cell<u32>,
     /// io_uring: sockets out of the table waiting for their operations.
@@ -512,6 +518,7 @@ impl<H: Handler> Plane<H> {
             beats: Rounds::default(),
             hot: RefCell::new(Vec::new()),
             timed: Cell::new(0),
+            spares: RefCell::new(Vec::new()),
             sweeps: Cell::new(0),
             closing: RefCell::new(HashMap::new()),
             queued: RefCell::new(Vec::new()),
@@ -755,9 +762,9 @@ impl<H: Handler> Plane<H> {
                     sock.heard = self.ticks(now);
                     sock.set(PINGED, false);
                     if sock.is(WAITING) {
-                        sock.spill().partial.extend_from_slice(bytes);
+                        self.spill(sock).partial.extend_from_slice(bytes);
                     } else if !sock.partial().is_empty() {
-                        sock.spill().partial.extend_from_slice(bytes);
+                        self.spill(sock).partial.extend_from_slice(bytes);
                         self.pump(d.conn, sock, Some(now));
                     } else {
                         self.decode(d.conn, sock, bytes, now);
@@ -801,7 +808,7 @@ impl<H: Handler> Plane<H> {
             self.end(d.conn, sock, Exit::Gone);
             return;
         }
-        let spill = sock.spill();
+        let spill = self.spill(sock);
         if d.res == 0 && !spill.inflight.is_empty() {
             // Nothing taken and no error: the peer is gone for writes.
             self.end(d.conn, sock, Exit::Gone);
@@ -828,7 +835,7 @@ impl<H: Handler> Plane<H> {
             if spill.backlog.is_empty() {
                 spill.stalled_since = None;
                 spill.backlog_frames = 0;
-                sock.tidy();
+                self.tidy(sock);
                 return;
             }
             std::mem::swap(&mut spill.inflight, &mut spill.backlog);
@@ -847,6 +854,30 @@ impl<H: Handler> Plane<H> {
         };
         sock.interest |= SENDING;
         self.heat(conn, sock);
+    }
+
+    /// The socket's spill, made (or taken from the spares) if it had none.
+    fn spill<'a>(&self, sock: &'a mut Sock<H>) -> &'a mut Spill {
+        sock.spill
+            .get_or_insert_with(|| self.spares.borrow_mut().pop().unwrap_or_default())
+    }
+
+    /// Takes the socket's spill away once it holds nothing, and keeps it
+    /// for another if there is room among the spares.
+    fn tidy(&self, sock: &mut Sock<H>) {
+        if !sock.spill.as_ref().is_some_and(|s| s.holds_nothing()) {
+            return;
+        }
+        let Some(mut spill) = sock.spill.take() else {
+            return;
+        };
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() < SPARES && spill.capacity() <= SPARE_BYTES {
+            spill.sent_turn = 0;
+            spill.backlog_frames = 0;
+            spill.stalled_since = None;
+            spares.push(spill);
+        }
     }
 
     /// Puts the socket on the sweep's list of those to check for a stall
@@ -964,7 +995,7 @@ impl<H: Handler> Plane<H> {
         // Kept bytes fit the buffer but for an upgrade whose first frames
         // came with a large head: take them a buffer at a time.
         while !sock.partial().is_empty() && !sock.is(WAITING) && !sock.is(ENDED) {
-            let spill = sock.spill();
+            let spill = self.spill(sock);
             let take = spill.partial.len().min(rx.len());
             let tail = spill.partial.split_off(take);
             rx[..take].copy_from_slice(&spill.partial);
@@ -972,13 +1003,13 @@ impl<H: Handler> Plane<H> {
             self.decode(conn, sock, &mut rx[..take], arrived);
             let stuck = sock.partial().len() == take;
             if !tail.is_empty() {
-                sock.spill().partial.extend_from_slice(&tail);
+                self.spill(sock).partial.extend_from_slice(&tail);
             }
             if stuck || tail.is_empty() {
                 break;
             }
         }
-        sock.tidy();
+        self.tidy(sock);
     }
 
     /// Handles every complete event in `buf`, writes the replies, keeps what
@@ -988,9 +1019,9 @@ impl<H: Handler> Plane<H> {
         out.clear();
         let (used, stop) = self.events(conn, sock, buf, arrived, &mut out);
         if used < buf.len() {
-            sock.spill().partial.extend_from_slice(&buf[used..]);
+            self.spill(sock).partial.extend_from_slice(&buf[used..]);
         } else {
-            sock.tidy();
+            self.tidy(sock);
         }
         let wrote = if out.is_empty() {
             Ok(())
@@ -1142,7 +1173,7 @@ impl<H: Handler> Plane<H> {
         if let Kernel::Uring(_) = self.kernel {
             let busy = sock.interest;
             let turn = self.turn.get();
-            let spill = sock.spill();
+            let spill = self.spill(sock);
             if busy & SENDING != 0 && spill.sent_turn != turn {
                 if spill.backlog_frames >= self.limits.outbound_frames {
                     return Err(Exit::SlowReader);
@@ -1157,7 +1188,7 @@ impl<H: Handler> Plane<H> {
             return Ok(());
         }
         if sock.has_backlog() {
-            let spill = sock.spill();
+            let spill = self.spill(sock);
             if spill.backlog_frames >= self.limits.outbound_frames {
                 return Err(Exit::SlowReader);
             }
@@ -1167,7 +1198,7 @@ impl<H: Handler> Plane<H> {
         }
         let sent = send(sock.fd.as_raw_fd(), bytes).map_err(|_| Exit::Gone)?;
         if sent < bytes.len() {
-            let spill = sock.spill();
+            let spill = self.spill(sock);
             spill.backlog.extend_from_slice(&bytes[sent..]);
             spill.backlog_frames = 1;
             spill.stalled_since = Some(Instant::now());
@@ -1185,7 +1216,7 @@ impl<H: Handler> Plane<H> {
             return Ok(());
         }
         let fd = sock.fd.as_raw_fd();
-        let spill = sock.spill();
+        let spill = self.spill(sock);
         let sent = send(fd, &spill.backlog).map_err(|_| Exit::Gone)?;
         if sent > 0 {
             spill.backlog.drain(..sent);
@@ -1195,7 +1226,7 @@ impl<H: Handler> Plane<H> {
             spill.backlog = Vec::new();
             spill.backlog_frames = 0;
             spill.stalled_since = None;
-            sock.tidy();
+            self.tidy(sock);
             let interest = sock.interest & !OUT;
             self.set_interest(conn, sock, interest)
                 .map_err(|_| Exit::Gone)?;
@@ -1419,7 +1450,7 @@ impl<H: Handler> Plane<H> {
             // the first sweep that finds it so (timing it from the
             // submission would count the time the process was not running,
             // or the CQE not reaped).
-            sock.spill().stalled_since.get_or_insert(now);
+            self.spill(sock).stalled_since.get_or_insert(now);
         }
         sock.stalled_since()
             .is_some_and(|t| now.saturating_duration_since(t) >= WRITE_STALL)
@@ -1995,6 +2026,53 @@ mod tests {
                 },
             );
             assert_eq!(left, vec!["SlowReader"], "{io:?}");
+        }
+    }
+
+    #[test]
+    fn an_emptied_spill_is_kept_clean_for_the_next_and_a_large_one_is_not() {
+        for io in PLANES {
+            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let seen = done.clone();
+            with_plane(
+                io,
+                4,
+                move |s| {
+                    while !seen.load(std::sync::atomic::Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    drop(s);
+                },
+                move |plane| {
+                    if done.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    plane.spares.borrow_mut().clear();
+                    let mut socks = plane.socks.borrow_mut();
+                    let sock = socks.get_mut(&7).expect("the socket");
+                    let spill = plane.spill(sock);
+                    spill.backlog.extend_from_slice(b"unsent");
+                    (spill.backlog_frames, spill.sent_turn) = (3, 9);
+                    spill.stalled_since = Some(Instant::now());
+                    plane.tidy(sock);
+                    assert!(sock.spill.is_some(), "a spill with bytes stays");
+                    plane.spill(sock).backlog.clear();
+                    plane.tidy(sock);
+                    assert!(sock.spill.is_none());
+                    assert_eq!(plane.spares.borrow().len(), 1, "kept");
+                    let again = plane.spill(sock);
+                    assert!(again.backlog.capacity() > 0, "the kept one, reused");
+                    assert_eq!(
+                        (again.backlog_frames, again.sent_turn, again.stalled_since),
+                        (0, 0, None),
+                        "nothing of its last socket's state"
+                    );
+                    again.inflight.reserve(SPARE_BYTES + 1);
+                    plane.tidy(sock);
+                    assert!(plane.spares.borrow().is_empty(), "too large to keep");
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                },
+            );
         }
     }
 
