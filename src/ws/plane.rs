@@ -1695,7 +1695,8 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
-    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use shardcast_kit::wire::{self, RawFrame};
 
@@ -1843,6 +1844,26 @@ mod tests {
 
     const MASK: [u8; 4] = [1, 2, 3, 4];
 
+    /// A text frame of `len` bytes of `x`.
+    fn text_of(len: usize) -> Vec<u8> {
+        let mut f = Vec::new();
+        codec::encode_text(&mut f, &vec![b'x'; len]);
+        f
+    }
+
+    /// A client that never reads: it holds the socket until `gone` is set
+    /// (by the plane's side, once the plane let go of it), at most 10 s.
+    fn never_reads(gone: Arc<AtomicBool>) -> impl FnOnce(UnixStream) + Send + 'static {
+        move |s| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !gone.load(Ordering::SeqCst) {
+                assert!(Instant::now() < deadline, "the plane never let go of it");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            drop(s);
+        }
+    }
+
     /// Every test of the transport runs on both ways to the kernel.
     const PLANES: [Io; 2] = [Io::Uring, Io::Epoll];
 
@@ -1938,42 +1959,24 @@ mod tests {
     #[test]
     fn a_peer_that_stops_reading_is_ended_as_a_slow_reader() {
         for io in PLANES {
-            let frame = {
-                let mut f = Vec::new();
-                codec::encode_text(&mut f, &vec![b'x'; 64 << 10]);
-                f
-            };
+            let frame = text_of(64 << 10);
             // The client never reads; it waits until the plane gave up on it.
-            let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let seen = gone.clone();
-            let (_, left) = with_plane(
-                io,
-                4,
-                move |s| {
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while !seen.load(std::sync::atomic::Ordering::SeqCst) {
-                        assert!(Instant::now() < deadline, "never ended as a slow reader");
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    drop(s);
-                },
-                move |plane| {
-                    if plane.is_empty() {
-                        gone.store(true, std::sync::atomic::Ordering::SeqCst);
-                    } else {
-                        plane.fan_out(&frame, &[]);
-                        // As the shard's walk does: on io_uring, frames
-                        // count once a reap found the send still held.
-                        // No full round: only the hot list can find it.
-                        let sweep = Sweep {
-                            idle: None,
-                            period: Duration::from_secs(1),
-                            full: u32::MAX,
-                        };
-                        plane.sweep(Instant::now(), &sweep, Slice::new(0, 1));
-                    }
-                },
-            );
+            let gone = Arc::new(AtomicBool::new(false));
+            let (_, left) = with_plane(io, 4, never_reads(gone.clone()), move |plane| {
+                if plane.is_empty() {
+                    gone.store(true, Ordering::SeqCst);
+                } else {
+                    plane.fan_out(&frame, &[]);
+                    // As the shard's walk does: on io_uring, frames
+                    // count once a reap found the send still held.
+                    let sweep = Sweep {
+                        idle: None,
+                        period: Duration::from_secs(1),
+                        full: u32::MAX,
+                    };
+                    plane.sweep(Instant::now(), &sweep, Slice::new(0, 1));
+                }
+            });
             assert_eq!(left, vec!["SlowReader"]);
         }
     }
@@ -1981,50 +1984,33 @@ mod tests {
     #[test]
     fn a_send_that_stops_moving_is_found_without_a_full_round() {
         for io in PLANES {
-            let frame = {
-                let mut f = Vec::new();
-                codec::encode_text(&mut f, &vec![b'x'; 4 << 20]);
-                f
-            };
             // One frame, more than the socket's buffers take; the client
             // never reads it.
-            let gone = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let seen = gone.clone();
+            let frame = text_of(4 << 20);
+            let gone = Arc::new(AtomicBool::new(false));
             let sweeps = Cell::new(0u32);
-            let (_, left) = with_plane(
-                io,
-                1000,
-                move |s| {
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    while !seen.load(std::sync::atomic::Ordering::SeqCst) {
-                        assert!(Instant::now() < deadline, "never ended as a slow reader");
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    drop(s);
-                },
-                move |plane| {
-                    if plane.is_empty() {
-                        gone.store(true, std::sync::atomic::Ordering::SeqCst);
-                        return;
-                    }
-                    let n = sweeps.get();
-                    sweeps.set(n + 1);
-                    if n == 0 {
-                        plane.fan_out(&frame, &[]);
-                        return;
-                    }
-                    // No full round ever: only the hot list can find it. The
-                    // first sweeps start its stall clock; a later one comes
-                    // as if the stall had lasted past its limit.
-                    let sweep = Sweep {
-                        idle: None,
-                        period: Duration::from_secs(1),
-                        full: u32::MAX,
-                    };
-                    let later = if n < 3 { Duration::ZERO } else { WRITE_STALL };
-                    plane.sweep(Instant::now() + later, &sweep, Slice::new(0, 1));
-                },
-            );
+            let (_, left) = with_plane(io, 1000, never_reads(gone.clone()), move |plane| {
+                if plane.is_empty() {
+                    gone.store(true, Ordering::SeqCst);
+                    return;
+                }
+                let n = sweeps.get();
+                sweeps.set(n + 1);
+                if n == 0 {
+                    plane.fan_out(&frame, &[]);
+                    return;
+                }
+                // No full round ever: only the hot list can find it. The
+                // first sweeps start its stall clock; a later one comes
+                // as if the stall had lasted past its limit.
+                let sweep = Sweep {
+                    idle: None,
+                    period: Duration::from_secs(1),
+                    full: u32::MAX,
+                };
+                let later = if n < 3 { Duration::ZERO } else { WRITE_STALL };
+                plane.sweep(Instant::now() + later, &sweep, Slice::new(0, 1));
+            });
             assert_eq!(left, vec!["SlowReader"], "{io:?}");
         }
     }
@@ -2032,47 +2018,36 @@ mod tests {
     #[test]
     fn an_emptied_spill_is_kept_clean_for_the_next_and_a_large_one_is_not() {
         for io in PLANES {
-            let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let seen = done.clone();
-            with_plane(
-                io,
-                4,
-                move |s| {
-                    while !seen.load(std::sync::atomic::Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    drop(s);
-                },
-                move |plane| {
-                    if done.load(std::sync::atomic::Ordering::SeqCst) {
-                        return;
-                    }
-                    plane.spares.borrow_mut().clear();
-                    let mut socks = plane.socks.borrow_mut();
-                    let sock = socks.get_mut(&7).expect("the socket");
-                    let spill = plane.spill(sock);
-                    spill.backlog.extend_from_slice(b"unsent");
-                    (spill.backlog_frames, spill.sent_turn) = (3, 9);
-                    spill.stalled_since = Some(Instant::now());
-                    plane.tidy(sock);
-                    assert!(sock.spill.is_some(), "a spill with bytes stays");
-                    plane.spill(sock).backlog.clear();
-                    plane.tidy(sock);
-                    assert!(sock.spill.is_none());
-                    assert_eq!(plane.spares.borrow().len(), 1, "kept");
-                    let again = plane.spill(sock);
-                    assert!(again.backlog.capacity() > 0, "the kept one, reused");
-                    assert_eq!(
-                        (again.backlog_frames, again.sent_turn, again.stalled_since),
-                        (0, 0, None),
-                        "nothing of its last socket's state"
-                    );
-                    again.inflight.reserve(SPARE_BYTES + 1);
-                    plane.tidy(sock);
-                    assert!(plane.spares.borrow().is_empty(), "too large to keep");
-                    done.store(true, std::sync::atomic::Ordering::SeqCst);
-                },
-            );
+            let done = Arc::new(AtomicBool::new(false));
+            with_plane(io, 4, never_reads(done.clone()), move |plane| {
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                plane.spares.borrow_mut().clear();
+                let mut socks = plane.socks.borrow_mut();
+                let sock = socks.get_mut(&7).expect("the socket");
+                let spill = plane.spill(sock);
+                spill.backlog.extend_from_slice(b"unsent");
+                (spill.backlog_frames, spill.sent_turn) = (3, 9);
+                spill.stalled_since = Some(Instant::now());
+                plane.tidy(sock);
+                assert!(sock.spill.is_some(), "a spill with bytes stays");
+                plane.spill(sock).backlog.clear();
+                plane.tidy(sock);
+                assert!(sock.spill.is_none());
+                assert_eq!(plane.spares.borrow().len(), 1, "kept");
+                let again = plane.spill(sock);
+                assert!(again.backlog.capacity() > 0, "the kept one, reused");
+                assert_eq!(
+                    (again.backlog_frames, again.sent_turn, again.stalled_since),
+                    (0, 0, None),
+                    "nothing of its last socket's state"
+                );
+                again.inflight.reserve(SPARE_BYTES + 1);
+                plane.tidy(sock);
+                assert!(plane.spares.borrow().is_empty(), "too large to keep");
+                done.store(true, Ordering::SeqCst);
+            });
         }
     }
 
