@@ -266,6 +266,7 @@ impl Spill {
     fn capacity(&self) -> usize {
         self.partial.capacity() + self.backlog.capacity() + self.inflight.capacity()
     }
+
     /// io_uring: the kernel took `res` bytes of the send in flight (none
     /// for an error); returns how many left it.
     fn took(&mut self, res: i32) -> usize {
